@@ -1,0 +1,12 @@
+//! modalbench: when does adding the image improve text classification, and when is it only
+//! compute overhead? A service that queues fine-tuning jobs, runs them in worker processes with
+//! libtorch, keeps their metrics in SQLite and renders leaderboards.
+
+pub mod config;
+pub mod data;
+pub mod eval;
+pub mod models;
+pub mod protocol;
+pub mod store;
+pub mod train;
+pub mod worker;

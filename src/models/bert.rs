@@ -1,0 +1,313 @@
+//! BERT: "BERT: Pre-training of Deep Bidirectional Transformers for Language Understanding"
+//! (Devlin et al., 2019), ported from Hugging Face transformers `models/bert/modeling_bert.py`
+//! (`BertModel`, `BertForSequenceClassification`). Parameter paths equal the checkpoint keys,
+//! so `bert-base-uncased`, BETO, MiniLM and any other BERT checkpoint load unchanged.
+
+use crate::models::layers::{Activation, Embedding, LayerNorm, Linear, dropout};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use tch::nn::{self, Module};
+use tch::{Kind, Tensor};
+
+/// `config.json` of a BERT checkpoint; field names are the file's keys.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Config {
+    pub vocab_size: i64,
+    pub hidden_size: i64,
+    pub num_hidden_layers: i64,
+    pub num_attention_heads: i64,
+    pub intermediate_size: i64,
+    #[serde(default = "default_act")]
+    pub hidden_act: String,
+    #[serde(default = "default_dropout")]
+    pub hidden_dropout_prob: f64,
+    #[serde(default = "default_dropout")]
+    pub attention_probs_dropout_prob: f64,
+    #[serde(default = "default_positions")]
+    pub max_position_embeddings: i64,
+    #[serde(default = "default_type_vocab")]
+    pub type_vocab_size: i64,
+    #[serde(default = "default_init_range")]
+    pub initializer_range: f64,
+    #[serde(default = "default_eps")]
+    pub layer_norm_eps: f64,
+    #[serde(default)]
+    pub pad_token_id: Option<i64>,
+    #[serde(default)]
+    pub classifier_dropout: Option<f64>,
+    #[serde(default)]
+    pub position_embedding_type: Option<String>,
+    #[serde(default)]
+    pub id2label: Option<BTreeMap<String, String>>,
+}
+
+fn default_act() -> String {
+    "gelu".into()
+}
+fn default_dropout() -> f64 {
+    0.1
+}
+fn default_positions() -> i64 {
+    512
+}
+fn default_type_vocab() -> i64 {
+    2
+}
+fn default_init_range() -> f64 {
+    0.02
+}
+fn default_eps() -> f64 {
+    1e-12
+}
+
+impl Config {
+    /// Checks what the port supports, naming the offending field.
+    pub fn validate(&self) -> Result<(), String> {
+        Activation::from_name(&self.hidden_act)?;
+        if self.hidden_size % self.num_attention_heads != 0 {
+            return Err(format!(
+                "hidden_size {} is not a multiple of num_attention_heads {}",
+                self.hidden_size, self.num_attention_heads
+            ));
+        }
+        match self.position_embedding_type.as_deref() {
+            None | Some("absolute") => Ok(()),
+            Some(other) => Err(format!(
+                "position_embedding_type `{other}` is not supported (only `absolute`)"
+            )),
+        }
+    }
+}
+
+/// `BertEmbeddings`: word + position + token type, then LayerNorm and dropout.
+#[derive(Debug)]
+pub struct BertEmbeddings {
+    word_embeddings: Embedding,
+    position_embeddings: Embedding,
+    token_type_embeddings: Embedding,
+    layer_norm: LayerNorm,
+    dropout: f64,
+}
+
+impl BertEmbeddings {
+    pub fn new(p: nn::Path, c: &Config) -> Self {
+        let std = c.initializer_range;
+        BertEmbeddings {
+            word_embeddings: Embedding::new(
+                &p / "word_embeddings",
+                c.vocab_size,
+                c.hidden_size,
+                std,
+                c.pad_token_id,
+            ),
+            position_embeddings: Embedding::new(
+                &p / "position_embeddings",
+                c.max_position_embeddings,
+                c.hidden_size,
+                std,
+                None,
+            ),
+            token_type_embeddings: Embedding::new(
+                &p / "token_type_embeddings",
+                c.type_vocab_size,
+                c.hidden_size,
+                std,
+                None,
+            ),
+            layer_norm: LayerNorm::new(&p / "LayerNorm", c.hidden_size, c.layer_norm_eps),
+            dropout: c.hidden_dropout_prob,
+        }
+    }
+
+    pub fn forward_t(&self, input_ids: &Tensor, token_type_ids: &Tensor, train: bool) -> Tensor {
+        let seq = input_ids.size()[1];
+        let positions = Tensor::arange(seq, (Kind::Int64, input_ids.device())).unsqueeze(0);
+        let xs = self.word_embeddings.forward(input_ids)
+            + self.token_type_embeddings.forward(token_type_ids)
+            + self.position_embeddings.forward(&positions);
+        dropout(&self.layer_norm.forward(&xs), self.dropout, train)
+    }
+}
+
+/// `BertSelfAttention` (`query`, `key`, `value`), computed with scaled dot-product attention.
+#[derive(Debug)]
+pub struct BertSelfAttention {
+    query: Linear,
+    key: Linear,
+    value: Linear,
+    heads: i64,
+    dropout: f64,
+}
+
+impl BertSelfAttention {
+    pub fn new(p: nn::Path, c: &Config) -> Self {
+        let (h, std) = (c.hidden_size, c.initializer_range);
+        BertSelfAttention {
+            query: Linear::new(&p / "query", h, h, std),
+            key: Linear::new(&p / "key", h, h, std),
+            value: Linear::new(&p / "value", h, h, std),
+            heads: c.num_attention_heads,
+            dropout: c.attention_probs_dropout_prob,
+        }
+    }
+
+    /// `mask`: boolean `[batch, 1, 1, seq]`, true where a token may be attended to.
+    pub fn forward_t(&self, xs: &Tensor, mask: &Tensor, train: bool) -> Tensor {
+        let (b, s, h) = xs.size3().expect("hidden states are [batch, seq, hidden]");
+        let split = |t: Tensor| t.view([b, s, self.heads, h / self.heads]).transpose(1, 2);
+        let q = split(self.query.forward(xs));
+        let k = split(self.key.forward(xs));
+        let v = split(self.value.forward(xs));
+        let p = if train { self.dropout } else { 0.0 };
+        Tensor::scaled_dot_product_attention(&q, &k, &v, Some(mask), p, false, None, false)
+            .transpose(1, 2)
+            .contiguous()
+            .view([b, s, h])
+    }
+}
+
+/// `BertSelfOutput` / `BertOutput`: dense, dropout, residual, LayerNorm.
+#[derive(Debug)]
+pub struct BertResidual {
+    dense: Linear,
+    layer_norm: LayerNorm,
+    dropout: f64,
+}
+
+impl BertResidual {
+    pub fn new(p: nn::Path, input: i64, c: &Config) -> Self {
+        BertResidual {
+            dense: Linear::new(&p / "dense", input, c.hidden_size, c.initializer_range),
+            layer_norm: LayerNorm::new(&p / "LayerNorm", c.hidden_size, c.layer_norm_eps),
+            dropout: c.hidden_dropout_prob,
+        }
+    }
+
+    pub fn forward_t(&self, xs: &Tensor, residual: &Tensor, train: bool) -> Tensor {
+        let ys = dropout(&self.dense.forward(xs), self.dropout, train);
+        self.layer_norm.forward(&(ys + residual))
+    }
+}
+
+/// `BertLayer`: `attention.self`, `attention.output`, `intermediate.dense`, `output`.
+#[derive(Debug)]
+pub struct BertLayer {
+    attention_self: BertSelfAttention,
+    attention_output: BertResidual,
+    intermediate: Linear,
+    output: BertResidual,
+    act: Activation,
+}
+
+impl BertLayer {
+    pub fn new(p: nn::Path, c: &Config) -> Self {
+        let attention = &p / "attention";
+        BertLayer {
+            attention_self: BertSelfAttention::new(&attention / "self", c),
+            attention_output: BertResidual::new(&attention / "output", c.hidden_size, c),
+            intermediate: Linear::new(
+                &p / "intermediate" / "dense",
+                c.hidden_size,
+                c.intermediate_size,
+                c.initializer_range,
+            ),
+            output: BertResidual::new(&p / "output", c.intermediate_size, c),
+            act: Activation::from_name(&c.hidden_act).expect("validated config"),
+        }
+    }
+
+    pub fn forward_t(&self, xs: &Tensor, mask: &Tensor, train: bool) -> Tensor {
+        let attended = self.attention_self.forward_t(xs, mask, train);
+        let xs = self.attention_output.forward_t(&attended, xs, train);
+        let inner = self.act.apply(&self.intermediate.forward(&xs));
+        self.output.forward_t(&inner, &xs, train)
+    }
+}
+
+/// Outputs of [`BertModel`], named as Hugging Face names them.
+#[derive(Debug)]
+pub struct BertOutput {
+    pub last_hidden_state: Tensor,
+    pub pooler_output: Tensor,
+}
+
+/// `BertModel`: embeddings, `encoder.layer.N`, and `pooler.dense` + tanh over token 0.
+#[derive(Debug)]
+pub struct BertModel {
+    embeddings: BertEmbeddings,
+    layers: Vec<BertLayer>,
+    pooler: Linear,
+}
+
+impl BertModel {
+    pub fn new(p: nn::Path, c: &Config) -> Self {
+        let encoder = &p / "encoder" / "layer";
+        BertModel {
+            embeddings: BertEmbeddings::new(&p / "embeddings", c),
+            layers: (0..c.num_hidden_layers)
+                .map(|i| BertLayer::new(&encoder / i, c))
+                .collect(),
+            pooler: Linear::new(
+                &p / "pooler" / "dense",
+                c.hidden_size,
+                c.hidden_size,
+                c.initializer_range,
+            ),
+        }
+    }
+
+    pub fn forward_t(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+        token_type_ids: &Tensor,
+        train: bool,
+    ) -> BertOutput {
+        let (b, s) = input_ids.size2().expect("input_ids are [batch, seq]");
+        let mask = attention_mask.to_kind(Kind::Bool).view([b, 1, 1, s]);
+        let mut xs = self.embeddings.forward_t(input_ids, token_type_ids, train);
+        for layer in &self.layers {
+            xs = layer.forward_t(&xs, &mask, train);
+        }
+        let pooled = self.pooler.forward(&xs.select(1, 0)).tanh();
+        BertOutput { last_hidden_state: xs, pooler_output: pooled }
+    }
+}
+
+/// `BertForSequenceClassification`: `bert` + dropout + `classifier` on the pooled output.
+#[derive(Debug)]
+pub struct BertForSequenceClassification {
+    pub bert: BertModel,
+    classifier: Linear,
+    dropout: f64,
+}
+
+impl BertForSequenceClassification {
+    pub fn new(p: nn::Path, c: &Config, num_labels: i64) -> Self {
+        BertForSequenceClassification {
+            bert: BertModel::new(&p / "bert", c),
+            classifier: Linear::new(
+                &p / "classifier",
+                c.hidden_size,
+                num_labels,
+                c.initializer_range,
+            ),
+            dropout: c.classifier_dropout.unwrap_or(c.hidden_dropout_prob),
+        }
+    }
+
+    /// Model outputs and the logits `[batch, num_labels]`.
+    pub fn forward_t(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+        token_type_ids: &Tensor,
+        train: bool,
+    ) -> (BertOutput, Tensor) {
+        let out = self.bert.forward_t(input_ids, attention_mask, token_type_ids, train);
+        let logits = self
+            .classifier
+            .forward(&dropout(&out.pooler_output, self.dropout, train));
+        (out, logits)
+    }
+}

@@ -1,0 +1,135 @@
+//! Building blocks shared by the architectures: layers created under Hugging Face's parameter
+//! names, initialised as Hugging Face's `_init_weights` does, with biases and LayerNorm weights
+//! in the optimizer group that gets no weight decay.
+
+use tch::nn::{self, Init, Module};
+use tch::Tensor;
+
+/// Optimizer group of weights that get weight decay.
+pub const DECAY: usize = 0;
+/// Optimizer group of biases and normalisation weights (no weight decay, as in Hugging Face's
+/// `Trainer`).
+pub const NO_DECAY: usize = 1;
+
+/// `torch.nn.Linear`: `weight` `[out, in]` ~ N(0, std), `bias` zeros.
+#[derive(Debug)]
+pub struct Linear {
+    pub weight: Tensor,
+    pub bias: Option<Tensor>,
+}
+
+impl Linear {
+    /// A linear layer with a bias.
+    pub fn new(p: nn::Path, input: i64, output: i64, std: f64) -> Linear {
+        let weight = p.set_group(DECAY).var("weight", &[output, input], Init::Randn { mean: 0.0, stdev: std });
+        let bias = Some(p.set_group(NO_DECAY).var("bias", &[output], Init::Const(0.0)));
+        Linear { weight, bias }
+    }
+}
+
+impl Module for Linear {
+    fn forward(&self, xs: &Tensor) -> Tensor {
+        xs.linear(&self.weight, self.bias.as_ref())
+    }
+}
+
+/// `torch.nn.LayerNorm` over the last dimension: `weight` ones, `bias` zeros.
+#[derive(Debug)]
+pub struct LayerNorm {
+    pub weight: Tensor,
+    pub bias: Tensor,
+    dim: i64,
+    eps: f64,
+}
+
+impl LayerNorm {
+    /// A layer norm of width `dim`.
+    pub fn new(p: nn::Path, dim: i64, eps: f64) -> LayerNorm {
+        let p = p.set_group(NO_DECAY);
+        LayerNorm {
+            weight: p.var("weight", &[dim], Init::Const(1.0)),
+            bias: p.var("bias", &[dim], Init::Const(0.0)),
+            dim,
+            eps,
+        }
+    }
+}
+
+impl Module for LayerNorm {
+    fn forward(&self, xs: &Tensor) -> Tensor {
+        xs.layer_norm([self.dim], Some(&self.weight), Some(&self.bias), self.eps, true)
+    }
+}
+
+/// `torch.nn.Embedding`: `weight` `[n, dim]` ~ N(0, std), the padding row zeroed.
+#[derive(Debug)]
+pub struct Embedding {
+    pub weight: Tensor,
+}
+
+impl Embedding {
+    /// An embedding table; `padding_idx`'s row starts at zero, as in Hugging Face.
+    pub fn new(p: nn::Path, n: i64, dim: i64, std: f64, padding_idx: Option<i64>) -> Embedding {
+        let weight = p.set_group(DECAY).var("weight", &[n, dim], Init::Randn { mean: 0.0, stdev: std });
+        if let Some(i) = padding_idx.filter(|&i| (0..n).contains(&i)) {
+            tch::no_grad(|| {
+                let _ = weight.get(i).zero_();
+            });
+        }
+        Embedding { weight }
+    }
+}
+
+impl Module for Embedding {
+    fn forward(&self, ids: &Tensor) -> Tensor {
+        Tensor::embedding(&self.weight, ids, -1, false, false)
+    }
+}
+
+/// The activation named by a config's `hidden_act`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Activation {
+    /// Exact (erf) GELU, Hugging Face `gelu`.
+    Gelu,
+    /// tanh-approximated GELU: `gelu_new`, `gelu_pytorch_tanh`, `gelu_fast`.
+    GeluTanh,
+    /// `x * sigmoid(1.702 x)`, CLIP's `quick_gelu`.
+    QuickGelu,
+    Relu,
+    /// `silu` / `swish`.
+    Silu,
+}
+
+impl Activation {
+    /// Parses a `hidden_act` value; the error lists the supported names.
+    pub fn from_name(name: &str) -> Result<Activation, String> {
+        Ok(match name {
+            "gelu" => Activation::Gelu,
+            "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Activation::GeluTanh,
+            "quick_gelu" => Activation::QuickGelu,
+            "relu" => Activation::Relu,
+            "silu" | "swish" => Activation::Silu,
+            other => {
+                return Err(format!(
+                    "unsupported hidden_act `{other}` (supported: gelu, gelu_new, gelu_pytorch_tanh, gelu_fast, quick_gelu, relu, silu, swish)"
+                ));
+            }
+        })
+    }
+
+    /// Applies the activation.
+    pub fn apply(self, xs: &Tensor) -> Tensor {
+        match self {
+            Activation::Gelu => xs.gelu("none"),
+            Activation::GeluTanh => xs.gelu("tanh"),
+            Activation::QuickGelu => xs * (xs * 1.702).sigmoid(),
+            Activation::Relu => xs.relu(),
+            Activation::Silu => xs.silu(),
+        }
+    }
+}
+
+/// Dropout that is a no-op outside training.
+pub fn dropout(xs: &Tensor, p: f64, train: bool) -> Tensor {
+    if train && p > 0.0 { xs.dropout(p, true) } else { xs.shallow_clone() }
+}

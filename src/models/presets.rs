@@ -1,0 +1,178 @@
+//! Built-in presets: small randomly initialised models for CPU work and tests, written out as
+//! ordinary checkpoint folders so they load through the same path as downloaded ones.
+
+use crate::models::{bert, checkpoint};
+use anyhow::{Context, Result};
+use serde_json::{Value, json};
+use std::path::Path;
+use tch::nn::VarStore;
+
+/// Name of the tiny BERT preset.
+pub const BERT_TINY: &str = "bert-tiny";
+
+const SPECIALS: [&str; 5] = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"];
+
+/// Common English words given whole-word tokens; everything else is spelled out in characters.
+const WORDS: &str = "the of and to a in is it you that he was for on are with as i his they be at one \
+have this from or had by word but what some we can out other were all there when up use your how \
+said an each she which do their time if will way about many then them write would like so these her \
+long make thing see him two has look more day could go come did number sound no most people my over \
+know water than call first who may down side been now find any new work part take get place made live \
+where after back little only round man year came show every good me give our under name very through \
+just form sentence great think say help low line differ turn cause much mean before move right boy old \
+too same tell does set three want air well also play small end put home read hand port large spell add \
+even land here must big high such follow act why ask men change went light kind off need house picture \
+try us again animal point mother world near build self earth father head stand own page should country \
+found answer school grow study still learn plant cover food sun four between state keep eye never last \
+let thought city tree cross farm hard start might story saw far sea draw left late run while press close \
+night real life few north open seem together next white children begin got walk example ease paper group \
+always music those both mark often letter until mile river car feet care second book carry took science \
+eat room friend began idea fish mountain stop once base hear horse cut sure watch color face wood main \
+enough plain girl usual young ready above ever red list though feel talk bird soon body dog family direct \
+pose leave song measure door product black short numeral class wind question happen complete ship area \
+half rock order fire south problem piece told knew pass since top whole king space heard best hour better \
+true during hundred five remember step early hold west ground interest reach fast verb sing listen six \
+table travel less morning ten simple several vowel toward war lay against pattern slow center love person \
+money serve appear road map rain rule govern pull cold notice voice unit power town fine certain fly fall \
+lead cry dark machine note wait plan figure star box noun field rest correct able pound done beauty drive \
+stood contain front teach week final gave green oh quick develop ocean warm free minute strong special \
+mind behind clear tail produce fact street inch multiply nothing course stay wheel full force blue object \
+decide surface deep moon island foot system busy test record boat common gold possible plane stead dry \
+wonder laugh thousand ago ran check game shape equate hot miss brought heat snow tire bring yes distant \
+fill east paint language among news team bank market government minister match goal price vote";
+
+/// The preset's WordPiece vocabulary: special tokens, single characters (as word starts and as
+/// `##` continuations) and the common words.
+fn vocabulary() -> Vec<String> {
+    let mut vocab: Vec<String> = SPECIALS.iter().map(|s| s.to_string()).collect();
+    let chars = "abcdefghijklmnopqrstuvwxyz0123456789.,!?'\"-:;()/&%$#@*+=";
+    vocab.extend(chars.chars().map(|c| c.to_string()));
+    vocab.extend(chars.chars().filter(char::is_ascii_alphanumeric).map(|c| format!("##{c}")));
+    for w in WORDS.split_whitespace() {
+        if !vocab.iter().any(|v| v == w) {
+            vocab.push(w.to_string());
+        }
+    }
+    vocab
+}
+
+/// A BERT-style `tokenizer.json` (lower-casing, WordPiece) over `vocab`.
+fn tokenizer_json(vocab: &[String]) -> Value {
+    let id = |t: &str| vocab.iter().position(|v| v == t).expect("special token in vocab");
+    let added: Vec<Value> = SPECIALS
+        .iter()
+        .map(|t| {
+            json!({"id": id(t), "content": t, "single_word": false, "lstrip": false,
+                   "rstrip": false, "normalized": false, "special": true})
+        })
+        .collect();
+    let special = |t: &str, type_id: u32| json!({"SpecialToken": {"id": t, "type_id": type_id}});
+    let seq = |s: &str, type_id: u32| json!({"Sequence": {"id": s, "type_id": type_id}});
+    json!({
+        "version": "1.0",
+        "truncation": null,
+        "padding": null,
+        "added_tokens": added,
+        "normalizer": {"type": "BertNormalizer", "clean_text": true, "handle_chinese_chars": true,
+                       "strip_accents": null, "lowercase": true},
+        "pre_tokenizer": {"type": "BertPreTokenizer"},
+        "post_processor": {
+            "type": "TemplateProcessing",
+            "single": [special("[CLS]", 0), seq("A", 0), special("[SEP]", 0)],
+            "pair": [special("[CLS]", 0), seq("A", 0), special("[SEP]", 0), seq("B", 1), special("[SEP]", 1)],
+            "special_tokens": {
+                "[CLS]": {"id": "[CLS]", "ids": [id("[CLS]")], "tokens": ["[CLS]"]},
+                "[SEP]": {"id": "[SEP]", "ids": [id("[SEP]")], "tokens": ["[SEP]"]}
+            }
+        },
+        "decoder": {"type": "WordPiece", "prefix": "##", "cleanup": true},
+        "model": {
+            "type": "WordPiece", "unk_token": "[UNK]", "continuing_subword_prefix": "##",
+            "max_input_chars_per_word": 100,
+            "vocab": vocab.iter().enumerate().map(|(i, t)| (t.clone(), json!(i))).collect::<serde_json::Map<_, _>>()
+        }
+    })
+}
+
+/// Writes the `bert-tiny` checkpoint (2 layers, hidden size 64, random weights from seed 0) to
+/// `dir`.
+pub fn write_bert_tiny(dir: &Path) -> Result<()> {
+    let vocab = vocabulary();
+    let config = json!({
+        "architectures": ["BertModel"],
+        "model_type": "bert",
+        "vocab_size": vocab.len(),
+        "hidden_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "intermediate_size": 256,
+        "hidden_act": "gelu",
+        "hidden_dropout_prob": 0.1,
+        "attention_probs_dropout_prob": 0.1,
+        "max_position_embeddings": 512,
+        "type_vocab_size": 2,
+        "initializer_range": 0.02,
+        "layer_norm_eps": 1e-12,
+        "pad_token_id": 0
+    });
+    let c: bert::Config = serde_json::from_value(config.clone())?;
+    tch::manual_seed(0);
+    let vs = VarStore::new(tch::Device::Cpu);
+    let _model = bert::BertModel::new(vs.root(), &c);
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    std::fs::write(dir.join("config.json"), serde_json::to_string_pretty(&config)?)?;
+    std::fs::write(dir.join("tokenizer.json"), serde_json::to_string(&tokenizer_json(&vocab))?)?;
+    std::fs::write(dir.join("vocab.txt"), vocab.join("\n") + "\n")?;
+    std::fs::write(
+        dir.join("tokenizer_config.json"),
+        r#"{"tokenizer_class": "BertTokenizer", "do_lower_case": true, "model_max_length": 512}"#,
+    )?;
+    checkpoint::save_safetensors(&vs, &dir.join("model.safetensors"))
+}
+
+/// Writes every preset missing from `models_dir`. Each is written to a temporary folder and
+/// renamed into place, so an interrupted write leaves nothing half-made. Returns the names
+/// written.
+pub fn ensure_presets(models_dir: &Path) -> Result<Vec<String>> {
+    let mut written = Vec::new();
+    let presets: [(&str, fn(&Path) -> Result<()>); 1] = [(BERT_TINY, write_bert_tiny)];
+    for (name, write) in presets {
+        let dest = models_dir.join(name);
+        if dest.exists() {
+            continue;
+        }
+        let tmp = models_dir.join(format!(".{name}.tmp-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&tmp);
+        write(&tmp).with_context(|| format!("writing preset {name}"))?;
+        std::fs::rename(&tmp, &dest).with_context(|| format!("installing preset {name}"))?;
+        written.push(name.to_string());
+    }
+    Ok(written)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_tiny_preset_loads_as_a_bert_checkpoint_and_tokenizes_unknown_words() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(ensure_presets(dir.path()).unwrap(), vec![BERT_TINY.to_string()]);
+        assert!(ensure_presets(dir.path()).unwrap().is_empty(), "second call writes nothing");
+        let p = dir.path().join(BERT_TINY);
+        let enc = crate::data::text::TextEncoder::from_file(&p.join("tokenizer.json"), 16).unwrap();
+        let ex = crate::data::Example {
+            id: "1".into(),
+            text: "The team scored, zyx!".into(),
+            text_pair: None,
+            image: None,
+            label: 0,
+        };
+        let ids = &enc.encode(&[ex]).unwrap()[0].ids;
+        let vocab = vocabulary();
+        let toks: Vec<&str> = ids.iter().map(|&i| vocab[i as usize].as_str()).collect();
+        assert_eq!(toks, ["[CLS]", "the", "team", "s", "##c", "##o", "##r", "##e", "##d", ",", "z", "##y", "##x", "!", "[SEP]"]);
+        let m = crate::models::load_classifier(&p, 3, tch::Device::Cpu).unwrap();
+        assert_eq!(m.report.fresh, vec!["classifier.bias", "classifier.weight"]);
+    }
+}

@@ -1,0 +1,52 @@
+//! The `run_logs` table: what a run printed, for its page and its error message.
+
+use super::{Store, now};
+use anyhow::{Context, Result};
+use serde::Serialize;
+
+/// One stored log line.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct LogLine {
+    pub id: i64,
+    pub time: String,
+    /// `worker` (the job's log events), `stderr` (the process's stderr) or `system`.
+    pub stream: String,
+    pub line: String,
+}
+
+impl Store {
+    /// Appends lines to a run's log in one transaction.
+    pub async fn append_logs(&self, run_id: i64, stream: &str, lines: &[String]) -> Result<()> {
+        if lines.is_empty() {
+            return Ok(());
+        }
+        let time = now();
+        let mut tx = self.pool().begin().await?;
+        for line in lines {
+            sqlx::query("INSERT INTO run_logs (run_id, time, stream, line) VALUES (?, ?, ?, ?)")
+                .bind(run_id)
+                .bind(&time)
+                .bind(stream)
+                .bind(line)
+                .execute(&mut *tx)
+                .await
+                .context("storing log lines")?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The last `n` lines of a run's log, oldest first.
+    pub async fn log_tail(&self, run_id: i64, n: i64) -> Result<Vec<LogLine>> {
+        let mut rows: Vec<LogLine> = sqlx::query_as(
+            "SELECT id, time, stream, line FROM run_logs WHERE run_id = ? ORDER BY id DESC LIMIT ?",
+        )
+        .bind(run_id)
+        .bind(n)
+        .fetch_all(self.pool())
+        .await
+        .context("reading run log")?;
+        rows.reverse();
+        Ok(rows)
+    }
+}

@@ -1,0 +1,78 @@
+//! The `predictions` table: per-example outputs of a run on an evaluation split, the raw
+//! material of paired comparisons between runs.
+
+use super::Store;
+use crate::protocol::Prediction;
+use anyhow::{Context, Result};
+use serde::Serialize;
+
+/// A stored prediction.
+#[derive(Debug, Clone, Serialize)]
+pub struct StoredPrediction {
+    pub example_id: String,
+    pub label: i64,
+    pub pred: i64,
+    pub probs: Vec<f64>,
+}
+
+impl Store {
+    /// Stores a split's predictions in one transaction (replacing earlier ones for the same ids).
+    pub async fn insert_predictions(
+        &self,
+        run_id: i64,
+        split: &str,
+        rows: &[Prediction],
+    ) -> Result<()> {
+        let mut tx = self.pool().begin().await?;
+        for p in rows {
+            sqlx::query(
+                "INSERT INTO predictions (run_id, split, example_id, label, pred, probs) \
+                 VALUES (?, ?, ?, ?, ?, ?) \
+                 ON CONFLICT (run_id, split, example_id) DO UPDATE \
+                 SET label = excluded.label, pred = excluded.pred, probs = excluded.probs",
+            )
+            .bind(run_id)
+            .bind(split)
+            .bind(&p.example_id)
+            .bind(p.label as i64)
+            .bind(p.pred as i64)
+            .bind(serde_json::to_string(&p.probs)?)
+            .execute(&mut *tx)
+            .await
+            .context("storing predictions")?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// A page of a run's predictions on `split`, in example-id order.
+    pub async fn predictions(
+        &self,
+        run_id: i64,
+        split: &str,
+        limit: i64,
+        offset: i64,
+    ) -> Result<Vec<StoredPrediction>> {
+        let rows: Vec<(String, i64, i64, String)> = sqlx::query_as(
+            "SELECT example_id, label, pred, probs FROM predictions \
+             WHERE run_id = ? AND split = ? ORDER BY example_id LIMIT ? OFFSET ?",
+        )
+        .bind(run_id)
+        .bind(split)
+        .bind(limit)
+        .bind(offset)
+        .fetch_all(self.pool())
+        .await
+        .context("reading predictions")?;
+        rows.into_iter()
+            .map(|(example_id, label, pred, probs)| {
+                Ok(StoredPrediction {
+                    example_id,
+                    label,
+                    pred,
+                    probs: serde_json::from_str(&probs).context("stored probabilities")?,
+                })
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,453 @@
+//! The `runs` table: the queue, run state, and the per-run summary leaderboards read.
+
+use super::{Store, now};
+use crate::protocol::{Summary, TrainConfig};
+use anyhow::{Context, Result};
+use serde::Serialize;
+use sqlx::FromRow;
+use std::fmt;
+use std::str::FromStr;
+
+/// Life cycle of a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    /// Waiting for a free slot.
+    Queued,
+    /// A worker process is training it.
+    Running,
+    /// Finished with a summary.
+    Succeeded,
+    /// The worker reported an error or died.
+    Failed,
+    /// Stopped by a user.
+    Cancelled,
+    /// Was running when the server stopped; will be started again.
+    Interrupted,
+}
+
+impl RunStatus {
+    /// Every status, in life-cycle order.
+    pub const ALL: [RunStatus; 6] = [
+        RunStatus::Queued,
+        RunStatus::Running,
+        RunStatus::Succeeded,
+        RunStatus::Failed,
+        RunStatus::Cancelled,
+        RunStatus::Interrupted,
+    ];
+
+    /// The name stored in the database and used in the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Queued => "queued",
+            RunStatus::Running => "running",
+            RunStatus::Succeeded => "succeeded",
+            RunStatus::Failed => "failed",
+            RunStatus::Cancelled => "cancelled",
+            RunStatus::Interrupted => "interrupted",
+        }
+    }
+
+    /// Whether the run can still change (queued, running or waiting to restart).
+    pub fn is_active(self) -> bool {
+        matches!(
+            self,
+            RunStatus::Queued | RunStatus::Running | RunStatus::Interrupted
+        )
+    }
+}
+
+impl fmt::Display for RunStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for RunStatus {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        RunStatus::ALL
+            .into_iter()
+            .find(|st| st.as_str() == s)
+            .ok_or_else(|| format!("unknown run status `{s}`"))
+    }
+}
+
+/// A run as the API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Run {
+    pub id: i64,
+    pub status: RunStatus,
+    pub model: String,
+    pub dataset: String,
+    pub config: TrainConfig,
+    pub priority: i64,
+    pub attempts: i64,
+    pub device: Option<String>,
+    /// Fraction of training steps done, while running.
+    pub progress: Option<f64>,
+    pub summary: Option<Summary>,
+    pub created_at: String,
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
+    pub error: Option<String>,
+}
+
+#[derive(FromRow)]
+struct RunRow {
+    id: i64,
+    status: String,
+    model: String,
+    dataset: String,
+    config: String,
+    priority: i64,
+    attempts: i64,
+    device: Option<String>,
+    progress: Option<f64>,
+    summary: Option<String>,
+    created_at: String,
+    started_at: Option<String>,
+    finished_at: Option<String>,
+    error: Option<String>,
+}
+
+impl TryFrom<RunRow> for Run {
+    type Error = anyhow::Error;
+    fn try_from(r: RunRow) -> Result<Run> {
+        Ok(Run {
+            id: r.id,
+            status: r.status.parse().map_err(anyhow::Error::msg)?,
+            config: serde_json::from_str(&r.config)
+                .with_context(|| format!("run {}: stored config", r.id))?,
+            summary: match r.summary {
+                Some(s) => Some(
+                    serde_json::from_str(&s)
+                        .with_context(|| format!("run {}: stored summary", r.id))?,
+                ),
+                None => None,
+            },
+            model: r.model,
+            dataset: r.dataset,
+            priority: r.priority,
+            attempts: r.attempts,
+            device: r.device,
+            progress: r.progress,
+            created_at: r.created_at,
+            started_at: r.started_at,
+            finished_at: r.finished_at,
+            error: r.error,
+        })
+    }
+}
+
+const RUN_COLUMNS: &str = "id, status, model, dataset, config, priority, attempts, device, \
+     progress, summary, created_at, started_at, finished_at, error";
+
+/// Filters of the run listing; `None` matches everything.
+#[derive(Debug, Clone, Default)]
+pub struct RunFilter {
+    pub dataset: Option<String>,
+    pub model: Option<String>,
+    pub status: Option<RunStatus>,
+    pub limit: i64,
+    pub offset: i64,
+}
+
+/// Metrics a leaderboard can rank by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BoardMetric {
+    Accuracy,
+    F1,
+    Auroc,
+    Loss,
+}
+
+impl BoardMetric {
+    /// Allowed names, for error messages.
+    pub const NAMES: [&'static str; 4] = ["accuracy", "f1", "auroc", "loss"];
+
+    /// The `runs` column, also the API name.
+    pub fn column(self) -> &'static str {
+        match self {
+            BoardMetric::Accuracy => "accuracy",
+            BoardMetric::F1 => "f1",
+            BoardMetric::Auroc => "auroc",
+            BoardMetric::Loss => "loss",
+        }
+    }
+
+    fn order(self) -> &'static str {
+        if self == BoardMetric::Loss { "ASC" } else { "DESC" }
+    }
+}
+
+impl FromStr for BoardMetric {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Self, ()> {
+        match s {
+            "accuracy" => Ok(BoardMetric::Accuracy),
+            "f1" => Ok(BoardMetric::F1),
+            "auroc" => Ok(BoardMetric::Auroc),
+            "loss" => Ok(BoardMetric::Loss),
+            _ => Err(()),
+        }
+    }
+}
+
+/// One row of a leaderboard: the best succeeded run of a model on a dataset.
+#[derive(Debug, Clone, Serialize, FromRow)]
+pub struct BoardRow {
+    pub dataset: String,
+    pub model: String,
+    pub run_id: i64,
+    pub accuracy: Option<f64>,
+    pub f1: Option<f64>,
+    pub auroc: Option<f64>,
+    pub loss: Option<f64>,
+    pub train_seconds: Option<f64>,
+    pub samples_per_second: Option<f64>,
+    pub num_parameters: Option<i64>,
+    /// Succeeded runs of this model on this dataset.
+    pub runs: i64,
+}
+
+/// Run counts per status.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct StatusCounts {
+    pub queued: i64,
+    pub running: i64,
+    pub succeeded: i64,
+    pub failed: i64,
+    pub cancelled: i64,
+    pub interrupted: i64,
+}
+
+impl Store {
+    /// Queues a new run.
+    pub async fn insert_run(
+        &self,
+        model: &str,
+        dataset: &str,
+        config: &TrainConfig,
+        priority: i64,
+    ) -> Result<Run> {
+        let row: RunRow = sqlx::query_as(&format!(
+            "INSERT INTO runs (status, model, dataset, config, priority, created_at) \
+             VALUES ('queued', ?, ?, ?, ?, ?) RETURNING {RUN_COLUMNS}"
+        ))
+        .bind(model)
+        .bind(dataset)
+        .bind(serde_json::to_string(config)?)
+        .bind(priority)
+        .bind(now())
+        .fetch_one(self.pool())
+        .await
+        .context("inserting run")?;
+        row.try_into()
+    }
+
+    /// One run by id.
+    pub async fn get_run(&self, id: i64) -> Result<Option<Run>> {
+        let row: Option<RunRow> =
+            sqlx::query_as(&format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = ?"))
+                .bind(id)
+                .fetch_optional(self.pool())
+                .await
+                .context("reading run")?;
+        row.map(Run::try_from).transpose()
+    }
+
+    /// Runs matching the filter, newest first.
+    pub async fn list_runs(&self, f: &RunFilter) -> Result<Vec<Run>> {
+        let rows: Vec<RunRow> = sqlx::query_as(&format!(
+            "SELECT {RUN_COLUMNS} FROM runs \
+             WHERE (? IS NULL OR dataset = ?) AND (? IS NULL OR model = ?) \
+               AND (? IS NULL OR status = ?) \
+             ORDER BY id DESC LIMIT ? OFFSET ?"
+        ))
+        .bind(&f.dataset)
+        .bind(&f.dataset)
+        .bind(&f.model)
+        .bind(&f.model)
+        .bind(f.status.map(RunStatus::as_str))
+        .bind(f.status.map(RunStatus::as_str))
+        .bind(if f.limit > 0 { f.limit } else { 100 })
+        .bind(f.offset.max(0))
+        .fetch_all(self.pool())
+        .await
+        .context("listing runs")?;
+        rows.into_iter().map(Run::try_from).collect()
+    }
+
+    /// Runs per status.
+    pub async fn status_counts(&self) -> Result<StatusCounts> {
+        let rows: Vec<(String, i64)> =
+            sqlx::query_as("SELECT status, COUNT(*) FROM runs GROUP BY status")
+                .fetch_all(self.pool())
+                .await
+                .context("counting runs")?;
+        let mut c = StatusCounts::default();
+        for (status, n) in rows {
+            match status.parse() {
+                Ok(RunStatus::Queued) => c.queued = n,
+                Ok(RunStatus::Running) => c.running = n,
+                Ok(RunStatus::Succeeded) => c.succeeded = n,
+                Ok(RunStatus::Failed) => c.failed = n,
+                Ok(RunStatus::Cancelled) => c.cancelled = n,
+                Ok(RunStatus::Interrupted) => c.interrupted = n,
+                Err(_) => {}
+            }
+        }
+        Ok(c)
+    }
+
+    /// Claims the next runnable run (highest priority, then oldest) for `device` and marks it
+    /// running, in one statement. Output of an earlier attempt (metrics, predictions) is cleared.
+    pub async fn claim_next_run(&self, device: &str) -> Result<Option<Run>> {
+        let mut tx = self.pool().begin().await?;
+        let row: Option<RunRow> = sqlx::query_as(&format!(
+            "UPDATE runs SET status = 'running', device = ?, started_at = ?, finished_at = NULL, \
+                 attempts = attempts + 1, error = NULL, progress = 0 \
+             WHERE id = (SELECT id FROM runs WHERE status IN ('queued', 'interrupted') \
+                         ORDER BY priority DESC, id LIMIT 1) \
+             RETURNING {RUN_COLUMNS}"
+        ))
+        .bind(device)
+        .bind(now())
+        .fetch_optional(&mut *tx)
+        .await
+        .context("claiming the next queued run")?;
+        if let Some(r) = &row
+            && r.attempts > 1
+        {
+            for table in ["metrics", "predictions"] {
+                sqlx::query(&format!("DELETE FROM {table} WHERE run_id = ?"))
+                    .bind(r.id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
+        tx.commit().await?;
+        row.map(Run::try_from).transpose()
+    }
+
+    /// Records the end of a running run. Returns false if the run was not running (for
+    /// instance cancelled meanwhile), in which case nothing changes.
+    pub async fn finish_run(
+        &self,
+        id: i64,
+        status: RunStatus,
+        error: Option<&str>,
+        summary: Option<&Summary>,
+    ) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE runs SET status = ?, error = ?, finished_at = ?, \
+                 progress = CASE WHEN ? = 'succeeded' THEN 1.0 ELSE progress END, \
+                 accuracy = ?, f1 = ?, auroc = ?, loss = ?, train_seconds = ?, \
+                 samples_per_second = ?, num_parameters = ?, summary = ? \
+             WHERE id = ? AND status = 'running'",
+        )
+        .bind(status.as_str())
+        .bind(error)
+        .bind(now())
+        .bind(status.as_str())
+        .bind(summary.map(|s| s.accuracy))
+        .bind(summary.map(|s| s.f1))
+        .bind(summary.and_then(|s| s.auroc))
+        .bind(summary.map(|s| s.loss))
+        .bind(summary.map(|s| s.train_seconds))
+        .bind(summary.map(|s| s.samples_per_second))
+        .bind(summary.map(|s| s.num_parameters))
+        .bind(summary.map(serde_json::to_string).transpose()?)
+        .bind(id)
+        .execute(self.pool())
+        .await
+        .context("finishing run")?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Cancels a run that has not started (queued or waiting to restart). Returns false if it
+    /// was in any other state.
+    pub async fn cancel_waiting_run(&self, id: i64) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE runs SET status = 'cancelled', finished_at = ? \
+             WHERE id = ? AND status IN ('queued', 'interrupted')",
+        )
+        .bind(now())
+        .bind(id)
+        .execute(self.pool())
+        .await
+        .context("cancelling run")?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Stores the training progress (0..1) of a running run.
+    pub async fn set_progress(&self, id: i64, progress: f64) -> Result<()> {
+        sqlx::query("UPDATE runs SET progress = ? WHERE id = ? AND status = 'running'")
+            .bind(progress)
+            .bind(id)
+            .execute(self.pool())
+            .await
+            .context("recording progress")?;
+        Ok(())
+    }
+
+    /// Marks runs that an earlier server left `running` as `interrupted`, so the scheduler
+    /// starts them again. Returns their ids.
+    pub async fn interrupt_running_runs(&self) -> Result<Vec<i64>> {
+        let ids: Vec<(i64,)> = sqlx::query_as(
+            "UPDATE runs SET status = 'interrupted' WHERE status = 'running' RETURNING id",
+        )
+        .fetch_all(self.pool())
+        .await
+        .context("marking interrupted runs")?;
+        Ok(ids.into_iter().map(|(id,)| id).collect())
+    }
+
+    /// Fails waiting runs that were already started `max_attempts` times, so a run that takes
+    /// the server down cannot do so forever. Returns their ids.
+    pub async fn fail_exhausted_runs(&self, max_attempts: i64) -> Result<Vec<i64>> {
+        let ids: Vec<(i64,)> = sqlx::query_as(
+            "UPDATE runs SET status = 'failed', finished_at = ?, \
+                 error = 'interrupted ' || attempts || ' times; not restarted again' \
+             WHERE status = 'interrupted' AND attempts >= ? RETURNING id",
+        )
+        .bind(now())
+        .bind(max_attempts)
+        .fetch_all(self.pool())
+        .await
+        .context("failing exhausted runs")?;
+        Ok(ids.into_iter().map(|(id,)| id).collect())
+    }
+
+    /// Best succeeded run per (dataset, model) by `metric`, best first within each dataset.
+    /// Reads only the `runs` table (summary columns), never the metric points.
+    pub async fn leaderboard(
+        &self,
+        dataset: Option<&str>,
+        metric: BoardMetric,
+    ) -> Result<Vec<BoardRow>> {
+        let (col, order) = (metric.column(), metric.order());
+        let sql = format!(
+            "SELECT dataset, model, run_id, accuracy, f1, auroc, loss, train_seconds, \
+                    samples_per_second, num_parameters, runs FROM ( \
+               SELECT dataset, model, id AS run_id, accuracy, f1, auroc, loss, train_seconds, \
+                      samples_per_second, num_parameters, \
+                      ROW_NUMBER() OVER (PARTITION BY dataset, model \
+                                         ORDER BY {col} {order} NULLS LAST, id) AS rn, \
+                      COUNT(*) OVER (PARTITION BY dataset, model) AS runs \
+               FROM runs WHERE status = 'succeeded' AND (? IS NULL OR dataset = ?) \
+             ) AS best WHERE rn = 1 \
+             ORDER BY dataset, {col} {order} NULLS LAST, model"
+        );
+        let rows = sqlx::query_as(&sql)
+            .bind(dataset)
+            .bind(dataset)
+            .fetch_all(self.pool())
+            .await
+            .context("reading leaderboard")?;
+        Ok(rows)
+    }
+}

@@ -1,0 +1,66 @@
+//! The child-process side of a run: `modalbench worker` reads a [`JobSpec`] line from stdin,
+//! trains, and writes [`Event`]s as JSON lines on stdout. It exits as soon as its stdin
+//! closes, which happens when the server that started it dies.
+
+pub mod progress;
+
+use crate::protocol::{Event, JobSpec};
+use crate::train::{self, EventSink};
+use anyhow::{Context, Result};
+use std::io::{BufRead, Write};
+
+/// Writes events as JSON lines to stdout, flushing each so the server sees them at once.
+pub struct JsonLinesSink<W: Write> {
+    out: W,
+}
+
+impl<W: Write> JsonLinesSink<W> {
+    /// A sink writing to `out`.
+    pub fn new(out: W) -> Self {
+        JsonLinesSink { out }
+    }
+}
+
+impl<W: Write> EventSink for JsonLinesSink<W> {
+    fn emit(&mut self, event: Event) {
+        // a closed stdout means the server is gone; the stdin watcher ends the process
+        let _ = self.out.write_all(event.to_line().as_bytes());
+        let _ = self.out.flush();
+    }
+}
+
+fn read_spec() -> Result<JobSpec> {
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line).context("reading the job from stdin")?;
+    serde_json::from_str(&line).context("parsing the job spec")
+}
+
+/// Runs the worker: returns the process exit code (0 success, 1 reported failure).
+pub fn main() -> i32 {
+    let spec = match read_spec() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("worker: {e:#}");
+            return 2;
+        }
+    };
+    // the parent keeps our stdin open for as long as it lives
+    std::thread::spawn(|| {
+        let mut sink = Vec::new();
+        let _ = std::io::copy(&mut std::io::stdin().lock(), &mut sink);
+        eprintln!("worker: the server went away; stopping");
+        std::process::exit(3);
+    });
+    let _span = tracing::info_span!("job", run_id = spec.run_id, model = %spec.model).entered();
+    let mut sink = JsonLinesSink::new(std::io::stdout().lock());
+    match train::run(&spec, &mut sink) {
+        Ok(summary) => {
+            sink.emit(Event::Finished { summary });
+            0
+        }
+        Err(e) => {
+            sink.emit(Event::Failed { error: format!("{e:#}") });
+            1
+        }
+    }
+}
