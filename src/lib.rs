@@ -2,11 +2,15 @@
 //! compute overhead? A service that queues fine-tuning jobs, runs them in worker processes with
 //! libtorch, keeps their metrics in SQLite and renders leaderboards.
 
+pub mod app;
 pub mod config;
 pub mod data;
 pub mod eval;
+pub mod http;
+pub mod live;
 pub mod models;
 pub mod protocol;
+pub mod queue;
 pub mod store;
 pub mod train;
 pub mod worker;

@@ -1,1 +1,204 @@
-fn main() {}
+//! `modalbench`: parse the command line, set up tracing, dispatch to a subcommand.
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use modalbench::config::{ServeArgs, Settings};
+use modalbench::protocol::{DatasetRef, JobSpec, TrainConfig};
+use modalbench::{app, data, http, models, queue, train, worker};
+use std::path::PathBuf;
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(
+    name = "modalbench",
+    version,
+    about = "Fine-tune text and text+image classifiers, compare them, and measure what the image buys"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the web service and the worker pool.
+    Serve(ServeArgs),
+    /// Fine-tune one model on one dataset in this process, with a progress bar.
+    Train(TrainArgs),
+    /// Generate the demo datasets.
+    Data {
+        #[command(subcommand)]
+        command: DataCommand,
+    },
+    /// List the checkpoints under the models folder.
+    Models {
+        #[command(flatten)]
+        settings: Settings,
+    },
+    /// Run one job read from stdin (started by the service).
+    #[command(hide = true)]
+    Worker,
+}
+
+#[derive(Subcommand)]
+enum DataCommand {
+    /// Write the demo datasets into a folder.
+    Demo {
+        #[arg(long, default_value = "./data/datasets")]
+        out: PathBuf,
+        #[arg(long, default_value_t = app::DEMO_SEED)]
+        seed: u64,
+    },
+}
+
+#[derive(clap::Args)]
+struct TrainArgs {
+    /// Model name (a folder under the models dir).
+    #[arg(long)]
+    model: String,
+    /// Dataset folder in the Hateful Memes layout.
+    #[arg(long)]
+    dataset: PathBuf,
+    #[arg(long, default_value_t = TrainConfig::default().epochs)]
+    epochs: u32,
+    #[arg(long, default_value_t = TrainConfig::default().batch_size)]
+    batch_size: u32,
+    #[arg(long, default_value_t = TrainConfig::default().learning_rate)]
+    learning_rate: f64,
+    #[arg(long, default_value_t = TrainConfig::default().seed)]
+    seed: u64,
+    #[arg(long, default_value_t = TrainConfig::default().max_length)]
+    max_length: u32,
+    #[arg(long)]
+    max_steps: Option<u32>,
+    /// Where to write the fine-tuned checkpoint.
+    #[arg(long, default_value = "./checkpoint")]
+    output: PathBuf,
+    /// `cpu` or `cuda`.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    #[command(flatten)]
+    settings: Settings,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match cli.command {
+        Command::Worker => std::process::exit(worker::main()),
+        Command::Serve(args) => serve(args),
+        Command::Train(args) => train_here(args),
+        Command::Data {
+            command: DataCommand::Demo { out, seed },
+        } => data::demo::write_demo_news(&out, seed)
+            .map(|_| println!("wrote {}", out.join(data::demo::DEMO_NEWS).display())),
+        Command::Models { settings } => {
+            for m in models::registry::scan(&settings.models_dir) {
+                let status = m.problem.as_deref().unwrap_or("usable");
+                println!(
+                    "{:<20} {:<8} {:<11} {:>12} params  {status}",
+                    m.name,
+                    m.architecture.as_deref().unwrap_or("?"),
+                    m.modality.map(|x| x.as_str()).unwrap_or("?"),
+                    m.num_parameters
+                        .map(|n| n.to_string())
+                        .unwrap_or_else(|| "?".into()),
+                );
+            }
+            Ok(())
+        }
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn serve(args: ServeArgs) -> Result<()> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(async move {
+            let slots = queue::slots::detect(args.settings.cpu_slots);
+            let state = app::build(args.settings, slots).await?;
+            if args.demo {
+                let ids = app::queue_demo_study(&state).await?;
+                if !ids.is_empty() {
+                    tracing::info!(?ids, "queued the demo study");
+                }
+            }
+            state.scheduler.spawn();
+            let listener = tokio::net::TcpListener::bind(args.addr)
+                .await
+                .with_context(|| format!("listening on {}", args.addr))?;
+            let addr = listener.local_addr()?;
+            println!(
+                "modalbench is serving on http://{addr}/  (leaderboard: http://{addr}/leaderboard)"
+            );
+            axum::serve(listener, http::router(state))
+                .with_graceful_shutdown(async {
+                    let _ = tokio::signal::ctrl_c().await;
+                })
+                .await
+                .context("serving HTTP")
+        })
+}
+
+fn train_here(a: TrainArgs) -> Result<()> {
+    let model = models::registry::find(&a.settings.models_dir, &a.model).with_context(|| {
+        format!(
+            "no model `{}` under {}",
+            a.model,
+            a.settings.models_dir.display()
+        )
+    })?;
+    let format = data::detect_format(&a.dataset)
+        .with_context(|| format!("{}: no known dataset layout", a.dataset.display()))?;
+    let spec = JobSpec {
+        run_id: 0,
+        model: a.model.clone(),
+        model_dir: model.path,
+        dataset: DatasetRef {
+            name: a
+                .dataset
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            format: format.into(),
+            root: a.dataset.clone(),
+        },
+        config: TrainConfig {
+            epochs: a.epochs,
+            batch_size: a.batch_size,
+            learning_rate: a.learning_rate,
+            seed: a.seed,
+            max_length: a.max_length,
+            max_steps: a.max_steps,
+            ..TrainConfig::default()
+        },
+        device: a.device,
+        threads: std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1),
+        output_dir: a.output,
+    };
+    let mut sink = worker::progress::ProgressSink::default();
+    let s = train::run(&spec, &mut sink)?;
+    println!(
+        "test accuracy {:.4}  F1 {:.4}  AUROC {}  loss {:.4}  |  {:.1}s training, {:.1} samples/s",
+        s.accuracy,
+        s.f1,
+        s.auroc
+            .map(|a| format!("{a:.4}"))
+            .unwrap_or_else(|| "n/a".into()),
+        s.loss,
+        s.train_seconds,
+        s.samples_per_second
+    );
+    Ok(())
+}

@@ -28,37 +28,153 @@ struct Topic {
 
 const TOPICS: [Topic; 4] = [
     Topic {
-        subjects: &["the prime minister", "foreign ministers", "the united nations", "rebel leaders", "the embassy", "border officials"],
-        verbs: &["condemned", "negotiated", "signed", "rejected", "announced", "debated"],
-        objects: &["a ceasefire", "new sanctions", "the peace treaty", "an election date", "a refugee plan", "the trade embargo"],
-        places: &["at the summit", "in the capital", "after the vote", "near the border", "at the assembly"],
+        subjects: &[
+            "the prime minister",
+            "foreign ministers",
+            "the united nations",
+            "rebel leaders",
+            "the embassy",
+            "border officials",
+        ],
+        verbs: &[
+            "condemned",
+            "negotiated",
+            "signed",
+            "rejected",
+            "announced",
+            "debated",
+        ],
+        objects: &[
+            "a ceasefire",
+            "new sanctions",
+            "the peace treaty",
+            "an election date",
+            "a refugee plan",
+            "the trade embargo",
+        ],
+        places: &[
+            "at the summit",
+            "in the capital",
+            "after the vote",
+            "near the border",
+            "at the assembly",
+        ],
         colour: [200, 60, 50],
     },
     Topic {
-        subjects: &["the striker", "the home team", "the coach", "the goalkeeper", "the champions", "the captain"],
-        verbs: &["scored", "won", "lost", "defended", "celebrated", "equalised"],
-        objects: &["a late goal", "the final match", "the league title", "a penalty", "the tournament", "the derby"],
-        places: &["in extra time", "at the stadium", "before the fans", "in the second half", "on the pitch"],
+        subjects: &[
+            "the striker",
+            "the home team",
+            "the coach",
+            "the goalkeeper",
+            "the champions",
+            "the captain",
+        ],
+        verbs: &[
+            "scored",
+            "won",
+            "lost",
+            "defended",
+            "celebrated",
+            "equalised",
+        ],
+        objects: &[
+            "a late goal",
+            "the final match",
+            "the league title",
+            "a penalty",
+            "the tournament",
+            "the derby",
+        ],
+        places: &[
+            "in extra time",
+            "at the stadium",
+            "before the fans",
+            "in the second half",
+            "on the pitch",
+        ],
         colour: [60, 170, 70],
     },
     Topic {
-        subjects: &["the central bank", "shareholders", "the retailer", "investors", "the chief executive", "the airline"],
-        verbs: &["raised", "cut", "reported", "forecast", "acquired", "invested in"],
-        objects: &["interest rates", "quarterly profits", "a merger", "its dividend", "the stock price", "a new factory"],
-        places: &["on wall street", "in the markets", "this quarter", "at the earnings call", "after trading closed"],
+        subjects: &[
+            "the central bank",
+            "shareholders",
+            "the retailer",
+            "investors",
+            "the chief executive",
+            "the airline",
+        ],
+        verbs: &[
+            "raised",
+            "cut",
+            "reported",
+            "forecast",
+            "acquired",
+            "invested in",
+        ],
+        objects: &[
+            "interest rates",
+            "quarterly profits",
+            "a merger",
+            "its dividend",
+            "the stock price",
+            "a new factory",
+        ],
+        places: &[
+            "on wall street",
+            "in the markets",
+            "this quarter",
+            "at the earnings call",
+            "after trading closed",
+        ],
         colour: [50, 90, 200],
     },
     Topic {
-        subjects: &["astronomers", "the research team", "biologists", "the space agency", "physicists", "chemists"],
-        verbs: &["discovered", "measured", "observed", "sequenced", "launched", "simulated"],
-        objects: &["a distant galaxy", "the genome", "a new particle", "the telescope", "a vaccine candidate", "quantum effects"],
-        places: &["in the laboratory", "in orbit", "in a new study", "at the observatory", "in the journal"],
+        subjects: &[
+            "astronomers",
+            "the research team",
+            "biologists",
+            "the space agency",
+            "physicists",
+            "chemists",
+        ],
+        verbs: &[
+            "discovered",
+            "measured",
+            "observed",
+            "sequenced",
+            "launched",
+            "simulated",
+        ],
+        objects: &[
+            "a distant galaxy",
+            "the genome",
+            "a new particle",
+            "the telescope",
+            "a vaccine candidate",
+            "quantum effects",
+        ],
+        places: &[
+            "in the laboratory",
+            "in orbit",
+            "in a new study",
+            "at the observatory",
+            "in the journal",
+        ],
         colour: [220, 180, 40],
     },
 ];
 
 /// Words that carry no topic, mixed in so that no single position gives the answer away.
-const FILLER: &[&str] = &["reportedly", "on monday", "late on friday", "officials said", "according to sources", "once again", "for the first time"];
+const FILLER: &[&str] = &[
+    "reportedly",
+    "on monday",
+    "late on friday",
+    "officials said",
+    "according to sources",
+    "once again",
+    "for the first time",
+];
 
 /// Writes `demo-news` into `dir/demo-news` (train 384, dev 96, test 160 examples).
 /// Same seed, same bytes.
@@ -110,7 +226,11 @@ fn news_line(t: &Topic, rng: &mut ChaCha8Rng) -> String {
 /// A 48x48 picture: a coloured disc on a noisy background. The disc has the topic's colour
 /// two times in three and a random topic's colour otherwise.
 fn news_image(label: usize, rng: &mut ChaCha8Rng) -> RgbImage {
-    let colour_of = if rng.random_range(0..3) < 2 { label } else { rng.random_range(0..TOPICS.len()) };
+    let colour_of = if rng.random_range(0..3) < 2 {
+        label
+    } else {
+        rng.random_range(0..TOPICS.len())
+    };
     let c = TOPICS[colour_of].colour;
     let (cx, cy, r) = (
         rng.random_range(14..34) as i32,
@@ -140,7 +260,10 @@ mod tests {
         write_demo_news(b.path(), 7).unwrap();
         let read = |d: &Path, f: &str| std::fs::read_to_string(d.join(DEMO_NEWS).join(f)).unwrap();
         assert_eq!(read(a.path(), "train.jsonl"), read(b.path(), "train.jsonl"));
-        let train = crate::data::formats::hateful_memes::read_file(&a.path().join(DEMO_NEWS).join("train.jsonl")).unwrap();
+        let train = crate::data::formats::hateful_memes::read_file(
+            &a.path().join(DEMO_NEWS).join("train.jsonl"),
+        )
+        .unwrap();
         assert_eq!(train.len(), 384);
         for k in 0..4 {
             assert_eq!(train.iter().filter(|e| e.label == k).count(), 96);

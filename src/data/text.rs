@@ -93,7 +93,12 @@ pub fn collate(items: &[&Encoded], pad_id: i64, device: Device) -> TextBatch {
         mask[at..at + e.ids.len()].fill(1);
     }
     let shape = [n as i64, len as i64];
-    let t = |v: &[i64]| Tensor::from_slice(v).view(shape).to_kind(Kind::Int64).to_device(device);
+    let t = |v: &[i64]| {
+        Tensor::from_slice(v)
+            .view(shape)
+            .to_kind(Kind::Int64)
+            .to_device(device)
+    };
     TextBatch {
         input_ids: t(&ids),
         attention_mask: t(&mask),
@@ -107,8 +112,14 @@ mod tests {
 
     #[test]
     fn a_batch_is_padded_to_its_longest_item_only() {
-        let a = Encoded { ids: vec![101, 7, 102], type_ids: vec![0, 0, 0] };
-        let b = Encoded { ids: vec![101, 7, 8, 9, 102], type_ids: vec![0, 0, 0, 1, 1] };
+        let a = Encoded {
+            ids: vec![101, 7, 102],
+            type_ids: vec![0, 0, 0],
+        };
+        let b = Encoded {
+            ids: vec![101, 7, 8, 9, 102],
+            type_ids: vec![0, 0, 0, 1, 1],
+        };
         let batch = collate(&[&a, &b], 0, Device::Cpu);
         assert_eq!(batch.input_ids.size(), vec![2, 5]);
         assert_eq!(

@@ -270,7 +270,10 @@ impl BertModel {
             xs = layer.forward_t(&xs, &mask, train);
         }
         let pooled = self.pooler.forward(&xs.select(1, 0)).tanh();
-        BertOutput { last_hidden_state: xs, pooler_output: pooled }
+        BertOutput {
+            last_hidden_state: xs,
+            pooler_output: pooled,
+        }
     }
 }
 
@@ -304,7 +307,9 @@ impl BertForSequenceClassification {
         token_type_ids: &Tensor,
         train: bool,
     ) -> (BertOutput, Tensor) {
-        let out = self.bert.forward_t(input_ids, attention_mask, token_type_ids, train);
+        let out = self
+            .bert
+            .forward_t(input_ids, attention_mask, token_type_ids, train);
         let logits = self
             .classifier
             .forward(&dropout(&out.pooler_output, self.dropout, train));

@@ -4,8 +4,8 @@
 use anyhow::{Context, Result, bail};
 use std::collections::HashMap;
 use std::path::Path;
-use tch::nn::VarStore;
 use tch::Tensor;
+use tch::nn::VarStore;
 
 /// What loading did besides copying tensors one to one.
 #[derive(Debug, Default, Clone, PartialEq)]
@@ -30,7 +30,10 @@ fn candidates(name: &str, base_prefix: &str) -> Vec<String> {
         .filter_map(|n| {
             n.strip_suffix("LayerNorm.weight")
                 .map(|s| format!("{s}LayerNorm.gamma"))
-                .or_else(|| n.strip_suffix("LayerNorm.bias").map(|s| format!("{s}LayerNorm.beta")))
+                .or_else(|| {
+                    n.strip_suffix("LayerNorm.bias")
+                        .map(|s| format!("{s}LayerNorm.beta"))
+                })
         })
         .collect();
     names.extend(legacy);
@@ -53,7 +56,10 @@ pub fn load_safetensors(
         .with_context(|| format!("reading {}", file.display()))?
         .into_iter()
         .collect();
-    let fname = file.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+    let fname = file
+        .file_name()
+        .map(|f| f.to_string_lossy().into_owned())
+        .unwrap_or_default();
     // a checkpoint saved from the base model has no task-model prefix on any key
     let is_base_checkpoint =
         !base_prefix.is_empty() && !tensors.keys().any(|k| k.starts_with(base_prefix));
@@ -89,7 +95,11 @@ pub fn load_safetensors(
         tch::no_grad(|| var.copy_(&src.to_kind(var.kind())));
         used.insert(key.clone());
     }
-    report.unused = tensors.keys().filter(|k| !used.contains(*k)).cloned().collect();
+    report.unused = tensors
+        .keys()
+        .filter(|k| !used.contains(*k))
+        .cloned()
+        .collect();
     report.unused.sort();
     Ok(report)
 }
@@ -110,13 +120,18 @@ pub fn tensor_shapes(file: &Path) -> Result<Vec<(String, Vec<usize>)>> {
     use std::io::Read;
     let mut f = std::fs::File::open(file).with_context(|| format!("opening {}", file.display()))?;
     let mut len = [0u8; 8];
-    f.read_exact(&mut len).with_context(|| format!("{}: not a safetensors file", file.display()))?;
+    f.read_exact(&mut len)
+        .with_context(|| format!("{}: not a safetensors file", file.display()))?;
     let n = u64::from_le_bytes(len);
     if n > 100_000_000 {
-        bail!("{}: not a safetensors file (header of {n} bytes)", file.display());
+        bail!(
+            "{}: not a safetensors file (header of {n} bytes)",
+            file.display()
+        );
     }
     let mut header = vec![0u8; n as usize];
-    f.read_exact(&mut header).with_context(|| format!("{}: truncated header", file.display()))?;
+    f.read_exact(&mut header)
+        .with_context(|| format!("{}: truncated header", file.display()))?;
     let meta: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&header)
         .with_context(|| format!("{}: header is not JSON", file.display()))?;
     let mut out = Vec::new();
@@ -152,6 +167,9 @@ mod tests {
                 "embeddings.LayerNorm.gamma"
             ]
         );
-        assert_eq!(candidates("classifier.bias", "bert."), vec!["classifier.bias"]);
+        assert_eq!(
+            candidates("classifier.bias", "bert."),
+            vec!["classifier.bias"]
+        );
     }
 }

@@ -2,8 +2,8 @@
 //! names, initialised as Hugging Face's `_init_weights` does, with biases and LayerNorm weights
 //! in the optimizer group that gets no weight decay.
 
-use tch::nn::{self, Init, Module};
 use tch::Tensor;
+use tch::nn::{self, Init, Module};
 
 /// Optimizer group of weights that get weight decay.
 pub const DECAY: usize = 0;
@@ -21,8 +21,18 @@ pub struct Linear {
 impl Linear {
     /// A linear layer with a bias.
     pub fn new(p: nn::Path, input: i64, output: i64, std: f64) -> Linear {
-        let weight = p.set_group(DECAY).var("weight", &[output, input], Init::Randn { mean: 0.0, stdev: std });
-        let bias = Some(p.set_group(NO_DECAY).var("bias", &[output], Init::Const(0.0)));
+        let weight = p.set_group(DECAY).var(
+            "weight",
+            &[output, input],
+            Init::Randn {
+                mean: 0.0,
+                stdev: std,
+            },
+        );
+        let bias = Some(
+            p.set_group(NO_DECAY)
+                .var("bias", &[output], Init::Const(0.0)),
+        );
         Linear { weight, bias }
     }
 }
@@ -57,7 +67,13 @@ impl LayerNorm {
 
 impl Module for LayerNorm {
     fn forward(&self, xs: &Tensor) -> Tensor {
-        xs.layer_norm([self.dim], Some(&self.weight), Some(&self.bias), self.eps, true)
+        xs.layer_norm(
+            [self.dim],
+            Some(&self.weight),
+            Some(&self.bias),
+            self.eps,
+            true,
+        )
     }
 }
 
@@ -70,7 +86,14 @@ pub struct Embedding {
 impl Embedding {
     /// An embedding table; `padding_idx`'s row starts at zero, as in Hugging Face.
     pub fn new(p: nn::Path, n: i64, dim: i64, std: f64, padding_idx: Option<i64>) -> Embedding {
-        let weight = p.set_group(DECAY).var("weight", &[n, dim], Init::Randn { mean: 0.0, stdev: std });
+        let weight = p.set_group(DECAY).var(
+            "weight",
+            &[n, dim],
+            Init::Randn {
+                mean: 0.0,
+                stdev: std,
+            },
+        );
         if let Some(i) = padding_idx.filter(|&i| (0..n).contains(&i)) {
             tch::no_grad(|| {
                 let _ = weight.get(i).zero_();
@@ -131,5 +154,9 @@ impl Activation {
 
 /// Dropout that is a no-op outside training.
 pub fn dropout(xs: &Tensor, p: f64, train: bool) -> Tensor {
-    if train && p > 0.0 { xs.dropout(p, true) } else { xs.shallow_clone() }
+    if train && p > 0.0 {
+        xs.dropout(p, true)
+    } else {
+        xs.shallow_clone()
+    }
 }

@@ -23,7 +23,8 @@ pub trait SequenceClassifier {
 
 impl SequenceClassifier for bert::BertForSequenceClassification {
     fn logits(&self, b: &TextBatch, train: bool) -> Tensor {
-        self.forward_t(&b.input_ids, &b.attention_mask, &b.token_type_ids, train).1
+        self.forward_t(&b.input_ids, &b.attention_mask, &b.token_type_ids, train)
+            .1
     }
 }
 
@@ -46,7 +47,8 @@ pub struct LoadedClassifier {
 /// Reads `config.json` of a checkpoint folder.
 pub fn read_config(dir: &Path) -> Result<Value> {
     let path = dir.join("config.json");
-    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
     serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", path.display()))
 }
 
@@ -70,22 +72,40 @@ pub fn load_classifier(dir: &Path, num_labels: usize, device: Device) -> Result<
             "bert" => {
                 let c: bert::Config = serde_json::from_value(config.clone())
                     .context("config.json does not describe a BERT model")?;
-                c.validate().map_err(anyhow::Error::msg).context("config.json")?;
+                c.validate()
+                    .map_err(anyhow::Error::msg)
+                    .context("config.json")?;
                 let m = bert::BertForSequenceClassification::new(vs.root(), &c, num_labels as i64);
-                (Box::new(m), c.pad_token_id.unwrap_or(0), c.max_position_embeddings)
+                (
+                    Box::new(m),
+                    c.pad_token_id.unwrap_or(0),
+                    c.max_position_embeddings,
+                )
             }
             other => bail!("unsupported model_type `{other}` in config.json (supported: bert)"),
         };
     let report = checkpoint::load_safetensors(&mut vs, &weights, "bert.", |name| {
         name.starts_with("classifier.")
     })?;
-    Ok(LoadedClassifier { vs, model, model_type, pad_token_id, max_positions, config, report })
+    Ok(LoadedClassifier {
+        vs,
+        model,
+        model_type,
+        pad_token_id,
+        max_positions,
+        config,
+        report,
+    })
 }
 
 /// Files of a checkpoint folder that describe its tokenizer, copied along with fine-tuned
 /// weights.
-const TOKENIZER_FILES: [&str; 4] =
-    ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"];
+const TOKENIZER_FILES: [&str; 4] = [
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.txt",
+];
 
 /// Writes a fine-tuned classifier as a Hugging Face `*ForSequenceClassification` checkpoint:
 /// config.json with `id2label`/`label2id`, model.safetensors, and the source's tokenizer files.
@@ -103,13 +123,24 @@ pub fn save_classifier(
     };
     config["architectures"] = json!([arch]);
     config["id2label"] = Value::Object(
-        label_names.iter().enumerate().map(|(i, n)| (i.to_string(), json!(n))).collect(),
+        label_names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (i.to_string(), json!(n)))
+            .collect(),
     );
     config["label2id"] = Value::Object(
-        label_names.iter().enumerate().map(|(i, n)| (n.clone(), json!(i))).collect(),
+        label_names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.clone(), json!(i)))
+            .collect(),
     );
-    std::fs::write(out_dir.join("config.json"), serde_json::to_string_pretty(&config)?)
-        .context("writing config.json")?;
+    std::fs::write(
+        out_dir.join("config.json"),
+        serde_json::to_string_pretty(&config)?,
+    )
+    .context("writing config.json")?;
     checkpoint::save_safetensors(&m.vs, &out_dir.join("model.safetensors"))?;
     for f in TOKENIZER_FILES {
         let src = source_dir.join(f);

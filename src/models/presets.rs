@@ -47,7 +47,12 @@ fn vocabulary() -> Vec<String> {
     let mut vocab: Vec<String> = SPECIALS.iter().map(|s| s.to_string()).collect();
     let chars = "abcdefghijklmnopqrstuvwxyz0123456789.,!?'\"-:;()/&%$#@*+=";
     vocab.extend(chars.chars().map(|c| c.to_string()));
-    vocab.extend(chars.chars().filter(char::is_ascii_alphanumeric).map(|c| format!("##{c}")));
+    vocab.extend(
+        chars
+            .chars()
+            .filter(char::is_ascii_alphanumeric)
+            .map(|c| format!("##{c}")),
+    );
     for w in WORDS.split_whitespace() {
         if !vocab.iter().any(|v| v == w) {
             vocab.push(w.to_string());
@@ -58,7 +63,12 @@ fn vocabulary() -> Vec<String> {
 
 /// A BERT-style `tokenizer.json` (lower-casing, WordPiece) over `vocab`.
 fn tokenizer_json(vocab: &[String]) -> Value {
-    let id = |t: &str| vocab.iter().position(|v| v == t).expect("special token in vocab");
+    let id = |t: &str| {
+        vocab
+            .iter()
+            .position(|v| v == t)
+            .expect("special token in vocab")
+    };
     let added: Vec<Value> = SPECIALS
         .iter()
         .map(|t| {
@@ -120,8 +130,14 @@ pub fn write_bert_tiny(dir: &Path) -> Result<()> {
     let vs = VarStore::new(tch::Device::Cpu);
     let _model = bert::BertModel::new(vs.root(), &c);
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    std::fs::write(dir.join("config.json"), serde_json::to_string_pretty(&config)?)?;
-    std::fs::write(dir.join("tokenizer.json"), serde_json::to_string(&tokenizer_json(&vocab))?)?;
+    std::fs::write(
+        dir.join("config.json"),
+        serde_json::to_string_pretty(&config)?,
+    )?;
+    std::fs::write(
+        dir.join("tokenizer.json"),
+        serde_json::to_string(&tokenizer_json(&vocab))?,
+    )?;
     std::fs::write(dir.join("vocab.txt"), vocab.join("\n") + "\n")?;
     std::fs::write(
         dir.join("tokenizer_config.json"),
@@ -157,8 +173,14 @@ mod tests {
     #[test]
     fn the_tiny_preset_loads_as_a_bert_checkpoint_and_tokenizes_unknown_words() {
         let dir = tempfile::tempdir().unwrap();
-        assert_eq!(ensure_presets(dir.path()).unwrap(), vec![BERT_TINY.to_string()]);
-        assert!(ensure_presets(dir.path()).unwrap().is_empty(), "second call writes nothing");
+        assert_eq!(
+            ensure_presets(dir.path()).unwrap(),
+            vec![BERT_TINY.to_string()]
+        );
+        assert!(
+            ensure_presets(dir.path()).unwrap().is_empty(),
+            "second call writes nothing"
+        );
         let p = dir.path().join(BERT_TINY);
         let enc = crate::data::text::TextEncoder::from_file(&p.join("tokenizer.json"), 16).unwrap();
         let ex = crate::data::Example {
@@ -171,7 +193,13 @@ mod tests {
         let ids = &enc.encode(&[ex]).unwrap()[0].ids;
         let vocab = vocabulary();
         let toks: Vec<&str> = ids.iter().map(|&i| vocab[i as usize].as_str()).collect();
-        assert_eq!(toks, ["[CLS]", "the", "team", "s", "##c", "##o", "##r", "##e", "##d", ",", "z", "##y", "##x", "!", "[SEP]"]);
+        assert_eq!(
+            toks,
+            [
+                "[CLS]", "the", "team", "s", "##c", "##o", "##r", "##e", "##d", ",", "z", "##y",
+                "##x", "!", "[SEP]"
+            ]
+        );
         let m = crate::models::load_classifier(&p, 3, tch::Device::Cpu).unwrap();
         assert_eq!(m.report.fresh, vec!["classifier.bias", "classifier.weight"]);
     }

@@ -53,7 +53,9 @@ pub struct ModelInfo {
 
 /// Every sub-folder of `root` that holds a config.json, sorted by name.
 pub fn scan(root: &Path) -> Vec<ModelInfo> {
-    let Ok(entries) = std::fs::read_dir(root) else { return Vec::new() };
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return Vec::new();
+    };
     let mut out: Vec<ModelInfo> = entries
         .filter_map(Result::ok)
         .map(|e| e.path())
@@ -77,7 +79,10 @@ pub fn find(root: &Path, name: &str) -> Option<ModelInfo> {
 /// Reads what the registry shows about one checkpoint folder.
 pub fn inspect(dir: &Path) -> ModelInfo {
     let mut info = ModelInfo {
-        name: dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+        name: dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
         architecture: None,
         class_name: None,
         modality: None,
@@ -102,7 +107,9 @@ fn fill(dir: &Path, info: &mut ModelInfo) -> Result<(), String> {
         .and_then(|a| a.get(0))
         .and_then(Value::as_str)
         .map(str::to_string);
-    info.max_length = config.get("max_position_embeddings").and_then(Value::as_i64);
+    info.max_length = config
+        .get("max_position_embeddings")
+        .and_then(Value::as_i64);
     let model_type = config
         .get("model_type")
         .and_then(Value::as_str)
@@ -124,7 +131,10 @@ fn fill(dir: &Path, info: &mut ModelInfo) -> Result<(), String> {
         .find(|(t, _)| *t == model_type)
         .ok_or_else(|| {
             let known: Vec<&str> = ARCHITECTURES.iter().map(|(t, _)| *t).collect();
-            format!("unsupported model_type `{model_type}` (supported: {})", known.join(", "))
+            format!(
+                "unsupported model_type `{model_type}` (supported: {})",
+                known.join(", ")
+            )
         })?;
     info.modality = Some(*modality);
     if !weights.is_file() {

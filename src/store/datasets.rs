@@ -20,7 +20,8 @@ type Row = (String, String, String, i64, String, String);
 
 fn from_row((name, format, root, num_labels, info, registered_at): Row) -> Result<DatasetRecord> {
     Ok(DatasetRecord {
-        info: serde_json::from_str(&info).with_context(|| format!("dataset {name}: stored info"))?,
+        info: serde_json::from_str(&info)
+            .with_context(|| format!("dataset {name}: stored info"))?,
         name,
         format,
         root,

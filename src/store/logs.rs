@@ -15,14 +15,14 @@ pub struct LogLine {
 }
 
 impl Store {
-    /// Appends lines to a run's log in one transaction.
-    pub async fn append_logs(&self, run_id: i64, stream: &str, lines: &[String]) -> Result<()> {
+    /// Appends `(stream, line)` pairs to a run's log in one transaction, in order.
+    pub async fn append_logs(&self, run_id: i64, lines: &[(&str, String)]) -> Result<()> {
         if lines.is_empty() {
             return Ok(());
         }
         let time = now();
         let mut tx = self.pool().begin().await?;
-        for line in lines {
+        for (stream, line) in lines {
             sqlx::query("INSERT INTO run_logs (run_id, time, stream, line) VALUES (?, ?, ?, ?)")
                 .bind(run_id)
                 .bind(&time)

@@ -69,7 +69,9 @@ impl Store {
         .context("reading metric series")?;
         let mut out: BTreeMap<String, Vec<Point>> = BTreeMap::new();
         for (key, step, epoch, value) in rows {
-            out.entry(key).or_default().push(Point { step, epoch, value });
+            out.entry(key)
+                .or_default()
+                .push(Point { step, epoch, value });
         }
         Ok(out)
     }

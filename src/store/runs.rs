@@ -179,7 +179,11 @@ impl BoardMetric {
     }
 
     fn order(self) -> &'static str {
-        if self == BoardMetric::Loss { "ASC" } else { "DESC" }
+        if self == BoardMetric::Loss {
+            "ASC"
+        } else {
+            "DESC"
+        }
     }
 }
 

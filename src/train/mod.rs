@@ -56,7 +56,10 @@ pub fn run(spec: &JobSpec, sink: &mut dyn EventSink) -> Result<Summary> {
     }
     if !model.report.unused.is_empty() {
         sink.emit(Event::Log {
-            message: format!("checkpoint tensors not used: {}", model.report.unused.join(", ")),
+            message: format!(
+                "checkpoint tensors not used: {}",
+                model.report.unused.join(", ")
+            ),
         });
     }
     let max_length = (cfg.max_length as i64).min(model.max_positions) as usize;
@@ -65,7 +68,12 @@ pub fn run(spec: &JobSpec, sink: &mut dyn EventSink) -> Result<Summary> {
     let enc_dev = encoder.encode(&ds.dev)?;
     let enc_test = encoder.encode(&ds.test)?;
 
-    let num_parameters: i64 = model.vs.trainable_variables().iter().map(Tensor::numel).sum::<usize>() as i64;
+    let num_parameters: i64 = model
+        .vs
+        .trainable_variables()
+        .iter()
+        .map(Tensor::numel)
+        .sum::<usize>() as i64;
     let mut opt = tch::nn::AdamW {
         beta1: 0.9,
         beta2: 0.999,
@@ -106,11 +114,19 @@ pub fn run(spec: &JobSpec, sink: &mut dyn EventSink) -> Result<Summary> {
         let mut window_steps = 0u64;
         for chunk in order.chunks(bs) {
             let t = Instant::now();
-            opt.set_lr(schedule::linear_with_warmup(cfg.learning_rate, step, warmup, total_steps));
+            opt.set_lr(schedule::linear_with_warmup(
+                cfg.learning_rate,
+                step,
+                warmup,
+                total_steps,
+            ));
             let items: Vec<&Encoded> = chunk.iter().map(|&i| &enc_train[i]).collect();
             let batch = collate(&items, model.pad_token_id, device);
             let labels = labels_tensor(chunk.iter().map(|&i| &ds.train[i]), device);
-            let loss = model.model.logits(&batch, true).cross_entropy_for_logits(&labels);
+            let loss = model
+                .model
+                .logits(&batch, true)
+                .cross_entropy_for_logits(&labels);
             opt.zero_grad();
             loss.backward();
             opt.clip_grad_norm(MAX_GRAD_NORM);
@@ -141,25 +157,57 @@ pub fn run(spec: &JobSpec, sink: &mut dyn EventSink) -> Result<Summary> {
                 window_steps = 0;
             }
             if step == total_steps {
-                evaluate_split(&model, &ds.dev, &enc_dev, bs, device, ds.num_labels, "eval", step, epoch_of(step), sink)?;
+                evaluate_split(
+                    &model,
+                    &ds.dev,
+                    &enc_dev,
+                    bs,
+                    device,
+                    ds.num_labels,
+                    "eval",
+                    step,
+                    epoch_of(step),
+                    sink,
+                )?;
                 break 'epochs;
             }
         }
-        evaluate_split(&model, &ds.dev, &enc_dev, bs, device, ds.num_labels, "eval", step, epoch_of(step), sink)?;
+        evaluate_split(
+            &model,
+            &ds.dev,
+            &enc_dev,
+            bs,
+            device,
+            ds.num_labels,
+            "eval",
+            step,
+            epoch_of(step),
+            sink,
+        )?;
     }
 
     let test = evaluate(&model, &ds.test, &enc_test, bs, device)?;
     let m = classification_metrics(&test.labels, &test.probs, ds.num_labels);
     let ep = epoch_of(step);
-    for (key, value) in [("test/loss", Some(test.loss)), ("test/accuracy", Some(m.accuracy)), ("test/f1", Some(m.f1)), ("test/auroc", m.auroc)] {
+    for (key, value) in [
+        ("test/loss", Some(test.loss)),
+        ("test/accuracy", Some(m.accuracy)),
+        ("test/f1", Some(m.f1)),
+        ("test/auroc", m.auroc),
+    ] {
         if let Some(v) = value {
             sink.emit(metric(key, step, ep, v));
         }
     }
-    sink.emit(Event::Predictions { split: "test".into(), rows: predictions(&ds.test, &test) });
+    sink.emit(Event::Predictions {
+        split: "test".into(),
+        rows: predictions(&ds.test, &test),
+    });
     models::save_classifier(&model, &spec.model_dir, &spec.output_dir, &ds.label_names)
         .context("writing the fine-tuned checkpoint")?;
-    sink.emit(Event::Checkpoint { path: spec.output_dir.clone() });
+    sink.emit(Event::Checkpoint {
+        path: spec.output_dir.clone(),
+    });
     Ok(Summary {
         accuracy: m.accuracy,
         f1: m.f1,
@@ -175,7 +223,12 @@ pub fn run(spec: &JobSpec, sink: &mut dyn EventSink) -> Result<Summary> {
 }
 
 fn metric(key: &str, step: u64, epoch: f64, value: f64) -> Event {
-    Event::Metric { key: key.to_string(), step, epoch, value }
+    Event::Metric {
+        key: key.to_string(),
+        step,
+        epoch,
+        value,
+    }
 }
 
 fn labels_tensor<'a>(examples: impl Iterator<Item = &'a Example>, device: Device) -> Tensor {
@@ -209,7 +262,8 @@ fn evaluate(
             let batch = collate(&items, model.pad_token_id, device);
             let labels = labels_tensor(chunk.iter().map(|&i| &examples[i]), device);
             let logits = model.model.logits(&batch, false);
-            loss_sum += f64::try_from(logits.cross_entropy_for_logits(&labels))? * chunk.len() as f64;
+            loss_sum +=
+                f64::try_from(logits.cross_entropy_for_logits(&labels))? * chunk.len() as f64;
             let p = logits.softmax(-1, Kind::Float).to_device(Device::Cpu);
             let rows: Vec<Vec<f32>> = Vec::<Vec<f32>>::try_from(p)?;
             for (&i, row) in chunk.iter().zip(rows) {
@@ -245,7 +299,12 @@ fn evaluate_split(
     let s = evaluate(model, examples, encoded, batch_size, device)?;
     let m = classification_metrics(&s.labels, &s.probs, num_labels);
     sink.emit(metric(&format!("{prefix}/loss"), step, epoch, s.loss));
-    sink.emit(metric(&format!("{prefix}/accuracy"), step, epoch, m.accuracy));
+    sink.emit(metric(
+        &format!("{prefix}/accuracy"),
+        step,
+        epoch,
+        m.accuracy,
+    ));
     sink.emit(metric(&format!("{prefix}/f1"), step, epoch, m.f1));
     if let Some(a) = m.auroc {
         sink.emit(metric(&format!("{prefix}/auroc"), step, epoch, a));

@@ -19,8 +19,12 @@ mod tests {
     fn warm_up_rises_linearly_then_decays_to_zero() {
         // the same values torch.optim.lr_scheduler.LambdaLR gives with Hugging Face's lambda:
         // step < warmup: step / warmup; else (total - step) / (total - warmup)
-        let lrs: Vec<f64> = (0..=10).map(|s| linear_with_warmup(1.0, s, 2, 10)).collect();
-        let expected = [0.0, 0.5, 1.0, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25, 0.125, 0.0];
+        let lrs: Vec<f64> = (0..=10)
+            .map(|s| linear_with_warmup(1.0, s, 2, 10))
+            .collect();
+        let expected = [
+            0.0, 0.5, 1.0, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25, 0.125, 0.0,
+        ];
         for (a, b) in lrs.iter().zip(expected) {
             assert!((a - b).abs() < 1e-12, "{lrs:?}");
         }

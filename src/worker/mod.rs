@@ -31,7 +31,10 @@ impl<W: Write> EventSink for JsonLinesSink<W> {
 
 fn read_spec() -> Result<JobSpec> {
     let mut line = String::new();
-    std::io::stdin().lock().read_line(&mut line).context("reading the job from stdin")?;
+    std::io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .context("reading the job from stdin")?;
     serde_json::from_str(&line).context("parsing the job spec")
 }
 
@@ -59,7 +62,9 @@ pub fn main() -> i32 {
             0
         }
         Err(e) => {
-            sink.emit(Event::Failed { error: format!("{e:#}") });
+            sink.emit(Event::Failed {
+                error: format!("{e:#}"),
+            });
             1
         }
     }

@@ -26,24 +26,39 @@ impl Default for ProgressSink {
 impl EventSink for ProgressSink {
     fn emit(&mut self, event: Event) {
         match event {
-            Event::Started { total_steps, num_parameters, device, train_examples, .. } => {
+            Event::Started {
+                total_steps,
+                num_parameters,
+                device,
+                train_examples,
+                ..
+            } => {
                 self.bar.set_length(total_steps);
                 self.bar.println(format!(
                     "training {:.1}M parameters on {device}, {train_examples} examples, {total_steps} steps",
                     num_parameters as f64 / 1e6
                 ));
             }
-            Event::Progress { epoch, step, samples_per_second, .. } => {
+            Event::Progress {
+                epoch,
+                step,
+                samples_per_second,
+                ..
+            } => {
                 self.bar.set_position(step);
-                self.bar.set_message(format!("{epoch:.2} ({samples_per_second:.1} samples/s)"));
+                self.bar
+                    .set_message(format!("{epoch:.2} ({samples_per_second:.1} samples/s)"));
             }
-            Event::Metric { key, step, value, .. } if !key.starts_with("train/") => {
-                self.bar.println(format!("step {step:>6}  {key:<16} {value:.4}"));
+            Event::Metric {
+                key, step, value, ..
+            } if !key.starts_with("train/") => {
+                self.bar
+                    .println(format!("step {step:>6}  {key:<16} {value:.4}"));
             }
             Event::Log { message } => self.bar.println(message),
-            Event::Checkpoint { path } => {
-                self.bar.println(format!("checkpoint written to {}", path.display()))
-            }
+            Event::Checkpoint { path } => self
+                .bar
+                .println(format!("checkpoint written to {}", path.display())),
             Event::Finished { .. } | Event::Failed { .. } => self.bar.finish_and_clear(),
             _ => {}
         }

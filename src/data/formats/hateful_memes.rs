@@ -26,7 +26,13 @@ pub fn split_files(root: &Path) -> Result<[PathBuf; 3]> {
             .iter()
             .map(|n| root.join(n))
             .find(|p| p.is_file())
-            .with_context(|| format!("{}: no {role} file (one of {})", root.display(), names.join(", ")))
+            .with_context(|| {
+                format!(
+                    "{}: no {role} file (one of {})",
+                    root.display(),
+                    names.join(", ")
+                )
+            })
     };
     Ok([train, pick(&DEV_FILES, "dev")?, pick(&TEST_FILES, "test")?])
 }
@@ -47,14 +53,19 @@ pub fn read_file(path: &Path) -> Result<Vec<Example>> {
             continue;
         }
         let at = || format!("{} line {}", path.display(), i + 1);
-        let v: Value = serde_json::from_str(&line).with_context(|| format!("{}: not valid JSON", at()))?;
+        let v: Value =
+            serde_json::from_str(&line).with_context(|| format!("{}: not valid JSON", at()))?;
         let field = |name: &str| -> Result<&Value> {
-            v.get(name).with_context(|| format!("{}: missing field `{name}`", at()))
+            v.get(name)
+                .with_context(|| format!("{}: missing field `{name}`", at()))
         };
         let id = match field("id")? {
             Value::String(s) => s.clone(),
             Value::Number(n) => n.to_string(),
-            other => bail!("{}: field `id` must be a string or number, found {other}", at()),
+            other => bail!(
+                "{}: field `id` must be a string or number, found {other}",
+                at()
+            ),
         };
         let text = field("text")?
             .as_str()
@@ -69,7 +80,13 @@ pub fn read_file(path: &Path) -> Result<Vec<Example>> {
             Some(Value::String(s)) => Some(PathBuf::from(s)),
             Some(other) => bail!("{}: field `img` must be a path string, found {other}", at()),
         };
-        out.push(Example { id, text, text_pair: None, image, label });
+        out.push(Example {
+            id,
+            text,
+            text_pair: None,
+            image,
+            label,
+        });
     }
     Ok(out)
 }

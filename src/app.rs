@@ -1,0 +1,160 @@
+//! Start-up: open the store, install presets and the demo data, register datasets, recover
+//! interrupted runs. `serve` and the tests build the application the same way.
+
+use crate::config::Settings;
+use crate::data::{self, demo};
+use crate::http::AppState;
+use crate::live::Hub;
+use crate::models::presets;
+use crate::protocol::TrainConfig;
+use crate::queue::Scheduler;
+use crate::queue::slots::Slot;
+use crate::store::Store;
+use crate::store::runs::RunFilter;
+use anyhow::{Context, Result};
+use std::path::{Path, PathBuf};
+
+/// Seed of the embedded demo data.
+pub const DEMO_SEED: u64 = 2024;
+
+/// Builds the application state over `settings` with the given worker slots. The scheduler
+/// is created but not started (see [`Scheduler::spawn`]).
+pub async fn build(settings: Settings, slots: Vec<Slot>) -> Result<AppState> {
+    for dir in [
+        &settings.data_dir,
+        &settings.datasets_dir(),
+        &settings.models_dir,
+    ] {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let store = Store::open(&settings.database_path()).await?;
+    let (models_dir, datasets_dir) = (settings.models_dir.clone(), settings.datasets_dir());
+    tokio::task::spawn_blocking(move || -> Result<()> {
+        for name in presets::ensure_presets(&models_dir)? {
+            tracing::info!(model = name, "wrote built-in preset");
+        }
+        if !datasets_dir.join(demo::DEMO_NEWS).exists() {
+            write_atomically(&datasets_dir, demo::DEMO_NEWS, |tmp| {
+                demo::write_demo_news(tmp, DEMO_SEED)
+            })?;
+            tracing::info!(dataset = demo::DEMO_NEWS, "generated the demo dataset");
+        }
+        Ok(())
+    })
+    .await??;
+    register_datasets(&store, &settings.datasets_dir()).await?;
+    let hub = Hub::default();
+    let scheduler = Scheduler::new(store.clone(), settings.clone(), hub.clone(), slots);
+    scheduler.recover().await?;
+    Ok(AppState::new(settings, store, scheduler, hub))
+}
+
+/// Runs `write` into a temporary sibling folder (whose path it gets, named `name` inside its
+/// parent) and renames the result to `dir/name`, so a crash never leaves a half-written folder.
+fn write_atomically(dir: &Path, name: &str, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    write(&tmp)?;
+    std::fs::rename(tmp.join(name), dir.join(name))
+        .with_context(|| format!("installing {name}"))?;
+    let _ = std::fs::remove_dir_all(&tmp);
+    Ok(())
+}
+
+/// Registers every folder under `root` whose format is recognised; others are skipped with a
+/// logged reason. Registered datasets whose folder under `root` disappeared are forgotten.
+pub async fn register_datasets(store: &Store, root: &Path) -> Result<Vec<String>> {
+    let root = root.to_path_buf();
+    let found = tokio::task::spawn_blocking(move || scan_datasets(&root)).await?;
+    let mut names = Vec::new();
+    for (name, dir, info) in found {
+        store
+            .upsert_dataset(&name, &dir.display().to_string(), &info)
+            .await?;
+        names.push(name);
+    }
+    Ok(names)
+}
+
+fn scan_datasets(root: &Path) -> Vec<(String, PathBuf, data::DatasetInfo)> {
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return Vec::new();
+    };
+    let mut dirs: Vec<PathBuf> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| {
+            p.is_dir()
+                && !p
+                    .file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+        })
+        .collect();
+    dirs.sort();
+    let mut out = Vec::new();
+    for dir in dirs {
+        let name = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let Some(format) = data::detect_format(&dir) else {
+            tracing::warn!(
+                dataset = name,
+                "skipped: no known dataset layout (expected train.jsonl with a dev and a test file)"
+            );
+            continue;
+        };
+        match data::inspect(&dir, format) {
+            Ok(info) => out.push((name, dir, info)),
+            Err(e) => tracing::warn!(
+                dataset = name,
+                error = format!("{e:#}"),
+                "skipped: unreadable dataset"
+            ),
+        }
+    }
+    out
+}
+
+/// The demo study: the real pretrained `minilm-l6` (when installed) and the `bert-tiny` preset
+/// fine-tuned on `demo-news`. Queued only when no run exists yet. Returns the run ids.
+pub async fn queue_demo_study(state: &AppState) -> Result<Vec<i64>> {
+    if !state
+        .store
+        .list_runs(&RunFilter {
+            limit: 1,
+            ..Default::default()
+        })
+        .await?
+        .is_empty()
+    {
+        return Ok(Vec::new());
+    }
+    let mut ids = Vec::new();
+    for (model, lr) in [("minilm-l6", 1e-4), (presets::BERT_TINY, 1e-3)] {
+        if crate::models::registry::find(&state.settings.models_dir, model)
+            .is_none_or(|m| !m.usable)
+        {
+            tracing::warn!(
+                model,
+                "not installed; left out of the demo study (run the setup step)"
+            );
+            continue;
+        }
+        let config = TrainConfig {
+            epochs: 3,
+            learning_rate: lr,
+            max_length: 64,
+            ..TrainConfig::default()
+        };
+        ids.push(
+            state
+                .store
+                .insert_run(model, demo::DEMO_NEWS, &config, 0)
+                .await?
+                .id,
+        );
+    }
+    state.scheduler.wake();
+    Ok(ids)
+}

@@ -1,0 +1,24 @@
+//! JSON API, version 1.
+
+mod catalog;
+pub mod leaderboard;
+pub mod runs;
+
+use super::AppState;
+use super::error::ApiError;
+use axum::Router;
+
+/// Routes under `/api/v1`.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .merge(runs::router())
+        .merge(catalog::router())
+        .merge(leaderboard::router())
+        .fallback(|| async { ApiError::not_found("this API route") })
+}
+
+/// Parses a numeric id from a path segment; anything else names no resource.
+pub(crate) fn parse_id(kind: &str, raw: &str) -> Result<i64, ApiError> {
+    raw.parse()
+        .map_err(|_| ApiError::not_found(format!("{kind} `{raw}`")))
+}

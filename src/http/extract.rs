@@ -1,0 +1,136 @@
+//! Extractors that answer bad input with [`ApiError`]s naming the field, instead of axum's
+//! plain-text rejections.
+
+use super::error::ApiError;
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::{StatusCode, header};
+use serde::de::DeserializeOwned;
+
+/// A JSON body. Unparseable JSON is a 400 `invalid_json`; a body that parses but does not fit
+/// (unknown field, wrong type) is a 422 naming the field.
+pub struct ApiJson<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        if let Some(ct) = req.headers().get(header::CONTENT_TYPE) {
+            let ct = ct.to_str().unwrap_or("");
+            if !ct.starts_with("application/json") && !ct.contains("+json") {
+                return Err(ApiError::new(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    "unsupported_media_type",
+                    format!("expected an application/json body, got `{ct}`"),
+                ));
+            }
+        }
+        let bytes = Bytes::from_request(req, state)
+            .await
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_body", e.body_text()))?;
+        parse_json(&bytes).map(ApiJson)
+    }
+}
+
+/// Parses a JSON document into `T` with errors that name the field at fault.
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    // syntax first: a body that is not JSON at all is a 400
+    if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(bytes) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+            format!("the body is not valid JSON: {e}"),
+        ));
+    }
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let inner = e.inner().to_string();
+        let path = e.path().to_string();
+        if let Some(field) = unknown_field(&inner) {
+            let mut msg = format!("unknown field `{field}`");
+            if let Some(i) = inner.find("expected") {
+                msg = format!(
+                    "{msg}; {}",
+                    inner[i..].split(" at line").next().unwrap_or("")
+                );
+            }
+            return ApiError::invalid(&field, "unknown_field", msg);
+        }
+        let message = inner.split(" at line").next().unwrap_or(&inner).to_string();
+        let field = if path == "." {
+            missing_field(&inner).unwrap_or_default()
+        } else {
+            path
+        };
+        ApiError::invalid(&field, "invalid_value", format!("`{field}`: {message}"))
+    })
+}
+
+fn quoted_after(msg: &str, prefix: &str) -> Option<String> {
+    let rest = msg.strip_prefix(prefix)?;
+    let rest = rest.strip_prefix('`')?;
+    Some(rest[..rest.find('`')?].to_string())
+}
+
+fn unknown_field(msg: &str) -> Option<String> {
+    quoted_after(msg, "unknown field ")
+}
+
+fn missing_field(msg: &str) -> Option<String> {
+    quoted_after(msg, "missing field ")
+}
+
+/// Query parameters; a bad value is a 422 naming the parameter.
+pub struct ApiQuery<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        let q = parts.uri.query().unwrap_or("");
+        let de = serde_urlencoded::Deserializer::new(form_urlencoded::parse(q.as_bytes()));
+        serde_path_to_error::deserialize(de)
+            .map(ApiQuery)
+            .map_err(|e| {
+                let inner = e.inner().to_string();
+                let field = unknown_field(&inner).unwrap_or_else(|| e.path().to_string());
+                ApiError::invalid(
+                    &field,
+                    "invalid_value",
+                    format!("query parameter `{field}`: {inner}"),
+                )
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Req {
+        model: String,
+        epochs: Option<i64>,
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let e = parse_json::<Req>(br#"{"model": "m", "epochs": "two"}"#).unwrap_err();
+        assert_eq!(
+            (e.status.as_u16(), e.field.as_deref()),
+            (422, Some("epochs"))
+        );
+        let e = parse_json::<Req>(br#"{"model": "m", "epoch": 2}"#).unwrap_err();
+        assert_eq!(
+            (e.code, e.field.as_deref()),
+            ("unknown_field", Some("epoch"))
+        );
+        let e = parse_json::<Req>(br#"{"epochs": 2}"#).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("model"));
+        let e = parse_json::<Req>(br#"{"model": "m", "#).unwrap_err();
+        assert_eq!((e.status.as_u16(), e.code), (400, "invalid_json"));
+    }
+}

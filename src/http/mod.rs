@@ -1,0 +1,70 @@
+//! The HTTP service: JSON API under `/api/v1`, HTML pages, static assets.
+
+pub mod api;
+pub mod error;
+pub mod extract;
+pub mod pages;
+
+use crate::config::Settings;
+use crate::live::Hub;
+use crate::queue::Scheduler;
+use crate::store::Store;
+use axum::Router;
+use axum::http::Request;
+use std::ops::Deref;
+use std::sync::Arc;
+use tower_http::compression::CompressionLayer;
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::trace::TraceLayer;
+
+/// What every handler can reach; cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    inner: Arc<AppInner>,
+}
+
+/// The shared parts behind [`AppState`].
+pub struct AppInner {
+    pub settings: Settings,
+    pub store: Store,
+    pub scheduler: Scheduler,
+    pub hub: Hub,
+}
+
+impl AppState {
+    /// Wraps the shared parts.
+    pub fn new(settings: Settings, store: Store, scheduler: Scheduler, hub: Hub) -> Self {
+        AppState {
+            inner: Arc::new(AppInner {
+                settings,
+                store,
+                scheduler,
+                hub,
+            }),
+        }
+    }
+}
+
+impl Deref for AppState {
+    type Target = AppInner;
+    fn deref(&self) -> &AppInner {
+        &self.inner
+    }
+}
+
+/// Largest request body accepted (run submissions and registrations are small).
+const BODY_LIMIT: usize = 1 << 20;
+
+/// The whole application: API, pages, assets, with tracing, compression and a body limit.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .nest("/api/v1", api::router())
+        .merge(pages::router())
+        .fallback(pages::not_found)
+        .layer(RequestBodyLimitLayer::new(BODY_LIMIT))
+        .layer(CompressionLayer::new())
+        .layer(TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
+            tracing::info_span!("http", method = %req.method(), path = %req.uri().path())
+        }))
+        .with_state(state)
+}

@@ -1,0 +1,142 @@
+//! HTML pages (askama templates in `templates/`, autoescaped) and the static assets they use.
+
+mod catalog;
+mod runs;
+
+use super::AppState;
+use super::error::ApiError;
+use askama::Template;
+use axum::Router;
+use axum::http::{HeaderValue, StatusCode, Uri, header};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+
+pub(crate) fn router() -> Router<AppState> {
+    Router::new()
+        .merge(runs::router())
+        .merge(catalog::router())
+        .route(
+            "/static/style.css",
+            get(|| asset("text/css", include_str!("../../../static/style.css"))),
+        )
+        .route(
+            "/static/app.js",
+            get(|| asset("text/javascript", include_str!("../../../static/app.js"))),
+        )
+}
+
+async fn asset(content_type: &'static str, body: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, HeaderValue::from_static(content_type)),
+            (
+                header::CACHE_CONTROL,
+                HeaderValue::from_static("public, max-age=300"),
+            ),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+/// An error shown as a page.
+pub struct PageError(pub ApiError);
+
+impl From<ApiError> for PageError {
+    fn from(e: ApiError) -> Self {
+        PageError(e)
+    }
+}
+
+impl From<anyhow::Error> for PageError {
+    fn from(e: anyhow::Error) -> Self {
+        PageError(ApiError::from(e))
+    }
+}
+
+#[derive(Template)]
+#[template(path = "error.html")]
+struct ErrorPage<'a> {
+    status: u16,
+    reason: &'a str,
+    message: &'a str,
+}
+
+impl IntoResponse for PageError {
+    fn into_response(self) -> Response {
+        let e = self.0;
+        let page = ErrorPage {
+            status: e.status.as_u16(),
+            reason: e.status.canonical_reason().unwrap_or("Error"),
+            message: &e.message,
+        };
+        match page.render() {
+            Ok(html) => (e.status, Html(html)).into_response(),
+            Err(_) => (e.status, e.message).into_response(),
+        }
+    }
+}
+
+/// Result of a page handler.
+pub type PageResult = Result<Response, PageError>;
+
+/// Renders a template into a 200 response.
+pub fn render(t: &impl Template) -> PageResult {
+    render_status(StatusCode::OK, t)
+}
+
+/// Renders a template with a given status.
+pub fn render_status(status: StatusCode, t: &impl Template) -> PageResult {
+    let html = t
+        .render()
+        .map_err(|e| anyhow::anyhow!("rendering a page: {e}"))?;
+    Ok((status, Html(html)).into_response())
+}
+
+/// 404 for everything no route matches: JSON under `/api`, a page elsewhere.
+pub async fn not_found(uri: Uri) -> Response {
+    let e = ApiError::not_found(format!("`{}`", uri.path()));
+    if uri.path().starts_with("/api/") {
+        e.into_response()
+    } else {
+        PageError(e).into_response()
+    }
+}
+
+/// `0.8123` for a value, `–` for none.
+pub(crate) fn num(v: Option<f64>, digits: usize) -> String {
+    match v {
+        Some(x) if x.is_finite() => format!("{x:.digits$}"),
+        _ => "–".into(),
+    }
+}
+
+/// `2m 05s` for seconds.
+pub(crate) fn duration(secs: Option<f64>) -> String {
+    match secs {
+        None => "–".into(),
+        Some(s) if s < 60.0 => format!("{s:.1}s"),
+        Some(s) if s < 3600.0 => format!("{}m {:02}s", (s / 60.0) as u64, (s % 60.0) as u64),
+        Some(s) => format!(
+            "{}h {:02}m",
+            (s / 3600.0) as u64,
+            ((s % 3600.0) / 60.0) as u64
+        ),
+    }
+}
+
+/// `22.7M` for a parameter count.
+pub(crate) fn params(n: Option<i64>) -> String {
+    match n {
+        None => "–".into(),
+        Some(n) if n >= 1_000_000 => format!("{:.1}M", n as f64 / 1e6),
+        Some(n) if n >= 1_000 => format!("{:.0}k", n as f64 / 1e3),
+        Some(n) => n.to_string(),
+    }
+}
+
+/// `2026-11-27 11:52:00` from a stored time.
+pub(crate) fn when(t: Option<&str>) -> String {
+    t.map(|t| t.get(..19).unwrap_or(t).replace('T', " "))
+        .unwrap_or_else(|| "–".into())
+}

@@ -1,0 +1,268 @@
+//! The run queue: the scheduler claims queued runs for free device slots and supervises one
+//! worker process per running run.
+
+pub mod slots;
+mod supervisor;
+
+use crate::config::Settings;
+use crate::live::{Hub, LiveKind};
+use crate::store::Store;
+use crate::store::runs::{Run, RunStatus};
+use anyhow::Result;
+use slots::Slot;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::Notify;
+
+/// How often a run may be started before a restart stops retrying it.
+pub const MAX_ATTEMPTS: i64 = 3;
+
+/// Handle on the scheduler; cheap to clone.
+#[derive(Clone)]
+pub struct Scheduler {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Store,
+    settings: Settings,
+    hub: Hub,
+    slots: Vec<Slot>,
+    state: Mutex<State>,
+    /// Serialises claiming, so two ticks never fill the same slot.
+    claim: tokio::sync::Mutex<()>,
+    wake: Notify,
+}
+
+#[derive(Default)]
+struct State {
+    /// Run occupying each slot.
+    busy: Vec<Option<i64>>,
+    active: HashMap<i64, Active>,
+}
+
+struct Active {
+    cancel: Arc<Notify>,
+    pid: Option<u32>,
+}
+
+/// What a cancel request did.
+#[derive(Debug, Clone)]
+pub enum CancelOutcome {
+    /// The run is now cancelled.
+    Cancelled(Run),
+    /// The run had already ended with this status.
+    AlreadyEnded(RunStatus),
+    /// No such run.
+    NotFound,
+}
+
+impl Scheduler {
+    /// A scheduler over the given slots. Nothing starts until [`Scheduler::tick`] or
+    /// [`Scheduler::spawn`].
+    pub fn new(store: Store, settings: Settings, hub: Hub, slots: Vec<Slot>) -> Self {
+        let state = State {
+            busy: vec![None; slots.len()],
+            active: HashMap::new(),
+        };
+        Scheduler {
+            inner: Arc::new(Inner {
+                store,
+                settings,
+                hub,
+                slots,
+                state: Mutex::new(state),
+                claim: tokio::sync::Mutex::new(()),
+                wake: Notify::new(),
+            }),
+        }
+    }
+
+    /// The device slots.
+    pub fn slots(&self) -> &[Slot] {
+        &self.inner.slots
+    }
+
+    /// Start-up recovery: runs an earlier server left `running` become `interrupted` (they
+    /// will be started again), and runs interrupted too often are failed.
+    pub async fn recover(&self) -> Result<Vec<i64>> {
+        let ids = self.inner.store.interrupt_running_runs().await?;
+        for &id in &ids {
+            self.inner
+                .store
+                .append_logs(
+                    id,
+                    &[(
+                        "system",
+                        "interrupted: the server stopped while this run was running".into(),
+                    )],
+                )
+                .await?;
+            tracing::warn!(
+                run_id = id,
+                "run was interrupted by a server stop; it will restart"
+            );
+        }
+        Ok(ids)
+    }
+
+    /// Starts queued runs on free slots, highest priority then oldest first. Returns the ids
+    /// started.
+    pub async fn tick(&self) -> Result<Vec<i64>> {
+        let _claiming = self.inner.claim.lock().await;
+        for id in self.inner.store.fail_exhausted_runs(MAX_ATTEMPTS).await? {
+            self.inner.hub.send(
+                id,
+                LiveKind::Status {
+                    status: RunStatus::Failed,
+                    error: None,
+                },
+            );
+        }
+        let mut started = Vec::new();
+        loop {
+            let Some(slot_index) = self.lock().busy.iter().position(Option::is_none) else {
+                break;
+            };
+            let slot = self.inner.slots[slot_index].clone();
+            let Some(run) = self.inner.store.claim_next_run(&slot.name).await? else {
+                break;
+            };
+            let cancel = Arc::new(Notify::new());
+            {
+                let mut st = self.lock();
+                st.busy[slot_index] = Some(run.id);
+                st.active.insert(
+                    run.id,
+                    Active {
+                        cancel: cancel.clone(),
+                        pid: None,
+                    },
+                );
+            }
+            self.inner.hub.send(
+                run.id,
+                LiveKind::Status {
+                    status: RunStatus::Running,
+                    error: None,
+                },
+            );
+            tracing::info!(run_id = run.id, model = %run.model, dataset = %run.dataset, slot = %slot.name, "starting run");
+            started.push(run.id);
+            let this = self.clone();
+            tokio::spawn(async move {
+                let id = run.id;
+                supervisor::supervise(&this, run, slot, cancel).await;
+                {
+                    let mut st = this.lock();
+                    st.active.remove(&id);
+                    if let Some(b) = st.busy.iter_mut().find(|b| **b == Some(id)) {
+                        *b = None;
+                    }
+                }
+                this.inner.wake.notify_one();
+            });
+        }
+        Ok(started)
+    }
+
+    /// Runs the scheduling loop in the background: a tick whenever a run is queued or ends,
+    /// and every two seconds.
+    pub fn spawn(&self) -> tokio::task::JoinHandle<()> {
+        let this = self.clone();
+        tokio::spawn(async move {
+            loop {
+                if let Err(e) = this.tick().await {
+                    tracing::error!(error = format!("{e:#}"), "scheduler tick failed");
+                }
+                tokio::select! {
+                    _ = this.inner.wake.notified() => {}
+                    _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                }
+            }
+        })
+    }
+
+    /// Asks the loop to look at the queue now.
+    pub fn wake(&self) {
+        self.inner.wake.notify_one();
+    }
+
+    /// Cancels a run: a waiting run is cancelled in the database, a running one has its worker
+    /// killed. Returns once the run is cancelled.
+    pub async fn cancel(&self, id: i64) -> Result<CancelOutcome> {
+        let notify = {
+            let _claiming = self.inner.claim.lock().await;
+            if self.inner.store.cancel_waiting_run(id).await? {
+                self.inner.hub.send(
+                    id,
+                    LiveKind::Status {
+                        status: RunStatus::Cancelled,
+                        error: None,
+                    },
+                );
+                None
+            } else {
+                self.lock().active.get(&id).map(|a| a.cancel.clone())
+            }
+        };
+        if let Some(n) = notify {
+            let waiting = self.wait_finished(id, Duration::from_secs(30));
+            n.notify_one();
+            waiting.await?;
+        }
+        Ok(match self.inner.store.get_run(id).await? {
+            None => CancelOutcome::NotFound,
+            Some(r) if r.status == RunStatus::Cancelled => CancelOutcome::Cancelled(r),
+            Some(r) => CancelOutcome::AlreadyEnded(r.status),
+        })
+    }
+
+    /// Waits until the run is no longer queued, running or interrupted, or `timeout` passes;
+    /// returns its status then.
+    pub async fn wait_finished(&self, id: i64, timeout: Duration) -> Result<Option<RunStatus>> {
+        let mut rx = self.inner.hub.subscribe();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let status = self.inner.store.get_run(id).await?.map(|r| r.status);
+            match status {
+                Some(s) if s.is_active() => {}
+                other => return Ok(other),
+            }
+            // wake on this run's next status change; after a lagged receiver, re-read the store
+            // so nothing is missed
+            loop {
+                match tokio::time::timeout_at(deadline, rx.recv()).await {
+                    Err(_) => return Ok(status),
+                    Ok(Ok(ev)) if ev.run_id == id && matches!(ev.kind, LiveKind::Status { .. }) => {
+                        break;
+                    }
+                    Ok(Ok(_)) => continue,
+                    Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => break,
+                    Ok(Err(tokio::sync::broadcast::error::RecvError::Closed)) => return Ok(status),
+                }
+            }
+        }
+    }
+
+    /// Process id of the worker running `id`, while it runs.
+    pub fn worker_pid(&self, id: i64) -> Option<u32> {
+        self.lock().active.get(&id).and_then(|a| a.pid)
+    }
+
+    /// Runs currently executing.
+    pub fn running(&self) -> Vec<i64> {
+        self.lock().busy.iter().flatten().copied().collect()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.inner.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn set_pid(&self, id: i64, pid: Option<u32>) {
+        if let Some(a) = self.lock().active.get_mut(&id) {
+            a.pid = pid;
+        }
+    }
+}

@@ -1,0 +1,64 @@
+//! Device slots: one per CUDA device, or `--cpu-slots` CPU slots sharing the cores.
+
+use serde::Serialize;
+
+/// A place a run can execute.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Slot {
+    /// `cuda:N` or `cpu:N`, stored as the run's device.
+    pub name: String,
+    /// The GPU the worker is pinned to (`CUDA_VISIBLE_DEVICES`), if any.
+    pub cuda_index: Option<usize>,
+    /// Torch intra-op threads for a CPU worker.
+    pub threads: usize,
+}
+
+/// One slot per CUDA device if there are any, else `cpu_slots` CPU slots that split the
+/// machine's cores between them.
+pub fn detect(cpu_slots: usize) -> Vec<Slot> {
+    let gpus = usize::try_from(tch::Cuda::device_count()).unwrap_or(0);
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    plan(gpus, cpu_slots, cores)
+}
+
+/// The slots for `gpus` devices, or `cpu_slots` CPU slots over `cores` cores.
+pub fn plan(gpus: usize, cpu_slots: usize, cores: usize) -> Vec<Slot> {
+    if gpus > 0 {
+        return (0..gpus)
+            .map(|i| Slot {
+                name: format!("cuda:{i}"),
+                cuda_index: Some(i),
+                threads: (cores / gpus).max(1),
+            })
+            .collect();
+    }
+    let n = cpu_slots.max(1);
+    (0..n)
+        .map(|i| Slot {
+            name: format!("cpu:{i}"),
+            cuda_index: None,
+            threads: (cores / n).max(1),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gpus_get_one_slot_each_and_cpu_slots_split_the_cores() {
+        let g = plan(2, 4, 16);
+        assert_eq!(
+            g.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(),
+            ["cuda:0", "cuda:1"]
+        );
+        assert_eq!(g[1].cuda_index, Some(1));
+        let c = plan(0, 3, 8);
+        assert_eq!(c.len(), 3);
+        assert!(c.iter().all(|s| s.threads == 2 && s.cuda_index.is_none()));
+        assert_eq!(plan(0, 0, 2).len(), 1, "at least one slot");
+    }
+}

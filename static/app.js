@@ -1,0 +1,128 @@
+// modalbench pages: metric charts, and live updates of a run page while it trains.
+"use strict";
+
+const COLORS = ["#2f6fdb", "#e07b39", "#23864a", "#9b51e0", "#c0392b"];
+
+// Draws the series named in the svg's data-keys as lines over the step axis.
+function drawChart(svg, series) {
+  const keys = svg.dataset.keys.split(",");
+  const W = 480, H = 240, L = 44, R = 10, T = 10, B = 44;
+  const lines = keys.map((k) => ({ key: k, pts: series[k] || [] })).filter((s) => s.pts.length);
+  const ns = "http://www.w3.org/2000/svg";
+  const el = (name, attrs, text) => {
+    const e = document.createElementNS(ns, name);
+    for (const [k, v] of Object.entries(attrs)) e.setAttribute(k, v);
+    if (text !== undefined) e.textContent = text;
+    svg.appendChild(e);
+    return e;
+  };
+  svg.replaceChildren();
+  if (!lines.length) {
+    el("text", { x: W / 2, y: H / 2, "text-anchor": "middle" }, "no points yet");
+    return;
+  }
+  const all = lines.flatMap((s) => s.pts);
+  let x0 = Math.min(...all.map((p) => p.step)), x1 = Math.max(...all.map((p) => p.step));
+  let y0, y1;
+  if (svg.dataset.range) {
+    [y0, y1] = svg.dataset.range.split(",").map(Number);
+  } else {
+    y0 = Math.min(0, ...all.map((p) => p.value));
+    y1 = Math.max(...all.map((p) => p.value));
+  }
+  if (x1 === x0) x1 = x0 + 1;
+  if (y1 === y0) y1 = y0 + 1;
+  const sx = (x) => L + ((x - x0) / (x1 - x0)) * (W - L - R);
+  const sy = (y) => H - B - ((y - y0) / (y1 - y0)) * (H - T - B);
+  for (let i = 0; i <= 4; i++) {
+    const v = y0 + ((y1 - y0) * i) / 4;
+    el("line", { class: "grid", x1: L, x2: W - R, y1: sy(v), y2: sy(v) });
+    el("text", { x: L - 4, y: sy(v) + 3, "text-anchor": "end" }, v.toFixed(2));
+  }
+  el("line", { class: "axis", x1: L, x2: W - R, y1: H - B, y2: H - B });
+  el("line", { class: "axis", x1: L, x2: L, y1: T, y2: H - B });
+  el("text", { x: L, y: H - B + 14, "text-anchor": "middle" }, String(x0));
+  el("text", { x: W - R, y: H - B + 14, "text-anchor": "end" }, String(x1));
+  el("text", { x: (L + W - R) / 2, y: H - B + 14, "text-anchor": "middle" }, "step");
+  lines.forEach((s, i) => {
+    const color = COLORS[keys.indexOf(s.key) % COLORS.length];
+    const d = s.pts.map((p, j) => (j ? "L" : "M") + sx(p.step).toFixed(1) + "," + sy(p.value).toFixed(1)).join("");
+    el("path", { class: "series", d, stroke: color, "data-key": s.key });
+    if (s.pts.length === 1) el("circle", { cx: sx(s.pts[0].step), cy: sy(s.pts[0].value), r: 3, fill: color });
+    el("rect", { x: L + i * 110, y: H - 16, width: 10, height: 10, fill: color });
+    el("text", { x: L + i * 110 + 14, y: H - 7 }, s.key);
+  });
+}
+
+const fmt = (v, d) => (v === undefined || v === null ? "–" : Number(v).toFixed(d));
+
+// Rebuilds the dev-evaluation table from the metric series.
+function fillEvalTable(series) {
+  const body = document.querySelector("#eval-table tbody");
+  const losses = series["eval/loss"] || [];
+  if (!body || !losses.length) return;
+  const at = (k, step) => ((series[k] || []).find((p) => p.step === step) || {}).value;
+  body.replaceChildren();
+  for (const p of losses) {
+    const tr = document.createElement("tr");
+    const cells = [p.step, fmt(p.epoch, 2), fmt(p.value, 4), fmt(at("eval/accuracy", p.step), 4),
+                   fmt(at("eval/f1", p.step), 4), fmt(at("eval/auroc", p.step), 4)];
+    for (const c of cells) {
+      const td = document.createElement("td");
+      td.className = "num";
+      td.textContent = c;
+      tr.appendChild(td);
+    }
+    body.appendChild(tr);
+  }
+}
+
+async function refreshMetrics(runId) {
+  const res = await fetch(`/api/v1/runs/${runId}/metrics`);
+  if (!res.ok) return;
+  const { series } = await res.json();
+  document.querySelectorAll("svg.chart").forEach((svg) => drawChart(svg, series));
+  fillEvalTable(series);
+}
+
+function initRunPage(root) {
+  const runId = root.dataset.runId;
+  refreshMetrics(runId);
+  if (root.dataset.active !== "true") return;
+  const src = new EventSource(`/api/v1/runs/${runId}/events`);
+  let pending = null;
+  const soon = () => {
+    if (!pending) pending = setTimeout(() => { pending = null; refreshMetrics(runId); }, 400);
+  };
+  const log = document.getElementById("run-log");
+  const appendLog = (line) => {
+    if (!log) return;
+    log.textContent += line + "\n";
+    log.scrollTop = log.scrollHeight;
+  };
+  src.addEventListener("metric", soon);
+  src.addEventListener("progress", (e) => {
+    const p = JSON.parse(e.data);
+    const pct = Math.round((100 * p.step) / Math.max(1, p.total_steps));
+    document.getElementById("run-progress").value = pct;
+    document.getElementById("run-progress-text").textContent =
+      `${pct}% · epoch ${p.epoch.toFixed(2)} · ${p.samples_per_second.toFixed(1)} samples/s`;
+  });
+  src.addEventListener("log", (e) => appendLog(JSON.parse(e.data).message));
+  src.addEventListener("status", (e) => {
+    const s = JSON.parse(e.data);
+    const badge = document.getElementById("run-status");
+    badge.textContent = s.status;
+    badge.className = "status " + s.status;
+    if (!["queued", "running", "interrupted"].includes(s.status)) {
+      src.close();
+      // the finished page carries the summary and the final log
+      setTimeout(() => window.location.reload(), 300);
+    }
+  });
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  const run = document.getElementById("run");
+  if (run) initRunPage(run);
+});
