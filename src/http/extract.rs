@@ -33,38 +33,42 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     }
 }
 
-/// Parses a JSON document into `T` with errors that name the field at fault.
+/// Parses a JSON document into `T` with errors that name the field at fault: a body that is
+/// not JSON is a 400 `invalid_json`; valid JSON that does not fit is a 422.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    // syntax first: a body that is not JSON at all is a 400
+    let not_json = |e: &serde_json::Error| {
+        ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", format!("the body is not valid JSON: {e}"))
+    };
+    // syntax first (ignoring values, so that a number out of float range is not a syntax
+    // error here but a bad value of its field below)
     if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(bytes) {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_json",
-            format!("the body is not valid JSON: {e}"),
-        ));
+        return Err(not_json(&e));
     }
-    let de = &mut serde_json::Deserializer::from_slice(bytes);
-    serde_path_to_error::deserialize(de).map_err(|e| {
-        let inner = e.inner().to_string();
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
-        if let Some(field) = unknown_field(&inner) {
+        let inner = e.into_inner();
+        let message = inner.to_string();
+        let message = message.split(" at line").next().unwrap_or(&message).to_string();
+        if inner.is_syntax() || inner.is_eof() {
+            // a number too large for a float is well-formed JSON but no usable value
+            if message == "number out of range" && path != "." {
+                return ApiError::invalid(&path, "invalid_value", format!("`{path}`: number out of range"));
+            }
+            return not_json(&inner);
+        }
+        if let Some(field) = unknown_field(&message) {
             let mut msg = format!("unknown field `{field}`");
-            if let Some(i) = inner.find("expected") {
-                msg = format!(
-                    "{msg}; {}",
-                    inner[i..].split(" at line").next().unwrap_or("")
-                );
+            if let Some(i) = message.find("expected") {
+                msg = format!("{msg}; {}", &message[i..]);
             }
             return ApiError::invalid(&field, "unknown_field", msg);
         }
-        let message = inner.split(" at line").next().unwrap_or(&inner).to_string();
-        let field = if path == "." {
-            missing_field(&inner).unwrap_or_default()
-        } else {
-            path
-        };
+        let field = if path == "." { missing_field(&message).unwrap_or_default() } else { path };
         ApiError::invalid(&field, "invalid_value", format!("`{field}`: {message}"))
-    })
+    })?;
+    de.end().map_err(|e| not_json(&e))?;
+    Ok(value)
 }
 
 fn quoted_after(msg: &str, prefix: &str) -> Option<String> {
@@ -114,6 +118,7 @@ mod tests {
     struct Req {
         model: String,
         epochs: Option<i64>,
+        lr: Option<f64>,
     }
 
     #[test]
@@ -131,6 +136,10 @@ mod tests {
         let e = parse_json::<Req>(br#"{"epochs": 2}"#).unwrap_err();
         assert_eq!(e.field.as_deref(), Some("model"));
         let e = parse_json::<Req>(br#"{"model": "m", "#).unwrap_err();
+        assert_eq!((e.status.as_u16(), e.code), (400, "invalid_json"));
+        let e = parse_json::<Req>(br#"{"model": "m", "lr": 1e400}"#).unwrap_err();
+        assert_eq!((e.status.as_u16(), e.field.as_deref()), (422, Some("lr")));
+        let e = parse_json::<Req>(br#"{"model": "m"} x"#).unwrap_err();
         assert_eq!((e.status.as_u16(), e.code), (400, "invalid_json"));
     }
 }

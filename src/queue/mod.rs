@@ -194,6 +194,11 @@ impl Scheduler {
     pub async fn cancel(&self, id: i64) -> Result<CancelOutcome> {
         let notify = {
             let _claiming = self.inner.claim.lock().await;
+            match self.inner.store.get_run(id).await? {
+                None => return Ok(CancelOutcome::NotFound),
+                Some(r) if !r.status.is_active() => return Ok(CancelOutcome::AlreadyEnded(r.status)),
+                Some(_) => {}
+            }
             if self.inner.store.cancel_waiting_run(id).await? {
                 self.inner.hub.send(
                     id,

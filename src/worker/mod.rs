@@ -38,6 +38,33 @@ fn read_spec() -> Result<JobSpec> {
     serde_json::from_str(&line).context("parsing the job spec")
 }
 
+/// Makes a panic (from Rust or a libtorch exception unwrapped by tch) report a `failed` event
+/// with its message before the default hook prints it, so the run's error says what happened
+/// even when a long backtrace fills stderr.
+fn report_panics() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let msg = payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "(no message)".into());
+        // libtorch appends its C++ stack to the message (escaped, inside tch's error debug
+        // output); the part before it says what went wrong
+        let msg = match msg.find("Exception raised from") {
+            Some(i) => format!("{}…", msg[..i].trim_end_matches("\\n").trim_end()),
+            None => msg,
+        };
+        let msg: String = msg.chars().take(2000).collect();
+        let at = info.location().map(|l| format!(" at {}:{}", l.file(), l.line())).unwrap_or_default();
+        let ev = Event::Failed { error: format!("worker panicked{at}: {msg}") };
+        let _ = std::io::stdout().write_all(ev.to_line().as_bytes());
+        let _ = std::io::stdout().flush();
+        default(info);
+    }));
+}
+
 /// Runs the worker: returns the process exit code (0 success, 1 reported failure).
 pub fn main() -> i32 {
     let spec = match read_spec() {
@@ -54,8 +81,10 @@ pub fn main() -> i32 {
         eprintln!("worker: the server went away; stopping");
         std::process::exit(3);
     });
+    report_panics();
     let _span = tracing::info_span!("job", run_id = spec.run_id, model = %spec.model).entered();
-    let mut sink = JsonLinesSink::new(std::io::stdout().lock());
+    // not a held lock: the panic hook may write from any thread
+    let mut sink = JsonLinesSink::new(std::io::stdout());
     match train::run(&spec, &mut sink) {
         Ok(summary) => {
             sink.emit(Event::Finished { summary });

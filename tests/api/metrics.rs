@@ -4,27 +4,12 @@
 //! at test time, by running `tests/reference/sklearn_metrics.py` with the
 //! project's Python on cases generated deterministically below.
 
-use std::path::PathBuf;
 use std::process::Command;
+
+use crate::helpers::python;
 
 use modalbench::eval::metrics::*;
 use serde::{Deserialize, Serialize};
-
-/// The project's Python: `$MODALBENCH_PYTHON` if set, else `.venv/bin/python`
-/// in the crate root. Panics with a hint to run `make test` if it is missing.
-pub fn python() -> PathBuf {
-    let path = match std::env::var_os("MODALBENCH_PYTHON") {
-        Some(p) => PathBuf::from(p),
-        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python"),
-    };
-    assert!(
-        path.exists(),
-        "Python not found at {} (set MODALBENCH_PYTHON or run `make test`, \
-         which creates .venv and installs tests/requirements.txt)",
-        path.display()
-    );
-    path
-}
 
 #[derive(Serialize)]
 struct Case {
@@ -209,7 +194,7 @@ fn sklearn_reference(cases: &[Case]) -> Vec<Expected> {
     ));
     std::fs::write(&path, serde_json::to_vec(cases).unwrap()).unwrap();
     let script =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/reference/sklearn_metrics.py");
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/reference/sklearn_metrics.py");
     let python = python();
     let output = Command::new(&python).arg(&script).arg(&path).output();
     let _ = std::fs::remove_file(&path);

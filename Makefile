@@ -1,0 +1,36 @@
+# modalbench: `make demo` sets up and serves the demo study, `make test` runs every test.
+SHELL := /bin/bash
+.DEFAULT_GOAL := demo
+
+# tch builds against the PyTorch in .venv (LIBTORCH_USE_PYTORCH) and build.rs bakes its
+# library folder into the binary's run path
+export LIBTORCH_USE_PYTORCH := 1
+export VIRTUAL_ENV := $(CURDIR)/.venv
+export PATH := $(CURDIR)/.venv/bin:$(PATH)
+CARGO_TARGET_DIR ?= $(CURDIR)/target
+export CARGO_TARGET_DIR
+ADDR ?= 127.0.0.1:8080
+
+.PHONY: demo setup build test fmt lint
+
+## Set everything up, build, and serve with the demo study queued (prints the URL).
+demo: setup build
+	$(CARGO_TARGET_DIR)/release/modalbench serve --demo --addr $(ADDR)
+
+setup:
+	bash scripts/setup.sh
+
+build:
+	cargo build --release
+
+## Run the whole test suite (installs the test requirements first).
+test:
+	bash scripts/setup.sh --test
+	cargo test --all-targets
+
+fmt:
+	cargo fmt
+
+lint:
+	cargo fmt --check
+	cargo clippy --all-targets -- -D warnings

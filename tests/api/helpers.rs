@@ -1,0 +1,195 @@
+//! A test application per test: its own data dir, models dir and database, the real router
+//! driven with `oneshot`, the real scheduler driven explicitly, real worker processes.
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode, header};
+use http_body_util::BodyExt;
+use modalbench::config::Settings;
+use modalbench::http::{AppState, router};
+use modalbench::queue::slots;
+use modalbench::store::runs::{Run, RunStatus};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::Duration;
+use tempfile::TempDir;
+use tower::ServiceExt;
+
+/// Built once per test binary and linked into every test app: the `bert-tiny` preset and the
+/// demo dataset, so that each test does not regenerate them.
+fn shared_fixtures() -> &'static Path {
+    static DIR: OnceLock<TempDir> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        modalbench::models::presets::ensure_presets(&dir.path().join("models")).unwrap();
+        modalbench::data::demo::write_demo_news(&dir.path().join("datasets"), modalbench::app::DEMO_SEED)
+            .unwrap();
+        dir
+    })
+    .path()
+}
+
+/// The installed real MiniLM-L6 checkpoint (`make test` installs it into `./models`).
+pub fn minilm_dir() -> PathBuf {
+    let dir = std::env::var_os("MODALBENCH_MINILM_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("models/minilm-l6"));
+    assert!(
+        dir.join("model.safetensors").is_file(),
+        "the real minilm-l6 checkpoint is not at {}; run `make test`, whose set-up installs it",
+        dir.display()
+    );
+    dir
+}
+
+pub struct TestApp {
+    pub state: AppState,
+    pub router: Router,
+    pub dir: TempDir,
+}
+
+impl TestApp {
+    /// An app with one CPU slot, the `bert-tiny` preset and the `demo-news` dataset.
+    pub async fn new() -> TestApp {
+        Self::with_models(&[]).await
+    }
+
+    /// Like [`TestApp::new`], with extra checkpoint folders linked into the models dir.
+    pub async fn with_models(extra: &[(&str, &Path)]) -> TestApp {
+        let dir = tempfile::tempdir().unwrap();
+        let fixtures = shared_fixtures();
+        let (models, datasets) = (dir.path().join("models"), dir.path().join("data/datasets"));
+        std::fs::create_dir_all(&models).unwrap();
+        std::fs::create_dir_all(&datasets).unwrap();
+        std::os::unix::fs::symlink(fixtures.join("models/bert-tiny"), models.join("bert-tiny")).unwrap();
+        std::os::unix::fs::symlink(fixtures.join("datasets/demo-news"), datasets.join("demo-news")).unwrap();
+        for (name, path) in extra {
+            std::os::unix::fs::symlink(path, models.join(name)).unwrap();
+        }
+        Self::open(dir).await
+    }
+
+    /// An app over an existing folder (as a restarted server sees it).
+    pub async fn open(dir: TempDir) -> TestApp {
+        let mut settings = Settings::new(dir.path().join("data"), dir.path().join("models"));
+        settings.worker_exe = Some(PathBuf::from(env!("CARGO_BIN_EXE_modalbench")));
+        let state = modalbench::app::build(settings, slots::plan(0, 1, 2)).await.unwrap();
+        TestApp { router: router(state.clone()), state, dir }
+    }
+
+    /// Writes a dataset in the Hateful Memes layout and registers it. `rows` are
+    /// (text, label) per split, in train/dev/test order.
+    pub async fn add_dataset(&self, name: &str, splits: [&[(&str, u32)]; 3]) {
+        let root = self.dir.path().join("data/datasets").join(name);
+        std::fs::create_dir_all(&root).unwrap();
+        let mut id = 1;
+        for (file, rows) in ["train.jsonl", "dev.jsonl", "test.jsonl"].iter().zip(splits) {
+            let mut text = String::new();
+            for (t, label) in rows {
+                text += &serde_json::json!({"id": id, "img": format!("img/{id}.png"), "text": t, "label": label}).to_string();
+                text.push('\n');
+                id += 1;
+            }
+            std::fs::write(root.join(file), text).unwrap();
+        }
+        modalbench::app::register_datasets(&self.state.store, &self.state.settings.datasets_dir())
+            .await
+            .unwrap();
+    }
+
+    /// Sends a request through the router; returns the status and the body as JSON (or
+    /// `Value::String` for a non-JSON body).
+    pub async fn call(&self, method: Method, uri: &str, body: Option<Value>) -> (StatusCode, Value) {
+        let req = Request::builder().method(method).uri(uri);
+        let req = match body {
+            Some(b) => req
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Body::from(b.to_string())),
+            None => req.body(Body::empty()),
+        }
+        .unwrap();
+        let (status, text) = self.send(req).await;
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    /// Sends a prepared request; returns status and body text.
+    pub async fn send(&self, req: Request<Body>) -> (StatusCode, String) {
+        let res = self.router.clone().oneshot(req).await.unwrap();
+        let status = res.status();
+        let bytes = res.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8_lossy(&bytes).into_owned())
+    }
+
+    pub async fn get(&self, uri: &str) -> (StatusCode, Value) {
+        self.call(Method::GET, uri, None).await
+    }
+
+    pub async fn post(&self, uri: &str, body: Value) -> (StatusCode, Value) {
+        self.call(Method::POST, uri, Some(body)).await
+    }
+
+    /// GETs a page; returns status and HTML.
+    pub async fn page(&self, uri: &str) -> (StatusCode, String) {
+        self.send(Request::get(uri).body(Body::empty()).unwrap()).await
+    }
+
+    /// Submits a run through the API and returns its id.
+    pub async fn submit(&self, body: Value) -> i64 {
+        let (status, run) = self.post("/api/v1/runs", body).await;
+        assert_eq!(status, StatusCode::CREATED, "{run}");
+        run["id"].as_i64().unwrap()
+    }
+
+    /// Starts what can start, then waits for run `id` to end (at most `secs` seconds).
+    pub async fn run_to_end(&self, id: i64, secs: u64) -> Run {
+        self.state.scheduler.tick().await.unwrap();
+        let status = self
+            .state
+            .scheduler
+            .wait_finished(id, Duration::from_secs(secs))
+            .await
+            .unwrap();
+        let run = self.state.store.get_run(id).await.unwrap().unwrap();
+        assert!(
+            status.is_some_and(|s| !s.is_active()),
+            "run {id} did not end within {secs}s: {:?}",
+            run.status
+        );
+        run
+    }
+
+    /// Waits until the worker of run `id` has reported a training step.
+    pub async fn wait_for_progress(&self, rx: &mut tokio::sync::broadcast::Receiver<modalbench::live::LiveEvent>, id: i64) {
+        let wait = async {
+            loop {
+                let ev = rx.recv().await.unwrap();
+                if ev.run_id == id && ev.name() == "progress" {
+                    return;
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(120), wait)
+            .await
+            .expect("the worker reported no progress within 120s");
+    }
+}
+
+/// The status of a run as stored.
+pub async fn status_of(app: &TestApp, id: i64) -> RunStatus {
+    app.state.store.get_run(id).await.unwrap().unwrap().status
+}
+
+/// The project's Python (the venv `make test` sets up), for reference computations.
+pub fn python() -> PathBuf {
+    if let Some(p) = std::env::var_os("MODALBENCH_PYTHON") {
+        return PathBuf::from(p);
+    }
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
+    assert!(
+        p.exists(),
+        "no Python at {} (set MODALBENCH_PYTHON or run `make test`, which installs the test requirements)",
+        p.display()
+    );
+    p
+}

@@ -1,0 +1,8 @@
+//! Integration tests, one binary so the crate links once.
+
+mod end_to_end;
+mod helpers;
+mod metrics;
+mod pages;
+mod queue;
+mod runs_api;

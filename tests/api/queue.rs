@@ -1,0 +1,207 @@
+//! The scheduler and its worker processes: order, crashes, cancellation, restarts.
+
+use crate::helpers::{TestApp, status_of};
+use axum::http::{Method, StatusCode};
+use modalbench::store::runs::RunStatus;
+use serde_json::json;
+use std::time::Duration;
+
+fn pid_alive(pid: u32) -> bool {
+    // signal 0 checks existence; a zombie still exists until reaped, so also look at its state
+    let exists = unsafe { libc::kill(pid as i32, 0) } == 0;
+    let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| s.split_whitespace().nth(2) == Some("Z"))
+        .unwrap_or(true);
+    exists && !zombie
+}
+
+/// A bert-tiny run long enough to still be training when the test acts on it.
+fn long_run() -> serde_json::Value {
+    json!({"model": "bert-tiny", "dataset": "demo-news", "epochs": 500, "learning_rate": 1e-3})
+}
+
+#[tokio::test]
+async fn the_highest_priority_then_oldest_run_starts_first() {
+    let app = TestApp::new().await;
+    let low = app.submit(json!({"model": "bert-tiny", "dataset": "demo-news", "priority": 0})).await;
+    let high_old = app.submit(json!({"model": "bert-tiny", "dataset": "demo-news", "priority": 5})).await;
+    let high_new = app.submit(json!({"model": "bert-tiny", "dataset": "demo-news", "priority": 5})).await;
+    let started = app.state.scheduler.tick().await.unwrap();
+    assert_eq!(started, vec![high_old], "one slot: only the best run starts");
+    assert_eq!(app.state.scheduler.running(), vec![high_old]);
+    assert!(app.state.scheduler.tick().await.unwrap().is_empty(), "no free slot");
+    assert_eq!(status_of(&app, high_new).await, RunStatus::Queued);
+    assert_eq!(status_of(&app, low).await, RunStatus::Queued);
+    for id in [high_old, high_new, low] {
+        app.state.scheduler.cancel(id).await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_run_trains_to_the_end_with_metrics_a_summary_and_a_checkpoint() {
+    let app = TestApp::new().await;
+    let id = app
+        .submit(json!({"model": "bert-tiny", "dataset": "demo-news", "epochs": 2, "learning_rate": 1e-3, "batch_size": 32}))
+        .await;
+    let run = app.run_to_end(id, 180).await;
+    assert_eq!(run.status, RunStatus::Succeeded, "{:?}", run.error);
+    let s = run.summary.unwrap();
+    assert_eq!(s.steps, 2 * 384 / 32);
+    assert_eq!(s.test_examples, 160);
+    assert!(s.samples_per_second > 0.0 && s.train_seconds > 0.0);
+    let (_, m) = app.get(&format!("/api/v1/runs/{id}/metrics")).await;
+    let series = &m["series"];
+    assert_eq!(series["eval/accuracy"].as_array().unwrap().len(), 2, "one dev evaluation per epoch");
+    assert_eq!(series["eval/loss"][1]["step"], 24);
+    assert!(series["train/loss"].as_array().unwrap().len() >= 2);
+    assert_eq!(series["test/accuracy"][0]["value"].as_f64().unwrap(), s.accuracy);
+    let (_, one) = app.get(&format!("/api/v1/runs/{id}/metrics?key=eval/f1")).await;
+    assert_eq!(one["series"].as_object().unwrap().keys().collect::<Vec<_>>(), ["eval/f1"]);
+    // the stored test predictions agree with the summary's accuracy
+    let (_, p) = app.get(&format!("/api/v1/runs/{id}/predictions")).await;
+    let preds = p["predictions"].as_array().unwrap();
+    assert_eq!(preds.len(), 160);
+    let correct = preds.iter().filter(|r| r["label"] == r["pred"]).count();
+    assert_eq!(correct as f64 / 160.0, s.accuracy);
+    let ckpt = app.state.settings.run_dir(id).join("checkpoint");
+    let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(ckpt.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["architectures"][0], "BertForSequenceClassification");
+    assert_eq!(config["id2label"].as_object().unwrap().len(), 4);
+    let reloaded = modalbench::models::load_classifier(&ckpt, 4, tch::Device::Cpu).unwrap();
+    assert!(reloaded.report.fresh.is_empty(), "the saved head is loaded, not re-initialised");
+}
+
+#[tokio::test]
+async fn a_worker_killed_mid_run_fails_the_run_and_frees_the_slot() {
+    let app = TestApp::new().await;
+    let mut events = app.state.hub.subscribe();
+    let doomed = app.submit(long_run()).await;
+    let next = app.submit(json!({"model": "bert-tiny", "dataset": "demo-news", "max_steps": 2})).await;
+    app.state.scheduler.tick().await.unwrap();
+    app.wait_for_progress(&mut events, doomed).await;
+    let pid = app.state.scheduler.worker_pid(doomed).expect("a worker process");
+    // what the kernel's out-of-memory killer does
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    let status = app.state.scheduler.wait_finished(doomed, Duration::from_secs(30)).await.unwrap();
+    assert_eq!(status, Some(RunStatus::Failed));
+    let run = app.state.store.get_run(doomed).await.unwrap().unwrap();
+    let error = run.error.unwrap();
+    assert!(error.contains("killed by signal 9"), "{error}");
+    // the server is fine and the slot is free: the next run starts and succeeds
+    let run = app.run_to_end(next, 120).await;
+    assert_eq!(run.status, RunStatus::Succeeded, "{:?}", run.error);
+    assert_eq!(app.get("/api/v1/runs").await.0, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_worker_that_panics_fails_its_run_with_the_panic_message() {
+    // a checkpoint whose config.json declares fewer token embeddings than its tokenizer
+    // produces: libtorch raises an index error inside the forward pass and the worker panics
+    let broken = tempfile::tempdir().unwrap();
+    let tiny = TestApp::new().await;
+    let src = tiny.dir.path().join("models/bert-tiny");
+    for f in ["tokenizer.json", "vocab.txt"] {
+        std::fs::copy(src.join(f), broken.path().join(f)).unwrap();
+    }
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
+    config["vocab_size"] = json!(8);
+    std::fs::write(broken.path().join("config.json"), config.to_string()).unwrap();
+    let c: modalbench::models::bert::Config = serde_json::from_value(config).unwrap();
+    let vs = tch::nn::VarStore::new(tch::Device::Cpu);
+    let _m = modalbench::models::bert::BertModel::new(vs.root(), &c);
+    modalbench::models::checkpoint::save_safetensors(&vs, &broken.path().join("model.safetensors")).unwrap();
+
+    let app = TestApp::with_models(&[("bert-small-vocab", broken.path())]).await;
+    let id = app.submit(json!({"model": "bert-small-vocab", "dataset": "demo-news", "max_steps": 2})).await;
+    let run = app.run_to_end(id, 120).await;
+    assert_eq!(run.status, RunStatus::Failed);
+    let error = run.error.unwrap();
+    assert!(error.starts_with("worker panicked at "), "{error}");
+    assert!(error.contains("index out of range"), "the message says why: {error}");
+    assert!(!error.contains("Exception raised from"), "without libtorch's C++ stack: {error}");
+    assert!(app.state.scheduler.running().is_empty());
+}
+
+#[tokio::test]
+async fn a_checkpoint_missing_a_tensor_fails_the_run_with_a_message_naming_it() {
+    let broken = tempfile::tempdir().unwrap();
+    let app0 = TestApp::new().await;
+    let src = app0.dir.path().join("models/bert-tiny");
+    for f in ["tokenizer.json", "config.json"] {
+        std::fs::copy(src.join(f), broken.path().join(f)).unwrap();
+    }
+    let tensors: Vec<(String, tch::Tensor)> = tch::Tensor::read_safetensors(src.join("model.safetensors"))
+        .unwrap()
+        .into_iter()
+        .filter(|(k, _)| k != "encoder.layer.1.attention.self.key.weight")
+        .collect();
+    tch::Tensor::write_safetensors(&tensors, broken.path().join("model.safetensors")).unwrap();
+    let app = TestApp::with_models(&[("bert-holey", broken.path())]).await;
+    let id = app.submit(json!({"model": "bert-holey", "dataset": "demo-news"})).await;
+    let run = app.run_to_end(id, 120).await;
+    assert_eq!(run.status, RunStatus::Failed);
+    let error = run.error.unwrap();
+    assert!(error.contains("no tensor `encoder.layer.1.attention.self.key.weight`"), "{error}");
+    assert!(!app.state.settings.run_dir(id).join("checkpoint").exists(), "nothing half-written");
+}
+
+#[tokio::test]
+async fn cancelling_a_running_run_kills_its_worker() {
+    let app = TestApp::new().await;
+    let mut events = app.state.hub.subscribe();
+    let id = app.submit(long_run()).await;
+    app.state.scheduler.tick().await.unwrap();
+    app.wait_for_progress(&mut events, id).await;
+    let pid = app.state.scheduler.worker_pid(id).unwrap();
+    let (status, run) = app.call(Method::POST, &format!("/api/v1/runs/{id}/cancel"), None).await;
+    assert_eq!(status, StatusCode::OK, "{run}");
+    assert_eq!(run["status"], "cancelled");
+    assert!(!pid_alive(pid), "worker {pid} still running");
+    assert!(app.state.scheduler.running().is_empty());
+    let (status, err) = app.call(Method::POST, &format!("/api/v1/runs/{id}/cancel"), None).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{err}");
+}
+
+#[tokio::test]
+async fn cancelling_a_queued_run_means_it_never_starts() {
+    let app = TestApp::new().await;
+    let id = app.submit(json!({"model": "bert-tiny", "dataset": "demo-news"})).await;
+    let (status, run) = app.call(Method::POST, &format!("/api/v1/runs/{id}/cancel"), None).await;
+    assert_eq!((status, run["status"].as_str()), (StatusCode::OK, Some("cancelled")));
+    assert!(app.state.scheduler.tick().await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn runs_left_running_by_a_dead_server_are_interrupted_and_run_again() {
+    let app = TestApp::new().await;
+    let id = app.submit(json!({"model": "bert-tiny", "dataset": "demo-news", "max_steps": 3})).await;
+    // the first server claims the run and dies before the worker reports anything
+    let claimed = app.state.store.claim_next_run("cpu:0").await.unwrap().unwrap();
+    assert_eq!(claimed.id, id);
+    let dir = app.dir;
+    drop(app.state);
+    let app = TestApp::open(dir).await;
+    assert_eq!(status_of(&app, id).await, RunStatus::Interrupted);
+    let run = app.run_to_end(id, 120).await;
+    assert_eq!(run.status, RunStatus::Succeeded, "{:?}", run.error);
+    assert_eq!(run.attempts, 2);
+    let (_, logs) = app.get(&format!("/api/v1/runs/{id}/logs")).await;
+    assert!(logs.to_string().contains("interrupted: the server stopped"), "{logs}");
+}
+
+#[tokio::test]
+async fn a_run_interrupted_too_often_is_failed_instead_of_restarted() {
+    let mut app = TestApp::new().await;
+    let id = app.submit(json!({"model": "bert-tiny", "dataset": "demo-news"})).await;
+    for _ in 0..modalbench::queue::MAX_ATTEMPTS {
+        app.state.store.claim_next_run("cpu:0").await.unwrap().unwrap();
+        let dir = app.dir;
+        drop(app.state);
+        app = TestApp::open(dir).await;
+    }
+    assert!(app.state.scheduler.tick().await.unwrap().is_empty());
+    let run = app.state.store.get_run(id).await.unwrap().unwrap();
+    assert_eq!(run.status, RunStatus::Failed);
+    assert!(run.error.unwrap().contains("interrupted 3 times"));
+}
