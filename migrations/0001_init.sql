@@ -41,9 +41,16 @@ CREATE TABLE runs (
 
 -- the scheduler's claim: next runnable run by priority, then age
 CREATE INDEX runs_queue ON runs (status, priority DESC, id);
--- leaderboards and filtered listings
-CREATE INDEX runs_board ON runs (dataset, status, model);
-CREATE INDEX runs_model ON runs (model);
+-- leaderboards: the (dataset, model) groups of succeeded runs, read from the index alone, and
+-- the best run of a group by each metric, one index search per group
+CREATE INDEX runs_board ON runs (status, dataset, model);
+CREATE INDEX runs_best_accuracy ON runs (dataset, model, accuracy) WHERE status = 'succeeded';
+CREATE INDEX runs_best_f1 ON runs (dataset, model, f1) WHERE status = 'succeeded';
+CREATE INDEX runs_best_auroc ON runs (dataset, model, auroc) WHERE status = 'succeeded';
+CREATE INDEX runs_best_loss ON runs (dataset, model, loss) WHERE status = 'succeeded';
+-- filtered listings
+CREATE INDEX runs_dataset ON runs (dataset, id);
+CREATE INDEX runs_model ON runs (model, id);
 
 CREATE TABLE metrics (
     run_id INTEGER NOT NULL REFERENCES runs (id) ON DELETE CASCADE,

@@ -3,6 +3,7 @@
 //! libtorch, keeps their metrics in SQLite and renders leaderboards.
 
 pub mod app;
+pub mod bench;
 pub mod config;
 pub mod data;
 pub mod eval;

@@ -35,6 +35,11 @@ enum Command {
         #[command(flatten)]
         settings: Settings,
     },
+    /// Print benchmark figures.
+    Bench {
+        #[command(subcommand)]
+        command: BenchCommand,
+    },
     /// Run one job read from stdin (started by the service).
     #[command(hide = true)]
     Worker,
@@ -48,6 +53,20 @@ enum DataCommand {
         out: PathBuf,
         #[arg(long, default_value_t = app::DEMO_SEED)]
         seed: u64,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Time leaderboard queries over a database of many finished runs.
+    Leaderboard {
+        #[arg(long, default_value_t = 100_000)]
+        runs: usize,
+        /// Metric points stored per run (the leaderboard must not read them).
+        #[arg(long, default_value_t = 50)]
+        points_per_run: usize,
+        #[arg(long, default_value_t = 20)]
+        repeats: usize,
     },
 }
 
@@ -97,6 +116,22 @@ fn main() {
             command: DataCommand::Demo { out, seed },
         } => data::demo::write_demo_news(&out, seed)
             .map(|_| println!("wrote {}", out.join(data::demo::DEMO_NEWS).display())),
+        Command::Bench {
+            command:
+                BenchCommand::Leaderboard {
+                    runs,
+                    points_per_run,
+                    repeats,
+                },
+        } => tokio::runtime::Runtime::new()
+            .map_err(anyhow::Error::from)
+            .and_then(|rt| {
+                rt.block_on(modalbench::bench::leaderboard(
+                    runs,
+                    points_per_run,
+                    repeats,
+                ))
+            }),
         Command::Models { settings } => {
             for m in models::registry::scan(&settings.models_dir) {
                 let status = m.problem.as_deref().unwrap_or("usable");

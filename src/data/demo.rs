@@ -233,9 +233,9 @@ fn news_image(label: usize, rng: &mut ChaCha8Rng) -> RgbImage {
     };
     let c = TOPICS[colour_of].colour;
     let (cx, cy, r) = (
-        rng.random_range(14..34) as i32,
-        rng.random_range(14..34) as i32,
-        rng.random_range(8..14) as i32,
+        rng.random_range(14..34i32),
+        rng.random_range(14..34i32),
+        rng.random_range(8..14i32),
     );
     RgbImage::from_fn(48, 48, |x, y| {
         let (dx, dy) = (x as i32 - cx, y as i32 - cy);

@@ -37,7 +37,11 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
 /// not JSON is a 400 `invalid_json`; valid JSON that does not fit is a 422.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let not_json = |e: &serde_json::Error| {
-        ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", format!("the body is not valid JSON: {e}"))
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+            format!("the body is not valid JSON: {e}"),
+        )
     };
     // syntax first (ignoring values, so that a number out of float range is not a syntax
     // error here but a bad value of its field below)
@@ -49,11 +53,19 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         let path = e.path().to_string();
         let inner = e.into_inner();
         let message = inner.to_string();
-        let message = message.split(" at line").next().unwrap_or(&message).to_string();
+        let message = message
+            .split(" at line")
+            .next()
+            .unwrap_or(&message)
+            .to_string();
         if inner.is_syntax() || inner.is_eof() {
             // a number too large for a float is well-formed JSON but no usable value
             if message == "number out of range" && path != "." {
-                return ApiError::invalid(&path, "invalid_value", format!("`{path}`: number out of range"));
+                return ApiError::invalid(
+                    &path,
+                    "invalid_value",
+                    format!("`{path}`: number out of range"),
+                );
             }
             return not_json(&inner);
         }
@@ -64,7 +76,11 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
             }
             return ApiError::invalid(&field, "unknown_field", msg);
         }
-        let field = if path == "." { missing_field(&message).unwrap_or_default() } else { path };
+        let field = if path == "." {
+            missing_field(&message).unwrap_or_default()
+        } else {
+            path
+        };
         ApiError::invalid(&field, "invalid_value", format!("`{field}`: {message}"))
     })?;
     de.end().map_err(|e| not_json(&e))?;

@@ -151,7 +151,8 @@ pub fn write_bert_tiny(dir: &Path) -> Result<()> {
 /// written.
 pub fn ensure_presets(models_dir: &Path) -> Result<Vec<String>> {
     let mut written = Vec::new();
-    let presets: [(&str, fn(&Path) -> Result<()>); 1] = [(BERT_TINY, write_bert_tiny)];
+    type Writer = fn(&Path) -> Result<()>;
+    let presets: [(&str, Writer); 1] = [(BERT_TINY, write_bert_tiny)];
     for (name, write) in presets {
         let dest = models_dir.join(name);
         if dest.exists() {

@@ -51,7 +51,7 @@ struct Active {
 #[derive(Debug, Clone)]
 pub enum CancelOutcome {
     /// The run is now cancelled.
-    Cancelled(Run),
+    Cancelled(Box<Run>),
     /// The run had already ended with this status.
     AlreadyEnded(RunStatus),
     /// No such run.
@@ -196,7 +196,9 @@ impl Scheduler {
             let _claiming = self.inner.claim.lock().await;
             match self.inner.store.get_run(id).await? {
                 None => return Ok(CancelOutcome::NotFound),
-                Some(r) if !r.status.is_active() => return Ok(CancelOutcome::AlreadyEnded(r.status)),
+                Some(r) if !r.status.is_active() => {
+                    return Ok(CancelOutcome::AlreadyEnded(r.status));
+                }
                 Some(_) => {}
             }
             if self.inner.store.cancel_waiting_run(id).await? {
@@ -219,7 +221,7 @@ impl Scheduler {
         }
         Ok(match self.inner.store.get_run(id).await? {
             None => CancelOutcome::NotFound,
-            Some(r) if r.status == RunStatus::Cancelled => CancelOutcome::Cancelled(r),
+            Some(r) if r.status == RunStatus::Cancelled => CancelOutcome::Cancelled(Box::new(r)),
             Some(r) => CancelOutcome::AlreadyEnded(r.status),
         })
     }

@@ -427,28 +427,40 @@ impl Store {
     }
 
     /// Best succeeded run per (dataset, model) by `metric`, best first within each dataset.
-    /// Reads only the `runs` table (summary columns), never the metric points.
+    /// Reads only the `runs` table and its indexes: the groups from `runs_board`, each group's
+    /// best run by one search of `runs_best_<metric>`; never the metric points.
     pub async fn leaderboard(
         &self,
         dataset: Option<&str>,
         metric: BoardMetric,
     ) -> Result<Vec<BoardRow>> {
         let (col, order) = (metric.column(), metric.order());
+        // a literal dataset condition (not `? IS NULL OR ...`) keeps the index usable
+        let only = if dataset.is_some() {
+            "AND dataset = ?"
+        } else {
+            ""
+        };
+        // ties go to the run the index meets first; a group whose runs all lack the metric
+        // (AUROC of a one-class test split) still shows, with its newest run
         let sql = format!(
-            "SELECT dataset, model, run_id, accuracy, f1, auroc, loss, train_seconds, \
-                    samples_per_second, num_parameters, runs FROM ( \
-               SELECT dataset, model, id AS run_id, accuracy, f1, auroc, loss, train_seconds, \
-                      samples_per_second, num_parameters, \
-                      ROW_NUMBER() OVER (PARTITION BY dataset, model \
-                                         ORDER BY {col} {order} NULLS LAST, id) AS rn, \
-                      COUNT(*) OVER (PARTITION BY dataset, model) AS runs \
-               FROM runs WHERE status = 'succeeded' AND (? IS NULL OR dataset = ?) \
-             ) AS best WHERE rn = 1 \
-             ORDER BY dataset, {col} {order} NULLS LAST, model"
+            "WITH groups AS ( \
+               SELECT dataset, model, COUNT(*) AS runs FROM runs \
+               WHERE status = 'succeeded' {only} GROUP BY dataset, model) \
+             SELECT g.dataset, g.model, r.id AS run_id, r.accuracy, r.f1, r.auroc, r.loss, \
+                    r.train_seconds, r.samples_per_second, r.num_parameters, g.runs \
+             FROM groups g JOIN runs r ON r.id = COALESCE( \
+               (SELECT id FROM runs WHERE status = 'succeeded' AND dataset = g.dataset \
+                  AND model = g.model AND {col} IS NOT NULL ORDER BY {col} {order}, id {order} LIMIT 1), \
+               (SELECT MAX(id) FROM runs WHERE status = 'succeeded' AND dataset = g.dataset \
+                  AND model = g.model)) \
+             ORDER BY g.dataset, r.{col} {order} NULLS LAST, g.model"
         );
-        let rows = sqlx::query_as(&sql)
-            .bind(dataset)
-            .bind(dataset)
+        let mut query = sqlx::query_as(&sql);
+        if let Some(d) = dataset {
+            query = query.bind(d);
+        }
+        let rows = query
             .fetch_all(self.pool())
             .await
             .context("reading leaderboard")?;

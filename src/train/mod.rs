@@ -136,8 +136,8 @@ pub fn run(spec: &JobSpec, sink: &mut dyn EventSink) -> Result<Summary> {
             step += 1;
             trained_examples += chunk.len();
             train_seconds += t.elapsed().as_secs_f64();
-            let epoch_end = step % steps_per_epoch == 0 || step == total_steps;
-            if step % log_every == 0 || epoch_end {
+            let epoch_end = step.is_multiple_of(steps_per_epoch) || step == total_steps;
+            if step.is_multiple_of(log_every) || epoch_end {
                 let mean = f64::try_from(&window_loss)? / window_steps as f64;
                 let ep = epoch_of(step);
                 sink.emit(metric("train/loss", step, ep, mean));

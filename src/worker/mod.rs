@@ -57,8 +57,13 @@ fn report_panics() {
             None => msg,
         };
         let msg: String = msg.chars().take(2000).collect();
-        let at = info.location().map(|l| format!(" at {}:{}", l.file(), l.line())).unwrap_or_default();
-        let ev = Event::Failed { error: format!("worker panicked{at}: {msg}") };
+        let at = info
+            .location()
+            .map(|l| format!(" at {}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        let ev = Event::Failed {
+            error: format!("worker panicked{at}: {msg}"),
+        };
         let _ = std::io::stdout().write_all(ev.to_line().as_bytes());
         let _ = std::io::stdout().flush();
         default(info);

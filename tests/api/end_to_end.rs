@@ -9,24 +9,49 @@ use serde_json::json;
 #[tokio::test]
 async fn minilm_fine_tunes_through_the_api_and_shows_on_the_leaderboard() {
     let app = TestApp::with_models(&[("minilm-l6", &minilm_dir())]).await;
-    let pos = ["a wonderful, moving film", "great acting and a clever plot", "i loved every minute", "superb and delightful"];
-    let neg = ["a dull, boring mess", "terrible acting and no plot", "i hated every minute", "awful and tedious"];
+    let pos = [
+        "a wonderful, moving film",
+        "great acting and a clever plot",
+        "i loved every minute",
+        "superb and delightful",
+    ];
+    let neg = [
+        "a dull, boring mess",
+        "terrible acting and no plot",
+        "i hated every minute",
+        "awful and tedious",
+    ];
     let mut train = Vec::new();
     for i in 0..12 {
         train.push((pos[i % 4], 1));
         train.push((neg[i % 4], 0));
     }
-    let dev: Vec<(&str, u32)> = pos.iter().map(|t| (*t, 1)).chain(neg.iter().map(|t| (*t, 0))).collect();
+    let dev: Vec<(&str, u32)> = pos
+        .iter()
+        .map(|t| (*t, 1))
+        .chain(neg.iter().map(|t| (*t, 0)))
+        .collect();
     app.add_dataset("reviews", [&train, &dev, &dev]).await;
 
     let (_, models) = app.get("/api/v1/models").await;
-    let minilm = models["models"].as_array().unwrap().iter().find(|m| m["name"] == "minilm-l6").unwrap().clone();
+    let minilm = models["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "minilm-l6")
+        .unwrap()
+        .clone();
     assert_eq!(minilm["architecture"], "bert");
-    assert_eq!(minilm["num_parameters"], 22_713_216, "MiniLM-L6-H384: 22.7M parameters");
+    assert_eq!(
+        minilm["num_parameters"], 22_713_216,
+        "MiniLM-L6-H384: 22.7M parameters"
+    );
 
     let id = app
-        .submit(json!({"model": "minilm-l6", "dataset": "reviews", "max_steps": 6, "batch_size": 8,
-                       "learning_rate": 5e-5, "max_length": 32}))
+        .submit(
+            json!({"model": "minilm-l6", "dataset": "reviews", "max_steps": 6, "batch_size": 8,
+                       "learning_rate": 5e-5, "max_length": 32}),
+        )
         .await;
     let run = app.run_to_end(id, 300).await;
     assert_eq!(run.status, RunStatus::Succeeded, "{:?}", run.error);
@@ -40,23 +65,44 @@ async fn minilm_fine_tunes_through_the_api_and_shows_on_the_leaderboard() {
     assert!(summary["auroc"].as_f64().is_some());
     // the classifier head is new, the encoder pretrained: the run's own log says so
     let (_, logs) = app.get(&format!("/api/v1/runs/{id}/logs")).await;
-    assert!(logs.to_string().contains("newly initialised: classifier.bias, classifier.weight"), "{logs}");
+    assert!(
+        logs.to_string()
+            .contains("newly initialised: classifier.bias, classifier.weight"),
+        "{logs}"
+    );
     let (_, metrics) = app.get(&format!("/api/v1/runs/{id}/metrics")).await;
     let train_loss = metrics["series"]["train/loss"].as_array().unwrap();
     assert!(!train_loss.is_empty());
     // 24 examples in batches of 8: 3 steps an epoch, so 6 steps are two epochs
-    assert_eq!(metrics["series"]["eval/accuracy"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        metrics["series"]["eval/accuracy"].as_array().unwrap().len(),
+        2
+    );
 
-    let (_, board) = app.get("/api/v1/leaderboard?dataset=reviews&metric=accuracy").await;
+    let (_, board) = app
+        .get("/api/v1/leaderboard?dataset=reviews&metric=accuracy")
+        .await;
     assert_eq!(board["boards"][0]["rows"][0]["model"], "minilm-l6");
     assert_eq!(board["boards"][0]["rows"][0]["run_id"], id);
-    assert_eq!(board["boards"][0]["rows"][0]["accuracy"].as_f64(), Some(accuracy));
+    assert_eq!(
+        board["boards"][0]["rows"][0]["accuracy"].as_f64(),
+        Some(accuracy)
+    );
 
     let (status, html) = app.page("/leaderboard?metric=accuracy").await;
     assert_eq!(status, StatusCode::OK);
-    let section = html.split(r#"data-dataset="reviews""#).nth(1).expect("a board for reviews");
+    let section = html
+        .split(r#"data-dataset="reviews""#)
+        .nth(1)
+        .expect("a board for reviews");
     let section = section.split("</section>").next().unwrap();
-    assert!(section.contains(r#"<td class="model">minilm-l6</td>"#), "{section}");
-    assert!(section.contains(&format!("<b>{accuracy:.3}</b>")), "{section}");
+    assert!(
+        section.contains(r#"<td class="model">minilm-l6</td>"#),
+        "{section}"
+    );
+    assert!(
+        section.contains(&format!("<b>{accuracy:.3}</b>")),
+        "{section}"
+    );
     assert!(section.contains(&format!(r#"<a href="/runs/{id}">"#)));
 }

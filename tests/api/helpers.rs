@@ -23,8 +23,11 @@ fn shared_fixtures() -> &'static Path {
     DIR.get_or_init(|| {
         let dir = tempfile::tempdir().unwrap();
         modalbench::models::presets::ensure_presets(&dir.path().join("models")).unwrap();
-        modalbench::data::demo::write_demo_news(&dir.path().join("datasets"), modalbench::app::DEMO_SEED)
-            .unwrap();
+        modalbench::data::demo::write_demo_news(
+            &dir.path().join("datasets"),
+            modalbench::app::DEMO_SEED,
+        )
+        .unwrap();
         dir
     })
     .path()
@@ -62,8 +65,13 @@ impl TestApp {
         let (models, datasets) = (dir.path().join("models"), dir.path().join("data/datasets"));
         std::fs::create_dir_all(&models).unwrap();
         std::fs::create_dir_all(&datasets).unwrap();
-        std::os::unix::fs::symlink(fixtures.join("models/bert-tiny"), models.join("bert-tiny")).unwrap();
-        std::os::unix::fs::symlink(fixtures.join("datasets/demo-news"), datasets.join("demo-news")).unwrap();
+        std::os::unix::fs::symlink(fixtures.join("models/bert-tiny"), models.join("bert-tiny"))
+            .unwrap();
+        std::os::unix::fs::symlink(
+            fixtures.join("datasets/demo-news"),
+            datasets.join("demo-news"),
+        )
+        .unwrap();
         for (name, path) in extra {
             std::os::unix::fs::symlink(path, models.join(name)).unwrap();
         }
@@ -74,8 +82,14 @@ impl TestApp {
     pub async fn open(dir: TempDir) -> TestApp {
         let mut settings = Settings::new(dir.path().join("data"), dir.path().join("models"));
         settings.worker_exe = Some(PathBuf::from(env!("CARGO_BIN_EXE_modalbench")));
-        let state = modalbench::app::build(settings, slots::plan(0, 1, 2)).await.unwrap();
-        TestApp { router: router(state.clone()), state, dir }
+        let state = modalbench::app::build(settings, slots::plan(0, 1, 2))
+            .await
+            .unwrap();
+        TestApp {
+            router: router(state.clone()),
+            state,
+            dir,
+        }
     }
 
     /// Writes a dataset in the Hateful Memes layout and registers it. `rows` are
@@ -84,7 +98,10 @@ impl TestApp {
         let root = self.dir.path().join("data/datasets").join(name);
         std::fs::create_dir_all(&root).unwrap();
         let mut id = 1;
-        for (file, rows) in ["train.jsonl", "dev.jsonl", "test.jsonl"].iter().zip(splits) {
+        for (file, rows) in ["train.jsonl", "dev.jsonl", "test.jsonl"]
+            .iter()
+            .zip(splits)
+        {
             let mut text = String::new();
             for (t, label) in rows {
                 text += &serde_json::json!({"id": id, "img": format!("img/{id}.png"), "text": t, "label": label}).to_string();
@@ -100,7 +117,12 @@ impl TestApp {
 
     /// Sends a request through the router; returns the status and the body as JSON (or
     /// `Value::String` for a non-JSON body).
-    pub async fn call(&self, method: Method, uri: &str, body: Option<Value>) -> (StatusCode, Value) {
+    pub async fn call(
+        &self,
+        method: Method,
+        uri: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
         let req = Request::builder().method(method).uri(uri);
         let req = match body {
             Some(b) => req
@@ -110,7 +132,10 @@ impl TestApp {
         }
         .unwrap();
         let (status, text) = self.send(req).await;
-        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
     }
 
     /// Sends a prepared request; returns status and body text.
@@ -131,7 +156,8 @@ impl TestApp {
 
     /// GETs a page; returns status and HTML.
     pub async fn page(&self, uri: &str) -> (StatusCode, String) {
-        self.send(Request::get(uri).body(Body::empty()).unwrap()).await
+        self.send(Request::get(uri).body(Body::empty()).unwrap())
+            .await
     }
 
     /// Submits a run through the API and returns its id.
@@ -160,7 +186,11 @@ impl TestApp {
     }
 
     /// Waits until the worker of run `id` has reported a training step.
-    pub async fn wait_for_progress(&self, rx: &mut tokio::sync::broadcast::Receiver<modalbench::live::LiveEvent>, id: i64) {
+    pub async fn wait_for_progress(
+        &self,
+        rx: &mut tokio::sync::broadcast::Receiver<modalbench::live::LiveEvent>,
+        id: i64,
+    ) {
         let wait = async {
             loop {
                 let ev = rx.recv().await.unwrap();

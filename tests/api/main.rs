@@ -2,6 +2,7 @@
 
 mod end_to_end;
 mod helpers;
+mod leaderboard;
 mod metrics;
 mod pages;
 mod queue;

@@ -193,8 +193,8 @@ fn sklearn_reference(cases: &[Case]) -> Vec<Expected> {
         std::process::id()
     ));
     std::fs::write(&path, serde_json::to_vec(cases).unwrap()).unwrap();
-    let script =
-        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/reference/sklearn_metrics.py");
+    let script = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/reference/sklearn_metrics.py");
     let python = python();
     let output = Command::new(&python).arg(&script).arg(&path).output();
     let _ = std::fs::remove_file(&path);

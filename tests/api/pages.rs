@@ -20,8 +20,14 @@ async fn serve(app: &TestApp) -> SocketAddr {
 }
 
 fn chromium() -> PathBuf {
-    let path = std::env::var_os("MODALBENCH_CHROMIUM").map(PathBuf::from).unwrap_or_else(|| "/usr/bin/chromium".into());
-    assert!(path.exists(), "no Chromium at {} (run `make test`, which installs Debian's chromium)", path.display());
+    let path = std::env::var_os("MODALBENCH_CHROMIUM")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| "/usr/bin/chromium".into());
+    assert!(
+        path.exists(),
+        "no Chromium at {} (run `make test`, which installs Debian's chromium)",
+        path.display()
+    );
     path
 }
 
@@ -45,7 +51,11 @@ fn rendered_dom(url: &str) -> String {
         .arg(url)
         .output()
         .expect("running chromium");
-    assert!(out.status.success(), "chromium failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "chromium failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).unwrap()
 }
 
@@ -63,16 +73,36 @@ async fn the_run_page_draws_its_curves_in_a_real_browser() {
     let app = TestApp::new().await;
     let id = finished_tiny_run(&app).await;
     let addr = serve(&app).await;
-    let dom = tokio::task::spawn_blocking(move || rendered_dom(&format!("http://{addr}/runs/{id}")))
-        .await
-        .unwrap();
+    let dom =
+        tokio::task::spawn_blocking(move || rendered_dom(&format!("http://{addr}/runs/{id}")))
+            .await
+            .unwrap();
     // the charts are drawn client-side from /api/v1/runs/{id}/metrics
-    for key in ["train/loss", "eval/loss", "eval/accuracy", "eval/f1", "eval/auroc"] {
-        assert!(dom.contains(&format!(r#"data-key="{key}""#)), "no {key} line in:\n{dom}");
+    for key in [
+        "train/loss",
+        "eval/loss",
+        "eval/accuracy",
+        "eval/f1",
+        "eval/auroc",
+    ] {
+        assert!(
+            dom.contains(&format!(r#"data-key="{key}""#)),
+            "no {key} line in:\n{dom}"
+        );
     }
     assert!(!dom.contains("no points yet"));
-    let evals = dom.split(r#"<table id="eval-table">"#).nth(1).unwrap().split("</table>").next().unwrap();
-    assert_eq!(evals.matches("<tr>").count(), 1 + 2, "header and one row per epoch:\n{evals}");
+    let evals = dom
+        .split(r#"<table id="eval-table">"#)
+        .nth(1)
+        .unwrap()
+        .split("</table>")
+        .next()
+        .unwrap();
+    assert_eq!(
+        evals.matches("<tr>").count(),
+        1 + 2,
+        "header and one row per epoch:\n{evals}"
+    );
 }
 
 #[tokio::test]
@@ -84,13 +114,25 @@ async fn the_run_page_shows_status_summary_config_and_log() {
     let run = app.state.store.get_run(id).await.unwrap().unwrap();
     let s = run.summary.unwrap();
     assert!(html.contains(r#"<span id="run-status" class="status succeeded">succeeded</span>"#));
-    assert!(html.contains(&format!("{:.4}", s.accuracy)), "test accuracy shown");
-    assert!(html.contains("<th>learning_rate</th><td>1e-3</td>"), "{html}");
+    assert!(
+        html.contains(&format!("{:.4}", s.accuracy)),
+        "test accuracy shown"
+    );
+    assert!(
+        html.contains("<th>learning_rate</th><td>1e-3</td>"),
+        "{html}"
+    );
     assert!(html.contains("[system] succeeded"), "log tail shown");
-    assert!(!html.contains(r#"action="/runs/1/cancel""#), "no cancel button on a finished run");
+    assert!(
+        !html.contains(r#"action="/runs/1/cancel""#),
+        "no cancel button on a finished run"
+    );
     let (status, html) = app.page("/").await;
     assert_eq!(status, StatusCode::OK);
-    assert!(html.contains(&format!(r#"<a href="/runs/{id}">#{id}</a>"#)), "recent runs on the overview");
+    assert!(
+        html.contains(&format!(r#"<a href="/runs/{id}">#{id}</a>"#)),
+        "recent runs on the overview"
+    );
     let (status, html) = app.page("/runs?status=succeeded").await;
     assert_eq!(status, StatusCode::OK);
     assert!(html.contains(&format!("#{id}")));
@@ -131,7 +173,9 @@ async fn a_running_run_streams_progress_and_metrics_as_server_sent_events() {
             }
         }
     };
-    tokio::time::timeout(std::time::Duration::from_secs(120), read).await.expect("no metric event within 120s");
+    tokio::time::timeout(std::time::Duration::from_secs(120), read)
+        .await
+        .expect("no metric event within 120s");
     assert!(seen.contains("status"), "{seen:?}");
     assert!(seen.contains("started"), "{seen:?}");
     app.state.scheduler.cancel(id).await.unwrap();

@@ -23,13 +23,26 @@ fn long_run() -> serde_json::Value {
 #[tokio::test]
 async fn the_highest_priority_then_oldest_run_starts_first() {
     let app = TestApp::new().await;
-    let low = app.submit(json!({"model": "bert-tiny", "dataset": "demo-news", "priority": 0})).await;
-    let high_old = app.submit(json!({"model": "bert-tiny", "dataset": "demo-news", "priority": 5})).await;
-    let high_new = app.submit(json!({"model": "bert-tiny", "dataset": "demo-news", "priority": 5})).await;
+    let low = app
+        .submit(json!({"model": "bert-tiny", "dataset": "demo-news", "priority": 0}))
+        .await;
+    let high_old = app
+        .submit(json!({"model": "bert-tiny", "dataset": "demo-news", "priority": 5}))
+        .await;
+    let high_new = app
+        .submit(json!({"model": "bert-tiny", "dataset": "demo-news", "priority": 5}))
+        .await;
     let started = app.state.scheduler.tick().await.unwrap();
-    assert_eq!(started, vec![high_old], "one slot: only the best run starts");
+    assert_eq!(
+        started,
+        vec![high_old],
+        "one slot: only the best run starts"
+    );
     assert_eq!(app.state.scheduler.running(), vec![high_old]);
-    assert!(app.state.scheduler.tick().await.unwrap().is_empty(), "no free slot");
+    assert!(
+        app.state.scheduler.tick().await.unwrap().is_empty(),
+        "no free slot"
+    );
     assert_eq!(status_of(&app, high_new).await, RunStatus::Queued);
     assert_eq!(status_of(&app, low).await, RunStatus::Queued);
     for id in [high_old, high_new, low] {
@@ -51,12 +64,28 @@ async fn a_run_trains_to_the_end_with_metrics_a_summary_and_a_checkpoint() {
     assert!(s.samples_per_second > 0.0 && s.train_seconds > 0.0);
     let (_, m) = app.get(&format!("/api/v1/runs/{id}/metrics")).await;
     let series = &m["series"];
-    assert_eq!(series["eval/accuracy"].as_array().unwrap().len(), 2, "one dev evaluation per epoch");
+    assert_eq!(
+        series["eval/accuracy"].as_array().unwrap().len(),
+        2,
+        "one dev evaluation per epoch"
+    );
     assert_eq!(series["eval/loss"][1]["step"], 24);
     assert!(series["train/loss"].as_array().unwrap().len() >= 2);
-    assert_eq!(series["test/accuracy"][0]["value"].as_f64().unwrap(), s.accuracy);
-    let (_, one) = app.get(&format!("/api/v1/runs/{id}/metrics?key=eval/f1")).await;
-    assert_eq!(one["series"].as_object().unwrap().keys().collect::<Vec<_>>(), ["eval/f1"]);
+    assert_eq!(
+        series["test/accuracy"][0]["value"].as_f64().unwrap(),
+        s.accuracy
+    );
+    let (_, one) = app
+        .get(&format!("/api/v1/runs/{id}/metrics?key=eval/f1"))
+        .await;
+    assert_eq!(
+        one["series"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .collect::<Vec<_>>(),
+        ["eval/f1"]
+    );
     // the stored test predictions agree with the summary's accuracy
     let (_, p) = app.get(&format!("/api/v1/runs/{id}/predictions")).await;
     let preds = p["predictions"].as_array().unwrap();
@@ -64,11 +93,15 @@ async fn a_run_trains_to_the_end_with_metrics_a_summary_and_a_checkpoint() {
     let correct = preds.iter().filter(|r| r["label"] == r["pred"]).count();
     assert_eq!(correct as f64 / 160.0, s.accuracy);
     let ckpt = app.state.settings.run_dir(id).join("checkpoint");
-    let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(ckpt.join("config.json")).unwrap()).unwrap();
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(ckpt.join("config.json")).unwrap()).unwrap();
     assert_eq!(config["architectures"][0], "BertForSequenceClassification");
     assert_eq!(config["id2label"].as_object().unwrap().len(), 4);
     let reloaded = modalbench::models::load_classifier(&ckpt, 4, tch::Device::Cpu).unwrap();
-    assert!(reloaded.report.fresh.is_empty(), "the saved head is loaded, not re-initialised");
+    assert!(
+        reloaded.report.fresh.is_empty(),
+        "the saved head is loaded, not re-initialised"
+    );
 }
 
 #[tokio::test]
@@ -76,13 +109,24 @@ async fn a_worker_killed_mid_run_fails_the_run_and_frees_the_slot() {
     let app = TestApp::new().await;
     let mut events = app.state.hub.subscribe();
     let doomed = app.submit(long_run()).await;
-    let next = app.submit(json!({"model": "bert-tiny", "dataset": "demo-news", "max_steps": 2})).await;
+    let next = app
+        .submit(json!({"model": "bert-tiny", "dataset": "demo-news", "max_steps": 2}))
+        .await;
     app.state.scheduler.tick().await.unwrap();
     app.wait_for_progress(&mut events, doomed).await;
-    let pid = app.state.scheduler.worker_pid(doomed).expect("a worker process");
+    let pid = app
+        .state
+        .scheduler
+        .worker_pid(doomed)
+        .expect("a worker process");
     // what the kernel's out-of-memory killer does
     unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-    let status = app.state.scheduler.wait_finished(doomed, Duration::from_secs(30)).await.unwrap();
+    let status = app
+        .state
+        .scheduler
+        .wait_finished(doomed, Duration::from_secs(30))
+        .await
+        .unwrap();
     assert_eq!(status, Some(RunStatus::Failed));
     let run = app.state.store.get_run(doomed).await.unwrap().unwrap();
     let error = run.error.unwrap();
@@ -110,16 +154,25 @@ async fn a_worker_that_panics_fails_its_run_with_the_panic_message() {
     let c: modalbench::models::bert::Config = serde_json::from_value(config).unwrap();
     let vs = tch::nn::VarStore::new(tch::Device::Cpu);
     let _m = modalbench::models::bert::BertModel::new(vs.root(), &c);
-    modalbench::models::checkpoint::save_safetensors(&vs, &broken.path().join("model.safetensors")).unwrap();
+    modalbench::models::checkpoint::save_safetensors(&vs, &broken.path().join("model.safetensors"))
+        .unwrap();
 
     let app = TestApp::with_models(&[("bert-small-vocab", broken.path())]).await;
-    let id = app.submit(json!({"model": "bert-small-vocab", "dataset": "demo-news", "max_steps": 2})).await;
+    let id = app
+        .submit(json!({"model": "bert-small-vocab", "dataset": "demo-news", "max_steps": 2}))
+        .await;
     let run = app.run_to_end(id, 120).await;
     assert_eq!(run.status, RunStatus::Failed);
     let error = run.error.unwrap();
     assert!(error.starts_with("worker panicked at "), "{error}");
-    assert!(error.contains("index out of range"), "the message says why: {error}");
-    assert!(!error.contains("Exception raised from"), "without libtorch's C++ stack: {error}");
+    assert!(
+        error.contains("index out of range"),
+        "the message says why: {error}"
+    );
+    assert!(
+        !error.contains("Exception raised from"),
+        "without libtorch's C++ stack: {error}"
+    );
     assert!(app.state.scheduler.running().is_empty());
 }
 
@@ -131,19 +184,28 @@ async fn a_checkpoint_missing_a_tensor_fails_the_run_with_a_message_naming_it() 
     for f in ["tokenizer.json", "config.json"] {
         std::fs::copy(src.join(f), broken.path().join(f)).unwrap();
     }
-    let tensors: Vec<(String, tch::Tensor)> = tch::Tensor::read_safetensors(src.join("model.safetensors"))
-        .unwrap()
-        .into_iter()
-        .filter(|(k, _)| k != "encoder.layer.1.attention.self.key.weight")
-        .collect();
+    let tensors: Vec<(String, tch::Tensor)> =
+        tch::Tensor::read_safetensors(src.join("model.safetensors"))
+            .unwrap()
+            .into_iter()
+            .filter(|(k, _)| k != "encoder.layer.1.attention.self.key.weight")
+            .collect();
     tch::Tensor::write_safetensors(&tensors, broken.path().join("model.safetensors")).unwrap();
     let app = TestApp::with_models(&[("bert-holey", broken.path())]).await;
-    let id = app.submit(json!({"model": "bert-holey", "dataset": "demo-news"})).await;
+    let id = app
+        .submit(json!({"model": "bert-holey", "dataset": "demo-news"}))
+        .await;
     let run = app.run_to_end(id, 120).await;
     assert_eq!(run.status, RunStatus::Failed);
     let error = run.error.unwrap();
-    assert!(error.contains("no tensor `encoder.layer.1.attention.self.key.weight`"), "{error}");
-    assert!(!app.state.settings.run_dir(id).join("checkpoint").exists(), "nothing half-written");
+    assert!(
+        error.contains("no tensor `encoder.layer.1.attention.self.key.weight`"),
+        "{error}"
+    );
+    assert!(
+        !app.state.settings.run_dir(id).join("checkpoint").exists(),
+        "nothing half-written"
+    );
 }
 
 #[tokio::test]
@@ -154,30 +216,49 @@ async fn cancelling_a_running_run_kills_its_worker() {
     app.state.scheduler.tick().await.unwrap();
     app.wait_for_progress(&mut events, id).await;
     let pid = app.state.scheduler.worker_pid(id).unwrap();
-    let (status, run) = app.call(Method::POST, &format!("/api/v1/runs/{id}/cancel"), None).await;
+    let (status, run) = app
+        .call(Method::POST, &format!("/api/v1/runs/{id}/cancel"), None)
+        .await;
     assert_eq!(status, StatusCode::OK, "{run}");
     assert_eq!(run["status"], "cancelled");
     assert!(!pid_alive(pid), "worker {pid} still running");
     assert!(app.state.scheduler.running().is_empty());
-    let (status, err) = app.call(Method::POST, &format!("/api/v1/runs/{id}/cancel"), None).await;
+    let (status, err) = app
+        .call(Method::POST, &format!("/api/v1/runs/{id}/cancel"), None)
+        .await;
     assert_eq!(status, StatusCode::CONFLICT, "{err}");
 }
 
 #[tokio::test]
 async fn cancelling_a_queued_run_means_it_never_starts() {
     let app = TestApp::new().await;
-    let id = app.submit(json!({"model": "bert-tiny", "dataset": "demo-news"})).await;
-    let (status, run) = app.call(Method::POST, &format!("/api/v1/runs/{id}/cancel"), None).await;
-    assert_eq!((status, run["status"].as_str()), (StatusCode::OK, Some("cancelled")));
+    let id = app
+        .submit(json!({"model": "bert-tiny", "dataset": "demo-news"}))
+        .await;
+    let (status, run) = app
+        .call(Method::POST, &format!("/api/v1/runs/{id}/cancel"), None)
+        .await;
+    assert_eq!(
+        (status, run["status"].as_str()),
+        (StatusCode::OK, Some("cancelled"))
+    );
     assert!(app.state.scheduler.tick().await.unwrap().is_empty());
 }
 
 #[tokio::test]
 async fn runs_left_running_by_a_dead_server_are_interrupted_and_run_again() {
     let app = TestApp::new().await;
-    let id = app.submit(json!({"model": "bert-tiny", "dataset": "demo-news", "max_steps": 3})).await;
+    let id = app
+        .submit(json!({"model": "bert-tiny", "dataset": "demo-news", "max_steps": 3}))
+        .await;
     // the first server claims the run and dies before the worker reports anything
-    let claimed = app.state.store.claim_next_run("cpu:0").await.unwrap().unwrap();
+    let claimed = app
+        .state
+        .store
+        .claim_next_run("cpu:0")
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(claimed.id, id);
     let dir = app.dir;
     drop(app.state);
@@ -187,15 +268,25 @@ async fn runs_left_running_by_a_dead_server_are_interrupted_and_run_again() {
     assert_eq!(run.status, RunStatus::Succeeded, "{:?}", run.error);
     assert_eq!(run.attempts, 2);
     let (_, logs) = app.get(&format!("/api/v1/runs/{id}/logs")).await;
-    assert!(logs.to_string().contains("interrupted: the server stopped"), "{logs}");
+    assert!(
+        logs.to_string().contains("interrupted: the server stopped"),
+        "{logs}"
+    );
 }
 
 #[tokio::test]
 async fn a_run_interrupted_too_often_is_failed_instead_of_restarted() {
     let mut app = TestApp::new().await;
-    let id = app.submit(json!({"model": "bert-tiny", "dataset": "demo-news"})).await;
+    let id = app
+        .submit(json!({"model": "bert-tiny", "dataset": "demo-news"}))
+        .await;
     for _ in 0..modalbench::queue::MAX_ATTEMPTS {
-        app.state.store.claim_next_run("cpu:0").await.unwrap().unwrap();
+        app.state
+            .store
+            .claim_next_run("cpu:0")
+            .await
+            .unwrap()
+            .unwrap();
         let dir = app.dir;
         drop(app.state);
         app = TestApp::open(dir).await;

@@ -17,15 +17,25 @@ async fn assert_rejected(app: &TestApp, body: Value, field: &str, code: &str) {
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body} -> {err}");
     assert_eq!(err["error"]["field"], field, "{body} -> {err}");
     assert_eq!(err["error"]["code"], code, "{body} -> {err}");
-    assert!(err["error"]["message"].as_str().unwrap().contains(field), "{err}");
-    assert_eq!(run_count(app).await, 0, "a rejected submission stored a run");
+    assert!(
+        err["error"]["message"].as_str().unwrap().contains(field),
+        "{err}"
+    );
+    assert_eq!(
+        run_count(app).await,
+        0,
+        "a rejected submission stored a run"
+    );
 }
 
 #[tokio::test]
 async fn submitting_a_run_queues_it_with_defaults_filled_in() {
     let app = TestApp::new().await;
     let (status, run) = app
-        .post("/api/v1/runs", json!({"model": "bert-tiny", "dataset": "demo-news", "epochs": 2, "priority": 3}))
+        .post(
+            "/api/v1/runs",
+            json!({"model": "bert-tiny", "dataset": "demo-news", "epochs": 2, "priority": 3}),
+        )
         .await;
     assert_eq!(status, StatusCode::CREATED, "{run}");
     assert_eq!(run["status"], "queued");
@@ -49,9 +59,13 @@ async fn a_new_run_answers_with_its_location() {
         .method(Method::POST)
         .uri("/api/v1/runs")
         .header(header::CONTENT_TYPE, "application/json")
-        .body(Body::from(r#"{"model": "bert-tiny", "dataset": "demo-news"}"#))
+        .body(Body::from(
+            r#"{"model": "bert-tiny", "dataset": "demo-news"}"#,
+        ))
         .unwrap();
-    let res = tower::ServiceExt::oneshot(app.router.clone(), req).await.unwrap();
+    let res = tower::ServiceExt::oneshot(app.router.clone(), req)
+        .await
+        .unwrap();
     assert_eq!(res.status(), StatusCode::CREATED);
     assert_eq!(res.headers()[header::LOCATION], "/api/v1/runs/1");
 }
@@ -59,11 +73,40 @@ async fn a_new_run_answers_with_its_location() {
 #[tokio::test]
 async fn unknown_models_and_datasets_are_rejected_with_422_naming_the_field() {
     let app = TestApp::new().await;
-    assert_rejected(&app, json!({"model": "gpt-17", "dataset": "demo-news"}), "model", "unknown_model").await;
-    assert_rejected(&app, json!({"model": "bert-tiny", "dataset": "nope"}), "dataset", "unknown_dataset").await;
-    assert_rejected(&app, json!({"model": "../models/bert-tiny", "dataset": "demo-news"}), "model", "unknown_model").await;
-    let (_, err) = app.post("/api/v1/runs", json!({"model": "gpt-17", "dataset": "demo-news"})).await;
-    assert!(err["error"]["message"].as_str().unwrap().contains("bert-tiny"), "lists known models: {err}");
+    assert_rejected(
+        &app,
+        json!({"model": "gpt-17", "dataset": "demo-news"}),
+        "model",
+        "unknown_model",
+    )
+    .await;
+    assert_rejected(
+        &app,
+        json!({"model": "bert-tiny", "dataset": "nope"}),
+        "dataset",
+        "unknown_dataset",
+    )
+    .await;
+    assert_rejected(
+        &app,
+        json!({"model": "../models/bert-tiny", "dataset": "demo-news"}),
+        "model",
+        "unknown_model",
+    )
+    .await;
+    let (_, err) = app
+        .post(
+            "/api/v1/runs",
+            json!({"model": "gpt-17", "dataset": "demo-news"}),
+        )
+        .await;
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("bert-tiny"),
+        "lists known models: {err}"
+    );
 }
 
 #[tokio::test]
@@ -95,7 +138,9 @@ async fn a_learning_rate_too_large_for_a_float_is_rejected_naming_the_field() {
     let app = TestApp::new().await;
     let req = Request::post("/api/v1/runs")
         .header(header::CONTENT_TYPE, "application/json")
-        .body(Body::from(r#"{"model": "bert-tiny", "dataset": "demo-news", "learning_rate": 1e999}"#))
+        .body(Body::from(
+            r#"{"model": "bert-tiny", "dataset": "demo-news", "learning_rate": 1e999}"#,
+        ))
         .unwrap();
     let (status, body) = app.send(req).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
@@ -107,11 +152,39 @@ async fn a_learning_rate_too_large_for_a_float_is_rejected_naming_the_field() {
 #[tokio::test]
 async fn wrong_types_and_unknown_fields_are_422_and_broken_json_is_400() {
     let app = TestApp::new().await;
-    assert_rejected(&app, json!({"model": "bert-tiny", "dataset": "demo-news", "epochs": "three"}), "epochs", "invalid_value").await;
-    assert_rejected(&app, json!({"model": "bert-tiny", "dataset": "demo-news", "epochs": 1.5}), "epochs", "invalid_value").await;
-    assert_rejected(&app, json!({"model": "bert-tiny", "dataset": "demo-news", "lr": 0.1}), "lr", "unknown_field").await;
-    assert_rejected(&app, json!({"dataset": "demo-news"}), "model", "invalid_value").await;
-    for broken in [r#"{"model": "bert-tiny", "dataset": "#, "not json", r#"{"model": "bert-tiny"} {}"#] {
+    assert_rejected(
+        &app,
+        json!({"model": "bert-tiny", "dataset": "demo-news", "epochs": "three"}),
+        "epochs",
+        "invalid_value",
+    )
+    .await;
+    assert_rejected(
+        &app,
+        json!({"model": "bert-tiny", "dataset": "demo-news", "epochs": 1.5}),
+        "epochs",
+        "invalid_value",
+    )
+    .await;
+    assert_rejected(
+        &app,
+        json!({"model": "bert-tiny", "dataset": "demo-news", "lr": 0.1}),
+        "lr",
+        "unknown_field",
+    )
+    .await;
+    assert_rejected(
+        &app,
+        json!({"dataset": "demo-news"}),
+        "model",
+        "invalid_value",
+    )
+    .await;
+    for broken in [
+        r#"{"model": "bert-tiny", "dataset": "#,
+        "not json",
+        r#"{"model": "bert-tiny"} {}"#,
+    ] {
         let req = Request::post("/api/v1/runs")
             .header(header::CONTENT_TYPE, "application/json")
             .body(Body::from(broken))
@@ -132,7 +205,13 @@ async fn wrong_types_and_unknown_fields_are_422_and_broken_json_is_400() {
 #[tokio::test]
 async fn unknown_runs_are_404_with_a_json_error() {
     let app = TestApp::new().await;
-    for uri in ["/api/v1/runs/99", "/api/v1/runs/abc", "/api/v1/runs/99/metrics", "/api/v1/runs/99/logs", "/api/v1/nothing-here"] {
+    for uri in [
+        "/api/v1/runs/99",
+        "/api/v1/runs/abc",
+        "/api/v1/runs/99/metrics",
+        "/api/v1/runs/99/logs",
+        "/api/v1/nothing-here",
+    ] {
         let (status, err) = app.get(uri).await;
         assert_eq!(status, StatusCode::NOT_FOUND, "{uri}");
         assert_eq!(err["error"]["code"], "not_found", "{uri}: {err}");
@@ -146,19 +225,44 @@ async fn unknown_runs_are_404_with_a_json_error() {
 #[tokio::test]
 async fn listing_filters_by_model_dataset_and_status() {
     let app = TestApp::new().await;
-    app.add_dataset("tiny", [&[("a", 0), ("b", 1)], &[("c", 0)], &[("d", 1)]]).await;
-    let a = app.submit(json!({"model": "bert-tiny", "dataset": "demo-news"})).await;
-    let b = app.submit(json!({"model": "bert-tiny", "dataset": "tiny"})).await;
-    let ids = |v: &Value| v["runs"].as_array().unwrap().iter().map(|r| r["id"].as_i64().unwrap()).collect::<Vec<_>>();
-    assert_eq!(ids(&app.get("/api/v1/runs").await.1), vec![b, a], "newest first");
+    app.add_dataset("tiny", [&[("a", 0), ("b", 1)], &[("c", 0)], &[("d", 1)]])
+        .await;
+    let a = app
+        .submit(json!({"model": "bert-tiny", "dataset": "demo-news"}))
+        .await;
+    let b = app
+        .submit(json!({"model": "bert-tiny", "dataset": "tiny"}))
+        .await;
+    let ids = |v: &Value| {
+        v["runs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["id"].as_i64().unwrap())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        ids(&app.get("/api/v1/runs").await.1),
+        vec![b, a],
+        "newest first"
+    );
     assert_eq!(ids(&app.get("/api/v1/runs?dataset=tiny").await.1), vec![b]);
-    assert_eq!(ids(&app.get("/api/v1/runs?model=bert-tiny&status=queued").await.1), vec![b, a]);
+    assert_eq!(
+        ids(&app
+            .get("/api/v1/runs?model=bert-tiny&status=queued")
+            .await
+            .1),
+        vec![b, a]
+    );
     assert!(ids(&app.get("/api/v1/runs?status=running").await.1).is_empty());
     let (status, err) = app.get("/api/v1/runs?status=done").await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(err["error"]["field"], "status");
     let (status, err) = app.get("/api/v1/runs?limit=0").await;
-    assert_eq!((status, err["error"]["field"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("limit")));
+    assert_eq!(
+        (status, err["error"]["field"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("limit"))
+    );
 }
 
 #[tokio::test]
@@ -166,13 +270,22 @@ async fn models_and_datasets_are_listed_with_what_runs_need() {
     let app = TestApp::new().await;
     let (status, body) = app.get("/api/v1/models").await;
     assert_eq!(status, StatusCode::OK);
-    let tiny = body["models"].as_array().unwrap().iter().find(|m| m["name"] == "bert-tiny").unwrap().clone();
+    let tiny = body["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "bert-tiny")
+        .unwrap()
+        .clone();
     assert_eq!(tiny["architecture"], "bert");
     assert_eq!(tiny["modality"], "text");
     assert_eq!(tiny["usable"], true);
     // the preset's size, counted independently from its config: embeddings
     // (vocab + 512 positions + 2 types) x 64 + LayerNorm, 2 layers, pooler
-    let vocab = std::fs::read_to_string(app.dir.path().join("models/bert-tiny/vocab.txt")).unwrap().lines().count() as i64;
+    let vocab = std::fs::read_to_string(app.dir.path().join("models/bert-tiny/vocab.txt"))
+        .unwrap()
+        .lines()
+        .count() as i64;
     let layer = 4 * (64 * 64 + 64) + 2 * 2 * 64 + (64 * 256 + 256) + (256 * 64 + 64);
     let expected = (vocab + 512 + 2) * 64 + 2 * 64 + 2 * layer + 64 * 64 + 64;
     assert_eq!(tiny["num_parameters"], expected);
@@ -184,20 +297,48 @@ async fn models_and_datasets_are_listed_with_what_runs_need() {
     assert_eq!(news["format"], "hateful_memes");
     assert_eq!(news["num_labels"], 4);
     assert_eq!(news["info"]["splits"]["train"]["examples"], 384);
-    assert_eq!(news["info"]["splits"]["train"]["label_counts"], json!([96, 96, 96, 96]));
-    assert_eq!(app.get("/api/v1/datasets/nope").await.0, StatusCode::NOT_FOUND);
+    assert_eq!(
+        news["info"]["splits"]["train"]["label_counts"],
+        json!([96, 96, 96, 96])
+    );
+    assert_eq!(
+        app.get("/api/v1/datasets/nope").await.0,
+        StatusCode::NOT_FOUND
+    );
 }
 
 #[tokio::test]
 async fn a_model_folder_with_an_unknown_architecture_is_listed_as_unusable_and_rejected() {
     let odd = tempfile::tempdir().unwrap();
-    std::fs::write(odd.path().join("config.json"), r#"{"model_type": "mamba", "hidden_size": 8}"#).unwrap();
+    std::fs::write(
+        odd.path().join("config.json"),
+        r#"{"model_type": "mamba", "hidden_size": 8}"#,
+    )
+    .unwrap();
     let app = TestApp::with_models(&[("mamba-8", odd.path())]).await;
     let (_, body) = app.get("/api/v1/models").await;
-    let m = body["models"].as_array().unwrap().iter().find(|m| m["name"] == "mamba-8").unwrap().clone();
+    let m = body["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "mamba-8")
+        .unwrap()
+        .clone();
     assert_eq!(m["usable"], false);
-    assert!(m["problem"].as_str().unwrap().contains("unsupported model_type `mamba`"), "{m}");
-    assert_rejected(&app, json!({"model": "mamba-8", "dataset": "demo-news"}), "model", "unusable_model").await;
+    assert!(
+        m["problem"]
+            .as_str()
+            .unwrap()
+            .contains("unsupported model_type `mamba`"),
+        "{m}"
+    );
+    assert_rejected(
+        &app,
+        json!({"model": "mamba-8", "dataset": "demo-news"}),
+        "model",
+        "unusable_model",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -209,9 +350,15 @@ async fn leaderboard_parameters_are_checked() {
     assert_eq!(body["boards"][0]["dataset"], "demo-news");
     assert!(body["boards"][0]["rows"].as_array().unwrap().is_empty());
     let (status, err) = app.get("/api/v1/leaderboard?metric=bleu").await;
-    assert_eq!((status, err["error"]["field"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("metric")));
+    assert_eq!(
+        (status, err["error"]["field"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("metric"))
+    );
     let (status, err) = app.get("/api/v1/leaderboard?dataset=nope").await;
-    assert_eq!((status, err["error"]["field"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("dataset")));
+    assert_eq!(
+        (status, err["error"]["field"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("dataset"))
+    );
 }
 
 #[tokio::test]
@@ -223,17 +370,37 @@ async fn the_form_rerenders_with_the_message_on_bad_input_and_redirects_on_succe
             .body(Body::from(body.to_string()))
             .unwrap()
     };
-    let (status, html) = app.send(form("model=bert-tiny&dataset=demo-news&epochs=1&learning_rate=-0.5")).await;
+    let (status, html) = app
+        .send(form(
+            "model=bert-tiny&dataset=demo-news&epochs=1&learning_rate=-0.5",
+        ))
+        .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
-    assert!(html.contains("`learning_rate` must be a number in (0, 1], got -0.5"), "{html}");
-    assert!(html.contains(r#"name="learning_rate" value="-0.5""#), "keeps what was typed");
+    assert!(
+        html.contains("`learning_rate` must be a number in (0, 1], got -0.5"),
+        "{html}"
+    );
+    assert!(
+        html.contains(r#"name="learning_rate" value="-0.5""#),
+        "keeps what was typed"
+    );
     assert!(html.contains(r#"<option value="bert-tiny" selected>"#));
-    let (status, html) = app.send(form("model=bert-tiny&dataset=demo-news&epochs=two")).await;
+    let (status, html) = app
+        .send(form("model=bert-tiny&dataset=demo-news&epochs=two"))
+        .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
-    assert!(html.contains("`epochs` must be an integer, got `two`"), "{html}");
+    assert!(
+        html.contains("`epochs` must be an integer, got `two`"),
+        "{html}"
+    );
     assert_eq!(run_count(&app).await, 0);
 
-    let res = tower::ServiceExt::oneshot(app.router.clone(), form("model=bert-tiny&dataset=demo-news&epochs=1&max_steps=")).await.unwrap();
+    let res = tower::ServiceExt::oneshot(
+        app.router.clone(),
+        form("model=bert-tiny&dataset=demo-news&epochs=1&max_steps="),
+    )
+    .await
+    .unwrap();
     assert_eq!(res.status(), StatusCode::SEE_OTHER);
     assert_eq!(res.headers()[header::LOCATION], "/runs/1");
     let (_, run) = app.get("/api/v1/runs/1").await;

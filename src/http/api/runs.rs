@@ -376,7 +376,7 @@ async fn events(
 async fn cancel(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Run>> {
     let id = parse_id("run", &id)?;
     match state.scheduler.cancel(id).await? {
-        CancelOutcome::Cancelled(run) => Ok(Json(run)),
+        CancelOutcome::Cancelled(run) => Ok(Json(*run)),
         CancelOutcome::AlreadyEnded(status) => Err(ApiError::conflict(format!(
             "run {id} already ended: {status}"
         ))),

@@ -61,8 +61,8 @@ impl From<&Run> for RunRow {
 #[template(path = "runs.html")]
 struct RunsPage {
     runs: Vec<RunRow>,
-    statuses: Vec<&'static str>,
-    status: String,
+    /// Every status, and whether the filter selects it.
+    statuses: Vec<(&'static str, bool)>,
     model: String,
     dataset: String,
     any_active: bool,
@@ -78,8 +78,10 @@ async fn list(State(state): State<AppState>, ApiQuery(q): ApiQuery<ListQuery>) -
     render(&RunsPage {
         any_active: runs.iter().any(|r| r.status.is_active()),
         runs: runs.iter().map(RunRow::from).collect(),
-        statuses: RunStatus::ALL.iter().map(|s| s.as_str()).collect(),
-        status,
+        statuses: RunStatus::ALL
+            .iter()
+            .map(|s| (s.as_str(), s.as_str() == status))
+            .collect(),
         model,
         dataset,
     })
