@@ -62,6 +62,14 @@ impl Store {
         rows.into_iter().map(from_row).collect()
     }
 
+    /// Names of the registered datasets, sorted.
+    pub async fn dataset_names(&self) -> Result<Vec<String>> {
+        sqlx::query_scalar("SELECT name FROM datasets ORDER BY name")
+            .fetch_all(self.pool())
+            .await
+            .context("listing datasets")
+    }
+
     /// One dataset by name.
     pub async fn get_dataset(&self, name: &str) -> Result<Option<DatasetRecord>> {
         let row: Option<Row> = sqlx::query_as(

@@ -107,7 +107,7 @@ pub fn run(spec: &JobSpec, sink: &mut dyn EventSink) -> Result<Summary> {
     let mut train_seconds = 0.0;
     let mut trained_examples = 0usize;
     let epoch_of = |step: u64| step as f64 / steps_per_epoch.max(1) as f64;
-    'epochs: for epoch in 0..cfg.epochs as u64 {
+    for epoch in 0..cfg.epochs as u64 {
         let mut order: Vec<usize> = (0..ds.train.len()).collect();
         order.shuffle(&mut ChaCha8Rng::seed_from_u64(cfg.seed.wrapping_add(epoch)));
         let mut window_loss = Tensor::zeros([], (Kind::Float, device));
@@ -157,33 +157,26 @@ pub fn run(spec: &JobSpec, sink: &mut dyn EventSink) -> Result<Summary> {
                 window_steps = 0;
             }
             if step == total_steps {
-                evaluate_split(
-                    &model,
-                    &ds.dev,
-                    &enc_dev,
-                    bs,
-                    device,
-                    ds.num_labels,
-                    "eval",
-                    step,
-                    epoch_of(step),
-                    sink,
-                )?;
-                break 'epochs;
+                break;
             }
         }
-        evaluate_split(
+        let dev = Split {
+            examples: &ds.dev,
+            encoded: &enc_dev,
+        };
+        report_dev(
             &model,
-            &ds.dev,
-            &enc_dev,
+            dev,
             bs,
             device,
             ds.num_labels,
-            "eval",
             step,
             epoch_of(step),
             sink,
         )?;
+        if step == total_steps {
+            break;
+        }
     }
 
     let test = evaluate(&model, &ds.test, &enc_test, bs, device)?;
@@ -279,35 +272,35 @@ fn evaluate(
     })
 }
 
-/// Scores a split and reports `{prefix}/loss`, `/accuracy`, `/f1`, `/auroc`.
+/// A split's examples with their tokenization.
+#[derive(Clone, Copy)]
+struct Split<'a> {
+    examples: &'a [Example],
+    encoded: &'a [Encoded],
+}
+
+/// Scores the dev split and reports `eval/loss`, `eval/accuracy`, `eval/f1`, `eval/auroc`.
 #[allow(clippy::too_many_arguments)]
-fn evaluate_split(
+fn report_dev(
     model: &LoadedClassifier,
-    examples: &[Example],
-    encoded: &[Encoded],
+    dev: Split,
     batch_size: usize,
     device: Device,
     num_labels: usize,
-    prefix: &str,
     step: u64,
     epoch: f64,
     sink: &mut dyn EventSink,
 ) -> Result<()> {
-    if examples.is_empty() {
+    if dev.examples.is_empty() {
         return Ok(());
     }
-    let s = evaluate(model, examples, encoded, batch_size, device)?;
+    let s = evaluate(model, dev.examples, dev.encoded, batch_size, device)?;
     let m = classification_metrics(&s.labels, &s.probs, num_labels);
-    sink.emit(metric(&format!("{prefix}/loss"), step, epoch, s.loss));
-    sink.emit(metric(
-        &format!("{prefix}/accuracy"),
-        step,
-        epoch,
-        m.accuracy,
-    ));
-    sink.emit(metric(&format!("{prefix}/f1"), step, epoch, m.f1));
+    sink.emit(metric("eval/loss", step, epoch, s.loss));
+    sink.emit(metric("eval/accuracy", step, epoch, m.accuracy));
+    sink.emit(metric("eval/f1", step, epoch, m.f1));
     if let Some(a) = m.auroc {
-        sink.emit(metric(&format!("{prefix}/auroc"), step, epoch, a));
+        sink.emit(metric("eval/auroc", step, epoch, a));
     }
     Ok(())
 }

@@ -102,13 +102,7 @@ pub async fn validate(state: &AppState, req: RunRequest) -> Result<ValidRun, Api
         ));
     }
     if state.store.get_dataset(&req.dataset).await?.is_none() {
-        let known: Vec<String> = state
-            .store
-            .list_datasets()
-            .await?
-            .into_iter()
-            .map(|d| d.name)
-            .collect();
+        let known = state.store.dataset_names().await?;
         return Err(ApiError::invalid(
             "dataset",
             "unknown_dataset",

@@ -245,13 +245,7 @@ async fn form_page(
             (m.name, label)
         })
         .collect();
-    let datasets = state
-        .store
-        .list_datasets()
-        .await?
-        .into_iter()
-        .map(|d| d.name)
-        .collect();
+    let datasets = state.store.dataset_names().await?;
     let status = if error.is_some() {
         StatusCode::UNPROCESSABLE_ENTITY
     } else {
