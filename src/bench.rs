@@ -88,3 +88,66 @@ pub async fn leaderboard(runs: usize, points_per_run: usize, repeats: usize) -> 
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
+
+/// Times training steps of a checkpoint with a 2-label head on random token ids: forward and
+/// backward, then forward, backward and an AdamW step. Prints samples/s for each.
+pub fn train_step(
+    dir: &std::path::Path,
+    batch_size: i64,
+    seq_len: i64,
+    steps: usize,
+    device: tch::Device,
+) -> Result<()> {
+    use tch::nn::OptimizerConfig;
+    tch::manual_seed(0);
+    let loaded = crate::models::load(dir, Some(2), device)?;
+    let vocab = loaded.checkpoint.text_config()?.vocab_size;
+    let batch = crate::models::Batch {
+        input_ids: tch::Tensor::randint_low(
+            5,
+            vocab,
+            [batch_size, seq_len],
+            (tch::Kind::Int64, device),
+        ),
+        attention_mask: tch::Tensor::ones([batch_size, seq_len], (tch::Kind::Int64, device)),
+        token_type_ids: tch::Tensor::zeros([batch_size, seq_len], (tch::Kind::Int64, device)),
+        pixel_values: None,
+        pixel_mask: None,
+    };
+    let labels = tch::Tensor::randint(2, [batch_size], (tch::Kind::Int64, device));
+    let mut opt = tch::nn::AdamW::default().build(&loaded.vs, 2e-5)?;
+    let threads = tch::get_num_threads();
+    println!(
+        "{}: batch {batch_size}, sequence {seq_len}, {device:?}, {threads} torch threads, {steps} timed steps after 2 warm-up steps",
+        dir.display()
+    );
+    for with_step in [false, true] {
+        let mut run = |n: usize| -> Result<f64> {
+            let t = Instant::now();
+            for _ in 0..n {
+                let logits = crate::models::logits(loaded.model.forward(&batch, true));
+                let loss = logits.cross_entropy_for_logits(&labels);
+                opt.zero_grad();
+                loss.backward();
+                if with_step {
+                    opt.step();
+                }
+                let _ = f64::try_from(&loss)?;
+            }
+            Ok(t.elapsed().as_secs_f64())
+        };
+        run(2)?;
+        let secs = run(steps)?;
+        println!(
+            "{:<28} {:>8.1} samples/s  ({:.3} s/step)",
+            if with_step {
+                "forward+backward+AdamW"
+            } else {
+                "forward+backward"
+            },
+            (steps as i64 * batch_size) as f64 / secs,
+            secs / steps as f64
+        );
+    }
+    Ok(())
+}

@@ -35,6 +35,22 @@ enum Command {
         #[command(flatten)]
         settings: Settings,
     },
+    /// Run a checkpoint's forward pass (eval mode) on input tensors; write its outputs.
+    Forward {
+        /// Checkpoint folder in Hugging Face layout.
+        #[arg(long)]
+        checkpoint: PathBuf,
+        /// safetensors file with `input_ids` (and optionally `attention_mask`,
+        /// `token_type_ids`, `pixel_values`, `pixel_mask`).
+        #[arg(long)]
+        inputs: PathBuf,
+        /// safetensors file for the outputs (`last_hidden_state`, `pooler_output`, `logits`, ...).
+        #[arg(long)]
+        output: PathBuf,
+        /// `cpu` or `cuda`.
+        #[arg(long, default_value = "cpu")]
+        device: String,
+    },
     /// Print benchmark figures.
     Bench {
         #[command(subcommand)]
@@ -67,6 +83,23 @@ enum BenchCommand {
         points_per_run: usize,
         #[arg(long, default_value_t = 20)]
         repeats: usize,
+    },
+    /// Training-step throughput of a checkpoint on random inputs (forward+backward samples/s).
+    TrainStep {
+        /// Model name under the models dir.
+        #[arg(long, default_value = "minilm-l6")]
+        model: String,
+        #[arg(long, default_value_t = 16)]
+        batch_size: i64,
+        #[arg(long, default_value_t = 128)]
+        seq_len: i64,
+        #[arg(long, default_value_t = 10)]
+        steps: usize,
+        /// `cpu` or `cuda`.
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        #[command(flatten)]
+        settings: Settings,
     },
 }
 
@@ -132,6 +165,33 @@ fn main() {
                     repeats,
                 ))
             }),
+        Command::Bench {
+            command:
+                BenchCommand::TrainStep {
+                    model,
+                    batch_size,
+                    seq_len,
+                    steps,
+                    device,
+                    settings,
+                },
+        } => train::resolve_device(&device).and_then(|device| {
+            modalbench::bench::train_step(
+                &settings.models_dir.join(&model),
+                batch_size,
+                seq_len,
+                steps,
+                device,
+            )
+        }),
+        Command::Forward {
+            checkpoint,
+            inputs,
+            output,
+            device,
+        } => train::resolve_device(&device)
+            .and_then(|d| models::forward_file(&checkpoint, &inputs, &output, d))
+            .map(|names| println!("wrote {} to {}", names.join(", "), output.display())),
         Command::Models { settings } => {
             for m in models::registry::scan(&settings.models_dir) {
                 let status = m.problem.as_deref().unwrap_or("usable");

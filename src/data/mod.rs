@@ -1,5 +1,6 @@
 //! Datasets on disk: formats, validation, the demo, and turning examples into model inputs.
 
+pub mod batch;
 pub mod demo;
 pub mod formats;
 pub mod text;

@@ -1,13 +1,30 @@
-//! Text to model inputs through a checkpoint's `tokenizer.json`: truncation to `max_length`,
-//! special tokens and token types from the tokenizer's post-processor, and padding to the
-//! longest sequence of each batch (never to a fixed length).
+//! Text to model inputs through a checkpoint's tokenizer: truncation to `max_length`, special
+//! tokens and token types from the tokenizer's post-processor, and padding to the longest
+//! sequence of each batch (never to a fixed length).
+//!
+//! The tokenizer is the checkpoint's `tokenizer.json`; a folder without one (as older
+//! checkpoints such as BETO are published) gets the tokenizer Hugging Face's fast tokenizer
+//! class would build from `vocab.txt` (BERT WordPiece) or `vocab.json` + `merges.txt`
+//! (RoBERTa byte-level BPE), with the options of `tokenizer_config.json`.
 
 use crate::data::Example;
-use anyhow::{Context, Result, anyhow};
+use crate::data::batch::Batch;
+use crate::models::{Arch, Checkpoint};
+use anyhow::{Context, Result, anyhow, bail};
+use serde_json::Value;
 use std::path::Path;
 use tch::{Device, Kind, Tensor};
+use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
+use tokenizers::decoders::wordpiece::WordPiece as WordPieceDecoder;
+use tokenizers::models::bpe::BPE;
+use tokenizers::models::wordpiece::WordPiece;
+use tokenizers::normalizers::bert::BertNormalizer;
+use tokenizers::pre_tokenizers::bert::BertPreTokenizer;
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::processors::bert::BertProcessing;
+use tokenizers::processors::roberta::RobertaProcessing;
 use tokenizers::{
-    EncodeInput, Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy,
+    AddedToken, EncodeInput, Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy,
 };
 
 /// One tokenized example, unpadded.
@@ -26,9 +43,32 @@ impl TextEncoder {
     /// Loads `tokenizer.json`, truncating to `max_length` tokens (special tokens included) and
     /// switching off any padding the file configures: batches are padded by [`collate`].
     pub fn from_file(path: &Path, max_length: usize) -> Result<Self> {
-        let mut tokenizer = Tokenizer::from_file(path)
+        let tokenizer = Tokenizer::from_file(path)
             .map_err(|e| anyhow!("{e}"))
             .with_context(|| format!("loading tokenizer {}", path.display()))?;
+        Self::new(tokenizer, max_length)
+    }
+
+    /// The tokenizer of a checkpoint folder: its `tokenizer.json`, else one built from the
+    /// vocabulary files of its architecture.
+    pub fn for_checkpoint(ckpt: &Checkpoint, max_length: usize) -> Result<Self> {
+        let dir = &ckpt.dir;
+        let json = dir.join("tokenizer.json");
+        if json.is_file() {
+            return Self::from_file(&json, max_length);
+        }
+        let options: Value = std::fs::read_to_string(dir.join("tokenizer_config.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or(Value::Null);
+        let tokenizer = match ckpt.arch {
+            Arch::Bert => wordpiece_from_vocab(dir, &options)?,
+            Arch::Roberta => bpe_from_vocab(dir, &options)?,
+        };
+        Self::new(tokenizer, max_length)
+    }
+
+    fn new(mut tokenizer: Tokenizer, max_length: usize) -> Result<Self> {
         tokenizer.with_padding(None);
         tokenizer
             .with_truncation(Some(TruncationParams {
@@ -71,16 +111,100 @@ impl TextEncoder {
     }
 }
 
-/// A padded batch of text inputs, shapes `[batch, longest]`.
-#[derive(Debug)]
-pub struct TextBatch {
-    pub input_ids: Tensor,
-    pub attention_mask: Tensor,
-    pub token_type_ids: Tensor,
+/// Marks the special tokens the vocabulary has, so that they are never split; RoBERTa's mask
+/// token swallows the space before it, as in Hugging Face.
+fn add_specials(t: &mut Tokenizer, tokens: &[&str]) -> Result<()> {
+    let added: Vec<AddedToken> = tokens
+        .iter()
+        .filter(|tok| t.token_to_id(tok).is_some())
+        .map(|tok| AddedToken::from(tok.to_string(), true).lstrip(*tok == "<mask>"))
+        .collect();
+    t.add_special_tokens(added).map_err(|e| anyhow!("{e}"))?;
+    Ok(())
+}
+
+fn special_id(t: &Tokenizer, token: &str, file: &Path) -> Result<(String, u32)> {
+    let id = t
+        .token_to_id(token)
+        .with_context(|| format!("{} has no `{token}` token", file.display()))?;
+    Ok((token.to_string(), id))
+}
+
+/// What `BertTokenizerFast` builds from `vocab.txt`: BERT normalisation (lower-casing and
+/// accent stripping as `do_lower_case` / `strip_accents` say), WordPiece, `[CLS] A [SEP] B [SEP]`.
+fn wordpiece_from_vocab(dir: &Path, options: &Value) -> Result<Tokenizer> {
+    let vocab = dir.join("vocab.txt");
+    if !vocab.is_file() {
+        bail!("{} has neither tokenizer.json nor vocab.txt", dir.display());
+    }
+    let flag = |k: &str| options.get(k).and_then(Value::as_bool);
+    let model = WordPiece::from_file(&vocab.to_string_lossy())
+        .unk_token(
+            options
+                .get("unk_token")
+                .and_then(Value::as_str)
+                .unwrap_or("[UNK]")
+                .into(),
+        )
+        .build()
+        .map_err(|e| anyhow!("{e}"))
+        .with_context(|| format!("reading {}", vocab.display()))?;
+    let mut t = Tokenizer::new(model);
+    let lowercase = flag("do_lower_case").unwrap_or(true);
+    t.with_normalizer(Some(BertNormalizer::new(
+        true,
+        flag("tokenize_chinese_chars").unwrap_or(true),
+        flag("strip_accents"),
+        lowercase,
+    )))
+    .map_err(|e| anyhow!("{e}"))?;
+    t.with_pre_tokenizer(Some(BertPreTokenizer));
+    add_specials(&mut t, &["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"])?;
+    let (sep, cls) = (
+        special_id(&t, "[SEP]", &vocab)?,
+        special_id(&t, "[CLS]", &vocab)?,
+    );
+    t.with_post_processor(Some(BertProcessing::new(sep, cls)));
+    t.with_decoder(Some(WordPieceDecoder::default()));
+    Ok(t)
+}
+
+/// What `RobertaTokenizerFast` builds from `vocab.json` + `merges.txt`: byte-level BPE,
+/// `<s> A </s></s> B </s>`.
+fn bpe_from_vocab(dir: &Path, options: &Value) -> Result<Tokenizer> {
+    let (vocab, merges) = (dir.join("vocab.json"), dir.join("merges.txt"));
+    if !vocab.is_file() || !merges.is_file() {
+        bail!(
+            "{} has neither tokenizer.json nor vocab.json and merges.txt",
+            dir.display()
+        );
+    }
+    let prefix_space = options
+        .get("add_prefix_space")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    let model = BPE::from_file(&vocab.to_string_lossy(), &merges.to_string_lossy())
+        .build()
+        .map_err(|e| anyhow!("{e}"))
+        .with_context(|| format!("reading {} and {}", vocab.display(), merges.display()))?;
+    let mut t = Tokenizer::new(model);
+    t.with_pre_tokenizer(Some(ByteLevel::new(prefix_space, true, true)));
+    add_specials(&mut t, &["<s>", "<pad>", "</s>", "<unk>", "<mask>"])?;
+    let (sep, cls) = (
+        special_id(&t, "</s>", &vocab)?,
+        special_id(&t, "<s>", &vocab)?,
+    );
+    t.with_post_processor(Some(
+        RobertaProcessing::new(sep, cls)
+            .trim_offsets(true)
+            .add_prefix_space(prefix_space),
+    ));
+    t.with_decoder(Some(ByteLevelDecoder::default()));
+    Ok(t)
 }
 
 /// Pads `items` to the longest among them with `pad_id` and builds the attention mask.
-pub fn collate(items: &[&Encoded], pad_id: i64, device: Device) -> TextBatch {
+pub fn collate(items: &[&Encoded], pad_id: i64, device: Device) -> Batch {
     let len = items.iter().map(|e| e.ids.len()).max().unwrap_or(0).max(1);
     let n = items.len();
     let mut ids = vec![pad_id; n * len];
@@ -99,10 +223,12 @@ pub fn collate(items: &[&Encoded], pad_id: i64, device: Device) -> TextBatch {
             .to_kind(Kind::Int64)
             .to_device(device)
     };
-    TextBatch {
+    Batch {
         input_ids: t(&ids),
         attention_mask: t(&mask),
         token_type_ids: t(&types),
+        pixel_values: None,
+        pixel_mask: None,
     }
 }
 

@@ -224,35 +224,96 @@ impl BertLayer {
     }
 }
 
-/// Outputs of [`BertModel`], named as Hugging Face names them.
+/// `BertEncoder`: the stack `encoder.layer.N` (shared with RoBERTa, whose layers are BERT's).
 #[derive(Debug)]
-pub struct BertOutput {
-    pub last_hidden_state: Tensor,
-    pub pooler_output: Tensor,
-}
-
-/// `BertModel`: embeddings, `encoder.layer.N`, and `pooler.dense` + tanh over token 0.
-#[derive(Debug)]
-pub struct BertModel {
-    embeddings: BertEmbeddings,
+pub struct BertEncoder {
     layers: Vec<BertLayer>,
-    pooler: Linear,
 }
 
-impl BertModel {
+impl BertEncoder {
     pub fn new(p: nn::Path, c: &Config) -> Self {
-        let encoder = &p / "encoder" / "layer";
-        BertModel {
-            embeddings: BertEmbeddings::new(&p / "embeddings", c),
+        let layer = &p / "layer";
+        BertEncoder {
             layers: (0..c.num_hidden_layers)
-                .map(|i| BertLayer::new(&encoder / i, c))
+                .map(|i| BertLayer::new(&layer / i, c))
                 .collect(),
-            pooler: Linear::new(
-                &p / "pooler" / "dense",
+        }
+    }
+
+    /// `attention_mask`: `[batch, seq]`, 1 for tokens, 0 for padding.
+    pub fn forward_t(&self, xs: Tensor, attention_mask: &Tensor, train: bool) -> Tensor {
+        let (b, s) = attention_mask
+            .size2()
+            .expect("attention_mask is [batch, seq]");
+        let mask = attention_mask.to_kind(Kind::Bool).view([b, 1, 1, s]);
+        self.layers
+            .iter()
+            .fold(xs, |xs, layer| layer.forward_t(&xs, &mask, train))
+    }
+}
+
+/// `BertPooler`: `dense` + tanh over the first token.
+#[derive(Debug)]
+pub struct BertPooler {
+    dense: Linear,
+}
+
+impl BertPooler {
+    pub fn new(p: nn::Path, c: &Config) -> Self {
+        BertPooler {
+            dense: Linear::new(
+                &p / "dense",
                 c.hidden_size,
                 c.hidden_size,
                 c.initializer_range,
             ),
+        }
+    }
+
+    pub fn forward(&self, hidden: &Tensor) -> Tensor {
+        self.dense.forward(&hidden.select(1, 0)).tanh()
+    }
+}
+
+/// Outputs of a base model, named as Hugging Face names them.
+#[derive(Debug)]
+pub struct BaseOutput {
+    pub last_hidden_state: Tensor,
+    /// Absent for a model built without a pooler.
+    pub pooler_output: Option<Tensor>,
+}
+
+impl BaseOutput {
+    /// The outputs under their Hugging Face names.
+    pub fn named(self) -> Vec<(String, Tensor)> {
+        let mut out = vec![("last_hidden_state".to_string(), self.last_hidden_state)];
+        if let Some(p) = self.pooler_output {
+            out.push(("pooler_output".into(), p));
+        }
+        out
+    }
+}
+
+/// `BertModel`: `embeddings`, `encoder`, and (unless built without) `pooler`.
+#[derive(Debug)]
+pub struct BertModel {
+    embeddings: BertEmbeddings,
+    encoder: BertEncoder,
+    pooler: Option<BertPooler>,
+}
+
+impl BertModel {
+    /// A BERT with its pooler.
+    pub fn new(p: nn::Path, c: &Config) -> Self {
+        Self::with_pooler(p, c, true)
+    }
+
+    /// A BERT with or without `pooler` (Hugging Face's `add_pooling_layer`).
+    pub fn with_pooler(p: nn::Path, c: &Config, pooler: bool) -> Self {
+        BertModel {
+            embeddings: BertEmbeddings::new(&p / "embeddings", c),
+            encoder: BertEncoder::new(&p / "encoder", c),
+            pooler: pooler.then(|| BertPooler::new(&p / "pooler", c)),
         }
     }
 
@@ -262,15 +323,11 @@ impl BertModel {
         attention_mask: &Tensor,
         token_type_ids: &Tensor,
         train: bool,
-    ) -> BertOutput {
-        let (b, s) = input_ids.size2().expect("input_ids are [batch, seq]");
-        let mask = attention_mask.to_kind(Kind::Bool).view([b, 1, 1, s]);
-        let mut xs = self.embeddings.forward_t(input_ids, token_type_ids, train);
-        for layer in &self.layers {
-            xs = layer.forward_t(&xs, &mask, train);
-        }
-        let pooled = self.pooler.forward(&xs.select(1, 0)).tanh();
-        BertOutput {
+    ) -> BaseOutput {
+        let xs = self.embeddings.forward_t(input_ids, token_type_ids, train);
+        let xs = self.encoder.forward_t(xs, attention_mask, train);
+        let pooled = self.pooler.as_ref().map(|p| p.forward(&xs));
+        BaseOutput {
             last_hidden_state: xs,
             pooler_output: pooled,
         }
@@ -306,13 +363,17 @@ impl BertForSequenceClassification {
         attention_mask: &Tensor,
         token_type_ids: &Tensor,
         train: bool,
-    ) -> (BertOutput, Tensor) {
+    ) -> (BaseOutput, Tensor) {
         let out = self
             .bert
             .forward_t(input_ids, attention_mask, token_type_ids, train);
+        let pooled = out
+            .pooler_output
+            .as_ref()
+            .expect("the classifier model has a pooler");
         let logits = self
             .classifier
-            .forward(&dropout(&out.pooler_output, self.dropout, train));
+            .forward(&dropout(pooled, self.dropout, train));
         (out, logits)
     }
 }

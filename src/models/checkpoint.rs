@@ -1,9 +1,10 @@
-//! Reading and writing weights in Hugging Face layout (`model.safetensors`, keys as Hugging Face
-//! names them).
+//! Reading and writing weights in Hugging Face layout: `model.safetensors`, a sharded
+//! `model.safetensors.index.json`, or a (zip-format) `pytorch_model.bin`, keys as Hugging Face
+//! names them.
 
 use anyhow::{Context, Result, bail};
-use std::collections::HashMap;
-use std::path::Path;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
 use tch::Tensor;
 use tch::nn::VarStore;
 
@@ -17,13 +18,35 @@ pub struct LoadReport {
     pub unused: Vec<String>,
 }
 
-/// Names a checkpoint may use for the model parameter `name`: the name itself, without the
-/// task-model prefix (a base-model checkpoint loaded into `*ForSequenceClassification`), and
-/// the legacy TensorFlow-era LayerNorm names `gamma` / `beta`.
+/// Where each model parameter comes from.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct LoadPlan {
+    /// (model parameter, checkpoint key) pairs to copy.
+    pub copies: Vec<(String, String)>,
+    pub report: LoadReport,
+}
+
+/// How a task model's parameter names relate to a checkpoint's keys.
+#[derive(Clone, Copy)]
+pub struct Naming<'a> {
+    /// Prefix of the base model inside the task model (`bert.`, `roberta.`); a base-model
+    /// checkpoint lacks it, a task-model checkpoint has it.
+    pub base_prefix: &'a str,
+    /// Parameters that keep their initialisation when the checkpoint lacks them or has them
+    /// with another shape (a classification head, a pooler), as Hugging Face does.
+    pub may_be_fresh: &'a dyn Fn(&str) -> bool,
+}
+
+/// Names a checkpoint may use for the model parameter `name`: the name itself, with the
+/// base-model prefix removed or added, and each with the TensorFlow-era LayerNorm names
+/// `gamma` / `beta`.
 fn candidates(name: &str, base_prefix: &str) -> Vec<String> {
     let mut names = vec![name.to_string()];
-    if let Some(rest) = name.strip_prefix(base_prefix) {
-        names.push(rest.to_string());
+    if !base_prefix.is_empty() {
+        match name.strip_prefix(base_prefix) {
+            Some(rest) => names.push(rest.to_string()),
+            None => names.push(format!("{base_prefix}{name}")),
+        }
     }
     let legacy: Vec<String> = names
         .iter()
@@ -40,83 +63,180 @@ fn candidates(name: &str, base_prefix: &str) -> Vec<String> {
     names
 }
 
-/// Copies the tensors of `file` into the variables of `vs`.
-///
-/// `base_prefix` is the sub-module the base model lives under in the task model (`bert.`).
-/// Parameters for which `may_be_fresh` holds (a classification head) keep their
-/// initialisation when the checkpoint lacks them or has them with another shape; any other
-/// missing tensor or shape mismatch is an error naming the tensor.
-pub fn load_safetensors(
-    vs: &mut VarStore,
-    file: &Path,
-    base_prefix: &str,
-    may_be_fresh: impl Fn(&str) -> bool,
-) -> Result<LoadReport> {
-    let tensors: HashMap<String, Tensor> = Tensor::read_safetensors(file)
-        .with_context(|| format!("reading {}", file.display()))?
-        .into_iter()
-        .collect();
-    let fname = file
-        .file_name()
-        .map(|f| f.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    // a checkpoint saved from the base model has no task-model prefix on any key
-    let is_base_checkpoint =
-        !base_prefix.is_empty() && !tensors.keys().any(|k| k.starts_with(base_prefix));
-    let mut report = LoadReport::default();
-    let mut used = std::collections::HashSet::new();
-    let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
-    vars.sort_by(|a, b| a.0.cmp(&b.0));
-    for (name, mut var) in vars {
-        let names = candidates(&name, base_prefix);
-        let Some((key, src)) = names.iter().find_map(|n| tensors.get(n).map(|t| (n, t))) else {
-            if may_be_fresh(&name) {
-                report.fresh.push(name);
+/// Matches model parameters (name, shape) against checkpoint tensors (key, shape). A missing
+/// tensor or a shape mismatch on a parameter that may not be fresh is an error naming the
+/// tensor (as the checkpoint would name it) and both shapes.
+pub fn plan(
+    params: &[(String, Vec<i64>)],
+    tensors: &HashMap<String, Vec<i64>>,
+    naming: Naming,
+    file: &str,
+) -> Result<LoadPlan> {
+    let prefix = naming.base_prefix;
+    // a base-model checkpoint has no key with the task model's prefix
+    let base_checkpoint = !prefix.is_empty() && !tensors.keys().any(|k| k.starts_with(prefix));
+    let mut out = LoadPlan::default();
+    let mut used = HashSet::new();
+    for (name, shape) in params {
+        let names = candidates(name, prefix);
+        let Some(key) = names.iter().find(|n| tensors.contains_key(*n)) else {
+            if (naming.may_be_fresh)(name) {
+                out.report.fresh.push(name.clone());
                 continue;
             }
-            let expected = match name.strip_prefix(base_prefix) {
-                Some(rest) if is_base_checkpoint => rest,
+            let expected = match name.strip_prefix(prefix) {
+                Some(rest) if base_checkpoint => rest,
                 _ => name.as_str(),
             };
-            bail!("{fname} has no tensor `{expected}`, which the model needs");
+            bail!("{file} has no tensor `{expected}`, which the model needs");
         };
-        if src.size() != var.size() {
-            if may_be_fresh(&name) {
-                report.fresh.push(name);
-                used.insert(key.clone());
+        used.insert(key.clone());
+        if &tensors[key] != shape {
+            if (naming.may_be_fresh)(name) {
+                out.report.fresh.push(name.clone());
                 continue;
             }
             bail!(
-                "{fname}: tensor `{key}` has shape {:?}, the config implies {:?}",
-                src.size(),
-                var.size()
+                "{file}: tensor `{key}` has shape {:?}, the config implies {:?}",
+                tensors[key],
+                shape
             );
         }
-        tch::no_grad(|| var.copy_(&src.to_kind(var.kind())));
-        used.insert(key.clone());
+        out.copies.push((name.clone(), key.clone()));
     }
-    report.unused = tensors
+    out.report.unused = tensors
         .keys()
         .filter(|k| !used.contains(*k))
         .cloned()
         .collect();
-    report.unused.sort();
-    Ok(report)
+    out.report.unused.sort();
+    Ok(out)
+}
+
+/// The weight files of a checkpoint folder, in the order Hugging Face prefers them:
+/// `model.safetensors`, the shards of `model.safetensors.index.json`, `pytorch_model.bin`.
+pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let single = dir.join("model.safetensors");
+    if single.is_file() {
+        return Ok(vec![single]);
+    }
+    let index = dir.join("model.safetensors.index.json");
+    if index.is_file() {
+        let text = std::fs::read_to_string(&index)
+            .with_context(|| format!("reading {}", index.display()))?;
+        let v: serde_json::Value =
+            serde_json::from_str(&text).context("model.safetensors.index.json is not JSON")?;
+        let map = v
+            .get("weight_map")
+            .and_then(|m| m.as_object())
+            .context("model.safetensors.index.json has no `weight_map`")?;
+        let mut files: Vec<PathBuf> = map
+            .values()
+            .filter_map(|f| f.as_str())
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .map(|f| dir.join(f))
+            .collect();
+        files.dedup();
+        if let Some(missing) = files.iter().find(|f| !f.is_file()) {
+            bail!(
+                "shard {} listed in model.safetensors.index.json is missing",
+                missing.display()
+            );
+        }
+        return Ok(files);
+    }
+    let bin = dir.join("pytorch_model.bin");
+    if bin.is_file() {
+        return Ok(vec![bin]);
+    }
+    bail!(
+        "no weights: expected model.safetensors, model.safetensors.index.json or pytorch_model.bin"
+    )
+}
+
+fn is_safetensors(f: &Path) -> bool {
+    f.extension().is_some_and(|e| e == "safetensors")
+}
+
+/// Every tensor of a checkpoint folder, by key.
+pub fn read_tensors(dir: &Path) -> Result<HashMap<String, Tensor>> {
+    let mut out = HashMap::new();
+    for f in weight_files(dir)? {
+        let named = if is_safetensors(&f) {
+            Tensor::read_safetensors(&f)
+        } else {
+            Tensor::loadz_multi(&f)
+        }
+        .with_context(|| format!("reading {} (pytorch_model.bin must be in the zip format of torch.save since PyTorch 1.6)", f.display()))?;
+        out.extend(named);
+    }
+    Ok(out)
+}
+
+/// Key and shape of every tensor of a checkpoint folder; safetensors files are read from their
+/// header only.
+pub fn read_shapes(dir: &Path) -> Result<HashMap<String, Vec<i64>>> {
+    let mut out = HashMap::new();
+    for f in weight_files(dir)? {
+        if is_safetensors(&f) {
+            out.extend(tensor_shapes(&f)?);
+        } else {
+            for (k, t) in
+                Tensor::loadz_multi(&f).with_context(|| format!("reading {}", f.display()))?
+            {
+                out.insert(k, t.size());
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The file name shown in errors about a checkpoint's weights.
+pub fn weights_label(dir: &Path) -> String {
+    match weight_files(dir) {
+        Ok(files) if files.len() == 1 => files[0]
+            .file_name()
+            .map(|f| f.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        Ok(_) => "model.safetensors.index.json".into(),
+        Err(_) => "the checkpoint".into(),
+    }
+}
+
+/// Copies the tensors of the checkpoint folder `dir` into the variables of `vs` as
+/// [`plan`] matches them.
+pub fn load(vs: &mut VarStore, dir: &Path, naming: Naming) -> Result<LoadReport> {
+    let tensors = read_tensors(dir)?;
+    let shapes: HashMap<String, Vec<i64>> =
+        tensors.iter().map(|(k, t)| (k.clone(), t.size())).collect();
+    let vars = vs.variables();
+    let mut params: Vec<(String, Vec<i64>)> =
+        vars.iter().map(|(k, t)| (k.clone(), t.size())).collect();
+    params.sort();
+    let plan = plan(&params, &shapes, naming, &weights_label(dir))?;
+    tch::no_grad(|| {
+        for (name, key) in &plan.copies {
+            let mut var = vars[name].shallow_clone();
+            var.copy_(&tensors[key].to_kind(var.kind()));
+        }
+    });
+    Ok(plan.report)
 }
 
 /// Writes every variable of `vs` to `file` under its path name (the Hugging Face key).
 pub fn save_safetensors(vs: &VarStore, file: &Path) -> Result<()> {
-    let mut named: Vec<(String, Tensor)> = vs
+    let named: BTreeMap<String, Tensor> = vs
         .variables()
         .into_iter()
         .map(|(k, v)| (k, v.to_device(tch::Device::Cpu).contiguous()))
         .collect();
-    named.sort_by(|a, b| a.0.cmp(&b.0));
+    let named: Vec<(String, Tensor)> = named.into_iter().collect();
     Tensor::write_safetensors(&named, file).with_context(|| format!("writing {}", file.display()))
 }
 
 /// Shapes of the tensors in a safetensors file, read from its header only.
-pub fn tensor_shapes(file: &Path) -> Result<Vec<(String, Vec<usize>)>> {
+pub fn tensor_shapes(file: &Path) -> Result<Vec<(String, Vec<i64>)>> {
     use std::io::Read;
     let mut f = std::fs::File::open(file).with_context(|| format!("opening {}", file.display()))?;
     let mut len = [0u8; 8];
@@ -144,7 +264,7 @@ pub fn tensor_shapes(file: &Path) -> Result<Vec<(String, Vec<usize>)>> {
             .and_then(|s| s.as_array())
             .with_context(|| format!("{}: tensor `{k}` has no shape", file.display()))?
             .iter()
-            .map(|d| d.as_u64().map(|d| d as usize))
+            .map(|d| d.as_i64())
             .collect::<Option<Vec<_>>>()
             .with_context(|| format!("{}: tensor `{k}` has a bad shape", file.display()))?;
         out.push((k, shape));
@@ -157,7 +277,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_parameter_may_come_from_a_base_model_or_a_legacy_name() {
+    fn a_parameter_may_come_from_a_base_model_a_task_model_or_a_legacy_name() {
         assert_eq!(
             candidates("bert.embeddings.LayerNorm.weight", "bert."),
             vec![
@@ -168,8 +288,48 @@ mod tests {
             ]
         );
         assert_eq!(
-            candidates("classifier.bias", "bert."),
-            vec!["classifier.bias"]
+            candidates("pooler.dense.bias", "bert."),
+            vec!["pooler.dense.bias", "bert.pooler.dense.bias"]
         );
+        assert_eq!(candidates("classifier.bias", ""), vec!["classifier.bias"]);
+    }
+
+    fn shapes(v: &[(&str, &[i64])]) -> Vec<(String, Vec<i64>)> {
+        v.iter().map(|(k, s)| (k.to_string(), s.to_vec())).collect()
+    }
+
+    #[test]
+    fn planning_names_the_missing_or_misshapen_tensor_and_tolerates_a_new_head() {
+        let params = shapes(&[("bert.a.weight", &[4, 2]), ("classifier.weight", &[3, 4])]);
+        let fresh = |n: &str| n.starts_with("classifier.");
+        let naming = Naming {
+            base_prefix: "bert.",
+            may_be_fresh: &fresh,
+        };
+        let ckpt: HashMap<String, Vec<i64>> = shapes(&[("a.weight", &[4, 2]), ("cls.x", &[1])])
+            .into_iter()
+            .collect();
+        let p = plan(&params, &ckpt, naming, "model.safetensors").unwrap();
+        assert_eq!(
+            p.copies,
+            vec![("bert.a.weight".to_string(), "a.weight".to_string())]
+        );
+        assert_eq!(p.report.fresh, vec!["classifier.weight"]);
+        assert_eq!(p.report.unused, vec!["cls.x"]);
+
+        let wrong: HashMap<String, Vec<i64>> =
+            shapes(&[("a.weight", &[4, 3])]).into_iter().collect();
+        let e = plan(&params, &wrong, naming, "model.safetensors")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("tensor `a.weight` has shape [4, 3], the config implies [4, 2]"),
+            "{e}"
+        );
+        let none: HashMap<String, Vec<i64>> = shapes(&[("b.weight", &[1])]).into_iter().collect();
+        let e = plan(&params, &none, naming, "model.safetensors")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("has no tensor `a.weight`"), "{e}");
     }
 }

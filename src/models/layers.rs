@@ -2,14 +2,48 @@
 //! names, initialised as Hugging Face's `_init_weights` does, with biases and LayerNorm weights
 //! in the optimizer group that gets no weight decay.
 
-use tch::Tensor;
-use tch::nn::{self, Init, Module};
+use std::cell::Cell;
+use tch::nn::{self, Init, Module, VarStore};
+use tch::{Kind, Tensor};
 
 /// Optimizer group of weights that get weight decay.
 pub const DECAY: usize = 0;
 /// Optimizer group of biases and normalisation weights (no weight decay, as in Hugging Face's
 /// `Trainer`).
 pub const NO_DECAY: usize = 1;
+
+thread_local! {
+    /// Set while [`parameter_shapes`] builds a model: parameters are then left uninitialised.
+    static SHAPES_ONLY: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Creates a trainable parameter `name` under `p`. Every architecture creates its parameters
+/// through here, so that [`parameter_shapes`] can build a model without initialising it.
+pub fn param(p: &nn::Path, name: &str, dims: &[i64], init: Init) -> Tensor {
+    if SHAPES_ONLY.get() {
+        // uninitialised memory is not touched, so even a large model costs next to nothing
+        p.add(name, Tensor::empty(dims, (Kind::Float, p.device())), true)
+    } else {
+        p.var(name, dims, init)
+    }
+}
+
+/// The name and shape of every parameter of the model `build` creates, without initialising
+/// any (used to check a checkpoint against a config without loading it).
+pub fn parameter_shapes<T>(build: impl FnOnce(nn::Path) -> T) -> Vec<(String, Vec<i64>)> {
+    let vs = VarStore::new(tch::Device::Cpu);
+    SHAPES_ONLY.set(true);
+    let model = build(vs.root());
+    SHAPES_ONLY.set(false);
+    drop(model);
+    let mut out: Vec<(String, Vec<i64>)> = vs
+        .variables()
+        .into_iter()
+        .map(|(k, t)| (k, t.size()))
+        .collect();
+    out.sort();
+    out
+}
 
 /// `torch.nn.Linear`: `weight` `[out, in]` ~ N(0, std), `bias` zeros.
 #[derive(Debug)]
@@ -21,18 +55,17 @@ pub struct Linear {
 impl Linear {
     /// A linear layer with a bias.
     pub fn new(p: nn::Path, input: i64, output: i64, std: f64) -> Linear {
-        let weight = p.set_group(DECAY).var(
-            "weight",
-            &[output, input],
-            Init::Randn {
-                mean: 0.0,
-                stdev: std,
-            },
-        );
-        let bias = Some(
-            p.set_group(NO_DECAY)
-                .var("bias", &[output], Init::Const(0.0)),
-        );
+        let normal = Init::Randn {
+            mean: 0.0,
+            stdev: std,
+        };
+        let weight = param(&p.set_group(DECAY), "weight", &[output, input], normal);
+        let bias = Some(param(
+            &p.set_group(NO_DECAY),
+            "bias",
+            &[output],
+            Init::Const(0.0),
+        ));
         Linear { weight, bias }
     }
 }
@@ -57,8 +90,8 @@ impl LayerNorm {
     pub fn new(p: nn::Path, dim: i64, eps: f64) -> LayerNorm {
         let p = p.set_group(NO_DECAY);
         LayerNorm {
-            weight: p.var("weight", &[dim], Init::Const(1.0)),
-            bias: p.var("bias", &[dim], Init::Const(0.0)),
+            weight: param(&p, "weight", &[dim], Init::Const(1.0)),
+            bias: param(&p, "bias", &[dim], Init::Const(0.0)),
             dim,
             eps,
         }
@@ -86,15 +119,12 @@ pub struct Embedding {
 impl Embedding {
     /// An embedding table; `padding_idx`'s row starts at zero, as in Hugging Face.
     pub fn new(p: nn::Path, n: i64, dim: i64, std: f64, padding_idx: Option<i64>) -> Embedding {
-        let weight = p.set_group(DECAY).var(
-            "weight",
-            &[n, dim],
-            Init::Randn {
-                mean: 0.0,
-                stdev: std,
-            },
-        );
-        if let Some(i) = padding_idx.filter(|&i| (0..n).contains(&i)) {
+        let normal = Init::Randn {
+            mean: 0.0,
+            stdev: std,
+        };
+        let weight = param(&p.set_group(DECAY), "weight", &[n, dim], normal);
+        if let Some(i) = padding_idx.filter(|&i| (0..n).contains(&i) && !SHAPES_ONLY.get()) {
             tch::no_grad(|| {
                 let _ = weight.get(i).zero_();
             });

@@ -6,42 +6,139 @@ pub mod checkpoint;
 pub mod layers;
 pub mod presets;
 pub mod registry;
+pub mod roberta;
 
-use crate::data::text::TextBatch;
+pub use crate::data::batch::Batch;
 use anyhow::{Context, Result, bail};
-use checkpoint::LoadReport;
+use checkpoint::{LoadReport, Naming};
+use registry::Modality;
 use serde_json::{Value, json};
-use std::path::Path;
-use tch::nn::VarStore;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use tch::nn::{self, VarStore};
 use tch::{Device, Tensor};
 
-/// A model that maps a batch to classification logits `[batch, num_labels]`.
-pub trait SequenceClassifier {
-    /// Logits; `train` switches dropout on.
-    fn logits(&self, batch: &TextBatch, train: bool) -> Tensor;
+/// Architectures the service builds, picked by config.json's `model_type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arch {
+    Bert,
+    Roberta,
 }
 
-impl SequenceClassifier for bert::BertForSequenceClassification {
-    fn logits(&self, b: &TextBatch, train: bool) -> Tensor {
-        self.forward_t(&b.input_ids, &b.attention_mask, &b.token_type_ids, train)
-            .1
+impl Arch {
+    /// Every supported `model_type`, for error messages.
+    pub const MODEL_TYPES: [&'static str; 4] = ["bert", "roberta", "xlm-roberta", "camembert"];
+
+    /// The architecture of a `model_type`; the error lists the supported ones.
+    pub fn from_model_type(t: &str) -> Result<Arch> {
+        match t {
+            "bert" => Ok(Arch::Bert),
+            t if roberta::MODEL_TYPES.contains(&t) => Ok(Arch::Roberta),
+            other => bail!(
+                "unsupported model_type `{other}` (supported: {})",
+                Arch::MODEL_TYPES.join(", ")
+            ),
+        }
+    }
+
+    /// The inputs the architecture reads.
+    pub fn modality(self) -> Modality {
+        Modality::Text
+    }
+
+    /// Where the base model sits inside the task model.
+    pub fn base_prefix(self) -> &'static str {
+        match self {
+            Arch::Bert => "bert.",
+            Arch::Roberta => "roberta.",
+        }
+    }
+
+    /// Hugging Face's class name of the classification model.
+    pub fn classifier_class(self) -> &'static str {
+        match self {
+            Arch::Bert => "BertForSequenceClassification",
+            Arch::Roberta => "RobertaForSequenceClassification",
+        }
     }
 }
 
-/// A classifier built from a checkpoint folder, with the weights loaded.
-pub struct LoadedClassifier {
-    pub vs: VarStore,
-    pub model: Box<dyn SequenceClassifier>,
-    /// `model_type` from config.json.
-    pub model_type: String,
-    /// Id of the padding token.
-    pub pad_token_id: i64,
-    /// Longest input the position embeddings allow.
-    pub max_positions: i64,
-    /// The checkpoint's config.json, to be written back with the fine-tuned weights.
+/// A checkpoint folder whose config.json has been read.
+#[derive(Debug, Clone)]
+pub struct Checkpoint {
+    pub dir: PathBuf,
     pub config: Value,
-    /// What loading initialised fresh or left unused.
-    pub report: LoadReport,
+    pub arch: Arch,
+}
+
+impl Checkpoint {
+    /// Reads `config.json` of `dir`; an unknown `model_type` is an error naming it.
+    pub fn open(dir: &Path) -> Result<Checkpoint> {
+        let config = read_config(dir)?;
+        let model_type = config
+            .get("model_type")
+            .and_then(Value::as_str)
+            .context("config.json has no `model_type`")?;
+        let arch = Arch::from_model_type(model_type)?;
+        Ok(Checkpoint {
+            dir: dir.to_path_buf(),
+            config,
+            arch,
+        })
+    }
+
+    /// The text-encoder config (BERT's fields, which RoBERTa shares), validated.
+    pub fn text_config(&self) -> Result<bert::Config> {
+        let c: bert::Config = serde_json::from_value(self.config.clone())
+            .context("config.json: missing or malformed field")?;
+        c.validate()
+            .map_err(anyhow::Error::msg)
+            .context("config.json")?;
+        Ok(c)
+    }
+
+    /// `architectures[0]`, e.g. `BertForSequenceClassification`.
+    pub fn class_name(&self) -> Option<&str> {
+        self.config.get("architectures")?.get(0)?.as_str()
+    }
+
+    /// Labels of the classification head the checkpoint was saved with, if it was saved from a
+    /// `*ForSequenceClassification` model.
+    pub fn head_labels(&self) -> Option<usize> {
+        if !self.class_name()?.ends_with("ForSequenceClassification") {
+            return None;
+        }
+        let n = self
+            .config
+            .get("id2label")
+            .and_then(Value::as_object)
+            .map(|m| m.len());
+        n.or_else(|| {
+            self.config
+                .get("num_labels")
+                .and_then(Value::as_u64)
+                .map(|n| n as usize)
+        })
+        .or(Some(2))
+    }
+
+    /// Id of the padding token.
+    pub fn pad_token_id(&self) -> Result<i64> {
+        let c = self.text_config()?;
+        Ok(match self.arch {
+            Arch::Bert => c.pad_token_id.unwrap_or(0),
+            Arch::Roberta => roberta::padding_idx(&c),
+        })
+    }
+
+    /// Longest input, in tokens.
+    pub fn max_length(&self) -> Result<i64> {
+        let c = self.text_config()?;
+        Ok(match self.arch {
+            Arch::Bert => c.max_position_embeddings,
+            Arch::Roberta => roberta::max_length(&c),
+        })
+    }
 }
 
 /// Reads `config.json` of a checkpoint folder.
@@ -52,76 +149,180 @@ pub fn read_config(dir: &Path) -> Result<Value> {
     serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", path.display()))
 }
 
-/// Builds the classifier a checkpoint folder describes (its `model_type` picks the
-/// architecture) for `num_labels` classes and loads its weights. A head in the checkpoint with
-/// the same number of labels is kept; otherwise a fresh head is initialised.
-pub fn load_classifier(dir: &Path, num_labels: usize, device: Device) -> Result<LoadedClassifier> {
-    let config = read_config(dir)?;
-    let model_type = config
-        .get("model_type")
-        .and_then(Value::as_str)
-        .context("config.json has no `model_type`")?
-        .to_string();
-    let weights = dir.join("model.safetensors");
-    if !weights.is_file() {
-        bail!("{} has no model.safetensors", dir.display());
+/// A model of any architecture: maps a batch to its outputs under Hugging Face's names
+/// (`last_hidden_state`, `pooler_output`, `logits`, ...).
+pub trait Model {
+    /// The outputs; `train` switches dropout on.
+    fn forward(&self, batch: &Batch, train: bool) -> Vec<(String, Tensor)>;
+}
+
+impl Model for bert::BertModel {
+    fn forward(&self, b: &Batch, train: bool) -> Vec<(String, Tensor)> {
+        self.forward_t(&b.input_ids, &b.attention_mask, &b.token_type_ids, train)
+            .named()
     }
+}
+
+impl Model for bert::BertForSequenceClassification {
+    fn forward(&self, b: &Batch, train: bool) -> Vec<(String, Tensor)> {
+        let (out, logits) =
+            self.forward_t(&b.input_ids, &b.attention_mask, &b.token_type_ids, train);
+        let mut named = out.named();
+        named.push(("logits".into(), logits));
+        named
+    }
+}
+
+impl Model for roberta::RobertaModel {
+    fn forward(&self, b: &Batch, train: bool) -> Vec<(String, Tensor)> {
+        self.forward_t(&b.input_ids, &b.attention_mask, &b.token_type_ids, train)
+            .named()
+    }
+}
+
+impl Model for roberta::RobertaForSequenceClassification {
+    fn forward(&self, b: &Batch, train: bool) -> Vec<(String, Tensor)> {
+        let (out, logits) =
+            self.forward_t(&b.input_ids, &b.attention_mask, &b.token_type_ids, train);
+        let mut named = out.named();
+        named.push(("logits".into(), logits));
+        named
+    }
+}
+
+/// The `logits` output of a classifier's forward pass.
+pub fn logits(outputs: Vec<(String, Tensor)>) -> Tensor {
+    outputs
+        .into_iter()
+        .find(|(k, _)| k == "logits")
+        .map(|(_, t)| t)
+        .expect("a classifier outputs logits")
+}
+
+/// What to build on top of the base model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Head {
+    /// A classification head for this many labels (kept from the checkpoint if it has one of
+    /// that size, fresh otherwise).
+    Classifier(usize),
+    /// The base model alone; its pooler only if the checkpoint has one.
+    Base { pooler: bool },
+}
+
+/// The model `ckpt` describes with `head`, created under `p`.
+fn build(ckpt: &Checkpoint, c: &bert::Config, head: Head, p: nn::Path) -> Box<dyn Model> {
+    match (ckpt.arch, head) {
+        (Arch::Bert, Head::Classifier(n)) => {
+            Box::new(bert::BertForSequenceClassification::new(p, c, n as i64))
+        }
+        (Arch::Bert, Head::Base { pooler }) => Box::new(bert::BertModel::with_pooler(p, c, pooler)),
+        (Arch::Roberta, Head::Classifier(n)) => Box::new(
+            roberta::RobertaForSequenceClassification::new(p, c, n as i64),
+        ),
+        (Arch::Roberta, Head::Base { pooler }) => {
+            Box::new(roberta::RobertaModel::new(p, c, pooler))
+        }
+    }
+}
+
+/// Which parameters may keep a fresh initialisation: a classification head, and BERT's pooler
+/// (Hugging Face initialises a missing pooler too).
+fn may_be_fresh(arch: Arch, head: Head) -> impl Fn(&str) -> bool {
+    move |name: &str| {
+        matches!(head, Head::Classifier(_))
+            && (name.starts_with("classifier.")
+                || (arch == Arch::Bert && name.starts_with("bert.pooler.")))
+    }
+}
+
+/// Whether the checkpoint's tensors include a pooler.
+fn has_pooler(ckpt: &Checkpoint, keys: &HashMap<String, Vec<i64>>) -> bool {
+    let key = "pooler.dense.weight";
+    keys.contains_key(key) || keys.contains_key(&format!("{}{key}", ckpt.arch.base_prefix()))
+}
+
+/// A model built from a checkpoint folder, with the weights loaded.
+pub struct Loaded {
+    pub vs: VarStore,
+    pub model: Box<dyn Model>,
+    pub checkpoint: Checkpoint,
+    pub head: Head,
+    /// What loading initialised fresh or left unused.
+    pub report: LoadReport,
+}
+
+/// The head the checkpoint itself has: its classifier, or the base model.
+fn own_head(ckpt: &Checkpoint, shapes: &HashMap<String, Vec<i64>>) -> Head {
+    match ckpt.head_labels() {
+        Some(n) => Head::Classifier(n),
+        None => Head::Base {
+            pooler: has_pooler(ckpt, shapes),
+        },
+    }
+}
+
+/// Builds the model of a checkpoint folder and loads its weights. `labels`: a classifier for
+/// that many labels; `None`: the model as saved (with its head, or the base model).
+pub fn load(dir: &Path, labels: Option<usize>, device: Device) -> Result<Loaded> {
+    let ckpt = Checkpoint::open(dir)?;
+    let c = ckpt.text_config()?;
+    let head = match labels {
+        Some(n) => Head::Classifier(n),
+        None => own_head(&ckpt, &checkpoint::read_shapes(dir)?),
+    };
     let mut vs = VarStore::new(device);
-    let (model, pad_token_id, max_positions): (Box<dyn SequenceClassifier>, i64, i64) =
-        match model_type.as_str() {
-            "bert" => {
-                let c: bert::Config = serde_json::from_value(config.clone())
-                    .context("config.json does not describe a BERT model")?;
-                c.validate()
-                    .map_err(anyhow::Error::msg)
-                    .context("config.json")?;
-                let m = bert::BertForSequenceClassification::new(vs.root(), &c, num_labels as i64);
-                (
-                    Box::new(m),
-                    c.pad_token_id.unwrap_or(0),
-                    c.max_position_embeddings,
-                )
-            }
-            other => bail!("unsupported model_type `{other}` in config.json (supported: bert)"),
-        };
-    let report = checkpoint::load_safetensors(&mut vs, &weights, "bert.", |name| {
-        name.starts_with("classifier.")
-    })?;
-    Ok(LoadedClassifier {
+    let model = build(&ckpt, &c, head, vs.root());
+    let fresh = may_be_fresh(ckpt.arch, head);
+    let naming = Naming {
+        base_prefix: ckpt.arch.base_prefix(),
+        may_be_fresh: &fresh,
+    };
+    let report = checkpoint::load(&mut vs, dir, naming)?;
+    Ok(Loaded {
         vs,
         model,
-        model_type,
-        pad_token_id,
-        max_positions,
-        config,
+        checkpoint: ckpt,
+        head,
         report,
     })
 }
 
+/// Checks a checkpoint folder without loading its weights: the config builds a model, and the
+/// weight files have every tensor that model needs, in the right shape.
+pub fn check(dir: &Path) -> Result<Checkpoint> {
+    let ckpt = Checkpoint::open(dir)?;
+    let c = ckpt.text_config()?;
+    let shapes = checkpoint::read_shapes(dir)?;
+    // as a fine-tuning run builds it: with a classification head
+    let head = Head::Classifier(ckpt.head_labels().unwrap_or(2));
+    let params = layers::parameter_shapes(|p| build(&ckpt, &c, head, p));
+    let fresh = may_be_fresh(ckpt.arch, head);
+    let naming = Naming {
+        base_prefix: ckpt.arch.base_prefix(),
+        may_be_fresh: &fresh,
+    };
+    checkpoint::plan(&params, &shapes, naming, &checkpoint::weights_label(dir))?;
+    crate::data::text::TextEncoder::for_checkpoint(&ckpt, 8).context("tokenizer")?;
+    Ok(ckpt)
+}
+
 /// Files of a checkpoint folder that describe its tokenizer, copied along with fine-tuned
 /// weights.
-const TOKENIZER_FILES: [&str; 4] = [
+const TOKENIZER_FILES: [&str; 6] = [
     "tokenizer.json",
     "tokenizer_config.json",
     "special_tokens_map.json",
     "vocab.txt",
+    "vocab.json",
+    "merges.txt",
 ];
 
 /// Writes a fine-tuned classifier as a Hugging Face `*ForSequenceClassification` checkpoint:
 /// config.json with `id2label`/`label2id`, model.safetensors, and the source's tokenizer files.
-pub fn save_classifier(
-    m: &LoadedClassifier,
-    source_dir: &Path,
-    out_dir: &Path,
-    label_names: &[String],
-) -> Result<()> {
+pub fn save_classifier(m: &Loaded, out_dir: &Path, label_names: &[String]) -> Result<()> {
     std::fs::create_dir_all(out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
-    let mut config = m.config.clone();
-    let arch = match m.model_type.as_str() {
-        "bert" => "BertForSequenceClassification",
-        other => bail!("no task architecture name for model_type `{other}`"),
-    };
-    config["architectures"] = json!([arch]);
+    let mut config = m.checkpoint.config.clone();
+    config["architectures"] = json!([m.checkpoint.arch.classifier_class()]);
     config["id2label"] = Value::Object(
         label_names
             .iter()
@@ -143,10 +344,93 @@ pub fn save_classifier(
     .context("writing config.json")?;
     checkpoint::save_safetensors(&m.vs, &out_dir.join("model.safetensors"))?;
     for f in TOKENIZER_FILES {
-        let src = source_dir.join(f);
+        let src = m.checkpoint.dir.join(f);
         if src.is_file() {
             std::fs::copy(&src, out_dir.join(f)).with_context(|| format!("copying {f}"))?;
         }
     }
     Ok(())
+}
+
+/// Input tensors `forward` accepts, by Hugging Face name.
+pub const INPUT_NAMES: [&str; 5] = [
+    "input_ids",
+    "attention_mask",
+    "token_type_ids",
+    "pixel_values",
+    "pixel_mask",
+];
+
+/// Runs a checkpoint's forward pass in eval mode on the tensors of `inputs` (a safetensors
+/// file with `input_ids` and optionally `attention_mask`, `token_type_ids`, `pixel_values`,
+/// `pixel_mask`) and writes the outputs under Hugging Face's names to `output`. Returns the
+/// names written.
+pub fn forward_file(
+    dir: &Path,
+    inputs: &Path,
+    output: &Path,
+    device: Device,
+) -> Result<Vec<String>> {
+    let mut given: HashMap<String, Tensor> = Tensor::read_safetensors(inputs)
+        .with_context(|| format!("reading {}", inputs.display()))?
+        .into_iter()
+        .collect();
+    if let Some(unknown) = given.keys().find(|k| !INPUT_NAMES.contains(&k.as_str())) {
+        bail!(
+            "{}: unknown input `{unknown}` (known: {})",
+            inputs.display(),
+            INPUT_NAMES.join(", ")
+        );
+    }
+    let ids = given
+        .remove("input_ids")
+        .with_context(|| format!("{} has no `input_ids`", inputs.display()))?
+        .to_kind(tch::Kind::Int64)
+        .to_device(device);
+    if ids.dim() != 2 {
+        bail!("`input_ids` must be [batch, seq], got {:?}", ids.size());
+    }
+    let mut int = |name: &str, default: fn(&Tensor) -> Tensor| -> Result<Tensor> {
+        let t = match given.remove(name) {
+            Some(t) => t.to_kind(tch::Kind::Int64).to_device(device),
+            None => default(&ids),
+        };
+        if t.size() != ids.size() {
+            bail!(
+                "`{name}` has shape {:?}, `input_ids` {:?}",
+                t.size(),
+                ids.size()
+            );
+        }
+        Ok(t)
+    };
+    let attention_mask = int("attention_mask", Tensor::ones_like)?;
+    let token_type_ids = int("token_type_ids", Tensor::zeros_like)?;
+    let batch = Batch {
+        pixel_values: given
+            .remove("pixel_values")
+            .map(|t| t.to_kind(tch::Kind::Float).to_device(device)),
+        pixel_mask: given
+            .remove("pixel_mask")
+            .map(|t| t.to_kind(tch::Kind::Int64).to_device(device)),
+        input_ids: ids,
+        attention_mask,
+        token_type_ids,
+    };
+    let loaded = load(dir, None, device)?;
+    let outputs = tch::no_grad(|| loaded.model.forward(&batch, false));
+    let outputs: Vec<(String, Tensor)> = outputs
+        .into_iter()
+        .map(|(k, t)| {
+            (
+                k,
+                t.to_kind(tch::Kind::Float)
+                    .to_device(Device::Cpu)
+                    .contiguous(),
+            )
+        })
+        .collect();
+    Tensor::write_safetensors(&outputs, output)
+        .with_context(|| format!("writing {}", output.display()))?;
+    Ok(outputs.into_iter().map(|(k, _)| k).collect())
 }

@@ -201,7 +201,7 @@ mod tests {
                 "##x", "!", "[SEP]"
             ]
         );
-        let m = crate::models::load_classifier(&p, 3, tch::Device::Cpu).unwrap();
+        let m = crate::models::load(&p, Some(3), tch::Device::Cpu).unwrap();
         assert_eq!(m.report.fresh, vec!["classifier.bias", "classifier.weight"]);
     }
 }

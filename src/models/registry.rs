@@ -1,10 +1,14 @@
-//! The models root: one checkpoint folder per model, in Hugging Face layout. Listing reads
-//! only config.json and the safetensors header, so it is cheap enough to do per request.
+//! The models root: one checkpoint folder per model, in Hugging Face layout. Inspecting a
+//! folder reads config.json and the weights' headers and checks them against the model the
+//! config describes, without loading weights; results are kept until the files change.
 
-use crate::models::checkpoint::tensor_shapes;
+use crate::models::{self, checkpoint};
 use serde::Serialize;
 use serde_json::Value;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::SystemTime;
 
 /// Inputs a model reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -26,9 +30,6 @@ impl Modality {
         }
     }
 }
-
-/// `model_type`s the service can build, with their modality.
-pub const ARCHITECTURES: [(&str, Modality); 1] = [("bert", Modality::Text)];
 
 /// A checkpoint folder as the registry sees it.
 #[derive(Debug, Clone, Serialize)]
@@ -76,8 +77,53 @@ pub fn find(root: &Path, name: &str) -> Option<ModelInfo> {
     dir.join("config.json").is_file().then(|| inspect(&dir))
 }
 
+/// Size and modification time of the files an inspection reads: when they change, the folder
+/// is inspected again.
+fn signature(dir: &Path) -> Vec<(String, u64, Option<SystemTime>)> {
+    let mut sig: Vec<(String, u64, Option<SystemTime>)> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .filter_map(|e| {
+            let m = e.metadata().ok()?;
+            m.is_file().then(|| {
+                (
+                    e.file_name().to_string_lossy().into_owned(),
+                    m.len(),
+                    m.modified().ok(),
+                )
+            })
+        })
+        .collect();
+    sig.sort();
+    sig
+}
+
+type Cache = HashMap<PathBuf, (Vec<(String, u64, Option<SystemTime>)>, ModelInfo)>;
+
 /// Reads what the registry shows about one checkpoint folder.
 pub fn inspect(dir: &Path) -> ModelInfo {
+    static CACHE: Mutex<Option<Cache>> = Mutex::new(None);
+    let sig = signature(dir);
+    if let Some((s, info)) = CACHE
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get_or_insert_default()
+        .get(dir)
+        && *s == sig
+    {
+        return info.clone();
+    }
+    let info = inspect_uncached(dir);
+    CACHE
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get_or_insert_default()
+        .insert(dir.to_path_buf(), (sig, info.clone()));
+    info
+}
+
+fn inspect_uncached(dir: &Path) -> ModelInfo {
     let mut info = ModelInfo {
         name: dir
             .file_name()
@@ -92,56 +138,37 @@ pub fn inspect(dir: &Path) -> ModelInfo {
         problem: None,
         path: dir.to_path_buf(),
     };
-    if let Err(problem) = fill(dir, &mut info) {
-        info.problem = Some(problem);
-    } else {
-        info.usable = true;
+    if let Ok(config) = models::read_config(dir) {
+        info.architecture = config
+            .get("model_type")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        info.class_name = config
+            .get("architectures")
+            .and_then(|a| a.get(0))
+            .and_then(Value::as_str)
+            .map(str::to_string);
     }
-    info
-}
-
-fn fill(dir: &Path, info: &mut ModelInfo) -> Result<(), String> {
-    let config: Value = crate::models::read_config(dir).map_err(|e| format!("{e:#}"))?;
-    info.class_name = config
-        .get("architectures")
-        .and_then(|a| a.get(0))
-        .and_then(Value::as_str)
-        .map(str::to_string);
-    info.max_length = config
-        .get("max_position_embeddings")
-        .and_then(Value::as_i64);
-    let model_type = config
-        .get("model_type")
-        .and_then(Value::as_str)
-        .ok_or("config.json has no `model_type`")?;
-    info.architecture = Some(model_type.to_string());
-    let weights = dir.join("model.safetensors");
-    if weights.is_file() {
-        let shapes = tensor_shapes(&weights).map_err(|e| format!("{e:#}"))?;
+    if let Ok(shapes) = checkpoint::read_shapes(dir) {
         info.num_parameters = Some(
             shapes
                 .iter()
-                .filter(|(k, _)| !k.ends_with("position_ids") && !k.starts_with("cls."))
-                .map(|(_, s)| s.iter().product::<usize>() as i64)
+                .filter(|(k, _)| {
+                    !k.ends_with("position_ids")
+                        && !k.starts_with("cls.")
+                        && !k.starts_with("lm_head.")
+                })
+                .map(|(_, s)| s.iter().product::<i64>())
                 .sum(),
         );
     }
-    let (_, modality) = ARCHITECTURES
-        .iter()
-        .find(|(t, _)| *t == model_type)
-        .ok_or_else(|| {
-            let known: Vec<&str> = ARCHITECTURES.iter().map(|(t, _)| *t).collect();
-            format!(
-                "unsupported model_type `{model_type}` (supported: {})",
-                known.join(", ")
-            )
-        })?;
-    info.modality = Some(*modality);
-    if !weights.is_file() {
-        return Err("no model.safetensors".into());
+    match models::check(dir) {
+        Ok(ckpt) => {
+            info.modality = Some(ckpt.arch.modality());
+            info.max_length = ckpt.max_length().ok();
+            info.usable = true;
+        }
+        Err(e) => info.problem = Some(format!("{e:#}")),
     }
-    if !dir.join("tokenizer.json").is_file() {
-        return Err("no tokenizer.json".into());
-    }
-    Ok(())
+    info
 }

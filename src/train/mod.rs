@@ -6,7 +6,7 @@ pub mod schedule;
 use crate::data::text::{Encoded, TextEncoder, collate};
 use crate::data::{self, Example};
 use crate::eval::metrics::{argmax, classification_metrics};
-use crate::models::{self, LoadedClassifier, layers::NO_DECAY};
+use crate::models::{self, Loaded, layers::NO_DECAY};
 use crate::protocol::{Event, JobSpec, Prediction, Summary};
 use anyhow::{Context, Result, bail};
 use rand::SeedableRng;
@@ -47,8 +47,9 @@ pub fn run(spec: &JobSpec, sink: &mut dyn EventSink) -> Result<Summary> {
 
     let ds = data::load(&spec.dataset)
         .with_context(|| format!("loading dataset `{}`", spec.dataset.name))?;
-    let model = models::load_classifier(&spec.model_dir, ds.num_labels, device)
+    let model = models::load(&spec.model_dir, Some(ds.num_labels), device)
         .with_context(|| format!("loading model `{}`", spec.model))?;
+    let pad_token_id = model.checkpoint.pad_token_id()?;
     if !model.report.fresh.is_empty() {
         sink.emit(Event::Log {
             message: format!("newly initialised: {}", model.report.fresh.join(", ")),
@@ -62,8 +63,8 @@ pub fn run(spec: &JobSpec, sink: &mut dyn EventSink) -> Result<Summary> {
             ),
         });
     }
-    let max_length = (cfg.max_length as i64).min(model.max_positions) as usize;
-    let encoder = TextEncoder::from_file(&spec.model_dir.join("tokenizer.json"), max_length)?;
+    let max_length = (cfg.max_length as i64).min(model.checkpoint.max_length()?) as usize;
+    let encoder = TextEncoder::for_checkpoint(&model.checkpoint, max_length)?;
     let enc_train = encoder.encode(&ds.train)?;
     let enc_dev = encoder.encode(&ds.dev)?;
     let enc_test = encoder.encode(&ds.test)?;
@@ -121,12 +122,10 @@ pub fn run(spec: &JobSpec, sink: &mut dyn EventSink) -> Result<Summary> {
                 total_steps,
             ));
             let items: Vec<&Encoded> = chunk.iter().map(|&i| &enc_train[i]).collect();
-            let batch = collate(&items, model.pad_token_id, device);
+            let batch = collate(&items, pad_token_id, device);
             let labels = labels_tensor(chunk.iter().map(|&i| &ds.train[i]), device);
-            let loss = model
-                .model
-                .logits(&batch, true)
-                .cross_entropy_for_logits(&labels);
+            let logits = models::logits(model.model.forward(&batch, true));
+            let loss = logits.cross_entropy_for_logits(&labels);
             opt.zero_grad();
             loss.backward();
             opt.clip_grad_norm(MAX_GRAD_NORM);
@@ -196,7 +195,7 @@ pub fn run(spec: &JobSpec, sink: &mut dyn EventSink) -> Result<Summary> {
         split: "test".into(),
         rows: predictions(&ds.test, &test),
     });
-    models::save_classifier(&model, &spec.model_dir, &spec.output_dir, &ds.label_names)
+    models::save_classifier(&model, &spec.output_dir, &ds.label_names)
         .context("writing the fine-tuned checkpoint")?;
     sink.emit(Event::Checkpoint {
         path: spec.output_dir.clone(),
@@ -239,7 +238,7 @@ struct Scored {
 /// Scores a split in eval mode. Batches are formed from examples of similar length so that
 /// dynamic padding pads little; results are put back in the split's order.
 fn evaluate(
-    model: &LoadedClassifier,
+    model: &Loaded,
     examples: &[Example],
     encoded: &[Encoded],
     batch_size: usize,
@@ -249,12 +248,13 @@ fn evaluate(
     order.sort_by_key(|&i| encoded[i].ids.len());
     let mut probs = vec![Vec::new(); examples.len()];
     let mut loss_sum = 0.0;
+    let pad = model.checkpoint.pad_token_id()?;
     tch::no_grad(|| -> Result<()> {
         for chunk in order.chunks(batch_size * 2) {
             let items: Vec<&Encoded> = chunk.iter().map(|&i| &encoded[i]).collect();
-            let batch = collate(&items, model.pad_token_id, device);
+            let batch = collate(&items, pad, device);
             let labels = labels_tensor(chunk.iter().map(|&i| &examples[i]), device);
-            let logits = model.model.logits(&batch, false);
+            let logits = models::logits(model.model.forward(&batch, false));
             loss_sum +=
                 f64::try_from(logits.cross_entropy_for_logits(&labels))? * chunk.len() as f64;
             let p = logits.softmax(-1, Kind::Float).to_device(Device::Cpu);
@@ -282,7 +282,7 @@ struct Split<'a> {
 /// Scores the dev split and reports `eval/loss`, `eval/accuracy`, `eval/f1`, `eval/auroc`.
 #[allow(clippy::too_many_arguments)]
 fn report_dev(
-    model: &LoadedClassifier,
+    model: &Loaded,
     dev: Split,
     batch_size: usize,
     device: Device,

@@ -106,3 +106,60 @@ async fn minilm_fine_tunes_through_the_api_and_shows_on_the_leaderboard() {
     );
     assert!(section.contains(&format!(r#"<a href="/runs/{id}">"#)));
 }
+
+/// Fine-tunes a fixture checkpoint through the API on a small dataset with `labels` classes.
+async fn fine_tune_fixture(case: &str, labels: u32) -> (TestApp, i64) {
+    let ckpt = crate::parity::text_fixtures().join(case).join("checkpoint");
+    let app = TestApp::with_models(&[("under-test", &ckpt)]).await;
+    let words = [
+        "the market fell",
+        "a late goal",
+        "the horse rides",
+        "Él niño comió",
+        "the striker scored",
+    ];
+    let rows: Vec<(&str, u32)> = (0..20)
+        .map(|i| (words[i % words.len()], i as u32 % labels))
+        .collect();
+    app.add_dataset("small", [&rows, &rows[..8], &rows[..8]])
+        .await;
+    let id = app
+        .submit(json!({"model": "under-test", "dataset": "small", "max_steps": 4, "batch_size": 4, "learning_rate": 1e-3}))
+        .await;
+    let run = app.run_to_end(id, 120).await;
+    assert_eq!(run.status, RunStatus::Succeeded, "{:?}", run.error);
+    (app, id)
+}
+
+#[tokio::test]
+async fn a_roberta_checkpoint_with_vocabulary_files_fine_tunes_with_a_new_head_for_its_labels() {
+    let (app, id) = fine_tune_fixture("roberta_cls2_h44_l3", 3).await;
+    let (_, logs) = app.get(&format!("/api/v1/runs/{id}/logs")).await;
+    // the saved head has 2 labels, the dataset 3: only the output projection is replaced
+    assert!(
+        logs.to_string()
+            .contains("newly initialised: classifier.out_proj.bias, classifier.out_proj.weight"),
+        "{logs}"
+    );
+    let saved = app.state.settings.run_dir(id).join("checkpoint");
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(saved.join("config.json")).unwrap()).unwrap();
+    assert_eq!(
+        config["architectures"][0],
+        "RobertaForSequenceClassification"
+    );
+    assert!(
+        saved.join("vocab.json").is_file() && saved.join("merges.txt").is_file(),
+        "tokenizer files travel with it"
+    );
+}
+
+#[tokio::test]
+async fn a_cased_bert_checkpoint_without_tokenizer_json_keeps_its_saved_head() {
+    let (app, id) = fine_tune_fixture("bert_cls5_h48_l3", 5).await;
+    let (_, logs) = app.get(&format!("/api/v1/runs/{id}/logs")).await;
+    assert!(
+        !logs.to_string().contains("newly initialised"),
+        "the 5-label head is reused: {logs}"
+    );
+}

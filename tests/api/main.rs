@@ -5,5 +5,6 @@ mod helpers;
 mod leaderboard;
 mod metrics;
 mod pages;
+mod parity;
 mod queue;
 mod runs_api;

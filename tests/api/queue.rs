@@ -97,7 +97,8 @@ async fn a_run_trains_to_the_end_with_metrics_a_summary_and_a_checkpoint() {
         serde_json::from_str(&std::fs::read_to_string(ckpt.join("config.json")).unwrap()).unwrap();
     assert_eq!(config["architectures"][0], "BertForSequenceClassification");
     assert_eq!(config["id2label"].as_object().unwrap().len(), 4);
-    let reloaded = modalbench::models::load_classifier(&ckpt, 4, tch::Device::Cpu).unwrap();
+    let reloaded = modalbench::models::load(&ckpt, None, tch::Device::Cpu).unwrap();
+    assert_eq!(reloaded.head, modalbench::models::Head::Classifier(4));
     assert!(
         reloaded.report.fresh.is_empty(),
         "the saved head is loaded, not re-initialised"
