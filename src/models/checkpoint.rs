@@ -159,16 +159,42 @@ fn is_safetensors(f: &Path) -> bool {
     f.extension().is_some_and(|e| e == "safetensors")
 }
 
+/// The tensors of a `pytorch_model.bin` (read by [`torch_pickle`], not libtorch, whose loader
+/// does not take the `OrderedDict` a state dict pickles as).
+fn read_torch_bin(f: &Path) -> Result<Vec<(String, Tensor)>> {
+    use crate::models::torch_pickle::{self, Dtype};
+    torch_pickle::read(f)?
+        .into_iter()
+        .map(|t| {
+            let kind = match t.dtype {
+                Dtype::F64 => tch::Kind::Double,
+                Dtype::F32 => tch::Kind::Float,
+                Dtype::F16 => tch::Kind::Half,
+                Dtype::BF16 => tch::Kind::BFloat16,
+                Dtype::I64 => tch::Kind::Int64,
+                Dtype::I32 => tch::Kind::Int,
+                Dtype::I16 => tch::Kind::Int16,
+                Dtype::I8 => tch::Kind::Int8,
+                Dtype::U8 => tch::Kind::Uint8,
+                Dtype::Bool => tch::Kind::Bool,
+            };
+            let shape: Vec<i64> = t.shape.iter().map(|&d| d as i64).collect();
+            let tensor = Tensor::f_from_data_size(&t.data, &shape, kind)
+                .with_context(|| format!("{}: tensor `{}`", f.display(), t.name))?;
+            Ok((t.name, tensor))
+        })
+        .collect()
+}
+
 /// Every tensor of a checkpoint folder, by key.
 pub fn read_tensors(dir: &Path) -> Result<HashMap<String, Tensor>> {
     let mut out = HashMap::new();
     for f in weight_files(dir)? {
         let named = if is_safetensors(&f) {
-            Tensor::read_safetensors(&f)
+            Tensor::read_safetensors(&f).with_context(|| format!("reading {}", f.display()))?
         } else {
-            Tensor::loadz_multi(&f)
-        }
-        .with_context(|| format!("reading {} (pytorch_model.bin must be in the zip format of torch.save since PyTorch 1.6)", f.display()))?;
+            read_torch_bin(&f)?
+        };
         out.extend(named);
     }
     Ok(out)
@@ -182,10 +208,8 @@ pub fn read_shapes(dir: &Path) -> Result<HashMap<String, Vec<i64>>> {
         if is_safetensors(&f) {
             out.extend(tensor_shapes(&f)?);
         } else {
-            for (k, t) in
-                Tensor::loadz_multi(&f).with_context(|| format!("reading {}", f.display()))?
-            {
-                out.insert(k, t.size());
+            for t in crate::models::torch_pickle::read(&f)? {
+                out.insert(t.name, t.shape.iter().map(|&d| d as i64).collect());
             }
         }
     }

@@ -7,6 +7,7 @@ pub mod layers;
 pub mod presets;
 pub mod registry;
 pub mod roberta;
+pub mod torch_pickle;
 
 pub use crate::data::batch::Batch;
 use anyhow::{Context, Result, bail};

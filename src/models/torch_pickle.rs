@@ -665,7 +665,10 @@ X\x01\x00\x00\x001q\x10h\x07K\x02tq\x11QK\x00K\x01K\x02\x86q\x12K\x02K\x01\x86q\
 \x8c\x01x\x94C\x01y\x94\x86\x94u.";
         let v = Vm::new(pkl).run().expect("protocol 4");
         let dbg = format!("{v:?}");
-        let want = r#"Dict([(Str("a"), List([Int(1), Int(-2), Float, None, Int(1), Int(1099511627776)])), (Str("b"), Tuple([Str("x"), Bytes]))])"#;
+        let want = concat!(
+            r#"Dict([(Str("a"), List([Int(1), Int(-2), Float, None, Int(1), Int(1099511627776)])), "#,
+            r#"(Str("b"), Tuple([Str("x"), Bytes]))])"#
+        );
         assert_eq!(dbg, want);
         let v = Vm::new(b"(X\x01\x00\x00\x00kK\x07d.").run().expect("DICT");
         assert_eq!(format!("{v:?}"), r#"Dict([(Str("k"), Int(7))])"#);

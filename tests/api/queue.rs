@@ -178,24 +178,25 @@ async fn a_worker_that_panics_fails_its_run_with_the_panic_message() {
 }
 
 #[tokio::test]
-async fn a_checkpoint_missing_a_tensor_fails_the_run_with_a_message_naming_it() {
-    let broken = tempfile::tempdir().unwrap();
+async fn a_checkpoint_broken_after_submission_fails_the_run_with_a_message_naming_the_tensor() {
+    // a copy of bert-tiny that loses a tensor between submission and start
+    let copy = tempfile::tempdir().unwrap();
     let app0 = TestApp::new().await;
     let src = app0.dir.path().join("models/bert-tiny");
-    for f in ["tokenizer.json", "config.json"] {
-        std::fs::copy(src.join(f), broken.path().join(f)).unwrap();
+    for f in ["tokenizer.json", "config.json", "model.safetensors"] {
+        std::fs::copy(src.join(f), copy.path().join(f)).unwrap();
     }
+    let app = TestApp::with_models(&[("bert-copy", copy.path())]).await;
+    let id = app
+        .submit(json!({"model": "bert-copy", "dataset": "demo-news"}))
+        .await;
     let tensors: Vec<(String, tch::Tensor)> =
         tch::Tensor::read_safetensors(src.join("model.safetensors"))
             .unwrap()
             .into_iter()
             .filter(|(k, _)| k != "encoder.layer.1.attention.self.key.weight")
             .collect();
-    tch::Tensor::write_safetensors(&tensors, broken.path().join("model.safetensors")).unwrap();
-    let app = TestApp::with_models(&[("bert-holey", broken.path())]).await;
-    let id = app
-        .submit(json!({"model": "bert-holey", "dataset": "demo-news"}))
-        .await;
+    tch::Tensor::write_safetensors(&tensors, copy.path().join("model.safetensors")).unwrap();
     let run = app.run_to_end(id, 120).await;
     assert_eq!(run.status, RunStatus::Failed);
     let error = run.error.unwrap();

@@ -132,7 +132,8 @@ pub async fn validate(state: &AppState, req: RunRequest) -> Result<ValidRun, Api
     let max_length = int_in(
         "max_length",
         // the default never exceeds what the model's positions allow
-        req.max_length.unwrap_or((d.max_length as i64).min(positions)),
+        req.max_length
+            .unwrap_or((d.max_length as i64).min(positions)),
         2,
         positions,
     )? as u32;
