@@ -101,7 +101,7 @@ pub fn train_step(
     use tch::nn::OptimizerConfig;
     tch::manual_seed(0);
     let loaded = crate::models::load(dir, Some(2), device)?;
-    let vocab = loaded.checkpoint.text_config()?.vocab_size;
+    let vocab = loaded.checkpoint.text_limits()?.vocab_size;
     let batch = crate::models::Batch {
         input_ids: tch::Tensor::randint_low(
             5,

@@ -9,7 +9,7 @@
 
 use crate::data::Example;
 use crate::data::batch::Batch;
-use crate::models::{Arch, Checkpoint};
+use crate::models::{Checkpoint, VocabFiles};
 use anyhow::{Context, Result, anyhow, bail};
 use serde_json::Value;
 use std::path::Path;
@@ -61,9 +61,10 @@ impl TextEncoder {
             .ok()
             .and_then(|t| serde_json::from_str(&t).ok())
             .unwrap_or(Value::Null);
-        let tokenizer = match ckpt.arch {
-            Arch::Bert => wordpiece_from_vocab(dir, &options)?,
-            Arch::Roberta => bpe_from_vocab(dir, &options)?,
+        let tokenizer = match ckpt.arch.vocab_files {
+            Some(VocabFiles::WordPiece) => wordpiece_from_vocab(dir, &options)?,
+            Some(VocabFiles::ByteLevelBpe) => bpe_from_vocab(dir, &options)?,
+            None => bail!("{} has no tokenizer.json", dir.display()),
         };
         Self::new(tokenizer, max_length)
     }

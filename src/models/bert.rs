@@ -4,7 +4,11 @@
 //! so `bert-base-uncased`, BETO, MiniLM and any other BERT checkpoint load unchanged.
 
 use crate::models::layers::{Activation, Embedding, LayerNorm, Linear, dropout};
+use crate::models::registry::Modality;
+use crate::models::{Arch, Batch, Head, Model, TextLimits, VocabFiles};
+use anyhow::{Result, anyhow};
 use serde::Deserialize;
+use serde_json::Value;
 use std::collections::BTreeMap;
 use tch::nn::{self, Module};
 use tch::{Kind, Tensor};
@@ -375,5 +379,65 @@ impl BertForSequenceClassification {
             .classifier
             .forward(&dropout(pooled, self.dropout, train));
         (out, logits)
+    }
+}
+
+/// The architecture as the service sees it.
+pub const SPEC: Arch = Arch {
+    model_types: &["bert"],
+    modality: Modality::Text,
+    base_prefix: "bert.",
+    classifier_class: "BertForSequenceClassification",
+    build,
+    may_be_fresh,
+    text_limits,
+    vocab_files: Some(VocabFiles::WordPiece),
+};
+
+/// Parses and checks a BERT config.json; errors name the field.
+pub fn config(v: &Value) -> Result<Config> {
+    let c: Config = serde_json::from_value(v.clone()).map_err(|e| anyhow!("{e}"))?;
+    c.validate().map_err(anyhow::Error::msg)?;
+    Ok(c)
+}
+
+fn build(v: &Value, head: Head, p: nn::Path) -> Result<Box<dyn Model>> {
+    let c = config(v)?;
+    Ok(match head {
+        Head::Classifier(n) => Box::new(BertForSequenceClassification::new(p, &c, n as i64)),
+        Head::Base { pooler } => Box::new(BertModel::with_pooler(p, &c, pooler)),
+    })
+}
+
+/// A new classification head, and a pooler the checkpoint lacks (Hugging Face initialises a
+/// missing pooler too).
+fn may_be_fresh(name: &str, head: Head) -> bool {
+    matches!(head, Head::Classifier(_))
+        && (name.starts_with("classifier.") || name.starts_with("bert.pooler."))
+}
+
+fn text_limits(v: &Value) -> Result<TextLimits> {
+    let c = config(v)?;
+    Ok(TextLimits {
+        pad_token_id: c.pad_token_id.unwrap_or(0),
+        max_length: c.max_position_embeddings,
+        vocab_size: c.vocab_size,
+    })
+}
+
+impl Model for BertModel {
+    fn forward(&self, b: &Batch, train: bool) -> Vec<(String, Tensor)> {
+        self.forward_t(&b.input_ids, &b.attention_mask, &b.token_type_ids, train)
+            .named()
+    }
+}
+
+impl Model for BertForSequenceClassification {
+    fn forward(&self, b: &Batch, train: bool) -> Vec<(String, Tensor)> {
+        let (out, logits) =
+            self.forward_t(&b.input_ids, &b.attention_mask, &b.token_type_ids, train);
+        let mut named = out.named();
+        named.push(("logits".into(), logits));
+        named
     }
 }

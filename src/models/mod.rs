@@ -19,48 +19,82 @@ use std::path::{Path, PathBuf};
 use tch::nn::{self, VarStore};
 use tch::{Device, Tensor};
 
-/// Architectures the service builds, picked by config.json's `model_type`.
+/// How a checkpoint's tokenizer is built when the folder has no `tokenizer.json`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Arch {
-    Bert,
-    Roberta,
+pub enum VocabFiles {
+    /// `vocab.txt`, as `BertTokenizerFast` reads it.
+    WordPiece,
+    /// `vocab.json` + `merges.txt`, as `RobertaTokenizerFast` reads them.
+    ByteLevelBpe,
 }
 
+/// Text-side numbers of a config.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TextLimits {
+    /// Id of the padding token.
+    pub pad_token_id: i64,
+    /// Longest input, in tokens.
+    pub max_length: i64,
+    pub vocab_size: i64,
+}
+
+/// What the service needs to know of an architecture; each model module defines one `SPEC`,
+/// listed in [`ARCHITECTURES`].
+pub struct Arch {
+    /// config.json `model_type`s built by this architecture.
+    pub model_types: &'static [&'static str],
+    pub modality: Modality,
+    /// Where the base model sits inside the classification model (`bert.`), empty if at the root.
+    pub base_prefix: &'static str,
+    /// Class name written to `architectures` of a fine-tuned checkpoint.
+    pub classifier_class: &'static str,
+    /// Builds the model a config describes, with `head`, under `p`.
+    pub build: fn(&Value, Head, nn::Path) -> Result<Box<dyn Model>>,
+    /// Parameters that may keep a fresh initialisation (a new classification head).
+    pub may_be_fresh: fn(&str, Head) -> bool,
+    /// Padding id, longest input and vocabulary size of the text side.
+    pub text_limits: fn(&Value) -> Result<TextLimits>,
+    /// Tokenizer files a folder without `tokenizer.json` may have.
+    pub vocab_files: Option<VocabFiles>,
+}
+
+impl std::fmt::Debug for Arch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.model_types[0])
+    }
+}
+
+impl PartialEq for Arch {
+    fn eq(&self, other: &Arch) -> bool {
+        std::ptr::eq(self, other)
+    }
+}
+
+/// Every architecture the service builds.
+pub const ARCHITECTURES: &[&Arch] = &[&bert::SPEC, &roberta::SPEC];
+
 impl Arch {
-    /// Every supported `model_type`, for error messages.
-    pub const MODEL_TYPES: [&'static str; 4] = ["bert", "roberta", "xlm-roberta", "camembert"];
-
     /// The architecture of a `model_type`; the error lists the supported ones.
-    pub fn from_model_type(t: &str) -> Result<Arch> {
-        match t {
-            "bert" => Ok(Arch::Bert),
-            t if roberta::MODEL_TYPES.contains(&t) => Ok(Arch::Roberta),
-            other => bail!(
-                "unsupported model_type `{other}` (supported: {})",
-                Arch::MODEL_TYPES.join(", ")
-            ),
-        }
+    pub fn from_model_type(t: &str) -> Result<&'static Arch> {
+        ARCHITECTURES
+            .iter()
+            .copied()
+            .find(|a| a.model_types.contains(&t))
+            .with_context(|| {
+                let all: Vec<&str> = ARCHITECTURES
+                    .iter()
+                    .flat_map(|a| a.model_types.iter().copied())
+                    .collect();
+                format!(
+                    "unsupported model_type `{t}` (supported: {})",
+                    all.join(", ")
+                )
+            })
     }
 
-    /// The inputs the architecture reads.
-    pub fn modality(self) -> Modality {
-        Modality::Text
-    }
-
-    /// Where the base model sits inside the task model.
-    pub fn base_prefix(self) -> &'static str {
-        match self {
-            Arch::Bert => "bert.",
-            Arch::Roberta => "roberta.",
-        }
-    }
-
-    /// Hugging Face's class name of the classification model.
-    pub fn classifier_class(self) -> &'static str {
-        match self {
-            Arch::Bert => "BertForSequenceClassification",
-            Arch::Roberta => "RobertaForSequenceClassification",
-        }
+    /// The name a `model_type` is shown under (the first of the architecture's types).
+    pub fn name(&self) -> &'static str {
+        self.model_types[0]
     }
 }
 
@@ -69,7 +103,7 @@ impl Arch {
 pub struct Checkpoint {
     pub dir: PathBuf,
     pub config: Value,
-    pub arch: Arch,
+    pub arch: &'static Arch,
 }
 
 impl Checkpoint {
@@ -88,25 +122,15 @@ impl Checkpoint {
         })
     }
 
-    /// The text-encoder config (BERT's fields, which RoBERTa shares), validated.
-    pub fn text_config(&self) -> Result<bert::Config> {
-        let c: bert::Config = serde_json::from_value(self.config.clone())
-            .context("config.json: missing or malformed field")?;
-        c.validate()
-            .map_err(anyhow::Error::msg)
-            .context("config.json")?;
-        Ok(c)
-    }
-
     /// `architectures[0]`, e.g. `BertForSequenceClassification`.
     pub fn class_name(&self) -> Option<&str> {
         self.config.get("architectures")?.get(0)?.as_str()
     }
 
-    /// Labels of the classification head the checkpoint was saved with, if it was saved from a
-    /// `*ForSequenceClassification` model.
-    pub fn head_labels(&self) -> Option<usize> {
-        if !self.class_name()?.ends_with("ForSequenceClassification") {
+    /// Labels of the classification head the checkpoint was saved with, if it has one (its
+    /// weights include `classifier.*`): the size of `id2label`, else `num_labels`, else 2.
+    pub fn head_labels(&self, shapes: &HashMap<String, Vec<i64>>) -> Option<usize> {
+        if !shapes.keys().any(|k| k.starts_with("classifier.")) {
             return None;
         }
         let n = self
@@ -123,22 +147,19 @@ impl Checkpoint {
         .or(Some(2))
     }
 
+    /// Padding id, longest input and vocabulary size of the text side.
+    pub fn text_limits(&self) -> Result<TextLimits> {
+        (self.arch.text_limits)(&self.config).context("config.json")
+    }
+
     /// Id of the padding token.
     pub fn pad_token_id(&self) -> Result<i64> {
-        let c = self.text_config()?;
-        Ok(match self.arch {
-            Arch::Bert => c.pad_token_id.unwrap_or(0),
-            Arch::Roberta => roberta::padding_idx(&c),
-        })
+        Ok(self.text_limits()?.pad_token_id)
     }
 
     /// Longest input, in tokens.
     pub fn max_length(&self) -> Result<i64> {
-        let c = self.text_config()?;
-        Ok(match self.arch {
-            Arch::Bert => c.max_position_embeddings,
-            Arch::Roberta => roberta::max_length(&c),
-        })
+        Ok(self.text_limits()?.max_length)
     }
 }
 
@@ -155,40 +176,6 @@ pub fn read_config(dir: &Path) -> Result<Value> {
 pub trait Model {
     /// The outputs; `train` switches dropout on.
     fn forward(&self, batch: &Batch, train: bool) -> Vec<(String, Tensor)>;
-}
-
-impl Model for bert::BertModel {
-    fn forward(&self, b: &Batch, train: bool) -> Vec<(String, Tensor)> {
-        self.forward_t(&b.input_ids, &b.attention_mask, &b.token_type_ids, train)
-            .named()
-    }
-}
-
-impl Model for bert::BertForSequenceClassification {
-    fn forward(&self, b: &Batch, train: bool) -> Vec<(String, Tensor)> {
-        let (out, logits) =
-            self.forward_t(&b.input_ids, &b.attention_mask, &b.token_type_ids, train);
-        let mut named = out.named();
-        named.push(("logits".into(), logits));
-        named
-    }
-}
-
-impl Model for roberta::RobertaModel {
-    fn forward(&self, b: &Batch, train: bool) -> Vec<(String, Tensor)> {
-        self.forward_t(&b.input_ids, &b.attention_mask, &b.token_type_ids, train)
-            .named()
-    }
-}
-
-impl Model for roberta::RobertaForSequenceClassification {
-    fn forward(&self, b: &Batch, train: bool) -> Vec<(String, Tensor)> {
-        let (out, logits) =
-            self.forward_t(&b.input_ids, &b.attention_mask, &b.token_type_ids, train);
-        let mut named = out.named();
-        named.push(("logits".into(), logits));
-        named
-    }
 }
 
 /// The `logits` output of a classifier's forward pass.
@@ -210,36 +197,10 @@ pub enum Head {
     Base { pooler: bool },
 }
 
-/// The model `ckpt` describes with `head`, created under `p`.
-fn build(ckpt: &Checkpoint, c: &bert::Config, head: Head, p: nn::Path) -> Box<dyn Model> {
-    match (ckpt.arch, head) {
-        (Arch::Bert, Head::Classifier(n)) => {
-            Box::new(bert::BertForSequenceClassification::new(p, c, n as i64))
-        }
-        (Arch::Bert, Head::Base { pooler }) => Box::new(bert::BertModel::with_pooler(p, c, pooler)),
-        (Arch::Roberta, Head::Classifier(n)) => Box::new(
-            roberta::RobertaForSequenceClassification::new(p, c, n as i64),
-        ),
-        (Arch::Roberta, Head::Base { pooler }) => {
-            Box::new(roberta::RobertaModel::new(p, c, pooler))
-        }
-    }
-}
-
-/// Which parameters may keep a fresh initialisation: a classification head, and BERT's pooler
-/// (Hugging Face initialises a missing pooler too).
-fn may_be_fresh(arch: Arch, head: Head) -> impl Fn(&str) -> bool {
-    move |name: &str| {
-        matches!(head, Head::Classifier(_))
-            && (name.starts_with("classifier.")
-                || (arch == Arch::Bert && name.starts_with("bert.pooler.")))
-    }
-}
-
 /// Whether the checkpoint's tensors include a pooler.
-fn has_pooler(ckpt: &Checkpoint, keys: &HashMap<String, Vec<i64>>) -> bool {
+pub fn has_pooler(base_prefix: &str, keys: &HashMap<String, Vec<i64>>) -> bool {
     let key = "pooler.dense.weight";
-    keys.contains_key(key) || keys.contains_key(&format!("{}{key}", ckpt.arch.base_prefix()))
+    keys.contains_key(key) || keys.contains_key(&format!("{base_prefix}{key}"))
 }
 
 /// A model built from a checkpoint folder, with the weights loaded.
@@ -254,10 +215,10 @@ pub struct Loaded {
 
 /// The head the checkpoint itself has: its classifier, or the base model.
 fn own_head(ckpt: &Checkpoint, shapes: &HashMap<String, Vec<i64>>) -> Head {
-    match ckpt.head_labels() {
+    match ckpt.head_labels(shapes) {
         Some(n) => Head::Classifier(n),
         None => Head::Base {
-            pooler: has_pooler(ckpt, shapes),
+            pooler: has_pooler(ckpt.arch.base_prefix, shapes),
         },
     }
 }
@@ -266,16 +227,16 @@ fn own_head(ckpt: &Checkpoint, shapes: &HashMap<String, Vec<i64>>) -> Head {
 /// that many labels; `None`: the model as saved (with its head, or the base model).
 pub fn load(dir: &Path, labels: Option<usize>, device: Device) -> Result<Loaded> {
     let ckpt = Checkpoint::open(dir)?;
-    let c = ckpt.text_config()?;
     let head = match labels {
         Some(n) => Head::Classifier(n),
         None => own_head(&ckpt, &checkpoint::read_shapes(dir)?),
     };
     let mut vs = VarStore::new(device);
-    let model = build(&ckpt, &c, head, vs.root());
-    let fresh = may_be_fresh(ckpt.arch, head);
+    let model = (ckpt.arch.build)(&ckpt.config, head, vs.root()).context("config.json")?;
+    let arch = ckpt.arch;
+    let fresh = move |name: &str| (arch.may_be_fresh)(name, head);
     let naming = Naming {
-        base_prefix: ckpt.arch.base_prefix(),
+        base_prefix: arch.base_prefix,
         may_be_fresh: &fresh,
     };
     let report = checkpoint::load(&mut vs, dir, naming)?;
@@ -292,14 +253,19 @@ pub fn load(dir: &Path, labels: Option<usize>, device: Device) -> Result<Loaded>
 /// weight files have every tensor that model needs, in the right shape.
 pub fn check(dir: &Path) -> Result<Checkpoint> {
     let ckpt = Checkpoint::open(dir)?;
-    let c = ckpt.text_config()?;
+    ckpt.text_limits()?;
     let shapes = checkpoint::read_shapes(dir)?;
     // as a fine-tuning run builds it: with a classification head
-    let head = Head::Classifier(ckpt.head_labels().unwrap_or(2));
-    let params = layers::parameter_shapes(|p| build(&ckpt, &c, head, p));
-    let fresh = may_be_fresh(ckpt.arch, head);
+    let head = Head::Classifier(ckpt.head_labels(&shapes).unwrap_or(2));
+    let mut built = Ok(());
+    let params = layers::parameter_shapes(|p| {
+        built = (ckpt.arch.build)(&ckpt.config, head, p).map(drop);
+    });
+    built.context("config.json")?;
+    let arch = ckpt.arch;
+    let fresh = move |name: &str| (arch.may_be_fresh)(name, head);
     let naming = Naming {
-        base_prefix: ckpt.arch.base_prefix(),
+        base_prefix: arch.base_prefix,
         may_be_fresh: &fresh,
     };
     checkpoint::plan(&params, &shapes, naming, &checkpoint::weights_label(dir))?;
@@ -323,7 +289,7 @@ const TOKENIZER_FILES: [&str; 6] = [
 pub fn save_classifier(m: &Loaded, out_dir: &Path, label_names: &[String]) -> Result<()> {
     std::fs::create_dir_all(out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
     let mut config = m.checkpoint.config.clone();
-    config["architectures"] = json!([m.checkpoint.arch.classifier_class()]);
+    config["architectures"] = json!([m.checkpoint.arch.classifier_class]);
     config["id2label"] = Value::Object(
         label_names
             .iter()

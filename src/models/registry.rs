@@ -164,7 +164,7 @@ fn inspect_uncached(dir: &Path) -> ModelInfo {
     }
     match models::check(dir) {
         Ok(ckpt) => {
-            info.modality = Some(ckpt.arch.modality());
+            info.modality = Some(ckpt.arch.modality);
             info.max_length = ckpt.max_length().ok();
             info.usable = true;
         }

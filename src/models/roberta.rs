@@ -5,8 +5,12 @@
 //! classification head (`classifier.dense` -> tanh -> `classifier.out_proj` on token 0, no
 //! pooler). XLM-RoBERTa and CamemBERT checkpoints share this architecture.
 
-use crate::models::bert::{BaseOutput, BertEncoder, BertPooler, Config};
+use crate::models::bert::{BaseOutput, BertEncoder, BertPooler, Config, config};
 use crate::models::layers::{Embedding, LayerNorm, Linear, dropout};
+use crate::models::registry::Modality;
+use crate::models::{Arch, Batch, Head, Model, TextLimits, VocabFiles};
+use anyhow::Result;
+use serde_json::Value;
 use tch::nn::{self, Module};
 use tch::{Kind, Tensor};
 
@@ -178,5 +182,55 @@ impl RobertaForSequenceClassification {
             .forward_t(input_ids, attention_mask, token_type_ids, train);
         let logits = self.classifier.forward_t(&out.last_hidden_state, train);
         (out, logits)
+    }
+}
+
+/// The architecture as the service sees it.
+pub const SPEC: Arch = Arch {
+    model_types: &MODEL_TYPES,
+    modality: Modality::Text,
+    base_prefix: "roberta.",
+    classifier_class: "RobertaForSequenceClassification",
+    build,
+    may_be_fresh,
+    text_limits,
+    vocab_files: Some(VocabFiles::ByteLevelBpe),
+};
+
+fn build(v: &Value, head: Head, p: nn::Path) -> Result<Box<dyn Model>> {
+    let c = config(v)?;
+    Ok(match head {
+        Head::Classifier(n) => Box::new(RobertaForSequenceClassification::new(p, &c, n as i64)),
+        Head::Base { pooler } => Box::new(RobertaModel::new(p, &c, pooler)),
+    })
+}
+
+fn may_be_fresh(name: &str, head: Head) -> bool {
+    matches!(head, Head::Classifier(_)) && name.starts_with("classifier.")
+}
+
+fn text_limits(v: &Value) -> Result<TextLimits> {
+    let c = config(v)?;
+    Ok(TextLimits {
+        pad_token_id: padding_idx(&c),
+        max_length: max_length(&c),
+        vocab_size: c.vocab_size,
+    })
+}
+
+impl Model for RobertaModel {
+    fn forward(&self, b: &Batch, train: bool) -> Vec<(String, Tensor)> {
+        self.forward_t(&b.input_ids, &b.attention_mask, &b.token_type_ids, train)
+            .named()
+    }
+}
+
+impl Model for RobertaForSequenceClassification {
+    fn forward(&self, b: &Batch, train: bool) -> Vec<(String, Tensor)> {
+        let (out, logits) =
+            self.forward_t(&b.input_ids, &b.attention_mask, &b.token_type_ids, train);
+        let mut named = out.named();
+        named.push(("logits".into(), logits));
+        named
     }
 }

@@ -11,50 +11,68 @@ use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::OnceLock;
+use std::sync::Mutex;
 use tch::Tensor;
 
 /// Largest absolute difference allowed between Rust and transformers outputs (float32).
-const TOLERANCE: f64 = 1e-4;
+pub const TOLERANCE: f64 = 1e-4;
 
-/// The fixtures folder, generated once per script version.
+/// The text fixtures folder.
 pub fn text_fixtures() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let script =
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/reference/make_text_fixtures.py");
-        let source = std::fs::read(&script).unwrap();
-        // FNV-1a of the script: a changed script makes new fixtures
-        let hash = source.iter().fold(0xcbf29ce484222325u64, |h, b| {
-            (h ^ *b as u64).wrapping_mul(0x100000001b3)
-        });
-        let root = std::env::var_os("MODALBENCH_FIXTURES_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache/fixtures"));
-        let dir = root.join(format!("text-{hash:016x}"));
-        if !dir.join("versions.json").is_file() {
-            let tmp = root.join(format!("text-{hash:016x}.tmp-{}", std::process::id()));
-            let _ = std::fs::remove_dir_all(&tmp);
-            std::fs::create_dir_all(&tmp).unwrap();
-            let out = Command::new(python())
-                .arg(&script)
-                .arg(&tmp)
-                .arg(minilm_dir())
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "making the reference fixtures failed:\n{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            let _ = std::fs::remove_dir_all(&dir);
-            std::fs::rename(&tmp, &dir).unwrap();
-        }
-        dir
-    })
+    reference_fixtures("make_text_fixtures.py")
 }
 
-fn read(path: &Path) -> BTreeMap<String, Tensor> {
+/// The folder `tests/reference/<script>` fills with reference files (run with the checkpoint
+/// dir of the real MiniLM-L6 as second argument), made once per version of the script and
+/// kept under `.cache/fixtures/` (or `$MODALBENCH_FIXTURES_DIR`).
+pub fn reference_fixtures(script: &str) -> &'static Path {
+    static DIRS: Mutex<BTreeMap<String, &'static Path>> = Mutex::new(BTreeMap::new());
+    let mut dirs = DIRS.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(dir) = dirs.get(script) {
+        return dir;
+    }
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/reference")
+        .join(script);
+    let source = std::fs::read(&path).unwrap();
+    // FNV-1a of the script: a changed script makes new fixtures
+    let hash = source.iter().fold(0xcbf29ce484222325u64, |h, b| {
+        (h ^ *b as u64).wrapping_mul(0x100000001b3)
+    });
+    let root = std::env::var_os("MODALBENCH_FIXTURES_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache/fixtures"));
+    let stem = script.trim_end_matches(".py");
+    let dir = root.join(format!("{stem}-{hash:016x}"));
+    if !dir.join("versions.json").is_file() {
+        let tmp = root.join(format!("{stem}-{hash:016x}.tmp-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&tmp);
+        std::fs::create_dir_all(&tmp).unwrap();
+        let out = Command::new(python())
+            .arg(&path)
+            .arg(&tmp)
+            .arg(minilm_dir())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{script} failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            tmp.join("versions.json").is_file(),
+            "{script} must write versions.json last"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::rename(&tmp, &dir).unwrap();
+    }
+    let dir: &'static Path = Box::leak(dir.into_boxed_path());
+    dirs.insert(script.to_string(), dir);
+    dir
+}
+
+/// The tensors of a safetensors file.
+pub fn read(path: &Path) -> BTreeMap<String, Tensor> {
     Tensor::read_safetensors(path)
         .unwrap()
         .into_iter()
@@ -62,7 +80,7 @@ fn read(path: &Path) -> BTreeMap<String, Tensor> {
 }
 
 /// Runs the real `modalbench forward` command; returns its outputs.
-fn forward(checkpoint: &Path, inputs: &Path) -> BTreeMap<String, Tensor> {
+pub fn forward(checkpoint: &Path, inputs: &Path) -> BTreeMap<String, Tensor> {
     let out_dir = tempfile::tempdir().unwrap();
     let output = out_dir.path().join("out.safetensors");
     let run = Command::new(env!("CARGO_BIN_EXE_modalbench"))
@@ -82,7 +100,12 @@ fn forward(checkpoint: &Path, inputs: &Path) -> BTreeMap<String, Tensor> {
     read(&output)
 }
 
-fn assert_matches(case: &str, got: &BTreeMap<String, Tensor>, expected: &BTreeMap<String, Tensor>) {
+/// Asserts the same output names and shapes, and values within [`TOLERANCE`].
+pub fn assert_matches(
+    case: &str,
+    got: &BTreeMap<String, Tensor>,
+    expected: &BTreeMap<String, Tensor>,
+) {
     assert_eq!(
         got.keys().collect::<Vec<_>>(),
         expected.keys().collect::<Vec<_>>(),
