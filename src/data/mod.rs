@@ -3,6 +3,8 @@
 pub mod batch;
 pub mod demo;
 pub mod formats;
+pub mod image;
+pub mod resize;
 pub mod text;
 
 use crate::protocol::DatasetRef;
