@@ -9,6 +9,7 @@ pub mod text;
 
 use crate::protocol::DatasetRef;
 use anyhow::{Result, bail};
+pub use batch::Batch;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

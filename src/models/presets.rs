@@ -1,7 +1,7 @@
 //! Built-in presets: small randomly initialised models for CPU work and tests, written out as
 //! ordinary checkpoint folders so they load through the same path as downloaded ones.
 
-use crate::models::{bert, checkpoint};
+use crate::models::{bert, checkpoint, fusion};
 use anyhow::{Context, Result};
 use serde_json::{Value, json};
 use std::path::Path;
@@ -146,21 +146,102 @@ pub fn write_bert_tiny(dir: &Path) -> Result<()> {
     checkpoint::save_safetensors(&vs, &dir.join("model.safetensors"))
 }
 
-/// Writes every preset missing from `models_dir`. Each is written to a temporary folder and
-/// renamed into place, so an interrupted write leaves nothing half-made. Returns the names
-/// written.
+/// Name of the concatenation baseline over the real MiniLM-L6.
+pub const FUSION_MINILM: &str = "fusion-minilm";
+/// Name of the late-fusion baseline over the real MiniLM-L6.
+pub const FUSION_LATE_MINILM: &str = "fusion-late-minilm";
+/// The text checkpoint the fusion presets start from.
+const MINILM: &str = "minilm-l6";
+
+/// `preprocessor_config.json` of the presets trained from scratch on small images: 64x64,
+/// bicubic, ImageNet statistics.
+fn small_image_preprocessor() -> Value {
+    json!({
+        "image_processor_type": "BaseImageProcessor",
+        "do_resize": true,
+        "size": {"height": 64, "width": 64},
+        "resample": 3,
+        "do_rescale": true,
+        "rescale_factor": 1.0 / 255.0,
+        "do_normalize": true,
+        "image_mean": [0.485, 0.456, 0.406],
+        "image_std": [0.229, 0.224, 0.225]
+    })
+}
+
+/// Writes a fusion preset: the MiniLM-L6 checkpoint of `models_dir` as the text encoder (its
+/// weights under `text_model.`, its tokenizer files), a CNN from scratch as the image encoder.
+fn write_fusion(dir: &Path, models_dir: &Path, kind: fusion::Fusion) -> Result<()> {
+    let text_dir = models_dir.join(MINILM);
+    let text_config = crate::models::read_config(&text_dir)?;
+    let config = fusion::preset_config(kind, &text_config, &[16, 32, 64]);
+    tch::manual_seed(0);
+    let vs = VarStore::new(tch::Device::Cpu);
+    let c: fusion::Config = serde_json::from_value(config.clone())?;
+    let _model = fusion::FusionModel::new(vs.root(), &c, None)?;
+    let text = crate::models::checkpoint::read_tensors(&text_dir)?;
+    let mut named: Vec<(String, tch::Tensor)> = vs
+        .variables()
+        .into_iter()
+        .filter(|(k, _)| !k.starts_with("text_model."))
+        .collect();
+    named.extend(
+        text.into_iter()
+            .filter(|(k, _)| !k.ends_with("position_ids"))
+            .map(|(k, t)| (format!("text_model.{k}"), t)),
+    );
+    named.sort_by(|a, b| a.0.cmp(&b.0));
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    std::fs::write(
+        dir.join("config.json"),
+        serde_json::to_string_pretty(&config)?,
+    )?;
+    std::fs::write(
+        dir.join("preprocessor_config.json"),
+        serde_json::to_string_pretty(&small_image_preprocessor())?,
+    )?;
+    for f in [
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+        "vocab.txt",
+    ] {
+        if text_dir.join(f).is_file() {
+            std::fs::copy(text_dir.join(f), dir.join(f))?;
+        }
+    }
+    tch::Tensor::write_safetensors(&named, dir.join("model.safetensors"))
+        .context("writing model.safetensors")
+}
+
+/// A preset: its name, the checkpoint it is built from (if any), and its writer.
+type Writer = fn(&Path, &Path) -> Result<()>;
+
+const PRESETS: [(&str, Option<&str>, Writer); 3] = [
+    (BERT_TINY, None, |dir, _| write_bert_tiny(dir)),
+    (FUSION_MINILM, Some(MINILM), |dir, models| {
+        write_fusion(dir, models, fusion::Fusion::Concat)
+    }),
+    (FUSION_LATE_MINILM, Some(MINILM), |dir, models| {
+        write_fusion(dir, models, fusion::Fusion::Late)
+    }),
+];
+
+/// Writes every preset missing from `models_dir` whose source checkpoint is there. Each is
+/// written to a temporary folder and renamed into place, so an interrupted write leaves
+/// nothing half-made. Returns the names written.
 pub fn ensure_presets(models_dir: &Path) -> Result<Vec<String>> {
     let mut written = Vec::new();
-    type Writer = fn(&Path) -> Result<()>;
-    let presets: [(&str, Writer); 1] = [(BERT_TINY, write_bert_tiny)];
-    for (name, write) in presets {
+    for (name, requires, write) in PRESETS {
         let dest = models_dir.join(name);
-        if dest.exists() {
+        if dest.exists()
+            || requires.is_some_and(|r| !models_dir.join(r).join("config.json").is_file())
+        {
             continue;
         }
         let tmp = models_dir.join(format!(".{name}.tmp-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&tmp);
-        write(&tmp).with_context(|| format!("writing preset {name}"))?;
+        write(&tmp, models_dir).with_context(|| format!("writing preset {name}"))?;
         std::fs::rename(&tmp, &dest).with_context(|| format!("installing preset {name}"))?;
         written.push(name.to_string());
     }

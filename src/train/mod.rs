@@ -3,15 +3,18 @@
 
 pub mod schedule;
 
+use crate::data::image::ImageProcessor;
 use crate::data::text::{Encoded, TextEncoder, collate};
-use crate::data::{self, Example};
+use crate::data::{self, Batch, Example};
 use crate::eval::metrics::{argmax, classification_metrics};
+use crate::models::registry::Modality;
 use crate::models::{self, Loaded, layers::NO_DECAY};
 use crate::protocol::{Event, JobSpec, Prediction, Summary};
 use anyhow::{Context, Result, bail};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 use tch::nn::OptimizerConfig;
 use tch::{Device, Kind, Tensor};
@@ -68,6 +71,36 @@ pub fn run(spec: &JobSpec, sink: &mut dyn EventSink) -> Result<Summary> {
     let enc_train = encoder.encode(&ds.train)?;
     let enc_dev = encoder.encode(&ds.dev)?;
     let enc_test = encoder.encode(&ds.test)?;
+    let train = Split {
+        name: "train",
+        examples: &ds.train,
+        encoded: &enc_train,
+    };
+    let dev = Split {
+        name: "dev",
+        examples: &ds.dev,
+        encoded: &enc_dev,
+    };
+    let test = Split {
+        name: "test",
+        examples: &ds.test,
+        encoded: &enc_test,
+    };
+    let images = match model.checkpoint.arch.modality {
+        Modality::Text => None,
+        Modality::TextImage => {
+            for split in [train, dev, test] {
+                split.check_images(&ds.root)?;
+            }
+            Some(ImageProcessor::from_dir(&spec.model_dir)?)
+        }
+    };
+    let batcher = Batcher {
+        pad: pad_token_id,
+        device,
+        images,
+        root: &ds.root,
+    };
 
     let num_parameters: i64 = model
         .vs
@@ -121,8 +154,7 @@ pub fn run(spec: &JobSpec, sink: &mut dyn EventSink) -> Result<Summary> {
                 warmup,
                 total_steps,
             ));
-            let items: Vec<&Encoded> = chunk.iter().map(|&i| &enc_train[i]).collect();
-            let batch = collate(&items, pad_token_id, device);
+            let batch = batcher.batch(train, chunk)?;
             let labels = labels_tensor(chunk.iter().map(|&i| &ds.train[i]), device);
             let logits = models::logits(model.model.forward(&batch, true));
             let loss = logits.cross_entropy_for_logits(&labels);
@@ -159,15 +191,11 @@ pub fn run(spec: &JobSpec, sink: &mut dyn EventSink) -> Result<Summary> {
                 break;
             }
         }
-        let dev = Split {
-            examples: &ds.dev,
-            encoded: &enc_dev,
-        };
         report_dev(
             &model,
+            &batcher,
             dev,
             bs,
-            device,
             ds.num_labels,
             step,
             epoch_of(step),
@@ -178,11 +206,11 @@ pub fn run(spec: &JobSpec, sink: &mut dyn EventSink) -> Result<Summary> {
         }
     }
 
-    let test = evaluate(&model, &ds.test, &enc_test, bs, device)?;
-    let m = classification_metrics(&test.labels, &test.probs, ds.num_labels);
+    let scored = evaluate(&model, &batcher, test, bs)?;
+    let m = classification_metrics(&scored.labels, &scored.probs, ds.num_labels);
     let ep = epoch_of(step);
     for (key, value) in [
-        ("test/loss", Some(test.loss)),
+        ("test/loss", Some(scored.loss)),
         ("test/accuracy", Some(m.accuracy)),
         ("test/f1", Some(m.f1)),
         ("test/auroc", m.auroc),
@@ -193,7 +221,7 @@ pub fn run(spec: &JobSpec, sink: &mut dyn EventSink) -> Result<Summary> {
     }
     sink.emit(Event::Predictions {
         split: "test".into(),
-        rows: predictions(&ds.test, &test),
+        rows: predictions(&ds.test, &scored),
     });
     models::save_classifier(&model, &spec.output_dir, &ds.label_names)
         .context("writing the fine-tuned checkpoint")?;
@@ -204,7 +232,7 @@ pub fn run(spec: &JobSpec, sink: &mut dyn EventSink) -> Result<Summary> {
         accuracy: m.accuracy,
         f1: m.f1,
         auroc: m.auroc,
-        loss: test.loss,
+        loss: scored.loss,
         train_seconds,
         samples_per_second: trained_examples as f64 / train_seconds.max(1e-9),
         total_seconds: started.elapsed().as_secs_f64(),
@@ -228,6 +256,64 @@ fn labels_tensor<'a>(examples: impl Iterator<Item = &'a Example>, device: Device
     Tensor::from_slice(&labels).to_device(device)
 }
 
+/// A split's examples with their tokenization.
+#[derive(Clone, Copy)]
+struct Split<'a> {
+    name: &'static str,
+    examples: &'a [Example],
+    encoded: &'a [Encoded],
+}
+
+impl Split<'_> {
+    /// Fails before training if an example has no image or its file is missing.
+    fn check_images(&self, root: &Path) -> Result<()> {
+        let mut missing = self.examples.iter().filter_map(|e| match &e.image {
+            None => Some(format!("example `{}` has no image", e.id)),
+            Some(p) if !root.join(p).is_file() => {
+                Some(format!("image not found: {}", root.join(p).display()))
+            }
+            Some(_) => None,
+        });
+        if let Some(first) = missing.next() {
+            bail!(
+                "{} split: {first} ({} more); a text+image model needs every example's image",
+                self.name,
+                missing.count()
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Turns examples into model inputs: padded tokens, and for text+image models the images
+/// processed as the checkpoint's preprocessor config says.
+struct Batcher<'a> {
+    pad: i64,
+    device: Device,
+    images: Option<ImageProcessor>,
+    root: &'a Path,
+}
+
+impl Batcher<'_> {
+    fn batch(&self, split: Split, indices: &[usize]) -> Result<Batch> {
+        let items: Vec<&Encoded> = indices.iter().map(|&i| &split.encoded[i]).collect();
+        let mut batch = collate(&items, self.pad, self.device);
+        if let Some(proc) = &self.images {
+            let paths: Vec<PathBuf> = indices
+                .iter()
+                .map(|&i| {
+                    self.root
+                        .join(split.examples[i].image.as_deref().unwrap_or(Path::new("")))
+                })
+                .collect();
+            let pixels = proc.process(&paths)?;
+            batch.pixel_values = Some(pixels.pixel_values.to_device(self.device));
+            batch.pixel_mask = pixels.pixel_mask.map(|m| m.to_device(self.device));
+        }
+        Ok(batch)
+    }
+}
+
 /// Model outputs on a split, in the split's order.
 struct Scored {
     loss: f64,
@@ -237,55 +323,39 @@ struct Scored {
 
 /// Scores a split in eval mode. Batches are formed from examples of similar length so that
 /// dynamic padding pads little; results are put back in the split's order.
-fn evaluate(
-    model: &Loaded,
-    examples: &[Example],
-    encoded: &[Encoded],
-    batch_size: usize,
-    device: Device,
-) -> Result<Scored> {
-    let mut order: Vec<usize> = (0..examples.len()).collect();
-    order.sort_by_key(|&i| encoded[i].ids.len());
-    let mut probs = vec![Vec::new(); examples.len()];
+fn evaluate(model: &Loaded, batcher: &Batcher, split: Split, batch_size: usize) -> Result<Scored> {
+    let mut order: Vec<usize> = (0..split.examples.len()).collect();
+    order.sort_by_key(|&i| split.encoded[i].ids.len());
+    let mut probs = vec![Vec::new(); split.examples.len()];
     let mut loss_sum = 0.0;
-    let pad = model.checkpoint.pad_token_id()?;
     tch::no_grad(|| -> Result<()> {
         for chunk in order.chunks(batch_size * 2) {
-            let items: Vec<&Encoded> = chunk.iter().map(|&i| &encoded[i]).collect();
-            let batch = collate(&items, pad, device);
-            let labels = labels_tensor(chunk.iter().map(|&i| &examples[i]), device);
+            let batch = batcher.batch(split, chunk)?;
+            let labels = labels_tensor(chunk.iter().map(|&i| &split.examples[i]), batcher.device);
             let logits = models::logits(model.model.forward(&batch, false));
             loss_sum +=
                 f64::try_from(logits.cross_entropy_for_logits(&labels))? * chunk.len() as f64;
             let p = logits.softmax(-1, Kind::Float).to_device(Device::Cpu);
-            let rows: Vec<Vec<f32>> = Vec::<Vec<f32>>::try_from(p)?;
-            for (&i, row) in chunk.iter().zip(rows) {
+            for (&i, row) in chunk.iter().zip(Vec::<Vec<f32>>::try_from(p)?) {
                 probs[i] = row;
             }
         }
         Ok(())
     })?;
     Ok(Scored {
-        loss: loss_sum / examples.len().max(1) as f64,
-        labels: examples.iter().map(|e| e.label).collect(),
+        loss: loss_sum / split.examples.len().max(1) as f64,
+        labels: split.examples.iter().map(|e| e.label).collect(),
         probs,
     })
-}
-
-/// A split's examples with their tokenization.
-#[derive(Clone, Copy)]
-struct Split<'a> {
-    examples: &'a [Example],
-    encoded: &'a [Encoded],
 }
 
 /// Scores the dev split and reports `eval/loss`, `eval/accuracy`, `eval/f1`, `eval/auroc`.
 #[allow(clippy::too_many_arguments)]
 fn report_dev(
     model: &Loaded,
+    batcher: &Batcher,
     dev: Split,
     batch_size: usize,
-    device: Device,
     num_labels: usize,
     step: u64,
     epoch: f64,
@@ -294,7 +364,7 @@ fn report_dev(
     if dev.examples.is_empty() {
         return Ok(());
     }
-    let s = evaluate(model, dev.examples, dev.encoded, batch_size, device)?;
+    let s = evaluate(model, batcher, dev, batch_size)?;
     let m = classification_metrics(&s.labels, &s.probs, num_labels);
     sink.emit(metric("eval/loss", step, epoch, s.loss));
     sink.emit(metric("eval/accuracy", step, epoch, m.accuracy));

@@ -163,3 +163,72 @@ async fn a_cased_bert_checkpoint_without_tokenizer_json_keeps_its_saved_head() {
         "the 5-label head is reused: {logs}"
     );
 }
+
+#[tokio::test]
+async fn the_fusion_presets_put_an_image_encoder_beside_the_real_minilm_and_train_on_images() {
+    let app = TestApp::with_models(&[("minilm-l6", &minilm_dir())]).await;
+    let (_, models) = app.get("/api/v1/models").await;
+    for name in ["fusion-minilm", "fusion-late-minilm"] {
+        let m = models["models"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["name"] == name)
+            .unwrap()
+            .clone();
+        assert_eq!(m["usable"], true, "{m}");
+        assert_eq!(m["modality"], "text+image");
+        let id = app
+            .submit(json!({"model": name, "dataset": "demo-news", "max_steps": 3, "batch_size": 8, "max_length": 32}))
+            .await;
+        let run = app.run_to_end(id, 300).await;
+        assert_eq!(run.status, RunStatus::Succeeded, "{name}: {:?}", run.error);
+        let (_, logs) = app.get(&format!("/api/v1/runs/{id}/logs")).await;
+        let fresh = if name == "fusion-minilm" {
+            "newly initialised: classifier.0.bias"
+        } else {
+            "newly initialised: image_classifier.bias"
+        };
+        assert!(
+            logs.to_string().contains(fresh),
+            "{name}: only the head is new: {logs}"
+        );
+        // the text encoder is MiniLM's: the preset's weights equal the real checkpoint's
+        let preset = tch::Tensor::read_safetensors(
+            app.dir
+                .path()
+                .join("models")
+                .join(name)
+                .join("model.safetensors"),
+        )
+        .unwrap();
+        let minilm = tch::Tensor::read_safetensors(minilm_dir().join("model.safetensors")).unwrap();
+        let get = |v: &[(String, tch::Tensor)], k: &str| {
+            v.iter().find(|(n, _)| n == k).unwrap().1.shallow_clone()
+        };
+        assert!(
+            get(&preset, "text_model.encoder.layer.5.output.dense.weight")
+                .equal(&get(&minilm, "encoder.layer.5.output.dense.weight"))
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_text_and_image_run_fails_before_training_when_an_image_is_missing() {
+    let app = TestApp::with_models(&[("minilm-l6", &minilm_dir())]).await;
+    app.add_dataset(
+        "no-pictures",
+        [&[("a", 0), ("b", 1)], &[("c", 0)], &[("d", 1)]],
+    )
+    .await;
+    let id = app
+        .submit(json!({"model": "fusion-minilm", "dataset": "no-pictures"}))
+        .await;
+    let run = app.run_to_end(id, 120).await;
+    assert_eq!(run.status, RunStatus::Failed);
+    let error = run.error.unwrap();
+    assert!(
+        error.contains("train split: image not found:") && error.contains("img/1.png"),
+        "{error}"
+    );
+}
