@@ -6,5 +6,6 @@ mod leaderboard;
 mod metrics;
 mod pages;
 mod parity;
+mod parity_flava;
 mod queue;
 mod runs_api;
