@@ -4,6 +4,7 @@
 pub mod bert;
 pub mod checkpoint;
 pub mod fusion;
+pub mod flava;
 pub mod layers;
 pub mod presets;
 pub mod registry;
@@ -72,7 +73,7 @@ impl PartialEq for Arch {
 }
 
 /// Every architecture the service builds.
-pub const ARCHITECTURES: &[&Arch] = &[&bert::SPEC, &roberta::SPEC, &fusion::SPEC];
+pub static ARCHITECTURES: &[&Arch] = &[&bert::SPEC, &roberta::SPEC, &fusion::SPEC, &flava::SPEC];
 
 impl Arch {
     /// The architecture of a `model_type`; the error lists the supported ones.

@@ -7,5 +7,6 @@ mod metrics;
 mod pages;
 mod parity;
 mod preprocessing;
+mod parity_flava;
 mod queue;
 mod runs_api;
