@@ -3,6 +3,7 @@
 
 pub mod bert;
 pub mod checkpoint;
+pub mod clip;
 pub mod layers;
 pub mod presets;
 pub mod registry;
@@ -71,7 +72,7 @@ impl PartialEq for Arch {
 }
 
 /// Every architecture the service builds.
-pub const ARCHITECTURES: &[&Arch] = &[&bert::SPEC, &roberta::SPEC];
+pub const ARCHITECTURES: &[&Arch] = &[&bert::SPEC, &roberta::SPEC, &clip::SPEC];
 
 impl Arch {
     /// The architecture of a `model_type`; the error lists the supported ones.
