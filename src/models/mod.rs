@@ -5,6 +5,7 @@ pub mod bert;
 pub mod checkpoint;
 pub mod fusion;
 pub mod flava;
+pub mod clip;
 pub mod layers;
 pub mod presets;
 pub mod registry;
@@ -73,7 +74,7 @@ impl PartialEq for Arch {
 }
 
 /// Every architecture the service builds.
-pub static ARCHITECTURES: &[&Arch] = &[&bert::SPEC, &roberta::SPEC, &fusion::SPEC, &flava::SPEC];
+pub static ARCHITECTURES: &[&Arch] = &[&bert::SPEC, &roberta::SPEC, &fusion::SPEC, &flava::SPEC, &clip::SPEC];
 
 impl Arch {
     /// The architecture of a `model_type`; the error lists the supported ones.

@@ -8,5 +8,6 @@ mod pages;
 mod parity;
 mod preprocessing;
 mod parity_flava;
+mod parity_clip;
 mod queue;
 mod runs_api;
