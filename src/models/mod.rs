@@ -8,6 +8,7 @@ pub mod presets;
 pub mod registry;
 pub mod roberta;
 pub mod torch_pickle;
+pub mod vilt;
 
 pub use crate::data::batch::Batch;
 use anyhow::{Context, Result, bail};
@@ -71,7 +72,7 @@ impl PartialEq for Arch {
 }
 
 /// Every architecture the service builds.
-pub const ARCHITECTURES: &[&Arch] = &[&bert::SPEC, &roberta::SPEC];
+pub const ARCHITECTURES: &[&Arch] = &[&bert::SPEC, &roberta::SPEC, &vilt::SPEC];
 
 impl Arch {
     /// The architecture of a `model_type`; the error lists the supported ones.

@@ -6,5 +6,6 @@ mod leaderboard;
 mod metrics;
 mod pages;
 mod parity;
+mod parity_vilt;
 mod queue;
 mod runs_api;
