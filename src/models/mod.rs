@@ -11,6 +11,7 @@ pub mod presets;
 pub mod registry;
 pub mod roberta;
 pub mod torch_pickle;
+pub mod vilt;
 
 pub use crate::data::batch::Batch;
 use anyhow::{Context, Result, bail};
@@ -74,7 +75,7 @@ impl PartialEq for Arch {
 }
 
 /// Every architecture the service builds.
-pub static ARCHITECTURES: &[&Arch] = &[&bert::SPEC, &roberta::SPEC, &fusion::SPEC, &flava::SPEC, &clip::SPEC];
+pub static ARCHITECTURES: &[&Arch] = &[&bert::SPEC, &roberta::SPEC, &fusion::SPEC, &flava::SPEC, &clip::SPEC, &vilt::SPEC];
 
 impl Arch {
     /// The architecture of a `model_type`; the error lists the supported ones.

@@ -9,5 +9,6 @@ mod parity;
 mod preprocessing;
 mod parity_flava;
 mod parity_clip;
+mod parity_vilt;
 mod queue;
 mod runs_api;
