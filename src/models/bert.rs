@@ -383,7 +383,7 @@ impl BertForSequenceClassification {
 }
 
 /// The architecture as the service sees it.
-pub const SPEC: Arch = Arch {
+pub static SPEC: Arch = Arch {
     model_types: &["bert"],
     modality: Modality::Text,
     base_prefix: "bert.",

@@ -181,7 +181,7 @@ impl CLIPForMultimodalClassification {
 }
 
 /// The architecture as the service sees it.
-pub const SPEC: Arch = Arch {
+pub static SPEC: Arch = Arch {
     model_types: &["clip"],
     modality: Modality::TextImage,
     base_prefix: "clip.",

@@ -450,7 +450,7 @@ impl FlavaForMultimodalClassification {
 }
 
 /// The architecture as the service sees it.
-pub const SPEC: Arch = Arch {
+pub static SPEC: Arch = Arch {
     model_types: &["flava"],
     modality: Modality::TextImage,
     base_prefix: "flava.",

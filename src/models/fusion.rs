@@ -202,7 +202,7 @@ impl Model for FusionModel {
 }
 
 /// The architecture as the service sees it.
-pub const SPEC: Arch = Arch {
+pub static SPEC: Arch = Arch {
     model_types: &[MODEL_TYPE],
     modality: Modality::TextImage,
     base_prefix: "",

@@ -3,9 +3,9 @@
 
 pub mod bert;
 pub mod checkpoint;
-pub mod fusion;
-pub mod flava;
 pub mod clip;
+pub mod flava;
+pub mod fusion;
 pub mod layers;
 pub mod presets;
 pub mod registry;
@@ -75,7 +75,14 @@ impl PartialEq for Arch {
 }
 
 /// Every architecture the service builds.
-pub static ARCHITECTURES: &[&Arch] = &[&bert::SPEC, &roberta::SPEC, &fusion::SPEC, &flava::SPEC, &clip::SPEC, &vilt::SPEC];
+pub static ARCHITECTURES: &[&Arch] = &[
+    &bert::SPEC,
+    &roberta::SPEC,
+    &fusion::SPEC,
+    &flava::SPEC,
+    &clip::SPEC,
+    &vilt::SPEC,
+];
 
 impl Arch {
     /// The architecture of a `model_type`; the error lists the supported ones.

@@ -186,7 +186,7 @@ impl RobertaForSequenceClassification {
 }
 
 /// The architecture as the service sees it.
-pub const SPEC: Arch = Arch {
+pub static SPEC: Arch = Arch {
     model_types: &MODEL_TYPES,
     modality: Modality::Text,
     base_prefix: "roberta.",

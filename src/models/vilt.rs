@@ -649,7 +649,7 @@ impl ViltForQuestionAnswering {
 }
 
 /// The architecture as the service sees it.
-pub const SPEC: Arch = Arch {
+pub static SPEC: Arch = Arch {
     model_types: &["vilt"],
     modality: Modality::TextImage,
     base_prefix: "vilt.",
