@@ -284,9 +284,10 @@ pub fn check(dir: &Path) -> Result<Checkpoint> {
     Ok(ckpt)
 }
 
-/// Files of a checkpoint folder that describe its tokenizer, copied along with fine-tuned
-/// weights.
-const TOKENIZER_FILES: [&str; 6] = [
+/// Files of a checkpoint folder that describe its tokenizer and image preprocessing, copied
+/// along with fine-tuned weights.
+const CARRIED_FILES: [&str; 7] = [
+    "preprocessor_config.json",
     "tokenizer.json",
     "tokenizer_config.json",
     "special_tokens_map.json",
@@ -321,7 +322,7 @@ pub fn save_classifier(m: &Loaded, out_dir: &Path, label_names: &[String]) -> Re
     )
     .context("writing config.json")?;
     checkpoint::save_safetensors(&m.vs, &out_dir.join("model.safetensors"))?;
-    for f in TOKENIZER_FILES {
+    for f in CARRIED_FILES {
         let src = m.checkpoint.dir.join(f);
         if src.is_file() {
             std::fs::copy(&src, out_dir.join(f)).with_context(|| format!("copying {f}"))?;

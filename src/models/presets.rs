@@ -1,7 +1,7 @@
 //! Built-in presets: small randomly initialised models for CPU work and tests, written out as
 //! ordinary checkpoint folders so they load through the same path as downloaded ones.
 
-use crate::models::{bert, checkpoint, fusion};
+use crate::models::{Arch, Head, checkpoint, clip, flava, fusion, vilt};
 use anyhow::{Context, Result};
 use serde_json::{Value, json};
 use std::path::Path;
@@ -9,6 +9,8 @@ use tch::nn::VarStore;
 
 /// Name of the tiny BERT preset.
 pub const BERT_TINY: &str = "bert-tiny";
+/// Name of the tiny ViLT preset.
+pub const VILT_TINY: &str = "vilt-tiny";
 
 const SPECIALS: [&str; 5] = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"];
 
@@ -104,14 +106,12 @@ fn tokenizer_json(vocab: &[String]) -> Value {
     })
 }
 
-/// Writes the `bert-tiny` checkpoint (2 layers, hidden size 64, random weights from seed 0) to
-/// `dir`.
-pub fn write_bert_tiny(dir: &Path) -> Result<()> {
-    let vocab = vocabulary();
-    let config = json!({
+/// config.json of `bert-tiny`: 2 layers, hidden size 64.
+fn bert_tiny_config(vocab_size: i64) -> Value {
+    json!({
         "architectures": ["BertModel"],
         "model_type": "bert",
-        "vocab_size": vocab.len(),
+        "vocab_size": vocab_size,
         "hidden_size": 64,
         "num_hidden_layers": 2,
         "num_attention_heads": 2,
@@ -124,16 +124,26 @@ pub fn write_bert_tiny(dir: &Path) -> Result<()> {
         "initializer_range": 0.02,
         "layer_norm_eps": 1e-12,
         "pad_token_id": 0
-    });
-    let c: bert::Config = serde_json::from_value(config.clone())?;
+    })
+}
+
+/// Writes a preset with random weights (seed 0) for `config` (whose `model_type` picks the
+/// architecture; saved as the base model, so that fine-tuning adds a head), the preset WordPiece
+/// tokenizer, and for text+image models `preprocessor`.
+fn write_random(dir: &Path, config: Value, preprocessor: Option<Value>) -> Result<()> {
+    let model_type = config["model_type"]
+        .as_str()
+        .context("preset config without model_type")?;
+    let arch = Arch::from_model_type(model_type)?;
     tch::manual_seed(0);
     let vs = VarStore::new(tch::Device::Cpu);
-    let _model = bert::BertModel::new(vs.root(), &c);
+    let _model = (arch.build)(&config, Head::Base { pooler: true }, vs.root())?;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     std::fs::write(
         dir.join("config.json"),
         serde_json::to_string_pretty(&config)?,
     )?;
+    let vocab = vocabulary();
     std::fs::write(
         dir.join("tokenizer.json"),
         serde_json::to_string(&tokenizer_json(&vocab))?,
@@ -143,7 +153,26 @@ pub fn write_bert_tiny(dir: &Path) -> Result<()> {
         dir.join("tokenizer_config.json"),
         r#"{"tokenizer_class": "BertTokenizer", "do_lower_case": true, "model_max_length": 512}"#,
     )?;
+    if let Some(p) = preprocessor {
+        std::fs::write(
+            dir.join("preprocessor_config.json"),
+            serde_json::to_string_pretty(&p)?,
+        )?;
+    }
     checkpoint::save_safetensors(&vs, &dir.join("model.safetensors"))
+}
+
+/// Writes the `bert-tiny` checkpoint to `dir`.
+pub fn write_bert_tiny(dir: &Path) -> Result<()> {
+    write_random(dir, bert_tiny_config(vocabulary().len() as i64), None)
+}
+
+/// Id of a special token of the preset vocabulary.
+fn special(token: &str) -> i64 {
+    SPECIALS
+        .iter()
+        .position(|t| *t == token)
+        .expect("a preset special token") as i64
 }
 
 /// Name of the concatenation baseline over the real MiniLM-L6.
@@ -217,8 +246,31 @@ fn write_fusion(dir: &Path, models_dir: &Path, kind: fusion::Fusion) -> Result<(
 /// A preset: its name, the checkpoint it is built from (if any), and its writer.
 type Writer = fn(&Path, &Path) -> Result<()>;
 
-const PRESETS: [(&str, Option<&str>, Writer); 3] = [
+const PRESETS: [(&str, Option<&str>, Writer); 6] = [
     (BERT_TINY, None, |dir, _| write_bert_tiny(dir)),
+    (clip::CLIP_TINY, None, |dir, _| {
+        // the WordPiece vocabulary's [SEP] ends a text, so CLIP pools at it
+        let config = clip::tiny_config(
+            vocabulary().len() as i64,
+            special("[SEP]"),
+            special("[PAD]"),
+        );
+        write_random(dir, config, Some(clip::tiny_preprocessor_config()))
+    }),
+    (VILT_TINY, None, |dir, _| {
+        write_random(
+            dir,
+            vilt::tiny_config(vocabulary().len() as i64),
+            Some(vilt::tiny_preprocessor_config()),
+        )
+    }),
+    (flava::FLAVA_TINY, None, |dir, _| {
+        write_random(
+            dir,
+            flava::tiny_config(vocabulary().len() as i64),
+            Some(flava::tiny_preprocessor_config()),
+        )
+    }),
     (FUSION_MINILM, Some(MINILM), |dir, models| {
         write_fusion(dir, models, fusion::Fusion::Concat)
     }),
@@ -257,7 +309,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         assert_eq!(
             ensure_presets(dir.path()).unwrap(),
-            vec![BERT_TINY.to_string()]
+            [BERT_TINY, clip::CLIP_TINY, VILT_TINY, flava::FLAVA_TINY],
+            "without minilm-l6, no fusion presets"
         );
         assert!(
             ensure_presets(dir.path()).unwrap().is_empty(),

@@ -232,3 +232,63 @@ async fn a_text_and_image_run_fails_before_training_when_an_image_is_missing() {
         "{error}"
     );
 }
+
+#[tokio::test]
+async fn the_tiny_text_and_image_presets_train_through_the_queue_and_reach_the_leaderboard() {
+    let app = TestApp::new().await;
+    let (_, models) = app.get("/api/v1/models").await;
+    let mut ids = Vec::new();
+    for (name, arch) in [
+        ("clip-tiny", "clip"),
+        ("vilt-tiny", "vilt"),
+        ("flava-tiny", "flava"),
+    ] {
+        let m = models["models"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["name"] == name)
+            .unwrap()
+            .clone();
+        assert_eq!(
+            (
+                m["usable"].as_bool(),
+                m["modality"].as_str(),
+                m["architecture"].as_str()
+            ),
+            (Some(true), Some("text+image"), Some(arch)),
+            "{m}"
+        );
+        let id = app
+            .submit(json!({"model": name, "dataset": "demo-news", "epochs": 1, "batch_size": 32, "learning_rate": 1e-3, "max_length": 32}))
+            .await;
+        let run = app.run_to_end(id, 300).await;
+        assert_eq!(run.status, RunStatus::Succeeded, "{name}: {:?}", run.error);
+        let (_, metrics) = app
+            .get(&format!("/api/v1/runs/{id}/metrics?key=eval/accuracy"))
+            .await;
+        assert_eq!(
+            metrics["series"]["eval/accuracy"].as_array().unwrap().len(),
+            1,
+            "{name}"
+        );
+        // the fine-tuned checkpoint carries the image preprocessing with it and loads back
+        let saved = app.state.settings.run_dir(id).join("checkpoint");
+        assert!(saved.join("preprocessor_config.json").is_file(), "{name}");
+        let reloaded = modalbench::models::load(&saved, None, tch::Device::Cpu).unwrap();
+        assert_eq!(
+            reloaded.head,
+            modalbench::models::Head::Classifier(4),
+            "{name}"
+        );
+        ids.push((name, id));
+    }
+    let (_, board) = app.get("/api/v1/leaderboard?dataset=demo-news").await;
+    let rows = board["boards"][0]["rows"].as_array().unwrap();
+    for (name, id) in ids {
+        assert!(
+            rows.iter().any(|r| r["model"] == name && r["run_id"] == id),
+            "{name} on the board: {board}"
+        );
+    }
+}

@@ -16,7 +16,7 @@ use std::time::Duration;
 use tempfile::TempDir;
 use tower::ServiceExt;
 
-/// Built once per test binary and linked into every test app: the `bert-tiny` preset and the
+/// Built once per test binary and linked into every test app: the built-in presets and the
 /// demo dataset, so that each test does not regenerate them.
 fn shared_fixtures() -> &'static Path {
     static DIR: OnceLock<TempDir> = OnceLock::new();
@@ -53,7 +53,7 @@ pub struct TestApp {
 }
 
 impl TestApp {
-    /// An app with one CPU slot, the `bert-tiny` preset and the `demo-news` dataset.
+    /// An app with one CPU slot, the built-in presets and the `demo-news` dataset.
     pub async fn new() -> TestApp {
         Self::with_models(&[]).await
     }
@@ -65,8 +65,10 @@ impl TestApp {
         let (models, datasets) = (dir.path().join("models"), dir.path().join("data/datasets"));
         std::fs::create_dir_all(&models).unwrap();
         std::fs::create_dir_all(&datasets).unwrap();
-        std::os::unix::fs::symlink(fixtures.join("models/bert-tiny"), models.join("bert-tiny"))
-            .unwrap();
+        for preset in std::fs::read_dir(fixtures.join("models")).unwrap() {
+            let preset = preset.unwrap();
+            std::os::unix::fs::symlink(preset.path(), models.join(preset.file_name())).unwrap();
+        }
         std::os::unix::fs::symlink(
             fixtures.join("datasets/demo-news"),
             datasets.join("demo-news"),
