@@ -76,7 +76,8 @@ CREATE TABLE predictions (
     run_id     INTEGER NOT NULL REFERENCES runs (id) ON DELETE CASCADE,
     split      TEXT NOT NULL,
     example_id TEXT NOT NULL,
-    label      INTEGER NOT NULL,
+    -- absent for splits published without labels
+    label      INTEGER,
     pred       INTEGER NOT NULL,
     -- JSON array of per-label probabilities
     probs      TEXT NOT NULL,

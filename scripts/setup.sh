@@ -61,7 +61,7 @@ say "minilm-l6 in $MODELS_DIR/minilm-l6"
 
 # --- test requirements ----------------------------------------------------------------------
 if [ "$want_test" = 1 ]; then
-  if ! .venv/bin/python -c "import sklearn, transformers, safetensors, numpy" 2>/dev/null; then
+  if ! .venv/bin/python -c "import sklearn, transformers, safetensors, numpy, PIL" 2>/dev/null; then
     say "installing the test requirements (tests/requirements.txt)"
     .venv/bin/python -m pip install --quiet -r tests/requirements.txt
   fi

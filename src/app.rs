@@ -33,11 +33,11 @@ pub async fn build(settings: Settings, slots: Vec<Slot>) -> Result<AppState> {
         for name in presets::ensure_presets(&models_dir)? {
             tracing::info!(model = name, "wrote built-in preset");
         }
-        if !datasets_dir.join(demo::DEMO_NEWS).exists() {
-            write_atomically(&datasets_dir, demo::DEMO_NEWS, |tmp| {
-                demo::write_demo_news(tmp, DEMO_SEED)
-            })?;
-            tracing::info!(dataset = demo::DEMO_NEWS, "generated the demo dataset");
+        for (name, write) in demo::DEMOS {
+            if !datasets_dir.join(name).exists() {
+                write_atomically(&datasets_dir, name, |tmp| write(tmp, DEMO_SEED))?;
+                tracing::info!(dataset = name, "generated the demo dataset");
+            }
         }
         Ok(())
     })
@@ -67,16 +67,14 @@ pub async fn register_datasets(store: &Store, root: &Path) -> Result<Vec<String>
     let root = root.to_path_buf();
     let found = tokio::task::spawn_blocking(move || scan_datasets(&root)).await?;
     let mut names = Vec::new();
-    for (name, dir, info) in found {
-        store
-            .upsert_dataset(&name, &dir.display().to_string(), &info)
-            .await?;
+    for (name, info) in found {
+        store.upsert_dataset(&name, &info).await?;
         names.push(name);
     }
     Ok(names)
 }
 
-fn scan_datasets(root: &Path) -> Vec<(String, PathBuf, data::DatasetInfo)> {
+fn scan_datasets(root: &Path) -> Vec<(String, data::DatasetInfo)> {
     let Ok(entries) = std::fs::read_dir(root) else {
         return Vec::new();
     };
@@ -97,15 +95,27 @@ fn scan_datasets(root: &Path) -> Vec<(String, PathBuf, data::DatasetInfo)> {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let Some(format) = data::detect_format(&dir) else {
-            tracing::warn!(
-                dataset = name,
-                "skipped: no known dataset layout (expected train.jsonl with a dev and a test file)"
-            );
-            continue;
+        let source = match data::detect(&dir) {
+            Ok(Some(s)) => s,
+            Ok(None) => {
+                tracing::warn!(
+                    dataset = name,
+                    formats = data::formats::names().join(", "),
+                    "skipped: no known dataset layout and no modalbench.toml"
+                );
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!(
+                    dataset = name,
+                    error = format!("{e:#}"),
+                    "skipped: unreadable modalbench.toml"
+                );
+                continue;
+            }
         };
-        match data::inspect(&dir, format) {
-            Ok(info) => out.push((name, dir, info)),
+        match data::inspect(&name, &source, data::Check::Strict) {
+            Ok(info) => out.push((name, info)),
             Err(e) => tracing::warn!(
                 dataset = name,
                 error = format!("{e:#}"),

@@ -25,7 +25,7 @@ enum Command {
     Serve(ServeArgs),
     /// Fine-tune one model on one dataset in this process, with a progress bar.
     Train(TrainArgs),
-    /// Generate the demo datasets.
+    /// Generate the demo datasets (demo-news, demo-memes).
     Data {
         #[command(subcommand)]
         command: DataCommand,
@@ -147,8 +147,9 @@ fn main() {
         Command::Train(args) => train_here(args),
         Command::Data {
             command: DataCommand::Demo { out, seed },
-        } => data::demo::write_demo_news(&out, seed)
-            .map(|_| println!("wrote {}", out.join(data::demo::DEMO_NEWS).display())),
+        } => data::demo::DEMOS.iter().try_for_each(|(name, write)| {
+            write(&out, seed).map(|_| println!("wrote {}", out.join(name).display()))
+        }),
         Command::Bench {
             command:
                 BenchCommand::Leaderboard {
@@ -252,8 +253,13 @@ fn train_here(a: TrainArgs) -> Result<()> {
             a.settings.models_dir.display()
         )
     })?;
-    let format = data::detect_format(&a.dataset)
-        .with_context(|| format!("{}: no known dataset layout", a.dataset.display()))?;
+    let source = data::detect(&a.dataset)?.with_context(|| {
+        format!(
+            "{}: no known dataset layout (formats: {}; or name one in modalbench.toml)",
+            a.dataset.display(),
+            data::formats::names().join(", ")
+        )
+    })?;
     let spec = JobSpec {
         run_id: 0,
         model: a.model.clone(),
@@ -264,8 +270,7 @@ fn train_here(a: TrainArgs) -> Result<()> {
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default(),
-            format: format.into(),
-            root: a.dataset.clone(),
+            source,
         },
         config: TrainConfig {
             epochs: a.epochs,
@@ -281,6 +286,7 @@ fn train_here(a: TrainArgs) -> Result<()> {
             .map(|n| n.get())
             .unwrap_or(1),
         output_dir: a.output,
+        cache_dir: Some(a.settings.data_dir.join("cache")),
     };
     let mut sink = worker::progress::ProgressSink::default();
     let s = train::run(&spec, &mut sink)?;

@@ -45,15 +45,13 @@ impl Default for TrainConfig {
     }
 }
 
-/// Where a dataset lives and how to read it.
+/// A registered dataset: its name and how to read it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DatasetRef {
     /// Registered name, e.g. `demo-news`.
     pub name: String,
-    /// On-disk layout, e.g. `hateful_memes`.
-    pub format: String,
-    /// Folder holding the split files.
-    pub root: PathBuf,
+    #[serde(flatten)]
+    pub source: crate::data::Source,
 }
 
 /// Everything a worker needs to run one job, sent as the first line on its stdin.
@@ -75,6 +73,9 @@ pub struct JobSpec {
     pub threads: usize,
     /// Folder for the fine-tuned checkpoint; created by the worker.
     pub output_dir: PathBuf,
+    /// Folder for caches kept across runs (resized images); none: no disk cache.
+    #[serde(default)]
+    pub cache_dir: Option<PathBuf>,
 }
 
 /// One row of per-example output on an evaluation split.
@@ -82,23 +83,30 @@ pub struct JobSpec {
 pub struct Prediction {
     /// The example's `id` from the dataset file.
     pub example_id: String,
-    /// Gold label index.
-    pub label: usize,
+    /// Gold label index; absent in a split without labels.
+    pub label: Option<usize>,
     /// Predicted label index (argmax of `probs`).
     pub pred: usize,
-    /// Softmax probabilities per label.
+    /// Probabilities per label (softmax; sigmoid for soft-label tasks); left empty for tasks
+    /// with many labels (VQA's answer classes).
     pub probs: Vec<f32>,
 }
 
 /// Final numbers of a successful run: test-split metrics and cost.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Summary {
-    /// Test accuracy.
+    /// The split the metrics are from: `test`, or `dev` when the test split has no labels.
+    #[serde(default = "test_split")]
+    pub split: String,
+    /// Accuracy (top-1 for VQA-style tasks).
     pub accuracy: f64,
     /// Test F1 (positive class for binary tasks, macro otherwise).
     pub f1: f64,
     /// Test AUROC (one-vs-rest macro for multi-class); absent when undefined.
     pub auroc: Option<f64>,
+    /// VQA accuracy, for soft-label (VQA) tasks.
+    #[serde(default)]
+    pub vqa_accuracy: Option<f64>,
     /// Mean test cross-entropy.
     pub loss: f64,
     /// Wall time of the optimisation steps, evaluation excluded.
@@ -113,6 +121,10 @@ pub struct Summary {
     pub steps: u64,
     /// Test examples scored.
     pub test_examples: usize,
+}
+
+fn test_split() -> String {
+    "test".into()
 }
 
 /// What a worker reports, one JSON object per stdout line, tagged by `event`.

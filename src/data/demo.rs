@@ -1,15 +1,22 @@
-//! The embedded demo data, generated deterministically in the Hateful Memes layout.
+//! The embedded demo benchmark, generated deterministically (same seed, same bytes) in the
+//! Hateful Memes layout, with a `modalbench.toml` naming the labels.
 //!
-//! `demo-news`: short news lines in four topics (world, sports, business, science). The topic
-//! follows from the words of the text; each example also has a small picture whose colour agrees
-//! with the topic only two times in three, so the image is decoration, not evidence.
+//! - `demo-news` (the image is decoration): short news lines in four topics (world, sports,
+//!   business, science). The topic follows from the words of the text; each example also has a
+//!   small picture whose colour agrees with the topic only two times in three.
+//! - `demo-memes` (the image decides): meme captions in the spirit of Hateful Memes' benign
+//!   confounders. Every caption appears once with a picture that makes it `benign` (a cool-
+//!   coloured round sign) and once with one that makes it `mean` (a warm-coloured pointed
+//!   sign), on noisy backgrounds with a faint distractor shape; the caption alone says nothing
+//!   about the label, caption and picture together decide it.
 
+use crate::data::formats::{hateful_memes, manifest};
+use crate::data::{Example, Options};
 use anyhow::{Context, Result};
 use image::{Rgb, RgbImage};
 use rand::seq::{IndexedRandom, SliceRandom};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use std::io::Write;
 use std::path::Path;
 
 /// Name of the text-decided demo dataset.
@@ -176,36 +183,217 @@ const FILLER: &[&str] = &[
     "for the first time",
 ];
 
+/// Writes `examples` of each split and the manifest naming `labels` into `root`.
+fn write_dataset(root: &Path, splits: [(&str, Vec<Example>); 3], labels: &[&str]) -> Result<()> {
+    for (split, examples) in &splits {
+        hateful_memes::write_file(&root.join(format!("{split}.jsonl")), examples)?;
+    }
+    let options = Options {
+        label_names: Some(labels.iter().map(|l| l.to_string()).collect()),
+        ..Default::default()
+    };
+    std::fs::write(
+        root.join(manifest::FILE),
+        manifest::render("hateful_memes", &options)?,
+    )
+    .context("writing modalbench.toml")
+}
+
 /// Writes `demo-news` into `dir/demo-news` (train 384, dev 96, test 160 examples).
-/// Same seed, same bytes.
 pub fn write_demo_news(dir: &Path, seed: u64) -> Result<()> {
     let root = dir.join(DEMO_NEWS);
     let img_dir = root.join("img");
     std::fs::create_dir_all(&img_dir).with_context(|| format!("creating {}", img_dir.display()))?;
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut next_id = 10_000u64;
-    for (split, n) in [("train", 384), ("dev", 96), ("test", 160)] {
+    let mut split = |n: usize, rng: &mut ChaCha8Rng| -> Result<Vec<Example>> {
         // balanced labels, shuffled
         let mut labels: Vec<usize> = (0..n).map(|i| i % TOPICS.len()).collect();
-        labels.shuffle(&mut rng);
-        let path = root.join(format!("{split}.jsonl"));
-        let mut out = std::io::BufWriter::new(
-            std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?,
-        );
+        labels.shuffle(rng);
+        let mut out = Vec::with_capacity(n);
         for label in labels {
             let id = next_id;
             next_id += 1;
-            let text = news_line(&TOPICS[label], &mut rng);
             let img = format!("img/{id}.png");
-            news_image(label, &mut rng)
+            news_image(label, rng)
                 .save(root.join(&img))
                 .with_context(|| format!("writing {img}"))?;
-            let line = serde_json::json!({"id": id, "img": img, "text": text, "label": label});
-            writeln!(out, "{line}")?;
+            out.push(Example {
+                id: id.to_string(),
+                text: news_line(&TOPICS[label], rng),
+                image: Some(img.into()),
+                label: Some(label),
+                ..Default::default()
+            });
         }
-        out.flush()?;
+        Ok(out)
+    };
+    let splits = [
+        ("train", split(384, &mut rng)?),
+        ("dev", split(96, &mut rng)?),
+        ("test", split(160, &mut rng)?),
+    ];
+    write_dataset(&root, splits, &NEWS_TOPICS)
+}
+
+/// A demo dataset: its name and its writer (`fn(parent dir, seed)`).
+pub type Writer = fn(&Path, u64) -> Result<()>;
+
+/// Every demo dataset.
+pub const DEMOS: [(&str, Writer); 2] =
+    [(DEMO_NEWS, write_demo_news), (DEMO_MEMES, write_demo_memes)];
+
+/// Name of the image-decided demo dataset.
+pub const DEMO_MEMES: &str = "demo-memes";
+
+/// Label names of `demo-memes`.
+pub const MEME_LABELS: [&str; 2] = ["benign", "mean"];
+
+const MEME_OPENERS: &[&str] = &[
+    "when you finally",
+    "me trying to",
+    "nobody:",
+    "my face when they",
+    "that moment you",
+    "look at them",
+    "this is what happens when you",
+    "they said we could not",
+    "everyone when you",
+    "imagine if they",
+    "how it feels to",
+    "guess who decided to",
+    "pov: you",
+];
+const MEME_ACTIONS: &[&str] = &[
+    "show up to the meeting",
+    "explain the plan again",
+    "bring snacks for everyone",
+    "get the weekend off",
+    "move into the neighbourhood",
+    "start talking about politics",
+    "join the team",
+    "cook dinner",
+    "win the match",
+    "open a new shop",
+    "post on the group chat",
+    "visit the city",
+    "read the news",
+    "go back to school",
+    "take the last seat",
+    "ask for directions",
+    "wear that outfit",
+    "sing at the party",
+    "fix the computer",
+    "arrive late again",
+];
+const MEME_ENDINGS: &[&str] = &["", " lol", " again", " today", " 😂", " for real", " smh"];
+
+/// Writes `demo-memes` into `dir/demo-memes`: 1,200 captions, each twice (once per label):
+/// train 1,600, dev 400, test 400 examples, 64x64 pictures.
+pub fn write_demo_memes(dir: &Path, seed: u64) -> Result<()> {
+    let root = dir.join(DEMO_MEMES);
+    let img_dir = root.join("img");
+    std::fs::create_dir_all(&img_dir).with_context(|| format!("creating {}", img_dir.display()))?;
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x6d656d65);
+    let mut captions: Vec<String> = Vec::new();
+    for o in MEME_OPENERS {
+        for a in MEME_ACTIONS {
+            for e in MEME_ENDINGS {
+                captions.push(format!("{o} {a}{e}"));
+            }
+        }
     }
-    Ok(())
+    captions.shuffle(&mut rng);
+    captions.truncate(1200);
+    let mut next_id = 50_000u64;
+    let mut pairs = |captions: &[String], rng: &mut ChaCha8Rng| -> Result<Vec<Example>> {
+        let mut out = Vec::with_capacity(captions.len() * 2);
+        for text in captions {
+            for label in [0, 1] {
+                let id = next_id;
+                next_id += 1;
+                let img = format!("img/{id}.png");
+                meme_image(label, rng)
+                    .save(root.join(&img))
+                    .with_context(|| format!("writing {img}"))?;
+                out.push(Example {
+                    id: id.to_string(),
+                    text: text.clone(),
+                    image: Some(img.into()),
+                    label: Some(label),
+                    ..Default::default()
+                });
+            }
+        }
+        out.shuffle(rng);
+        Ok(out)
+    };
+    let splits = [
+        ("train", pairs(&captions[..800], &mut rng)?),
+        ("dev", pairs(&captions[800..1000], &mut rng)?),
+        ("test", pairs(&captions[1000..], &mut rng)?),
+    ];
+    write_dataset(&root, splits, &MEME_LABELS)
+}
+
+/// A 64x64 picture: a noisy pale background, a faint distractor, and the sign that decides the
+/// label: a cool-coloured disc (`benign`) or a warm-coloured triangle (`mean`), at a random
+/// place and size.
+fn meme_image(label: usize, rng: &mut ChaCha8Rng) -> RgbImage {
+    let base: [i32; 3] = [
+        rng.random_range(170..235),
+        rng.random_range(170..235),
+        rng.random_range(170..235),
+    ];
+    let mut img = RgbImage::from_fn(64, 64, |_, _| {
+        let n = rng.random_range(-18..18);
+        Rgb(base.map(|c| (c + n).clamp(0, 255) as u8))
+    });
+    // the distractor: a small low-contrast square anywhere
+    let (dx, dy, ds) = (
+        rng.random_range(0..56u32),
+        rng.random_range(0..56u32),
+        rng.random_range(4..9u32),
+    );
+    let shade = [base[0] - 25, base[1] - 25, base[2] - 25].map(|c| c.clamp(0, 255) as u8);
+    for y in dy..(dy + ds).min(64) {
+        for x in dx..(dx + ds).min(64) {
+            img.put_pixel(x, y, Rgb(shade));
+        }
+    }
+    let (cx, cy, r) = (
+        rng.random_range(18..46) as f32,
+        rng.random_range(18..46) as f32,
+        rng.random_range(9..16) as f32,
+    );
+    let colour = if label == 0 {
+        [
+            rng.random_range(0..90u8),
+            rng.random_range(90..200u8),
+            rng.random_range(150..255u8),
+        ]
+    } else {
+        [
+            rng.random_range(190..255u8),
+            rng.random_range(30..140u8),
+            rng.random_range(0..60u8),
+        ]
+    };
+    for y in 0..64 {
+        for x in 0..64 {
+            let (px, py) = (x as f32 + 0.5 - cx, y as f32 + 0.5 - cy);
+            let inside = if label == 0 {
+                px * px + py * py <= r * r
+            } else {
+                // an upward triangle inside the circle of radius r
+                py <= r * 0.5 && py >= -r && px.abs() <= (py + r) * 0.577
+            };
+            if inside {
+                img.put_pixel(x, y, Rgb(colour));
+            }
+        }
+    }
+    img
 }
 
 fn news_line(t: &Topic, rng: &mut ChaCha8Rng) -> String {
@@ -253,23 +441,51 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_demo_is_the_same_for_the_same_seed_and_balanced() {
+    fn the_demos_are_the_same_for_the_same_seed_balanced_and_readable() {
         let a = tempfile::tempdir().unwrap();
         let b = tempfile::tempdir().unwrap();
-        write_demo_news(a.path(), 7).unwrap();
-        write_demo_news(b.path(), 7).unwrap();
-        let read = |d: &Path, f: &str| std::fs::read_to_string(d.join(DEMO_NEWS).join(f)).unwrap();
-        assert_eq!(read(a.path(), "train.jsonl"), read(b.path(), "train.jsonl"));
-        let train = crate::data::formats::hateful_memes::read_file(
-            &a.path().join(DEMO_NEWS).join("train.jsonl"),
-        )
-        .unwrap();
-        assert_eq!(train.len(), 384);
-        for k in 0..4 {
-            assert_eq!(train.iter().filter(|e| e.label == k).count(), 96);
+        for dir in [&a, &b] {
+            write_demo_news(dir.path(), 7).unwrap();
+            write_demo_memes(dir.path(), 7).unwrap();
         }
-        let img = train[0].image.as_ref().unwrap();
-        let decoded = image::open(a.path().join(DEMO_NEWS).join(img)).unwrap();
-        assert_eq!((decoded.width(), decoded.height()), (48, 48));
+        let read = |d: &Path, f: &str| std::fs::read(d.join(f)).unwrap();
+        for f in [
+            "demo-news/train.jsonl",
+            "demo-memes/test.jsonl",
+            "demo-memes/img/50000.png",
+        ] {
+            assert_eq!(read(a.path(), f), read(b.path(), f), "{f}");
+        }
+        let news = crate::data::detect(&a.path().join(DEMO_NEWS))
+            .unwrap()
+            .unwrap();
+        let ds = crate::data::load(DEMO_NEWS, &news, crate::data::Check::Strict).unwrap();
+        assert_eq!(ds.label_names, NEWS_TOPICS);
+        assert_eq!(ds.train.len(), 384);
+        for k in 0..4 {
+            assert_eq!(ds.train.iter().filter(|e| e.label == Some(k)).count(), 96);
+        }
+        let memes = crate::data::detect(&a.path().join(DEMO_MEMES))
+            .unwrap()
+            .unwrap();
+        let ds = crate::data::load(DEMO_MEMES, &memes, crate::data::Check::Strict).unwrap();
+        assert_eq!(
+            (ds.train.len(), ds.dev.len(), ds.test.len()),
+            (1600, 400, 400)
+        );
+        // every caption has both labels, so the caption alone cannot tell them apart
+        for split in [&ds.train, &ds.dev, &ds.test] {
+            let mut by_text: std::collections::HashMap<&str, Vec<usize>> = Default::default();
+            for e in split.iter() {
+                by_text.entry(&e.text).or_default().push(e.label.unwrap());
+            }
+            assert!(by_text.values().all(|l| {
+                let mut l = l.clone();
+                l.sort();
+                l == [0, 1]
+            }));
+        }
+        let decoded = image::open(ds.image_path(&ds.train[0]).unwrap()).unwrap();
+        assert_eq!((decoded.width(), decoded.height()), (64, 64));
     }
 }

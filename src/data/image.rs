@@ -253,8 +253,13 @@ impl ImageProcessor {
         }
     }
 
+    /// What determines the 8-bit images this pipeline makes (resize, filter, crop), for caches.
+    pub fn cache_key(&self) -> String {
+        format!("{:?}|{:?}|{:?}", self.resize, self.filter, self.crop)
+    }
+
     /// Decodes, resizes and crops one image to 8-bit RGB; returns (height, width, pixels).
-    fn load_rgb(&self, path: &Path) -> Result<(u32, u32, Vec<u8>)> {
+    pub fn load_rgb(&self, path: &Path) -> Result<(u32, u32, Vec<u8>)> {
         if !path.is_file() {
             bail!("image not found: {}", path.display());
         }
@@ -314,6 +319,12 @@ impl ImageProcessor {
             .par_iter()
             .map(|p| self.load_rgb(p))
             .collect::<Result<_>>()?;
+        self.assemble(&images.iter().collect::<Vec<_>>())
+    }
+
+    /// Rescales, normalises and (where the processor pads) pads resized 8-bit images into a
+    /// batch.
+    pub fn assemble(&self, images: &[&(u32, u32, Vec<u8>)]) -> Result<Pixels> {
         let max_h = images.iter().map(|i| i.0).max().unwrap_or(1);
         let max_w = images.iter().map(|i| i.1).max().unwrap_or(1);
         let same = images.iter().all(|i| (i.0, i.1) == (max_h, max_w));
@@ -323,10 +334,11 @@ impl ImageProcessor {
         let (n, hw) = (images.len(), (max_h * max_w) as usize);
         let mut values = vec![0f32; n * 3 * hw];
         let mut mask = vec![0i64; n * hw];
-        for (b, (h, w, rgb)) in images.iter().enumerate() {
-            for y in 0..*h as usize {
-                for x in 0..*w as usize {
-                    let src = (y * *w as usize + x) * 3;
+        for (b, img) in images.iter().enumerate() {
+            let (h, w, rgb) = (img.0 as usize, img.1 as usize, &img.2);
+            for y in 0..h {
+                for x in 0..w {
+                    let src = (y * w + x) * 3;
                     let pix = y * max_w as usize + x;
                     mask[b * hw + pix] = 1;
                     for c in 0..3 {

@@ -1,56 +1,260 @@
 //! Datasets on disk: formats, validation, the demo, and turning examples into model inputs.
+//!
+//! A dataset is read from a [`Source`]: its folder, its format and the format's [`Options`]
+//! (from the folder's `modalbench.toml`, a registration request, or recognised from the files).
+//! Readers report bad lines as [`Problem`]s: a strict read fails with the first 20, a report
+//! read skips them and counts them.
 
 pub mod batch;
 pub mod demo;
 pub mod formats;
 pub mod image;
+pub mod loader;
 pub mod resize;
 pub mod text;
 
-use crate::protocol::DatasetRef;
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 pub use batch::Batch;
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-/// One classification example, whatever the file format.
-#[derive(Debug, Clone, PartialEq)]
+/// What a model is trained to predict.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Task {
+    /// One label per example; softmax cross-entropy.
+    #[default]
+    Classification,
+    /// Soft scores over the labels (VQA's answer classes); binary cross-entropy, VQA accuracy.
+    SoftLabels,
+}
+
+/// One example, whatever the file format.
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Example {
     /// The example's id in its file (kept as text: Hateful Memes ids are numbers, others not).
     pub id: String,
     /// The text to classify.
     pub text: String,
-    /// A second text for pair tasks (premise/hypothesis), if the dataset has one.
+    /// A second text for pair tasks, if the dataset has one.
     pub text_pair: Option<String>,
-    /// Image file, relative to the dataset root, if the example has one.
+    /// Image file: absolute, or relative to the dataset's image folder.
     pub image: Option<PathBuf>,
-    /// Label index in `0..num_labels`.
-    pub label: usize,
+    /// Label index in `0..num_labels`; `None` in a split published without labels.
+    pub label: Option<usize>,
+    /// Soft scores per label index, for [`Task::SoftLabels`] (VQA: 0.3, 0.6, 0.9, 1.0).
+    pub soft_labels: Vec<(usize, f32)>,
+    /// The annotators' normalised answers, for VQA accuracy.
+    pub answers: Vec<String>,
 }
 
-/// Split roles a run uses.
-pub const SPLITS: [&str; 3] = ["train", "dev", "test"];
+/// Column names of tabular formats (the news layout).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Columns {
+    /// Column(s) whose values, joined with a space, are the text: `"text"` or
+    /// `["headline", "abstract", "caption"]`.
+    #[serde(default)]
+    pub text: Option<OneOrMany>,
+    /// Column holding the image path.
+    #[serde(default)]
+    pub image: Option<String>,
+    #[serde(default)]
+    pub label: Option<String>,
+    /// Column naming each row's split (`train` / `dev` / `test`), when the splits share a file.
+    #[serde(default)]
+    pub split: Option<String>,
+    #[serde(default)]
+    pub id: Option<String>,
+}
 
-/// A dataset read into memory.
-#[derive(Debug, Clone)]
-pub struct Dataset {
-    pub name: String,
+/// A string or a list of strings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    /// The strings.
+    pub fn to_vec(&self) -> Vec<String> {
+        match self {
+            OneOrMany::One(s) => vec![s.clone()],
+            OneOrMany::Many(v) => v.clone(),
+        }
+    }
+}
+
+/// Format options, as `modalbench.toml` or a registration request gives them.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Options {
+    /// Folder image paths are relative to (SNLI-VE's Flickr30k folder, VQA's COCO folder);
+    /// relative to the dataset root; default: the dataset root.
+    #[serde(default)]
+    pub images: Option<PathBuf>,
+    /// Tabular formats: which column is what.
+    #[serde(default)]
+    pub columns: Option<Columns>,
+    /// Label names in index order (otherwise the format's own, or the sorted label values).
+    #[serde(default)]
+    pub label_names: Option<Vec<String>>,
+    /// VQA: how many of the most frequent answers become classes (default 3129).
+    #[serde(default)]
+    pub top_k: Option<usize>,
+    /// Split files by role (`train`, `dev`, `test`), relative to the root, where the format's
+    /// own names do not apply.
+    #[serde(default)]
+    pub splits: Option<BTreeMap<String, String>>,
+}
+
+/// Where a dataset is and how to read it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Source {
+    /// Format name, e.g. `hateful_memes`.
+    pub format: String,
+    /// The dataset folder.
     pub root: PathBuf,
-    pub num_labels: usize,
+    #[serde(default)]
+    pub options: Options,
+}
+
+impl Source {
+    /// The folder image paths are relative to.
+    pub fn image_dir(&self) -> PathBuf {
+        match &self.options.images {
+            Some(p) => self.root.join(p),
+            None => self.root.clone(),
+        }
+    }
+}
+
+/// Something wrong in a dataset's files.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Problem {
+    /// The file, relative to the dataset root where possible.
+    pub file: String,
+    /// 1-based line (or row) number, where one applies.
+    pub line: Option<usize>,
+    pub message: String,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.line {
+            Some(l) => write!(f, "{} line {l}: {}", self.file, self.message),
+            None => write!(f, "{}: {}", self.file, self.message),
+        }
+    }
+}
+
+/// Problems collected while reading.
+#[derive(Debug, Default)]
+pub struct Problems {
+    pub list: Vec<Problem>,
+}
+
+impl Problems {
+    /// Records a problem of `file` (shown relative to `root`) at `line`.
+    pub fn push(
+        &mut self,
+        root: &Path,
+        file: &Path,
+        line: Option<usize>,
+        message: impl Into<String>,
+    ) {
+        let file = file
+            .strip_prefix(root)
+            .unwrap_or(file)
+            .display()
+            .to_string();
+        self.list.push(Problem {
+            file,
+            line,
+            message: message.into(),
+        });
+    }
+}
+
+/// How a read treats bad lines.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Check {
+    /// Any problem fails the read, naming the first 20.
+    #[default]
+    Strict,
+    /// Bad lines are skipped and reported.
+    Report,
+}
+
+/// What a format reader returns.
+#[derive(Debug, Default)]
+pub struct Splits {
+    pub task: Task,
+    /// Label names in index order.
     pub label_names: Vec<String>,
     pub train: Vec<Example>,
     pub dev: Vec<Example>,
     pub test: Vec<Example>,
+    /// The file each split came from, relative to the root (or a description).
+    pub files: [String; 3],
+}
+
+/// Split roles, in the order of [`Splits`] and [`Dataset::splits`].
+pub const SPLITS: [&str; 3] = ["train", "dev", "test"];
+
+/// A dataset read into memory.
+#[derive(Debug)]
+pub struct Dataset {
+    pub name: String,
+    pub source: Source,
+    pub task: Task,
+    pub label_names: Vec<String>,
+    pub train: Vec<Example>,
+    pub dev: Vec<Example>,
+    pub test: Vec<Example>,
+    pub files: [String; 3],
+    /// Problems skipped by a [`Check::Report`] read.
+    pub problems: Vec<Problem>,
+}
+
+impl Dataset {
+    /// Number of classes.
+    pub fn num_labels(&self) -> usize {
+        self.label_names.len()
+    }
+
+    /// The three splits with their role names.
+    pub fn splits(&self) -> [(&'static str, &[Example]); 3] {
+        [
+            ("train", &self.train),
+            ("dev", &self.dev),
+            ("test", &self.test),
+        ]
+    }
+
+    /// Where an example's image file is.
+    pub fn image_path(&self, e: &Example) -> Option<PathBuf> {
+        e.image.as_ref().map(|p| self.source.image_dir().join(p))
+    }
 }
 
 /// What registration learned about a dataset: stored as JSON in `datasets.info`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DatasetInfo {
-    pub format: String,
+    pub source: Source,
+    pub task: Task,
     pub num_labels: usize,
     pub label_names: Vec<String>,
     pub splits: BTreeMap<String, SplitInfo>,
+    /// Problems a report-mode registration skipped (the first 20), and their count.
+    #[serde(default)]
+    pub problems: Vec<Problem>,
+    #[serde(default)]
+    pub problem_count: usize,
 }
 
 /// One split's file and counts.
@@ -59,80 +263,159 @@ pub struct SplitInfo {
     /// File name, relative to the dataset root.
     pub file: String,
     pub examples: usize,
+    /// Examples with a label; a split without any is prediction-only.
+    pub labeled: usize,
     /// Examples per label index.
     pub label_counts: Vec<usize>,
+    /// Examples with an image.
+    pub images: usize,
 }
 
-/// Recognises the format of the folder at `root`; `None` if no known layout matches.
-pub fn detect_format(root: &Path) -> Option<&'static str> {
-    if formats::hateful_memes::split_files(root).is_ok() {
-        return Some(formats::hateful_memes::FORMAT);
+/// How many problems an error or a report lists.
+pub const SHOWN_PROBLEMS: usize = 20;
+
+/// Recognises the format of the folder at `root`: its `modalbench.toml`, else the first format
+/// whose files are there. `None` if neither.
+pub fn detect(root: &Path) -> Result<Option<Source>> {
+    if let Some(source) = formats::manifest::read(root)? {
+        return Ok(Some(source));
     }
-    None
-}
-
-/// Reads every split of a dataset in the given format.
-pub fn load(dataset: &DatasetRef) -> Result<Dataset> {
-    let (train, dev, test) = match dataset.format.as_str() {
-        formats::hateful_memes::FORMAT => formats::hateful_memes::read(&dataset.root)?,
-        other => bail!("unknown dataset format `{other}` (known: hateful_memes)"),
-    };
-    if train.is_empty() {
-        bail!("dataset `{}`: the train split is empty", dataset.name);
-    }
-    let num_labels = [&train, &dev, &test]
-        .iter()
-        .flat_map(|s| s.iter().map(|e| e.label + 1))
-        .max()
-        .unwrap_or(0)
-        .max(2);
-    Ok(Dataset {
-        name: dataset.name.clone(),
-        root: dataset.root.clone(),
-        num_labels,
-        label_names: (0..num_labels).map(|i| i.to_string()).collect(),
-        train,
-        dev,
-        test,
-    })
-}
-
-/// Reads and validates a dataset folder, returning what the registry stores about it.
-pub fn inspect(root: &Path, format: &str) -> Result<DatasetInfo> {
-    let ds = load(&DatasetRef {
-        name: root
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default(),
+    Ok(formats::detect(root).map(|format| Source {
         format: format.to_string(),
         root: root.to_path_buf(),
+        options: Options::default(),
+    }))
+}
+
+/// Reads a dataset: every split, checked. A strict read fails on any problem (naming the first
+/// 20, with the file, line and field); a report read skips bad lines and keeps them in
+/// [`Dataset::problems`]. Referenced images must exist.
+pub fn load(name: &str, source: &Source, check: Check) -> Result<Dataset> {
+    let mut problems = Problems::default();
+    let splits = formats::read(source, &mut problems).with_context(|| {
+        format!(
+            "dataset `{name}` ({}) at {}",
+            source.format,
+            source.root.display()
+        )
     })?;
-    let files = match format {
-        formats::hateful_memes::FORMAT => formats::hateful_memes::split_files(root)?,
-        other => bail!("unknown dataset format `{other}`"),
+    let mut ds = Dataset {
+        name: name.to_string(),
+        source: source.clone(),
+        task: splits.task,
+        label_names: splits.label_names,
+        train: splits.train,
+        dev: splits.dev,
+        test: splits.test,
+        files: splits.files,
+        problems: Vec::new(),
     };
+    check_images(&mut ds, &mut problems);
+    if ds.label_names.is_empty() {
+        problems.push(
+            &source.root,
+            &source.root,
+            None,
+            "no labels: no example has a label",
+        );
+    }
+    if check == Check::Strict && !problems.list.is_empty() {
+        let n = problems.list.len();
+        let shown: Vec<String> = problems
+            .list
+            .iter()
+            .take(SHOWN_PROBLEMS)
+            .map(|p| p.to_string())
+            .collect();
+        bail!(
+            "dataset `{name}`: {n} problem{}:\n{}{}",
+            if n == 1 { "" } else { "s" },
+            shown.join("\n"),
+            if n > SHOWN_PROBLEMS {
+                format!("\n... and {} more", n - SHOWN_PROBLEMS)
+            } else {
+                String::new()
+            }
+        );
+    }
+    if ds.train.is_empty() {
+        bail!("dataset `{name}`: the train split is empty");
+    }
+    ds.problems = problems.list;
+    Ok(ds)
+}
+
+/// Drops (and reports) examples whose image file does not exist.
+fn check_images(ds: &mut Dataset, problems: &mut Problems) {
+    let dir = ds.source.image_dir();
+    let root = ds.source.root.clone();
+    for (split, examples) in [
+        ("train", &mut ds.train),
+        ("dev", &mut ds.dev),
+        ("test", &mut ds.test),
+    ] {
+        let missing: Vec<bool> = examples
+            .par_iter()
+            .map(|e| e.image.as_ref().is_some_and(|p| !dir.join(p).is_file()))
+            .collect();
+        if !missing.contains(&true) {
+            continue;
+        }
+        let mut keep = Vec::with_capacity(examples.len());
+        for (e, gone) in examples.drain(..).zip(missing) {
+            if gone {
+                let path = dir.join(e.image.as_ref().expect("checked"));
+                problems.push(
+                    &root,
+                    &path,
+                    None,
+                    format!("{split} example `{}`: image not found", e.id),
+                );
+            } else {
+                keep.push(e);
+            }
+        }
+        *examples = keep;
+    }
+}
+
+/// Reads and checks a dataset, returning what the registry stores about it.
+pub fn inspect(name: &str, source: &Source, check: Check) -> Result<DatasetInfo> {
+    let ds = load(name, source, check)?;
     let mut splits = BTreeMap::new();
-    for ((name, examples), file) in SPLITS.iter().zip([&ds.train, &ds.dev, &ds.test]).zip(files) {
-        let mut label_counts = vec![0; ds.num_labels];
-        for e in examples.iter() {
-            label_counts[e.label] += 1;
+    for ((role, examples), file) in ds.splits().into_iter().zip(&ds.files) {
+        let mut label_counts = vec![0; ds.num_labels()];
+        for l in examples.iter().filter_map(|e| e.label) {
+            label_counts[l] += 1;
         }
         splits.insert(
-            name.to_string(),
+            role.to_string(),
             SplitInfo {
-                file: file
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default(),
+                file: file.clone(),
                 examples: examples.len(),
+                labeled: examples.iter().filter(|e| e.label.is_some()).count(),
                 label_counts,
+                images: examples.iter().filter(|e| e.image.is_some()).count(),
             },
         );
     }
     Ok(DatasetInfo {
-        format: format.to_string(),
-        num_labels: ds.num_labels,
-        label_names: ds.label_names,
+        source: ds.source.clone(),
+        task: ds.task,
+        num_labels: ds.num_labels(),
+        label_names: ds.label_names.clone(),
         splits,
+        problem_count: ds.problems.len(),
+        problems: ds.problems.into_iter().take(SHOWN_PROBLEMS).collect(),
     })
+}
+
+/// Label names for integer labels `0..n` (the values themselves), unless `names` are given.
+pub fn integer_label_names(max_label: Option<usize>, names: Option<&Vec<String>>) -> Vec<String> {
+    match names {
+        Some(n) => n.clone(),
+        None => (0..max_label.map(|m| (m + 1).max(2)).unwrap_or(0))
+            .map(|i| i.to_string())
+            .collect(),
+    }
 }

@@ -1,3 +1,4 @@
 //! Evaluation metrics.
 
 pub mod metrics;
+pub mod vqa;

@@ -322,8 +322,7 @@ mod tests {
             id: "1".into(),
             text: "The team scored, zyx!".into(),
             text_pair: None,
-            image: None,
-            label: 0,
+            ..Default::default()
         };
         let ids = &enc.encode(&[ex]).unwrap()[0].ids;
         let vocab = vocabulary();

@@ -10,7 +10,6 @@ use crate::store::metrics::NewPoint;
 use crate::store::runs::{Run, RunStatus};
 use anyhow::{Context, Result};
 use std::collections::VecDeque;
-use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
@@ -94,8 +93,7 @@ async fn execute(s: &Scheduler, run: &Run, slot: &Slot, cancel: &Notify) -> Resu
         model_dir: model.path,
         dataset: DatasetRef {
             name: dataset.name,
-            format: dataset.format,
-            root: PathBuf::from(dataset.root),
+            source: dataset.info.source,
         },
         config: run.config.clone(),
         device: if slot.cuda_index.is_some() {
@@ -106,6 +104,7 @@ async fn execute(s: &Scheduler, run: &Run, slot: &Slot, cancel: &Notify) -> Resu
         .into(),
         threads: slot.threads,
         output_dir: settings.run_dir(run.id).join("checkpoint"),
+        cache_dir: Some(settings.data_dir.join("cache")),
     };
     let exe = match &settings.worker_exe {
         Some(p) => p.clone(),

@@ -32,7 +32,7 @@ fn from_row((name, format, root, num_labels, info, registered_at): Row) -> Resul
 
 impl Store {
     /// Registers a dataset or refreshes what is known about it.
-    pub async fn upsert_dataset(&self, name: &str, root: &str, info: &DatasetInfo) -> Result<()> {
+    pub async fn upsert_dataset(&self, name: &str, info: &DatasetInfo) -> Result<()> {
         sqlx::query(
             "INSERT INTO datasets (name, format, root, num_labels, info, registered_at) \
              VALUES (?, ?, ?, ?, ?, ?) \
@@ -40,8 +40,8 @@ impl Store {
                  num_labels = excluded.num_labels, info = excluded.info",
         )
         .bind(name)
-        .bind(&info.format)
-        .bind(root)
+        .bind(&info.source.format)
+        .bind(info.source.root.display().to_string())
         .bind(info.num_labels as i64)
         .bind(serde_json::to_string(info)?)
         .bind(now())

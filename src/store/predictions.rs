@@ -10,7 +10,7 @@ use serde::Serialize;
 #[derive(Debug, Clone, Serialize)]
 pub struct StoredPrediction {
     pub example_id: String,
-    pub label: i64,
+    pub label: Option<i64>,
     pub pred: i64,
     pub probs: Vec<f64>,
 }
@@ -34,7 +34,7 @@ impl Store {
             .bind(run_id)
             .bind(split)
             .bind(&p.example_id)
-            .bind(p.label as i64)
+            .bind(p.label.map(|l| l as i64))
             .bind(p.pred as i64)
             .bind(serde_json::to_string(&p.probs)?)
             .execute(&mut *tx)
@@ -53,7 +53,7 @@ impl Store {
         limit: i64,
         offset: i64,
     ) -> Result<Vec<StoredPrediction>> {
-        let rows: Vec<(String, i64, i64, String)> = sqlx::query_as(
+        let rows: Vec<(String, Option<i64>, i64, String)> = sqlx::query_as(
             "SELECT example_id, label, pred, probs FROM predictions \
              WHERE run_id = ? AND split = ? ORDER BY example_id LIMIT ? OFFSET ?",
         )

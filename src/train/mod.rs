@@ -1,23 +1,31 @@
 //! The fine-tuning loop: AdamW with linear warm-up and decay, per-epoch evaluation on the dev
 //! split, final scoring of the test split, and a checkpoint in Hugging Face layout.
+//!
+//! Classification tasks train with softmax cross-entropy; soft-label tasks (VQA) with binary
+//! cross-entropy over the answer classes, scaled by their number (as ViLT and MMF do), and are
+//! also scored with VQA accuracy. A test split without labels is scored for predictions only;
+//! the summary's metrics then come from the dev split, and the run's log says so.
 
 pub mod schedule;
 
 use crate::data::image::ImageProcessor;
+use crate::data::loader::{ImageCache, MEMORY_BUDGET, Prefetch};
 use crate::data::text::{Encoded, TextEncoder, collate};
-use crate::data::{self, Batch, Example};
+use crate::data::{self, Batch, Dataset, Example, Task};
 use crate::eval::metrics::{argmax, classification_metrics};
+use crate::eval::vqa::vqa_accuracy;
 use crate::models::registry::Modality;
 use crate::models::{self, Loaded, layers::NO_DECAY};
 use crate::protocol::{Event, JobSpec, Prediction, Summary};
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Instant;
 use tch::nn::OptimizerConfig;
-use tch::{Device, Kind, Tensor};
+use tch::{Device, Kind, Reduction, Tensor};
 
 /// Receives the events of a job: the worker writes them to stdout, the CLI draws progress.
 pub trait EventSink {
@@ -27,6 +35,10 @@ pub trait EventSink {
 
 /// Gradient-norm clipping threshold (Hugging Face's `max_grad_norm`).
 const MAX_GRAD_NORM: f64 = 1.0;
+/// Batches of images prepared ahead of the training step.
+const PREFETCH: usize = 3;
+/// Per-example probabilities are stored for tasks with at most this many labels.
+const STORED_PROBS: usize = 32;
 
 /// The device a job asked for, if this process can use it.
 pub fn resolve_device(name: &str) -> Result<Device> {
@@ -35,6 +47,103 @@ pub fn resolve_device(name: &str) -> Result<Device> {
         "cuda" if tch::Cuda::is_available() => Ok(Device::Cuda(0)),
         "cuda" => bail!("device `cuda` requested but no CUDA device is visible"),
         other => bail!("unknown device `{other}` (cpu or cuda)"),
+    }
+}
+
+/// A split's examples with their tokenization.
+#[derive(Clone, Copy)]
+struct Split<'a> {
+    name: &'static str,
+    examples: &'a [Example],
+    encoded: &'a [Encoded],
+}
+
+impl Split<'_> {
+    fn labeled(&self) -> bool {
+        self.examples.iter().all(|e| e.label.is_some())
+    }
+}
+
+/// Turns examples into model inputs: padded tokens, and for text+image models the images
+/// processed as the checkpoint's preprocessor config says (through the image cache).
+struct Batcher<'a> {
+    pad: i64,
+    device: Device,
+    images: Option<(ImageProcessor, Arc<ImageCache>)>,
+    ds: &'a Dataset,
+    task: Task,
+    num_labels: usize,
+}
+
+impl Batcher<'_> {
+    fn image_paths(&self, split: Split, indices: &[usize]) -> Vec<PathBuf> {
+        indices
+            .iter()
+            .map(|&i| self.ds.image_path(&split.examples[i]).unwrap_or_default())
+            .collect()
+    }
+
+    /// The batch of `indices`; its pixels from `prefetched` if given, else made here.
+    fn batch(
+        &self,
+        split: Split,
+        indices: &[usize],
+        prefetched: Option<&Prefetch>,
+    ) -> Result<Batch> {
+        let items: Vec<&Encoded> = indices.iter().map(|&i| &split.encoded[i]).collect();
+        let mut batch = collate(&items, self.pad, self.device);
+        if let Some((proc, cache)) = &self.images {
+            let pixels = match prefetched {
+                Some(p) => p.next()?,
+                None => cache.process(proc, &self.image_paths(split, indices))?,
+            };
+            batch.pixel_values = Some(pixels.pixel_values.to_device(self.device));
+            batch.pixel_mask = pixels.pixel_mask.map(|m| m.to_device(self.device));
+        }
+        Ok(batch)
+    }
+
+    /// Prefetches the pixels of `batches` of `split` in order, if the model reads images.
+    fn prefetch(&self, split: Split, batches: &[&[usize]]) -> Option<Prefetch> {
+        let (proc, cache) = self.images.as_ref()?;
+        let paths = batches.iter().map(|b| self.image_paths(split, b)).collect();
+        Some(Prefetch::start(
+            cache.clone(),
+            proc.clone(),
+            paths,
+            PREFETCH,
+        ))
+    }
+
+    /// The loss of `logits` on the examples `indices`.
+    fn loss(&self, logits: &Tensor, split: Split, indices: &[usize]) -> Tensor {
+        match self.task {
+            Task::Classification => {
+                let labels: Vec<i64> = indices
+                    .iter()
+                    .map(|&i| split.examples[i].label.map_or(-100, |l| l as i64))
+                    .collect();
+                logits.cross_entropy_for_logits(&Tensor::from_slice(&labels).to_device(self.device))
+            }
+            Task::SoftLabels => {
+                let k = self.num_labels;
+                let mut targets = vec![0f32; indices.len() * k];
+                for (row, &i) in indices.iter().enumerate() {
+                    for &(label, score) in &split.examples[i].soft_labels {
+                        targets[row * k + label] = score;
+                    }
+                }
+                let targets = Tensor::from_slice(&targets)
+                    .view([indices.len() as i64, k as i64])
+                    .to_device(self.device);
+                logits.binary_cross_entropy_with_logits::<Tensor>(
+                    &targets,
+                    None,
+                    None,
+                    Reduction::Mean,
+                ) * k as f64
+            }
+        }
     }
 }
 
@@ -48,29 +157,36 @@ pub fn run(spec: &JobSpec, sink: &mut dyn EventSink) -> Result<Summary> {
     }
     tch::manual_seed(cfg.seed as i64);
 
-    let ds = data::load(&spec.dataset)
-        .with_context(|| format!("loading dataset `{}`", spec.dataset.name))?;
-    let model = models::load(&spec.model_dir, Some(ds.num_labels), device)
-        .with_context(|| format!("loading model `{}`", spec.model))?;
-    let pad_token_id = model.checkpoint.pad_token_id()?;
+    let ds = data::load(
+        &spec.dataset.name,
+        &spec.dataset.source,
+        data::Check::Strict,
+    )?;
+    let model = models::load(&spec.model_dir, Some(ds.num_labels()), device)
+        .map_err(|e| e.context(format!("loading model `{}`", spec.model)))?;
+    let log = |sink: &mut dyn EventSink, message: String| sink.emit(Event::Log { message });
     if !model.report.fresh.is_empty() {
-        sink.emit(Event::Log {
-            message: format!("newly initialised: {}", model.report.fresh.join(", ")),
-        });
+        log(
+            sink,
+            format!("newly initialised: {}", model.report.fresh.join(", ")),
+        );
     }
     if !model.report.unused.is_empty() {
-        sink.emit(Event::Log {
-            message: format!(
+        log(
+            sink,
+            format!(
                 "checkpoint tensors not used: {}",
                 model.report.unused.join(", ")
             ),
-        });
+        );
     }
     let max_length = (cfg.max_length as i64).min(model.checkpoint.max_length()?) as usize;
     let encoder = TextEncoder::for_checkpoint(&model.checkpoint, max_length)?;
-    let enc_train = encoder.encode(&ds.train)?;
-    let enc_dev = encoder.encode(&ds.dev)?;
-    let enc_test = encoder.encode(&ds.test)?;
+    let (enc_train, enc_dev, enc_test) = (
+        encoder.encode(&ds.train)?,
+        encoder.encode(&ds.dev)?,
+        encoder.encode(&ds.test)?,
+    );
     let train = Split {
         name: "train",
         examples: &ds.train,
@@ -90,19 +206,32 @@ pub fn run(spec: &JobSpec, sink: &mut dyn EventSink) -> Result<Summary> {
         Modality::Text => None,
         Modality::TextImage => {
             for split in [train, dev, test] {
-                split.check_images(&ds.root)?;
+                if let Some(e) = split.examples.iter().find(|e| e.image.is_none()) {
+                    bail!(
+                        "{} split: example `{}` has no image; a text+image model needs every example's image",
+                        split.name,
+                        e.id
+                    );
+                }
             }
-            Some(ImageProcessor::from_dir(&spec.model_dir)?)
+            let proc = ImageProcessor::from_dir(&spec.model_dir)?;
+            let dir = spec
+                .cache_dir
+                .as_ref()
+                .map(|d| d.join("images").join(&spec.dataset.name));
+            Some((proc, Arc::new(ImageCache::new(dir, MEMORY_BUDGET))))
         }
     };
     let batcher = Batcher {
-        pad: pad_token_id,
+        pad: model.checkpoint.pad_token_id()?,
         device,
         images,
-        root: &ds.root,
+        ds: &ds,
+        task: ds.task,
+        num_labels: ds.num_labels(),
     };
 
-    let num_parameters: i64 = model
+    let num_parameters = model
         .vs
         .trainable_variables()
         .iter()
@@ -130,7 +259,7 @@ pub fn run(spec: &JobSpec, sink: &mut dyn EventSink) -> Result<Summary> {
         device: format!("{device:?}").to_lowercase(),
         threads: spec.threads,
         num_parameters,
-        num_labels: ds.num_labels,
+        num_labels: ds.num_labels(),
         train_examples: ds.train.len(),
         dev_examples: ds.dev.len(),
         test_examples: ds.test.len(),
@@ -144,9 +273,12 @@ pub fn run(spec: &JobSpec, sink: &mut dyn EventSink) -> Result<Summary> {
     for epoch in 0..cfg.epochs as u64 {
         let mut order: Vec<usize> = (0..ds.train.len()).collect();
         order.shuffle(&mut ChaCha8Rng::seed_from_u64(cfg.seed.wrapping_add(epoch)));
+        let remaining = (total_steps - step) as usize;
+        let chunks: Vec<&[usize]> = order.chunks(bs).take(remaining).collect();
+        let prefetch = batcher.prefetch(train, &chunks);
         let mut window_loss = Tensor::zeros([], (Kind::Float, device));
         let mut window_steps = 0u64;
-        for chunk in order.chunks(bs) {
+        for chunk in &chunks {
             let t = Instant::now();
             opt.set_lr(schedule::linear_with_warmup(
                 cfg.learning_rate,
@@ -154,10 +286,9 @@ pub fn run(spec: &JobSpec, sink: &mut dyn EventSink) -> Result<Summary> {
                 warmup,
                 total_steps,
             ));
-            let batch = batcher.batch(train, chunk)?;
-            let labels = labels_tensor(chunk.iter().map(|&i| &ds.train[i]), device);
+            let batch = batcher.batch(train, chunk, prefetch.as_ref())?;
             let logits = models::logits(model.model.forward(&batch, true));
-            let loss = logits.cross_entropy_for_logits(&labels);
+            let loss = batcher.loss(&logits, train, chunk);
             opt.zero_grad();
             loss.backward();
             opt.clip_grad_norm(MAX_GRAD_NORM);
@@ -172,12 +303,9 @@ pub fn run(spec: &JobSpec, sink: &mut dyn EventSink) -> Result<Summary> {
                 let mean = f64::try_from(&window_loss)? / window_steps as f64;
                 let ep = epoch_of(step);
                 sink.emit(metric("train/loss", step, ep, mean));
-                sink.emit(metric(
-                    "train/learning_rate",
-                    step,
-                    ep,
-                    schedule::linear_with_warmup(cfg.learning_rate, step - 1, warmup, total_steps),
-                ));
+                let lr =
+                    schedule::linear_with_warmup(cfg.learning_rate, step - 1, warmup, total_steps);
+                sink.emit(metric("train/learning_rate", step, ep, lr));
                 sink.emit(Event::Progress {
                     epoch: ep,
                     step,
@@ -187,51 +315,40 @@ pub fn run(spec: &JobSpec, sink: &mut dyn EventSink) -> Result<Summary> {
                 window_loss = Tensor::zeros([], (Kind::Float, device));
                 window_steps = 0;
             }
-            if step == total_steps {
-                break;
-            }
         }
-        report_dev(
-            &model,
-            &batcher,
-            dev,
-            bs,
-            ds.num_labels,
-            step,
-            epoch_of(step),
-            sink,
-        )?;
+        if !ds.dev.is_empty() {
+            let s = evaluate(&model, &batcher, dev, bs)?;
+            report(sink, "eval", &s, step, epoch_of(step));
+        }
         if step == total_steps {
             break;
         }
     }
 
-    let scored = evaluate(&model, &batcher, test, bs)?;
-    let m = classification_metrics(&scored.labels, &scored.probs, ds.num_labels);
-    let ep = epoch_of(step);
-    for (key, value) in [
-        ("test/loss", Some(scored.loss)),
-        ("test/accuracy", Some(m.accuracy)),
-        ("test/f1", Some(m.f1)),
-        ("test/auroc", m.auroc),
-    ] {
-        if let Some(v) = value {
-            sink.emit(metric(key, step, ep, v));
-        }
-    }
+    let scored_test = evaluate(&model, &batcher, test, bs)?;
     sink.emit(Event::Predictions {
         split: "test".into(),
-        rows: predictions(&ds.test, &scored),
+        rows: predictions(&ds.test, &scored_test),
     });
+    // the summary's metrics: the test split's, or the dev split's when the test has no labels
+    let (summary_split, scored) = if test.labeled() && !ds.test.is_empty() {
+        ("test", scored_test)
+    } else {
+        log(sink, "the test split has no labels: its predictions are stored, and the summary's metrics are the dev split's".into());
+        ("dev", evaluate(&model, &batcher, dev, bs)?)
+    };
+    let m = report(sink, summary_split, &scored, step, epoch_of(step));
     models::save_classifier(&model, &spec.output_dir, &ds.label_names)
-        .context("writing the fine-tuned checkpoint")?;
+        .map_err(|e| e.context("writing the fine-tuned checkpoint"))?;
     sink.emit(Event::Checkpoint {
         path: spec.output_dir.clone(),
     });
     Ok(Summary {
+        split: summary_split.into(),
         accuracy: m.accuracy,
         f1: m.f1,
         auroc: m.auroc,
+        vqa_accuracy: m.vqa_accuracy,
         loss: scored.loss,
         train_seconds,
         samples_per_second: trained_examples as f64 / train_seconds.max(1e-9),
@@ -251,74 +368,22 @@ fn metric(key: &str, step: u64, epoch: f64, value: f64) -> Event {
     }
 }
 
-fn labels_tensor<'a>(examples: impl Iterator<Item = &'a Example>, device: Device) -> Tensor {
-    let labels: Vec<i64> = examples.map(|e| e.label as i64).collect();
-    Tensor::from_slice(&labels).to_device(device)
-}
-
-/// A split's examples with their tokenization.
-#[derive(Clone, Copy)]
-struct Split<'a> {
-    name: &'static str,
-    examples: &'a [Example],
-    encoded: &'a [Encoded],
-}
-
-impl Split<'_> {
-    /// Fails before training if an example has no image or its file is missing.
-    fn check_images(&self, root: &Path) -> Result<()> {
-        let mut missing = self.examples.iter().filter_map(|e| match &e.image {
-            None => Some(format!("example `{}` has no image", e.id)),
-            Some(p) if !root.join(p).is_file() => {
-                Some(format!("image not found: {}", root.join(p).display()))
-            }
-            Some(_) => None,
-        });
-        if let Some(first) = missing.next() {
-            bail!(
-                "{} split: {first} ({} more); a text+image model needs every example's image",
-                self.name,
-                missing.count()
-            );
-        }
-        Ok(())
-    }
-}
-
-/// Turns examples into model inputs: padded tokens, and for text+image models the images
-/// processed as the checkpoint's preprocessor config says.
-struct Batcher<'a> {
-    pad: i64,
-    device: Device,
-    images: Option<ImageProcessor>,
-    root: &'a Path,
-}
-
-impl Batcher<'_> {
-    fn batch(&self, split: Split, indices: &[usize]) -> Result<Batch> {
-        let items: Vec<&Encoded> = indices.iter().map(|&i| &split.encoded[i]).collect();
-        let mut batch = collate(&items, self.pad, self.device);
-        if let Some(proc) = &self.images {
-            let paths: Vec<PathBuf> = indices
-                .iter()
-                .map(|&i| {
-                    self.root
-                        .join(split.examples[i].image.as_deref().unwrap_or(Path::new("")))
-                })
-                .collect();
-            let pixels = proc.process(&paths)?;
-            batch.pixel_values = Some(pixels.pixel_values.to_device(self.device));
-            batch.pixel_mask = pixels.pixel_mask.map(|m| m.to_device(self.device));
-        }
-        Ok(batch)
-    }
-}
-
 /// Model outputs on a split, in the split's order.
 struct Scored {
     loss: f64,
-    labels: Vec<usize>,
+    labels: Vec<Option<usize>>,
+    /// Per-label scores: softmax probabilities, or sigmoids for soft-label tasks.
     probs: Vec<Vec<f32>>,
+    /// VQA accuracy per example, for soft-label tasks.
+    vqa: Option<Vec<f64>>,
+}
+
+/// Metrics of a scored split.
+struct Scores {
+    accuracy: f64,
+    f1: f64,
+    auroc: Option<f64>,
+    vqa_accuracy: Option<f64>,
 }
 
 /// Scores a split in eval mode. Batches are formed from examples of similar length so that
@@ -326,53 +391,91 @@ struct Scored {
 fn evaluate(model: &Loaded, batcher: &Batcher, split: Split, batch_size: usize) -> Result<Scored> {
     let mut order: Vec<usize> = (0..split.examples.len()).collect();
     order.sort_by_key(|&i| split.encoded[i].ids.len());
+    let chunks: Vec<&[usize]> = order.chunks(batch_size * 2).collect();
+    let prefetch = batcher.prefetch(split, &chunks);
+    let labeled = split.labeled();
     let mut probs = vec![Vec::new(); split.examples.len()];
     let mut loss_sum = 0.0;
     tch::no_grad(|| -> Result<()> {
-        for chunk in order.chunks(batch_size * 2) {
-            let batch = batcher.batch(split, chunk)?;
-            let labels = labels_tensor(chunk.iter().map(|&i| &split.examples[i]), batcher.device);
+        for chunk in &chunks {
+            let batch = batcher.batch(split, chunk, prefetch.as_ref())?;
             let logits = models::logits(model.model.forward(&batch, false));
-            loss_sum +=
-                f64::try_from(logits.cross_entropy_for_logits(&labels))? * chunk.len() as f64;
-            let p = logits.softmax(-1, Kind::Float).to_device(Device::Cpu);
-            for (&i, row) in chunk.iter().zip(Vec::<Vec<f32>>::try_from(p)?) {
+            if labeled {
+                loss_sum +=
+                    f64::try_from(batcher.loss(&logits, split, chunk))? * chunk.len() as f64;
+            }
+            let p = match batcher.task {
+                Task::Classification => logits.softmax(-1, Kind::Float),
+                Task::SoftLabels => logits.sigmoid(),
+            };
+            for (&i, row) in chunk
+                .iter()
+                .zip(Vec::<Vec<f32>>::try_from(p.to_device(Device::Cpu))?)
+            {
                 probs[i] = row;
             }
         }
         Ok(())
     })?;
+    let vqa = (batcher.task == Task::SoftLabels).then(|| {
+        split
+            .examples
+            .iter()
+            .zip(&probs)
+            .map(|(e, p)| vqa_accuracy(&batcher.ds.label_names[argmax(p)], &e.answers))
+            .collect()
+    });
     Ok(Scored {
         loss: loss_sum / split.examples.len().max(1) as f64,
         labels: split.examples.iter().map(|e| e.label).collect(),
         probs,
+        vqa,
     })
 }
 
-/// Scores the dev split and reports `eval/loss`, `eval/accuracy`, `eval/f1`, `eval/auroc`.
-#[allow(clippy::too_many_arguments)]
-fn report_dev(
-    model: &Loaded,
-    batcher: &Batcher,
-    dev: Split,
-    batch_size: usize,
-    num_labels: usize,
-    step: u64,
-    epoch: f64,
-    sink: &mut dyn EventSink,
-) -> Result<()> {
-    if dev.examples.is_empty() {
-        return Ok(());
+/// Reports `{prefix}/loss`, `/accuracy`, `/f1`, `/auroc` (and `/vqa_accuracy`) of a labeled
+/// scored split; returns the metrics.
+fn report(sink: &mut dyn EventSink, prefix: &str, s: &Scored, step: u64, epoch: f64) -> Scores {
+    let num_labels = s.probs.first().map_or(2, Vec::len);
+    // VQA questions whose answers are all outside the answer classes have no label: they
+    // count as wrong for accuracy and are left out of F1
+    let (labels, probs): (Vec<usize>, Vec<Vec<f32>>) = s
+        .labels
+        .iter()
+        .zip(&s.probs)
+        .filter_map(|(l, p)| l.map(|l| (l, p.clone())))
+        .unzip();
+    let mut m = classification_metrics(&labels, &probs, num_labels);
+    if labels.len() < s.labels.len() {
+        let right = labels
+            .iter()
+            .zip(&probs)
+            .filter(|(l, p)| **l == argmax(p))
+            .count();
+        m.accuracy = right as f64 / s.labels.len() as f64;
+        m.auroc = None;
     }
-    let s = evaluate(model, batcher, dev, batch_size)?;
-    let m = classification_metrics(&s.labels, &s.probs, num_labels);
-    sink.emit(metric("eval/loss", step, epoch, s.loss));
-    sink.emit(metric("eval/accuracy", step, epoch, m.accuracy));
-    sink.emit(metric("eval/f1", step, epoch, m.f1));
-    if let Some(a) = m.auroc {
-        sink.emit(metric("eval/auroc", step, epoch, a));
+    let vqa_accuracy = s
+        .vqa
+        .as_ref()
+        .map(|v| v.iter().sum::<f64>() / v.len().max(1) as f64);
+    for (key, value) in [
+        ("loss", Some(s.loss)),
+        ("accuracy", Some(m.accuracy)),
+        ("f1", Some(m.f1)),
+        ("auroc", m.auroc),
+        ("vqa_accuracy", vqa_accuracy),
+    ] {
+        if let Some(v) = value {
+            sink.emit(metric(&format!("{prefix}/{key}"), step, epoch, v));
+        }
     }
-    Ok(())
+    Scores {
+        accuracy: m.accuracy,
+        f1: m.f1,
+        auroc: m.auroc,
+        vqa_accuracy,
+    }
 }
 
 fn predictions(examples: &[Example], s: &Scored) -> Vec<Prediction> {
@@ -383,7 +486,11 @@ fn predictions(examples: &[Example], s: &Scored) -> Vec<Prediction> {
             example_id: e.id.clone(),
             label: e.label,
             pred: argmax(p),
-            probs: p.clone(),
+            probs: if p.len() <= STORED_PROBS {
+                p.clone()
+            } else {
+                Vec::new()
+            },
         })
         .collect()
 }

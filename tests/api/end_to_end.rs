@@ -214,7 +214,7 @@ async fn the_fusion_presets_put_an_image_encoder_beside_the_real_minilm_and_trai
 }
 
 #[tokio::test]
-async fn a_text_and_image_run_fails_before_training_when_an_image_is_missing() {
+async fn a_text_and_image_run_on_a_dataset_without_images_fails_before_training() {
     let app = TestApp::with_models(&[("minilm-l6", &minilm_dir())]).await;
     app.add_dataset(
         "no-pictures",
@@ -228,7 +228,7 @@ async fn a_text_and_image_run_fails_before_training_when_an_image_is_missing() {
     assert_eq!(run.status, RunStatus::Failed);
     let error = run.error.unwrap();
     assert!(
-        error.contains("train split: image not found:") && error.contains("img/1.png"),
+        error.contains("train split: example `1` has no image"),
         "{error}"
     );
 }

@@ -23,11 +23,9 @@ fn shared_fixtures() -> &'static Path {
     DIR.get_or_init(|| {
         let dir = tempfile::tempdir().unwrap();
         modalbench::models::presets::ensure_presets(&dir.path().join("models")).unwrap();
-        modalbench::data::demo::write_demo_news(
-            &dir.path().join("datasets"),
-            modalbench::app::DEMO_SEED,
-        )
-        .unwrap();
+        for (_, write) in modalbench::data::demo::DEMOS {
+            write(&dir.path().join("datasets"), modalbench::app::DEMO_SEED).unwrap();
+        }
         dir
     })
     .path()
@@ -53,7 +51,7 @@ pub struct TestApp {
 }
 
 impl TestApp {
-    /// An app with one CPU slot, the built-in presets and the `demo-news` dataset.
+    /// An app with one CPU slot, the built-in presets and the demo datasets.
     pub async fn new() -> TestApp {
         Self::with_models(&[]).await
     }
@@ -69,11 +67,10 @@ impl TestApp {
             let preset = preset.unwrap();
             std::os::unix::fs::symlink(preset.path(), models.join(preset.file_name())).unwrap();
         }
-        std::os::unix::fs::symlink(
-            fixtures.join("datasets/demo-news"),
-            datasets.join("demo-news"),
-        )
-        .unwrap();
+        for demo in std::fs::read_dir(fixtures.join("datasets")).unwrap() {
+            let demo = demo.unwrap();
+            std::os::unix::fs::symlink(demo.path(), datasets.join(demo.file_name())).unwrap();
+        }
         for (name, path) in extra {
             std::os::unix::fs::symlink(path, models.join(name)).unwrap();
         }
@@ -94,7 +91,7 @@ impl TestApp {
         }
     }
 
-    /// Writes a dataset in the Hateful Memes layout and registers it. `rows` are
+    /// Writes a text-only dataset in the Hateful Memes layout and registers it. `rows` are
     /// (text, label) per split, in train/dev/test order.
     pub async fn add_dataset(&self, name: &str, splits: [&[(&str, u32)]; 3]) {
         let root = self.dir.path().join("data/datasets").join(name);
@@ -106,7 +103,7 @@ impl TestApp {
         {
             let mut text = String::new();
             for (t, label) in rows {
-                text += &serde_json::json!({"id": id, "img": format!("img/{id}.png"), "text": t, "label": label}).to_string();
+                text += &serde_json::json!({"id": id, "text": t, "label": label}).to_string();
                 text.push('\n');
                 id += 1;
             }

@@ -172,8 +172,7 @@ fn tokenization_matches_transformers_for_tokenizer_json_and_vocabulary_files() {
                 id: "x".into(),
                 text: case["text"].as_str().unwrap().into(),
                 text_pair: case["pair"].as_str().map(str::to_string),
-                image: None,
-                label: 0,
+                ..Default::default()
             };
             let got = &enc.encode(&[ex]).unwrap()[0];
             let ids: Vec<i64> = serde_json::from_value(case["ids"].clone()).unwrap();

@@ -292,7 +292,12 @@ async fn models_and_datasets_are_listed_with_what_runs_need() {
 
     let (status, body) = app.get("/api/v1/datasets").await;
     assert_eq!(status, StatusCode::OK);
-    let news = &body["datasets"][0];
+    let news = body["datasets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["name"] == "demo-news")
+        .unwrap();
     assert_eq!(news["name"], "demo-news");
     assert_eq!(news["format"], "hateful_memes");
     assert_eq!(news["num_labels"], 4);

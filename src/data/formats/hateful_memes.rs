@@ -1,27 +1,49 @@
-//! The Hateful Memes layout (Kiela et al., 2020): a folder with `img/`, `train.jsonl`, a dev file
-//! (`dev.jsonl`, `dev_seen.jsonl` or `dev_unseen.jsonl`) and a test file (`test.jsonl`,
-//! `test_seen.jsonl` or `test_unseen.jsonl`); one JSON object per line with `id`, `img`, `text`
-//! and `label`.
+//! The Hateful Memes layout (Kiela et al., 2020): a folder with `img/`, `train.jsonl`, a dev
+//! file (`dev_seen.jsonl`, `dev_unseen.jsonl` or `dev.jsonl`) and a test file
+//! (`test_seen.jsonl`, `test_unseen.jsonl` or `test.jsonl`); one JSON object per line with
+//! `id`, `img`, `text` and `label`. A test file may come without labels: that split is then
+//! prediction-only. Label names come from `modalbench.toml` (`label_names`), else they are the
+//! integer values.
 
-use crate::data::Example;
+use super::{Format, relative};
+use crate::data::{Example, Problems, Source, Splits, Task, integer_label_names};
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 
-/// The format's registry name.
-pub const FORMAT: &str = "hateful_memes";
+/// The layout.
+pub static FORMAT: Format = Format {
+    name: "hateful_memes",
+    detect,
+    read,
+};
 
-const DEV_FILES: [&str; 3] = ["dev.jsonl", "dev_seen.jsonl", "dev_unseen.jsonl"];
-const TEST_FILES: [&str; 3] = ["test.jsonl", "test_seen.jsonl", "test_unseen.jsonl"];
+const DEV_FILES: [&str; 3] = ["dev_seen.jsonl", "dev_unseen.jsonl", "dev.jsonl"];
+const TEST_FILES: [&str; 3] = ["test_seen.jsonl", "test_unseen.jsonl", "test.jsonl"];
 
-/// The train, dev and test files of the folder, first match in the published order.
-pub fn split_files(root: &Path) -> Result<[PathBuf; 3]> {
-    let train = root.join("train.jsonl");
-    if !train.is_file() {
-        bail!("{}: no train.jsonl", root.display());
-    }
-    let pick = |names: &[&str], role: &str| -> Result<PathBuf> {
+fn detect(root: &Path) -> bool {
+    root.join("train.jsonl").is_file()
+        && DEV_FILES.iter().any(|f| root.join(f).is_file())
+        && TEST_FILES.iter().any(|f| root.join(f).is_file())
+}
+
+/// The train, dev and test files: the options' `splits` where given, else the first of the
+/// published names that exists.
+pub fn split_files(source: &Source) -> Result<[PathBuf; 3]> {
+    let root = &source.root;
+    let given = |role: &str| {
+        source
+            .options
+            .splits
+            .as_ref()
+            .and_then(|s| s.get(role))
+            .map(|f| root.join(f))
+    };
+    let pick = |role: &str, names: &[&str]| -> Result<PathBuf> {
+        if let Some(f) = given(role) {
+            return Ok(f);
+        }
         names
             .iter()
             .map(|n| root.join(n))
@@ -34,97 +56,232 @@ pub fn split_files(root: &Path) -> Result<[PathBuf; 3]> {
                 )
             })
     };
-    Ok([train, pick(&DEV_FILES, "dev")?, pick(&TEST_FILES, "test")?])
+    Ok([
+        pick("train", &["train.jsonl"])?,
+        pick("dev", &DEV_FILES)?,
+        pick("test", &TEST_FILES)?,
+    ])
 }
 
-/// Reads the three splits.
-pub fn read(root: &Path) -> Result<(Vec<Example>, Vec<Example>, Vec<Example>)> {
-    let [train, dev, test] = split_files(root)?;
-    Ok((read_file(&train)?, read_file(&dev)?, read_file(&test)?))
+fn read(source: &Source, problems: &mut Problems) -> Result<Splits> {
+    let files = split_files(source)?;
+    let mut splits = Splits {
+        task: Task::Classification,
+        ..Default::default()
+    };
+    let mut max_label = None;
+    for (i, file) in files.iter().enumerate() {
+        // only the test split may come without labels
+        let examples = read_file(&source.root, file, i == 2, problems)?;
+        max_label = examples.iter().filter_map(|e| e.label).max().max(max_label);
+        splits.files[i] = relative(&source.root, file);
+        match i {
+            0 => splits.train = examples,
+            1 => splits.dev = examples,
+            _ => splits.test = examples,
+        }
+    }
+    splits.label_names = integer_label_names(max_label, source.options.label_names.as_ref());
+    let n = splits.label_names.len();
+    for (examples, file) in [&mut splits.train, &mut splits.dev, &mut splits.test]
+        .into_iter()
+        .zip(&files)
+    {
+        examples.retain(|e| match e.label {
+            Some(l) if l >= n => {
+                problems.push(
+                    &source.root,
+                    file,
+                    None,
+                    format!(
+                        "example `{}`: label {l} has no name (label_names has {n})",
+                        e.id
+                    ),
+                );
+                false
+            }
+            _ => true,
+        });
+    }
+    Ok(splits)
 }
 
-/// Reads one JSON-lines file; errors name the file, the line and the field.
-pub fn read_file(path: &Path) -> Result<Vec<Example>> {
+/// Reads one JSON-lines file. Bad lines are reported to `problems` with their line number and
+/// field and skipped. `unlabeled_ok`: a file where no line has a label is prediction-only.
+pub fn read_file(
+    root: &Path,
+    path: &Path,
+    unlabeled_ok: bool,
+    problems: &mut Problems,
+) -> Result<Vec<Example>> {
     let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let mut out = Vec::new();
+    let mut missing_label = Vec::new();
     for (i, line) in BufReader::new(file).lines().enumerate() {
         let line = line.with_context(|| format!("reading {}", path.display()))?;
         if line.trim().is_empty() {
             continue;
         }
-        let at = || format!("{} line {}", path.display(), i + 1);
-        let v: Value =
-            serde_json::from_str(&line).with_context(|| format!("{}: not valid JSON", at()))?;
-        let field = |name: &str| -> Result<&Value> {
-            v.get(name)
-                .with_context(|| format!("{}: missing field `{name}`", at()))
-        };
-        let id = match field("id")? {
-            Value::String(s) => s.clone(),
-            Value::Number(n) => n.to_string(),
-            other => bail!(
-                "{}: field `id` must be a string or number, found {other}",
-                at()
-            ),
-        };
-        let text = field("text")?
-            .as_str()
-            .with_context(|| format!("{}: field `text` must be a string", at()))?
-            .to_string();
-        let label = field("label")?
-            .as_u64()
-            .with_context(|| format!("{}: field `label` must be a non-negative integer", at()))?
-            as usize;
-        let image = match v.get("img") {
-            None | Some(Value::Null) => None,
-            Some(Value::String(s)) => Some(PathBuf::from(s)),
-            Some(other) => bail!("{}: field `img` must be a path string, found {other}", at()),
-        };
-        out.push(Example {
-            id,
-            text,
-            text_pair: None,
-            image,
-            label,
-        });
+        match parse_line(&line) {
+            Ok(e) => {
+                if e.label.is_none() {
+                    missing_label.push(i + 1);
+                }
+                out.push(e);
+            }
+            Err(msg) => problems.push(root, path, Some(i + 1), msg),
+        }
+    }
+    // a wholly unlabeled file is prediction-only where allowed; otherwise every line needs one
+    let prediction_only = unlabeled_ok && !out.is_empty() && missing_label.len() == out.len();
+    if !prediction_only && !missing_label.is_empty() {
+        for &line in &missing_label {
+            problems.push(root, path, Some(line), "missing field `label`");
+        }
+        out.retain(|e| e.label.is_some());
     }
     Ok(out)
+}
+
+fn parse_line(line: &str) -> Result<Example, String> {
+    let v: Value = serde_json::from_str(line).map_err(|e| format!("not valid JSON ({e})"))?;
+    let field = |name: &str| v.get(name).ok_or_else(|| format!("missing field `{name}`"));
+    let id = match field("id")? {
+        Value::String(s) => s.clone(),
+        Value::Number(n) => n.to_string(),
+        other => {
+            return Err(format!(
+                "field `id` must be a string or number, found {other}"
+            ));
+        }
+    };
+    let text = field("text")?
+        .as_str()
+        .ok_or("field `text` must be a string")?
+        .to_string();
+    let label = match v.get("label") {
+        None | Some(Value::Null) => None,
+        Some(l) => Some(
+            l.as_u64()
+                .ok_or_else(|| format!("field `label` must be a non-negative integer, found {l}"))?
+                as usize,
+        ),
+    };
+    let image = match v.get("img") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(PathBuf::from(s)),
+        Some(other) => return Err(format!("field `img` must be a path string, found {other}")),
+    };
+    Ok(Example {
+        id,
+        text,
+        image,
+        label,
+        ..Default::default()
+    })
+}
+
+/// Writes examples as a Hateful Memes JSON-lines file (the demo data uses it).
+pub fn write_file(path: &Path, examples: &[Example]) -> Result<()> {
+    use std::io::Write;
+    let mut out = std::io::BufWriter::new(
+        std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,
+    );
+    for e in examples {
+        let id: Value =
+            e.id.parse::<u64>()
+                .map(Value::from)
+                .unwrap_or_else(|_| Value::from(e.id.clone()));
+        let mut line = serde_json::json!({"id": id, "img": e.image, "text": e.text});
+        if let Some(l) = e.label {
+            line["label"] = l.into();
+        }
+        writeln!(out, "{line}")?;
+    }
+    out.flush()?;
+    if examples.is_empty() {
+        bail!("{}: no examples to write", path.display());
+    }
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::data::{Check, Options, load};
 
-    #[test]
-    fn a_line_without_a_label_is_an_error_naming_file_line_and_field() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("train.jsonl");
-        std::fs::write(
-            &p,
-            "{\"id\": 1, \"img\": \"img/1.png\", \"text\": \"a\", \"label\": 0}\n\
-             {\"id\": 2, \"img\": \"img/2.png\", \"text\": \"b\"}\n",
-        )
-        .unwrap();
-        let err = format!("{:#}", read_file(&p).unwrap_err());
-        assert!(err.contains("train.jsonl line 2"), "{err}");
-        assert!(err.contains("missing field `label`"), "{err}");
+    fn source(root: &Path) -> Source {
+        Source {
+            format: "hateful_memes".into(),
+            root: root.to_path_buf(),
+            options: Options::default(),
+        }
+    }
+
+    fn write(dir: &Path, name: &str, lines: &[&str]) {
+        std::fs::write(dir.join(name), lines.join("\n") + "\n").unwrap();
     }
 
     #[test]
-    fn numeric_and_string_ids_are_both_read() {
+    fn bad_lines_are_reported_with_file_line_and_field() {
         let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("dev.jsonl");
-        std::fs::write(
-            &p,
-            "{\"id\": 42953, \"img\": \"img/42953.png\", \"text\": \"x\", \"label\": 1}\n\n\
-             {\"id\": \"a7\", \"text\": \"y\", \"label\": 0}\n",
-        )
-        .unwrap();
-        let ex = read_file(&p).unwrap();
-        assert_eq!(ex.len(), 2);
-        assert_eq!(ex[0].id, "42953");
-        assert_eq!(ex[0].image.as_deref(), Some(Path::new("img/42953.png")));
-        assert_eq!(ex[1].id, "a7");
-        assert_eq!(ex[1].image, None);
+        write(
+            dir.path(),
+            "train.jsonl",
+            &[
+                r#"{"id": 1, "img": "img/1.png", "text": "a", "label": 0}"#,
+                r#"{"id": 2, "img": "img/2.png", "text": "b"}"#,
+                r#"{"id": 3, "text": 7, "label": 1}"#,
+                "not json",
+                r#"{"id": 5, "text": "fine", "label": 1}"#,
+            ],
+        );
+        write(
+            dir.path(),
+            "dev_seen.jsonl",
+            &[r#"{"id": "a7", "text": "y", "label": 1}"#],
+        );
+        write(
+            dir.path(),
+            "test_unseen.jsonl",
+            &[r#"{"id": 9, "text": "z"}"#],
+        );
+        let e = format!(
+            "{:#}",
+            load("m", &source(dir.path()), Check::Strict).unwrap_err()
+        );
+        assert!(
+            e.contains("train.jsonl line 2: missing field `label`"),
+            "{e}"
+        );
+        assert!(
+            e.contains("train.jsonl line 3: field `text` must be a string"),
+            "{e}"
+        );
+        assert!(e.contains("train.jsonl line 4: not valid JSON"), "{e}");
+        assert!(
+            e.contains("img/1.png: train example `1`: image not found"),
+            "{e}"
+        );
+
+        let ds = load("m", &source(dir.path()), Check::Report).unwrap();
+        assert_eq!(ds.problems.len(), 4);
+        assert_eq!(
+            ds.train.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(),
+            ["5"]
+        );
+        assert_eq!(ds.dev[0].id, "a7");
+        assert_eq!(
+            ds.files,
+            [
+                "train.jsonl".to_string(),
+                "dev_seen.jsonl".into(),
+                "test_unseen.jsonl".into()
+            ]
+        );
+        assert_eq!(
+            ds.test[0].label, None,
+            "an unlabeled test file is prediction-only"
+        );
     }
 }

@@ -1,3 +1,56 @@
-//! Readers for the on-disk layouts datasets are published in.
+//! Readers for the on-disk layouts datasets are published in, and the `modalbench.toml` that
+//! names a folder's format and options.
 
 pub mod hateful_memes;
+pub mod manifest;
+
+use super::{Problems, Source, Splits};
+use anyhow::{Result, bail};
+use std::path::Path;
+
+/// A dataset layout.
+pub struct Format {
+    /// The name registrations and `modalbench.toml` use.
+    pub name: &'static str,
+    /// Whether a folder has this layout's files.
+    pub detect: fn(&Path) -> bool,
+    /// Reads every split; bad lines go to `problems`, a missing file is an error.
+    pub read: fn(&Source, &mut Problems) -> Result<Splits>,
+}
+
+/// Every layout, in detection order.
+pub static FORMATS: &[&Format] = &[&hateful_memes::FORMAT];
+
+/// Names of the known formats.
+pub fn names() -> Vec<&'static str> {
+    FORMATS.iter().map(|f| f.name).collect()
+}
+
+/// The format of a folder's files, if one matches.
+pub fn detect(root: &Path) -> Option<&'static str> {
+    FORMATS.iter().find(|f| (f.detect)(root)).map(|f| f.name)
+}
+
+/// The format called `name`; the error lists the known ones.
+pub fn by_name(name: &str) -> Result<&'static Format> {
+    match FORMATS.iter().find(|f| f.name == name) {
+        Some(f) => Ok(f),
+        None => bail!(
+            "unknown dataset format `{name}` (known: {})",
+            names().join(", ")
+        ),
+    }
+}
+
+/// Reads a dataset with its source's format.
+pub fn read(source: &Source, problems: &mut Problems) -> Result<Splits> {
+    (by_name(&source.format)?.read)(source, problems)
+}
+
+/// `file`, relative to `root` where it is inside it, for messages.
+pub fn relative(root: &Path, file: &Path) -> String {
+    file.strip_prefix(root)
+        .unwrap_or(file)
+        .display()
+        .to_string()
+}

@@ -17,7 +17,6 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/", get(overview))
         .route("/leaderboard", get(leaderboard))
         .route("/models", get(models))
-        .route("/datasets", get(datasets))
 }
 
 /// A model as a table row.
@@ -55,7 +54,6 @@ struct DatasetRow {
     format: String,
     num_labels: i64,
     splits: String,
-    root: String,
 }
 
 async fn model_rows(state: &AppState) -> anyhow::Result<Vec<ModelRow>> {
@@ -84,7 +82,6 @@ async fn dataset_rows(state: &AppState) -> anyhow::Result<Vec<DatasetRow>> {
             name: d.name,
             format: d.format,
             num_labels: d.num_labels,
-            root: d.root,
         })
         .collect())
 }
@@ -205,19 +202,5 @@ async fn models(State(state): State<AppState>) -> PageResult {
     render(&ModelsPage {
         models: model_rows(&state).await?,
         models_dir: state.settings.models_dir.display().to_string(),
-    })
-}
-
-#[derive(Template)]
-#[template(path = "datasets.html")]
-struct DatasetsPage {
-    datasets: Vec<DatasetRow>,
-    datasets_dir: String,
-}
-
-async fn datasets(State(state): State<AppState>) -> PageResult {
-    render(&DatasetsPage {
-        datasets: dataset_rows(&state).await?,
-        datasets_dir: state.settings.datasets_dir().display().to_string(),
     })
 }
