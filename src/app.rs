@@ -64,12 +64,18 @@ fn write_atomically(dir: &Path, name: &str, write: impl FnOnce(&Path) -> Result<
 /// Registers every folder under `root` whose format is recognised; others are skipped with a
 /// logged reason. Registered datasets whose folder under `root` disappeared are forgotten.
 pub async fn register_datasets(store: &Store, root: &Path) -> Result<Vec<String>> {
-    let root = root.to_path_buf();
-    let found = tokio::task::spawn_blocking(move || scan_datasets(&root)).await?;
+    let scan_root = root.to_path_buf();
+    let found = tokio::task::spawn_blocking(move || scan_datasets(&scan_root)).await?;
     let mut names = Vec::new();
     for (name, info) in found {
         store.upsert_dataset(&name, &info).await?;
         names.push(name);
+    }
+    for d in store.list_datasets().await? {
+        if d.info.source.root.starts_with(root) && !d.info.source.root.exists() {
+            tracing::info!(dataset = d.name, "forgotten: its folder is gone");
+            store.delete_dataset(&d.name).await?;
+        }
     }
     Ok(names)
 }

@@ -16,6 +16,14 @@ pub struct Settings {
     /// Concurrent CPU runs when no CUDA device is present.
     #[arg(long, env = "MODALBENCH_CPU_SLOTS", default_value_t = 1)]
     pub cpu_slots: usize,
+    /// More folders datasets may be registered from (besides the data dir); repeat the flag, or
+    /// separate folders with `:` in the variable.
+    #[arg(
+        long = "data-root",
+        env = "MODALBENCH_DATA_ROOTS",
+        value_delimiter = ':'
+    )]
+    pub data_roots: Vec<PathBuf>,
     /// Program started for each run (defaults to this binary's own `worker` subcommand).
     #[arg(long, env = "MODALBENCH_WORKER_EXE", hide = true)]
     pub worker_exe: Option<PathBuf>,
@@ -28,6 +36,7 @@ impl Settings {
             data_dir: data_dir.into(),
             models_dir: models_dir.into(),
             cpu_slots: 1,
+            data_roots: Vec::new(),
             worker_exe: None,
         }
     }
@@ -40,6 +49,13 @@ impl Settings {
     /// Root of the registered-by-folder datasets.
     pub fn datasets_dir(&self) -> PathBuf {
         self.data_dir.join("datasets")
+    }
+
+    /// Folders datasets may be registered from: the data dir and the `--data-root`s.
+    pub fn dataset_roots(&self) -> Vec<PathBuf> {
+        std::iter::once(self.data_dir.clone())
+            .chain(self.data_roots.iter().cloned())
+            .collect()
     }
 
     /// Where a run's outputs (fine-tuned checkpoint) go.

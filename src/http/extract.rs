@@ -70,6 +70,8 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
             return not_json(&inner);
         }
         if let Some(field) = unknown_field(&message) {
+            // inside a nested object the path spells the whole way to the field
+            let field = if path == "." { field } else { path.clone() };
             let mut msg = format!("unknown field `{field}`");
             if let Some(i) = message.find("expected") {
                 msg = format!("{msg}; {}", &message[i..]);

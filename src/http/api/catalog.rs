@@ -1,19 +1,24 @@
 //! `/models` and `/datasets`: what runs can use.
 
+use crate::data::{self, Check, Options, Source};
 use crate::http::AppState;
 use crate::http::error::{ApiError, ApiResult};
+use crate::http::extract::ApiJson;
 use crate::models::registry::{self, ModelInfo};
 use crate::store::datasets::DatasetRecord;
 use axum::extract::{Path, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
 
 pub(crate) fn router() -> Router<AppState> {
     Router::new()
         .route("/models", get(models))
         .route("/models/{name}", get(model))
-        .route("/datasets", get(datasets))
+        .route("/datasets", get(datasets).post(register))
         .route("/datasets/{name}", get(dataset))
 }
 
@@ -60,4 +65,149 @@ async fn dataset(
         .await?
         .map(Json)
         .ok_or_else(|| ApiError::not_found(format!("dataset `{name}`")))
+}
+
+/// Body of `POST /api/v1/datasets`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterRequest {
+    /// Name runs will use: letters, digits, `-`, `_`, `.`; not starting with `.`.
+    pub name: String,
+    /// The dataset folder; must be inside one of the data roots.
+    pub path: PathBuf,
+    /// Format name; recognised from the folder (or its `modalbench.toml`) if absent.
+    pub format: Option<String>,
+    /// Format options, as in `modalbench.toml`.
+    #[serde(default)]
+    pub options: Option<Options>,
+    /// `strict` (default): fail with the first 20 problems; `report`: skip bad lines, count them.
+    #[serde(default)]
+    pub check: Check,
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && !name.starts_with('.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+}
+
+/// The folder `path` names, resolved (`..` and symlinks followed), if it lies inside one of
+/// `roots` (resolved the same way).
+pub fn confine(path: &std::path::Path, roots: &[PathBuf]) -> Result<PathBuf, ApiError> {
+    let real = std::fs::canonicalize(path).map_err(|e| {
+        ApiError::invalid(
+            "path",
+            "invalid_value",
+            format!("`path` {}: {e}", path.display()),
+        )
+    })?;
+    if !real.is_dir() {
+        return Err(ApiError::invalid(
+            "path",
+            "invalid_value",
+            format!("`path` {} is not a folder", path.display()),
+        ));
+    }
+    let inside = roots
+        .iter()
+        .filter_map(|r| std::fs::canonicalize(r).ok())
+        .any(|r| real.starts_with(&r));
+    if !inside {
+        let shown: Vec<String> = roots.iter().map(|r| r.display().to_string()).collect();
+        return Err(ApiError::invalid(
+            "path",
+            "outside_data_roots",
+            format!(
+                "`path` {} resolves to {}, which is outside the data roots ({}); start the service with --data-root to allow another folder",
+                path.display(),
+                real.display(),
+                shown.join(", ")
+            ),
+        ));
+    }
+    Ok(real)
+}
+
+/// Registers a dataset folder: checks the name, confines the path, reads and checks every
+/// split (images included), then stores it. Nothing is stored when any check fails.
+async fn register(
+    State(state): State<AppState>,
+    ApiJson(req): ApiJson<RegisterRequest>,
+) -> ApiResult<Response> {
+    if !valid_name(&req.name) {
+        return Err(ApiError::invalid(
+            "name",
+            "invalid_value",
+            format!(
+                "`name` `{}` must be 1 to 64 letters, digits, `-`, `_` or `.`, not starting with `.`",
+                req.name
+            ),
+        ));
+    }
+    let root = confine(&req.path, &state.settings.dataset_roots())?;
+    if let Some(existing) = state.store.get_dataset(&req.name).await?
+        && existing.info.source.root != root
+    {
+        return Err(ApiError::conflict(format!(
+            "a dataset `{}` is already registered from {}",
+            req.name,
+            existing.info.source.root.display()
+        )));
+    }
+    let source = match (&req.format, req.options) {
+        (Some(format), options) => {
+            data::formats::by_name(format)
+                .map_err(|e| ApiError::invalid("format", "unknown_format", format!("{e:#}")))?;
+            Source {
+                format: format.clone(),
+                root: root.clone(),
+                options: options.unwrap_or_default(),
+            }
+        }
+        (None, options) => {
+            let detected = tokio::task::spawn_blocking({
+                let root = root.clone();
+                move || data::detect(&root)
+            })
+            .await
+            .map_err(anyhow::Error::from)?
+            .map_err(|e| ApiError::invalid("path", "invalid_value", format!("{e:#}")))?;
+            let mut source = detected.ok_or_else(|| {
+                ApiError::invalid(
+                    "format",
+                    "unknown_format",
+                    format!(
+                        "no known dataset layout in {}; name the `format` (one of: {})",
+                        root.display(),
+                        data::formats::names().join(", ")
+                    ),
+                )
+            })?;
+            if let Some(o) = options {
+                source.options = o;
+            }
+            source
+        }
+    };
+    let (name, check) = (req.name.clone(), req.check);
+    let info = tokio::task::spawn_blocking(move || data::inspect(&name, &source, check))
+        .await
+        .map_err(anyhow::Error::from)?
+        .map_err(|e| ApiError::invalid("path", "invalid_dataset", format!("{e:#}")))?;
+    state.store.upsert_dataset(&req.name, &info).await?;
+    let record = state
+        .store
+        .get_dataset(&req.name)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("dataset vanished"))?;
+    let location = format!("/api/v1/datasets/{}", req.name);
+    Ok((
+        StatusCode::CREATED,
+        [(header::LOCATION, location)],
+        Json(record),
+    )
+        .into_response())
 }
