@@ -132,8 +132,23 @@ fn scan_datasets(root: &Path) -> Vec<(String, data::DatasetInfo)> {
     out
 }
 
-/// The demo study: the real pretrained `minilm-l6` (when installed) and the `bert-tiny` preset
-/// fine-tuned on `demo-news`. Queued only when no run exists yet. Returns the run ids.
+/// The demo study's models, in the order they are queued (the headline comparison first:
+/// the same pretrained text model without and with an image encoder), with learning rates:
+/// pretrained encoders fine-tune at 1e-4, models trained from scratch at 1e-3.
+pub const DEMO_STUDY: [(&str, f64); 7] = [
+    ("minilm-l6", 1e-4),
+    (presets::FUSION_MINILM, 1e-4),
+    (presets::FUSION_LATE_MINILM, 1e-4),
+    ("clip-tiny", 1e-3),
+    ("vilt-tiny", 1e-3),
+    ("flava-tiny", 1e-3),
+    (presets::BERT_TINY, 1e-3),
+];
+
+/// Queues the demo study when the database has no runs yet: every model of [`DEMO_STUDY`] that
+/// is installed, on every demo dataset, 3 epochs each, with as many seeds as there are worker
+/// slots (1 to 3), so that more slots give tighter comparisons in the same time. Returns the
+/// run ids.
 pub async fn queue_demo_study(state: &AppState) -> Result<Vec<i64>> {
     if !state
         .store
@@ -146,8 +161,9 @@ pub async fn queue_demo_study(state: &AppState) -> Result<Vec<i64>> {
     {
         return Ok(Vec::new());
     }
+    let seeds = state.scheduler.slots().len().clamp(1, 3) as u64;
     let mut ids = Vec::new();
-    for (model, lr) in [("minilm-l6", 1e-4), (presets::BERT_TINY, 1e-3)] {
+    for (rank, (model, lr)) in DEMO_STUDY.iter().enumerate() {
         if crate::models::registry::find(&state.settings.models_dir, model)
             .is_none_or(|m| !m.usable)
         {
@@ -157,19 +173,26 @@ pub async fn queue_demo_study(state: &AppState) -> Result<Vec<i64>> {
             );
             continue;
         }
-        let config = TrainConfig {
-            epochs: 3,
-            learning_rate: lr,
-            max_length: 64,
-            ..TrainConfig::default()
-        };
-        ids.push(
-            state
-                .store
-                .insert_run(model, demo::DEMO_NEWS, &config, 0)
-                .await?
-                .id,
-        );
+        for (dataset, _) in demo::DEMOS {
+            for seed in 0..seeds {
+                let config = TrainConfig {
+                    epochs: 3,
+                    learning_rate: *lr,
+                    max_length: 48,
+                    seed,
+                    ..TrainConfig::default()
+                };
+                // earlier rows of the table first
+                let priority = (DEMO_STUDY.len() - rank) as i64;
+                ids.push(
+                    state
+                        .store
+                        .insert_run(model, dataset, &config, priority)
+                        .await?
+                        .id,
+                );
+            }
+        }
     }
     state.scheduler.wake();
     Ok(ids)

@@ -151,3 +151,53 @@ pub fn train_step(
     }
     Ok(())
 }
+
+/// Times the image loader alone on a dataset's train split with a checkpoint's preprocessing:
+/// decoding and resizing every image (no cache), reading them back from the disk cache, and
+/// from the memory cache. Prints examples/s for each.
+pub fn loader(
+    dataset: &std::path::Path,
+    model_dir: &std::path::Path,
+    batch_size: usize,
+) -> Result<()> {
+    use crate::data::image::ImageProcessor;
+    use crate::data::loader::ImageCache;
+    let source = crate::data::detect(dataset)?
+        .ok_or_else(|| anyhow::anyhow!("{}: no known dataset layout", dataset.display()))?;
+    let ds = crate::data::load("bench", &source, crate::data::Check::Strict)?;
+    let proc = ImageProcessor::from_dir(model_dir)?;
+    let paths: Vec<std::path::PathBuf> = ds.train.iter().filter_map(|e| ds.image_path(e)).collect();
+    if paths.is_empty() {
+        anyhow::bail!("the train split has no images");
+    }
+    let cache_dir =
+        std::env::temp_dir().join(format!("modalbench-loader-bench-{}", std::process::id()));
+    let pass = |cache: &ImageCache| -> Result<f64> {
+        let t = Instant::now();
+        for chunk in paths.chunks(batch_size) {
+            let pixels = cache.process(&proc, chunk)?;
+            debug_assert_eq!(pixels.pixel_values.size()[0], chunk.len() as i64);
+        }
+        Ok(paths.len() as f64 / t.elapsed().as_secs_f64())
+    };
+    println!(
+        "{}: {} train images, batch {batch_size}, {} rayon threads, preprocessing of {}",
+        dataset.display(),
+        paths.len(),
+        rayon::current_num_threads(),
+        model_dir.display()
+    );
+    let decode = pass(&ImageCache::new(None, 0))?;
+    let disk = ImageCache::new(Some(cache_dir.clone()), 0);
+    let fill = pass(&disk)?;
+    let from_disk = pass(&disk)?;
+    let memory = ImageCache::new(None, usize::MAX);
+    pass(&memory)?;
+    let from_memory = pass(&memory)?;
+    let _ = std::fs::remove_dir_all(&cache_dir);
+    println!("decode + resize + normalise, no cache:   {decode:>9.1} examples/s");
+    println!("same, writing the disk cache:            {fill:>9.1} examples/s");
+    println!("from the disk cache (normalise only):    {from_disk:>9.1} examples/s");
+    println!("from the memory cache (normalise only):  {from_memory:>9.1} examples/s");
+    Ok(())
+}

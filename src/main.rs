@@ -84,6 +84,19 @@ enum BenchCommand {
         #[arg(long, default_value_t = 20)]
         repeats: usize,
     },
+    /// Throughput of the image loader alone on a dataset's train split (examples/s).
+    Loader {
+        /// Dataset folder.
+        #[arg(long)]
+        dataset: PathBuf,
+        /// Model name under the models dir whose preprocessing is used.
+        #[arg(long, default_value = "fusion-minilm")]
+        model: String,
+        #[arg(long, default_value_t = 32)]
+        batch_size: usize,
+        #[command(flatten)]
+        settings: Settings,
+    },
     /// Training-step throughput of a checkpoint on random inputs (forward+backward samples/s).
     TrainStep {
         /// Model name under the models dir.
@@ -185,6 +198,15 @@ fn main() {
                 device,
             )
         }),
+        Command::Bench {
+            command:
+                BenchCommand::Loader {
+                    dataset,
+                    model,
+                    batch_size,
+                    settings,
+                },
+        } => modalbench::bench::loader(&dataset, &settings.models_dir.join(&model), batch_size),
         Command::Forward {
             checkpoint,
             inputs,
