@@ -1,5 +1,6 @@
 //! Integration tests, one binary so the crate links once.
 
+mod dataset_pages;
 mod end_to_end;
 mod helpers;
 mod leaderboard;
