@@ -189,7 +189,11 @@ impl ImageSummary {
 const SHOWN_FAILURES: usize = 5;
 
 enum Probe {
-    Ok { width: u32, height: u32, format: String },
+    Ok {
+        width: u32,
+        height: u32,
+        format: String,
+    },
     Missing,
     Unreadable(String),
 }
@@ -209,7 +213,12 @@ fn probe(path: &Path) -> Probe {
         Ok((width, height)) => Probe::Ok {
             width,
             height,
-            format: format.extensions_str().first().copied().unwrap_or("?").into(),
+            format: format
+                .extensions_str()
+                .first()
+                .copied()
+                .unwrap_or("?")
+                .into(),
         },
         Err(e) => Probe::Unreadable(e.to_string()),
     }

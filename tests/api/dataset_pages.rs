@@ -106,14 +106,23 @@ async fn the_dataset_list_shows_every_registered_dataset_with_its_splits() {
     let (status, html) = app.page("/datasets").await;
     assert_eq!(status, StatusCode::OK);
     let news = section(&html, r#"<tr data-dataset="demo-news">"#, "</tr>");
-    assert!(news.contains(r#"<a href="/datasets/demo-news">demo-news</a>"#), "{news}");
+    assert!(
+        news.contains(r#"<a href="/datasets/demo-news">demo-news</a>"#),
+        "{news}"
+    );
     assert!(news.contains("<td>hateful_memes</td>"), "{news}");
     assert!(news.contains("<td>classification</td>"), "{news}");
     assert!(news.contains("world, sports, business, science"), "{news}");
     assert!(news.contains("train 384 · dev 96 · test 160"), "{news}");
     let memes = section(&html, r#"<tr data-dataset="demo-memes">"#, "</tr>");
-    assert!(memes.contains("train 1,600 · dev 400 · test 400"), "{memes}");
-    assert!(memes.contains(r#"<td class="num">0</td>"#), "no problems: {memes}");
+    assert!(
+        memes.contains("train 1,600 · dev 400 · test 400"),
+        "{memes}"
+    );
+    assert!(
+        memes.contains(r#"<td class="num">0</td>"#),
+        "no problems: {memes}"
+    );
 }
 
 #[tokio::test]
@@ -130,7 +139,11 @@ async fn the_detail_page_shows_split_sizes_label_balance_and_a_length_histogram(
         assert!(row.contains("<td class=\"note\">labeled</td>"), "{row}");
     }
     // demo-news is balanced by construction: 96 of each of the 4 topics in train
-    let train = section(&html, r#"<section class="balance" data-split="train">"#, "</section>");
+    let train = section(
+        &html,
+        r#"<section class="balance" data-split="train">"#,
+        "</section>",
+    );
     for topic in NEWS_TOPICS {
         let row = section(train, &format!(r#"<tr data-label="{topic}">"#), "</tr>");
         assert!(row.contains(&format!("<th>{topic}</th>")), "{row}");
@@ -150,16 +163,28 @@ async fn the_image_summary_gives_the_demo_picture_sizes() {
     let app = TestApp::new().await;
     let (_, news) = app.page("/datasets/demo-news").await;
     let table = section(&news, r#"<table class="kv images">"#, "</table>");
-    assert!(table.contains("<th>width min / median / max</th><td>48 / 48 / 48</td>"), "{table}");
-    assert!(table.contains("<th>height min / median / max</th><td>48 / 48 / 48</td>"), "{table}");
+    assert!(
+        table.contains("<th>width min / median / max</th><td>48 / 48 / 48</td>"),
+        "{table}"
+    );
+    assert!(
+        table.contains("<th>height min / median / max</th><td>48 / 48 / 48</td>"),
+        "{table}"
+    );
     assert!(table.contains("<td>png 640</td>"), "{table}");
-    assert!(table.contains("<th>missing / unreadable</th><td>0 / 0</td>"), "{table}");
+    assert!(
+        table.contains("<th>missing / unreadable</th><td>0 / 0</td>"),
+        "{table}"
+    );
     assert!(news.contains("All 640 distinct images."));
     // demo-memes has 2,400 pictures: more than the 2,000 read, and the page says so
     let (_, memes) = app.page("/datasets/demo-memes").await;
     let table = section(&memes, r#"<table class="kv images">"#, "</table>");
     assert!(table.contains("<td>64 / 64 / 64</td>"), "{table}");
-    assert!(table.contains("<th>images read</th><td>2,000</td>"), "{table}");
+    assert!(
+        table.contains("<th>images read</th><td>2,000</td>"),
+        "{table}"
+    );
     assert!(memes.contains("A sample of 2,000 of the 2,400 distinct images"));
 }
 
@@ -185,7 +210,11 @@ async fn the_first_page_lists_24_examples_with_thumbnails_that_decode() {
     assert!(content_type.starts_with("image/"), "{content_type}");
     assert!(cache.is_some_and(|c| c.contains("max-age")));
     let img = image::load_from_memory(&body).unwrap();
-    assert_eq!((img.width(), img.height()), (48, 48), "small images keep their size");
+    assert_eq!(
+        (img.width(), img.height()),
+        (48, 48),
+        "small images keep their size"
+    );
     // the last page of dev: 96 = 4 pages of 24, a previous link and no next one
     let (_, last) = app.page("/datasets/demo-news?split=dev&page=4").await;
     assert_eq!(thumb_srcs(&last).len(), 24);
@@ -206,11 +235,17 @@ async fn a_large_image_is_shrunk_to_160_pixels_and_a_broken_one_is_named() {
     assert_eq!((img.width(), img.height()), (160, 40));
     let (status, body) = app.page("/datasets/pictures/thumbnail/train/1").await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
-    assert!(body.contains("image file `img/broken.jpg` cannot be decoded"), "{body}");
+    assert!(
+        body.contains("image file `img/broken.jpg` cannot be decoded"),
+        "{body}"
+    );
     // the page itself still renders, the bad file named in the image summary
     let (status, html) = app.page("/datasets/pictures").await;
     assert_eq!(status, StatusCode::OK);
-    assert!(html.contains("<th>missing / unreadable</th><td>0 / 1</td>"), "{html}");
+    assert!(
+        html.contains("<th>missing / unreadable</th><td>0 / 1</td>"),
+        "{html}"
+    );
     assert!(html.contains("img/broken.jpg: "));
     let test = section(&html, r#"<tr data-split="test">"#, "</tr>");
     assert!(test.contains("prediction-only"), "{test}");
@@ -226,7 +261,10 @@ async fn unknown_datasets_splits_indices_and_imageless_examples_have_no_thumbnai
     pictures_dataset(&app).await;
     let (status, html) = app.page("/datasets/no-such-data").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
-    assert!(html.contains("dataset `no-such-data` does not exist"), "{html}");
+    assert!(
+        html.contains("dataset `no-such-data` does not exist"),
+        "{html}"
+    );
     for uri in [
         "/datasets/no-such-data/thumbnail/train/0",
         "/datasets/demo-news/thumbnail/validation/0",
@@ -245,12 +283,24 @@ async fn unknown_datasets_splits_indices_and_imageless_examples_have_no_thumbnai
 async fn a_bad_page_split_or_length_choice_is_rejected_with_422_naming_it() {
     let app = TestApp::new().await;
     for (query, says) in [
-        ("page=0", "0 is not a page of split train, which has pages 1 to 16"),
-        ("page=17", "17 is not a page of split train, which has pages 1 to 16"),
+        (
+            "page=0",
+            "0 is not a page of split train, which has pages 1 to 16",
+        ),
+        (
+            "page=17",
+            "17 is not a page of split train, which has pages 1 to 16",
+        ),
         ("split=test&page=8", "which has pages 1 to 7"),
         ("page=two", "query parameter `page`"),
-        ("split=validation", "`validation` is not a split; use train, dev or test"),
-        ("lengths=some", "`some` is not a split; use all, train, dev or test"),
+        (
+            "split=validation",
+            "`validation` is not a split; use train, dev or test",
+        ),
+        (
+            "lengths=some",
+            "`some` is not a split; use all, train, dev or test",
+        ),
     ] {
         let (status, html) = app.page(&format!("/datasets/demo-news?{query}")).await;
         assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{query}");
@@ -265,15 +315,72 @@ async fn the_thumbnails_of_the_detail_page_load_in_a_real_browser() {
     let app = TestApp::new().await;
     let addr = serve(&app).await;
     let dom = tokio::task::spawn_blocking(move || {
-        rendered_dom(&format!("http://{addr}/datasets/demo-memes?split=dev&page=2"))
+        rendered_dom(&format!(
+            "http://{addr}/datasets/demo-memes?split=dev&page=2"
+        ))
     })
     .await
     .unwrap();
     // the page's script marks each thumbnail after the load event: naturalWidth > 0 or not
     let imgs: Vec<&str> = dom.split("<img ").skip(1).collect();
-    let thumbs: Vec<&&str> = imgs.iter().filter(|i| i.contains(r#"class="thumb""#)).collect();
+    // `class="thumb"`, or `class="thumb broken"` for one that failed
+    let thumbs: Vec<&&str> = imgs
+        .iter()
+        .filter(|i| i.contains("class=\"thumb"))
+        .collect();
     assert_eq!(thumbs.len(), 24, "{dom}");
     for t in thumbs {
         assert!(t.contains(r#"data-loaded="true""#), "not loaded: <img {t}");
     }
+}
+
+#[tokio::test]
+async fn problems_skipped_at_registration_are_listed_with_their_count() {
+    let app = TestApp::new().await;
+    let root = app.dir.path().join("messy");
+    std::fs::create_dir_all(&root).unwrap();
+    let good = |id: u32| {
+        format!(
+            "{{\"id\": {id}, \"text\": \"fine words\", \"label\": {}}}\n",
+            id % 2
+        )
+    };
+    std::fs::write(
+        root.join("train.jsonl"),
+        good(1) + &good(2) + "{not json\n" + "{\"id\": 9, \"label\": 0}\n",
+    )
+    .unwrap();
+    std::fs::write(root.join("dev.jsonl"), good(3)).unwrap();
+    std::fs::write(root.join("test.jsonl"), good(4)).unwrap();
+    let source = modalbench::data::detect(&root).unwrap().unwrap();
+    let info =
+        modalbench::data::inspect("messy", &source, modalbench::data::Check::Report).unwrap();
+    app.state
+        .store
+        .upsert_dataset("messy", &info)
+        .await
+        .unwrap();
+    let (_, list) = app.page("/datasets").await;
+    let row = section(&list, r#"<tr data-dataset="messy">"#, "</tr>");
+    assert!(row.contains(r#"<td class="num warn">2</td>"#), "{row}");
+    let (status, html) = app.page("/datasets/messy").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        html.contains("<h2>Registration problems (2)</h2>"),
+        "{html}"
+    );
+    let problems = section(&html, r#"<pre class="error" id="problems">"#, "</pre>");
+    assert!(
+        problems.contains("train.jsonl line 3: not valid JSON"),
+        "{problems}"
+    );
+    assert!(
+        problems.contains("train.jsonl line 4: missing field `text`"),
+        "{problems}"
+    );
+    let train = section(&html, r#"<tr data-split="train">"#, "</tr>");
+    assert!(
+        train.contains(r#"<td class="num examples">2</td>"#),
+        "bad lines skipped: {train}"
+    );
 }

@@ -19,18 +19,13 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use serde::Deserialize;
 use thumbnail::ThumbError;
-use view::{
-    BalanceView, HistogramSvg, ImageView, segment, shorten, split_note, thousands,
-};
+use view::{BalanceView, HistogramSvg, ImageView, segment, shorten, split_note, thousands};
 
 pub(crate) fn router() -> Router<AppState> {
     Router::new()
         .route("/datasets", get(list))
         .route("/datasets/{name}", get(detail))
-        .route(
-            "/datasets/{name}/thumbnail/{split}/{index}",
-            get(thumbnail),
-        )
+        .route("/datasets/{name}/thumbnail/{split}/{index}", get(thumbnail))
 }
 
 /// Examples per page.
@@ -87,11 +82,18 @@ async fn find(state: &AppState, name: &str) -> Result<DatasetRecord, PageError> 
 /// The dataset's files as read now, or a clear error saying why they cannot be.
 async fn loaded(record: &DatasetRecord) -> Result<std::sync::Arc<cache::Loaded>, PageError> {
     cache::loaded(record).await.map_err(|e| {
-        tracing::error!(dataset = record.name, error = format!("{e:#}"), "unreadable dataset");
+        tracing::error!(
+            dataset = record.name,
+            error = format!("{e:#}"),
+            "unreadable dataset"
+        );
         PageError(ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "dataset_unreadable",
-            format!("the files of dataset `{}` cannot be read: {e:#}", record.name),
+            format!(
+                "the files of dataset `{}` cannot be read: {e:#}",
+                record.name
+            ),
         ))
     })
 }
@@ -208,11 +210,7 @@ async fn detail(
         .into());
     }
     let lengths = q.lengths.unwrap_or_else(|| "all".into());
-    let Some(lengths_at) = SPLITS
-        .iter()
-        .chain(&["all"])
-        .position(|s| *s == lengths)
-    else {
+    let Some(lengths_at) = SPLITS.iter().chain(&["all"]).position(|s| *s == lengths) else {
         return Err(ApiError::invalid(
             "lengths",
             "invalid_value",
@@ -249,7 +247,11 @@ async fn detail(
             text: shorten(&e.text, TEXT_CHARS),
             pair: e.text_pair.as_deref().map(|t| shorten(t, TEXT_CHARS)),
             label: match e.label {
-                Some(i) => ds.label_names.get(i).cloned().unwrap_or_else(|| format!("#{i}")),
+                Some(i) => ds
+                    .label_names
+                    .get(i)
+                    .cloned()
+                    .unwrap_or_else(|| format!("#{i}")),
                 None => "unlabeled".into(),
             },
             thumb: e.image.as_ref().map(|_| {
@@ -353,15 +355,17 @@ async fn thumbnail(
         .unwrap_or(&path)
         .display()
         .to_string();
-    let made = tokio::task::spawn_blocking(move || {
-        thumbnail::thumbnail(&path, thumbnail::MAX_SIDE)
-    })
-    .await
-    .map_err(anyhow::Error::from)?;
+    let made =
+        tokio::task::spawn_blocking(move || thumbnail::thumbnail(&path, thumbnail::MAX_SIDE))
+            .await
+            .map_err(anyhow::Error::from)?;
     match made {
         Ok(t) => Ok((
             [
-                (header::CONTENT_TYPE, HeaderValue::from_static(t.content_type)),
+                (
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static(t.content_type),
+                ),
                 (
                     header::CACHE_CONTROL,
                     HeaderValue::from_static("public, max-age=3600"),
@@ -370,7 +374,9 @@ async fn thumbnail(
             t.bytes,
         )
             .into_response()),
-        Err(ThumbError::Missing) => Err(ApiError::not_found(format!("image file `{shown}`")).into()),
+        Err(ThumbError::Missing) => {
+            Err(ApiError::not_found(format!("image file `{shown}`")).into())
+        }
         Err(ThumbError::Unreadable(why)) => Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "unreadable_image",

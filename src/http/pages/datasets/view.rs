@@ -2,15 +2,15 @@
 
 use crate::data::stats::{Balance, Histogram, ImageSummary, Spread};
 use crate::data::{SPLITS, SplitInfo, Task};
-use std::collections::BTreeMap;
 use crate::http::pages::num;
+use std::collections::BTreeMap;
 
 /// `12,345`.
 pub(super) fn thousands(n: usize) -> String {
     let digits = n.to_string();
     let mut out = String::new();
     for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -68,7 +68,12 @@ pub(super) fn split_note(examples: usize, labeled: usize) -> String {
 /// `train 384 · dev 96 · test 160 (prediction-only)` for the list: the three roles first,
 /// in that order, then any other split by name.
 pub(super) fn split_summary(splits: &BTreeMap<String, SplitInfo>) -> String {
-    let rank = |name: &str| SPLITS.iter().position(|s| *s == name).unwrap_or(SPLITS.len());
+    let rank = |name: &str| {
+        SPLITS
+            .iter()
+            .position(|s| *s == name)
+            .unwrap_or(SPLITS.len())
+    };
     let mut ordered: Vec<_> = splits.iter().collect();
     ordered.sort_by_key(|(name, _)| rank(name));
     ordered
@@ -210,10 +215,11 @@ pub(super) fn histogram_svg(h: &Histogram) -> Option<HistogramSvg> {
             }
         })
         .collect();
-    // at most about 8 labelled edges, the last edge included
+    // at most 9 labelled edges, evenly spaced (the last edge only when it falls on the step,
+    // so that two labels never crowd each other)
     let every = n.div_ceil(8).max(1);
     let x_ticks = (0..=n)
-        .filter(|i| i % every == 0 || *i == n)
+        .filter(|i| i.is_multiple_of(every))
         .map(|i| Tick {
             at: px(LEFT + i as f64 * bw),
             label: (i * h.width).to_string(),
@@ -287,7 +293,14 @@ pub(super) fn image_view(s: &ImageSummary, sample_limit: usize) -> ImageView {
             ("images read", thousands(s.readable)),
             ("width min / median / max", spread(s.width)),
             ("height min / median / max", spread(s.height)),
-            ("formats", if formats.is_empty() { "–".into() } else { formats }),
+            (
+                "formats",
+                if formats.is_empty() {
+                    "–".into()
+                } else {
+                    formats
+                },
+            ),
             (
                 "missing / unreadable",
                 format!("{} / {}", thousands(s.missing), thousands(s.unreadable)),
@@ -328,6 +341,16 @@ mod tests {
         assert_eq!(svg.bars[1].title, "5–9 tokens: 2 examples");
         let labels: Vec<_> = svg.x_ticks.iter().map(|t| t.label.as_str()).collect();
         assert_eq!(labels, ["0", "5", "10", "15"]);
+        // 15 bins of 1: every 2nd edge, the 15 at the end left out
+        let wide = histogram_svg(&Histogram {
+            width: 1,
+            counts: vec![1; 15],
+            total: 15,
+            ..Default::default()
+        })
+        .unwrap();
+        let labels: Vec<_> = wide.x_ticks.iter().map(|t| t.label.as_str()).collect();
+        assert_eq!(labels, ["0", "2", "4", "6", "8", "10", "12", "14"]);
         assert!(histogram_svg(&Histogram::default()).is_none());
     }
 
