@@ -11,6 +11,7 @@ pub mod formats;
 pub mod image;
 pub mod loader;
 pub mod resize;
+pub mod stats;
 pub mod text;
 
 use anyhow::{Context, Result, bail};

@@ -1,6 +1,7 @@
 //! Integration tests, one binary so the crate links once.
 
 mod datasets_api;
+mod dataset_pages;
 mod end_to_end;
 mod helpers;
 mod leaderboard;

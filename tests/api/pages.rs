@@ -11,7 +11,7 @@ use std::process::Command;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 /// Serves the app on a real socket (port 0); returns the address.
-async fn serve(app: &TestApp) -> SocketAddr {
+pub(crate) async fn serve(app: &TestApp) -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let router = app.router.clone();
@@ -32,7 +32,7 @@ fn chromium() -> PathBuf {
 }
 
 /// The DOM of `url` after its scripts ran, as headless Chromium sees it.
-fn rendered_dom(url: &str) -> String {
+pub(crate) fn rendered_dom(url: &str) -> String {
     let profile = tempfile::tempdir().unwrap();
     let out = Command::new(chromium())
         .args([

@@ -1,6 +1,7 @@
 //! HTML pages (askama templates in `templates/`, autoescaped) and the static assets they use.
 
 mod catalog;
+mod datasets;
 mod runs;
 
 use super::AppState;
@@ -15,6 +16,7 @@ pub(crate) fn router() -> Router<AppState> {
     Router::new()
         .merge(runs::router())
         .merge(catalog::router())
+        .merge(datasets::router())
         .route(
             "/static/style.css",
             get(|| asset("text/css", include_str!("../../../static/style.css"))),
