@@ -1,6 +1,7 @@
 //! Integration tests, one binary so the crate links once.
 
 mod end_to_end;
+mod formats;
 mod helpers;
 mod leaderboard;
 mod metrics;
