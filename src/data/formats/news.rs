@@ -11,6 +11,8 @@
 //! the options' `label_names`, else the train split's distinct labels, sorted. A test split
 //! with no labels at all is prediction-only.
 
+mod table;
+
 use super::{Format, relative};
 use crate::data::{Columns, Example, Problems, SPLITS, Source, Splits, Task};
 use anyhow::{Context, Result, bail};
@@ -18,6 +20,7 @@ use serde_json::{Map, Value};
 use std::collections::{BTreeSet, HashMap};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
+use table::{Table, is_csv, read_table};
 
 /// The layout.
 pub static FORMAT: Format = Format {
@@ -68,11 +71,6 @@ fn find(root: &Path, stems: &[&str]) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-fn is_csv(path: &Path) -> bool {
-    path.extension()
-        .is_some_and(|x| x.eq_ignore_ascii_case("csv"))
-}
-
 /// Where the splits are: one file each, or one file with a split column.
 enum Layout {
     PerSplit([PathBuf; 3]),
@@ -121,88 +119,6 @@ fn layout(source: &Source) -> Result<Layout> {
     }
 }
 
-/// A CSV or JSON-lines file: its columns and rows (line number, fields in column order).
-struct Table {
-    file: PathBuf,
-    columns: Vec<String>,
-    rows: Vec<(usize, Vec<Option<Value>>)>,
-}
-
-fn read_table(root: &Path, file: &Path, problems: &mut Problems) -> Result<Table> {
-    let name = relative(root, file);
-    let mut table = Table {
-        file: file.to_path_buf(),
-        columns: Vec::new(),
-        rows: Vec::new(),
-    };
-    if is_csv(file) {
-        let mut r = csv::ReaderBuilder::new()
-            .flexible(true)
-            .from_path(file)
-            .with_context(|| format!("opening {name}"))?;
-        let header = r.headers().with_context(|| format!("reading {name}"))?;
-        table.columns = header.iter().map(|h| h.trim().to_string()).collect();
-        for record in r.records() {
-            let record = match record {
-                Ok(r) => r,
-                Err(e) if matches!(e.kind(), csv::ErrorKind::Io(_)) => {
-                    return Err(e).with_context(|| format!("reading {name}"));
-                }
-                Err(e) => {
-                    let line = e.position().map(|p| p.line() as usize);
-                    problems.push(root, file, line, format!("not valid CSV ({e})"));
-                    continue;
-                }
-            };
-            let line = record.position().map_or(0, |p| p.line() as usize);
-            if record.len() > table.columns.len() {
-                let msg = format!(
-                    "{} fields, the header has {}",
-                    record.len(),
-                    table.columns.len()
-                );
-                problems.push(root, file, Some(line), msg);
-                continue;
-            }
-            let mut fields: Vec<Option<Value>> = record.iter().map(|f| Some(f.into())).collect();
-            fields.resize(table.columns.len(), None);
-            table.rows.push((line, fields));
-        }
-    } else {
-        let f = std::fs::File::open(file).with_context(|| format!("opening {name}"))?;
-        let mut index: HashMap<String, usize> = HashMap::new();
-        let mut objects = Vec::new();
-        for (i, line) in BufReader::new(f).lines().enumerate() {
-            let line = line.with_context(|| format!("reading {name}"))?;
-            if line.trim().is_empty() {
-                continue;
-            }
-            match serde_json::from_str::<Map<String, Value>>(&line) {
-                Ok(object) => {
-                    for k in object.keys() {
-                        if !index.contains_key(k) {
-                            index.insert(k.clone(), table.columns.len());
-                            table.columns.push(k.clone());
-                        }
-                    }
-                    objects.push((i + 1, object));
-                }
-                Err(e) => {
-                    problems.push(root, file, Some(i + 1), format!("not a JSON object ({e})"))
-                }
-            }
-        }
-        for (line, object) in objects {
-            let mut fields = vec![None; table.columns.len()];
-            for (k, v) in object {
-                fields[index[&k]] = Some(v);
-            }
-            table.rows.push((line, fields));
-        }
-    }
-    Ok(table)
-}
-
 /// Column indices of a table.
 struct Cols {
     text: Vec<usize>,
@@ -212,18 +128,23 @@ struct Cols {
     split: Option<usize>,
 }
 
-fn resolve(root: &Path, table: &Table, given: &Columns, one_file: bool) -> Result<Cols> {
+/// The columns of `table` (the file of split `role`, or `None` for one file holding every
+/// split): those `given` names, which must exist, else the defaults present. Every file needs
+/// a text column; only a test file may lack a label column; one file needs a split column.
+fn resolve(root: &Path, table: &Table, given: &Columns, role: Option<usize>) -> Result<Cols> {
     let position = |c: &str| table.columns.iter().position(|t| t == c);
-    let missing = |what: &str, c: &str| {
+    let missing = |what: &str| {
         anyhow::anyhow!(
-            "{}: no {what} column `{c}` (columns: {})",
+            "{}: no {what} (columns: {})",
             relative(root, &table.file),
             table.columns.join(", ")
         )
     };
     let named = |what: &str, c: &Option<String>, defaults: &[&str]| -> Result<Option<usize>> {
         match c {
-            Some(c) => position(c).map(Some).ok_or_else(|| missing(what, c)),
+            Some(c) => Ok(Some(
+                position(c).ok_or_else(|| missing(&format!("{what} column `{c}`")))?,
+            )),
             None => Ok(defaults.iter().find_map(|d| position(d))),
         }
     };
@@ -231,7 +152,7 @@ fn resolve(root: &Path, table: &Table, given: &Columns, one_file: bool) -> Resul
         Some(names) => names
             .to_vec()
             .iter()
-            .map(|c| position(c).ok_or_else(|| missing("text", c)))
+            .map(|c| position(c).ok_or_else(|| missing(&format!("text column `{c}`"))))
             .collect::<Result<Vec<_>>>()?,
         None => match position("text") {
             Some(t) => vec![t],
@@ -239,20 +160,27 @@ fn resolve(root: &Path, table: &Table, given: &Columns, one_file: bool) -> Resul
         },
     };
     if text.is_empty() {
-        return Err(missing("text", "text")).context("nor `headline`, `abstract` or `caption`");
+        return Err(missing(
+            "text column `text` (nor `headline`, `abstract`, `caption`)",
+        ));
+    }
+    let label = named("label", &given.label, &LABEL_COLUMNS)?;
+    if label.is_none() && role != Some(2) {
+        return Err(missing("label column `label` (nor `category`)"));
+    }
+    let split = match role {
+        Some(_) => None,
+        None => named("split", &given.split, &["split"])?,
+    };
+    if role.is_none() && split.is_none() {
+        return Err(missing("split column `split`"));
     }
     Ok(Cols {
         text,
         image: named("image", &given.image, &IMAGE_COLUMNS)?,
-        label: named("label", &given.label, &LABEL_COLUMNS)?,
+        label,
         id: named("id", &given.id, &["id"])?,
-        split: match one_file {
-            true => Some(
-                named("split", &given.split, &["split"])?
-                    .ok_or_else(|| missing("split", given.split.as_deref().unwrap_or("split")))?,
-            ),
-            false => None,
-        },
+        split,
     })
 }
 
@@ -260,7 +188,8 @@ fn resolve(root: &Path, table: &Table, given: &Columns, one_file: bool) -> Resul
 struct Row {
     example: Example,
     label: Option<String>,
-    table: usize,
+    /// Where the row is: file index and line.
+    file: usize,
     line: usize,
 }
 
@@ -333,37 +262,27 @@ fn read(source: &Source, problems: &mut Problems) -> Result<Splits> {
         Layout::PerSplit(files) => (files.to_vec(), false),
         Layout::OneFile(file) => (vec![file], true),
     };
-    let mut tables = Vec::new();
     let mut rows: [Vec<Row>; 3] = Default::default();
     let mut label_columns = Vec::new();
-    for (t, file) in files.iter().enumerate() {
+    for (f, file) in files.iter().enumerate() {
         let table = read_table(root, file, problems)?;
-        let cols = resolve(root, &table, &given, one_file)?;
-        // only a test file may come without a label column (prediction-only)
-        if cols.label.is_none() && (one_file || t < 2) {
-            let c = given.label.as_deref().unwrap_or("label");
-            bail!(
-                "{}: no label column `{c}` (nor `category`; columns: {})",
-                relative(root, file),
-                table.columns.join(", ")
-            );
-        }
+        let cols = resolve(root, &table, &given, (!one_file).then_some(f))?;
         label_columns.push(
             cols.label
-                .map_or("label".into(), |c| table.columns[c].clone()),
+                .map_or("label", |c| &table.columns[c])
+                .to_string(),
         );
         for (number, (line, fields)) in table.rows.iter().enumerate() {
             match row(&table, &cols, number + 1, fields) {
-                Ok((example, label, split)) => rows[split.unwrap_or(t)].push(Row {
+                Ok((example, label, split)) => rows[split.unwrap_or(f)].push(Row {
                     example,
                     label,
-                    table: t,
+                    file: f,
                     line: *line,
                 }),
                 Err(msg) => problems.push(root, file, Some(*line), msg),
             }
         }
-        tables.push(table);
     }
     let label_names: Vec<String> = match &source.options.label_names {
         Some(names) => names.clone(),
@@ -383,36 +302,28 @@ fn read(source: &Source, problems: &mut Problems) -> Result<Splits> {
         let prediction_only =
             split == 2 && !rows.is_empty() && rows.iter().all(|r| r.label.is_none());
         for mut r in rows {
-            let file = &tables[r.table].file;
-            let column = &label_columns[r.table];
-            let label = match &r.label {
+            let column = &label_columns[r.file];
+            let problem = match &r.label {
                 None if prediction_only => None,
-                None => {
-                    let msg = format!("missing field `{column}`");
-                    problems.push(root, file, Some(r.line), msg);
-                    continue;
-                }
+                None => Some(format!("missing field `{column}`")),
                 Some(l) => match index.get(l.as_str()) {
-                    Some(&i) => Some(i),
-                    None => {
-                        let why = match source.options.label_names {
-                            Some(_) => {
-                                format!("is not one of label_names ({})", label_names.join(", "))
-                            }
-                            None => "does not occur in the train split".into(),
-                        };
-                        problems.push(
-                            root,
-                            file,
-                            Some(r.line),
-                            format!("field `{column}`: label `{l}` {why}"),
-                        );
-                        continue;
+                    Some(&i) => {
+                        r.example.label = Some(i);
+                        None
                     }
+                    None if source.options.label_names.is_some() => Some(format!(
+                        "field `{column}`: label `{l}` is not one of label_names ({})",
+                        label_names.join(", ")
+                    )),
+                    None => Some(format!(
+                        "field `{column}`: label `{l}` does not occur in the train split"
+                    )),
                 },
             };
-            r.example.label = label;
-            out[split].push(r.example);
+            match problem {
+                Some(msg) => problems.push(root, &files[r.file], Some(r.line), msg),
+                None => out[split].push(r.example),
+            }
         }
     }
     let [train, dev, test] = out;

@@ -11,14 +11,13 @@
 //! official evaluation does ([`normalize_answer`]).
 
 mod normalize;
+mod stream;
 
 pub use normalize::normalize_answer;
 
 use super::{Format, relative};
 use crate::data::{Example, Problems, SPLITS, Source, Splits, Task};
 use anyhow::{Context, Result, bail};
-use serde::Deserializer as _;
-use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -124,7 +123,7 @@ fn read(source: &Source, problems: &mut Problems) -> Result<Splits> {
             )
         })?;
         let ann_file = annotations_for(&file).filter(|a| a.is_file());
-        let answers = match &ann_file {
+        let mut answers = match &ann_file {
             Some(a) => Some(read_annotations(root, a, &mut normalized, problems)?),
             None if role == "train" => bail!(
                 "{}: no annotations file beside it (expected {}); the train split needs answers",
@@ -136,10 +135,10 @@ fn read(source: &Source, problems: &mut Problems) -> Result<Splits> {
         let mut images: HashMap<u64, PathBuf> = HashMap::new();
         let mut examples = Vec::with_capacity(questions.len());
         for q in questions {
-            let answers = match &answers {
+            let answers = match &mut answers {
                 None => Vec::new(),
-                Some(by_question) => match by_question.get(&q.id) {
-                    Some(a) => a.clone(),
+                Some(by_question) => match by_question.remove(&q.id) {
+                    Some(a) => a,
                     None => {
                         let ann = relative(root, ann_file.as_deref().expect("read"));
                         problems.push(
@@ -262,7 +261,7 @@ fn read_questions(
 ) -> Result<(Option<String>, Vec<Question>)> {
     let mut questions = Vec::new();
     let mut seen = HashSet::new();
-    let subtype = read_array(root, file, "questions", &mut |i, v| {
+    let subtype = stream::read_array(root, file, "questions", &mut |i, v| {
         let q = (|| {
             Ok::<_, String>(Question {
                 id: id_field(&v, "question_id")?,
@@ -298,7 +297,7 @@ fn read_annotations(
     problems: &mut Problems,
 ) -> Result<HashMap<u64, Vec<String>>> {
     let mut out = HashMap::new();
-    read_array(root, file, "annotations", &mut |i, v| {
+    stream::read_array(root, file, "annotations", &mut |i, v| {
         let answers = (|| {
             let id = id_field(&v, "question_id")?;
             let list = match v.get("answers") {
@@ -347,82 +346,5 @@ fn id_field(v: &Value, name: &str) -> Result<u64, String> {
             "field `{name}` must be a non-negative integer, found {other}"
         )),
         None => Err(format!("missing field `{name}`")),
-    }
-}
-
-/// Streams the entries of the array `key` of the JSON object in `file` to `each` (entry index,
-/// entry), without holding the whole document as values: VQA's train annotations are 330 MB.
-/// Returns the object's `data_subtype`. A file that is not such an object is an error.
-fn read_array(
-    root: &Path,
-    file: &Path,
-    key: &'static str,
-    each: &mut dyn FnMut(usize, Value),
-) -> Result<Option<String>> {
-    let name = relative(root, file);
-    let bytes = std::fs::read(file).with_context(|| format!("reading {name}"))?;
-    let mut de = serde_json::Deserializer::from_slice(&bytes);
-    let (found, subtype) = de
-        .deserialize_map(Object { key, each })
-        .and_then(|v| de.end().map(|()| v))
-        .with_context(|| format!("{name}: not a VQA {key} file"))?;
-    if !found {
-        bail!("{name}: no `{key}` list");
-    }
-    Ok(subtype)
-}
-
-struct Object<'a> {
-    key: &'static str,
-    each: &'a mut dyn FnMut(usize, Value),
-}
-
-impl<'de> Visitor<'de> for Object<'_> {
-    type Value = (bool, Option<String>);
-
-    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        write!(f, "a JSON object with a `{}` list", self.key)
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let (mut found, mut subtype) = (false, None);
-        while let Some(k) = map.next_key::<String>()? {
-            if k == self.key {
-                map.next_value_seed(Entries(&mut *self.each))?;
-                found = true;
-            } else if k == "data_subtype" {
-                subtype = map.next_value::<Value>()?.as_str().map(str::to_string);
-            } else {
-                map.next_value::<IgnoredAny>()?;
-            }
-        }
-        Ok((found, subtype))
-    }
-}
-
-struct Entries<'a>(&'a mut dyn FnMut(usize, Value));
-
-impl<'de> DeserializeSeed<'de> for Entries<'_> {
-    type Value = ();
-
-    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-        d.deserialize_seq(self)
-    }
-}
-
-impl<'de> Visitor<'de> for Entries<'_> {
-    type Value = ();
-
-    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.write_str("a list")
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        let mut i = 0;
-        while let Some(v) = seq.next_element::<Value>()? {
-            (self.0)(i, v);
-            i += 1;
-        }
-        Ok(())
     }
 }

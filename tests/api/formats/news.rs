@@ -185,7 +185,7 @@ fn news_bad_rows_are_reported_with_file_line_and_column() {
     write_lines(&root.join("train.csv"), &["id,headline", "1,x"]);
     let e = strict_error(&source("news", root, Options::default()));
     assert!(
-        e.contains("train.csv: no label column `label` (nor `category`; columns: id, headline)"),
+        e.contains("train.csv: no label column `label` (nor `category`) (columns: id, headline)"),
         "{e}"
     );
 }
