@@ -4,11 +4,19 @@
 //! (`{"annotations": [{"question_id", "answers": [{"answer", ...}], ...}]}`); the test split
 //! (`test2015`) has no annotations and is prediction-only. COCO images are
 //! `COCO_<split>_<12-digit image_id>.jpg`, in the image folder or its `<split>/` sub-folder.
+//! The options' `splits` name other questions files; the annotations file beside one is its
+//! name with `annotations` for `questions` (and no `OpenEnded_`), and without one the split is
+//! prediction-only (train excepted). Without test2015 (or test-dev2015) questions the test
+//! split is empty.
 //!
-//! VQA is read as soft-label classification over the `top_k` (3129) answers given most often
-//! by the train split's annotators, as in Anderson et al.'s bottom-up attention code and ViLT:
-//! an answer given by n annotators scores min(1, 0.3 n), and answers are normalised as the
-//! official evaluation does ([`normalize_answer`]).
+//! VQA is read as soft-label classification over the `top_k` answers (default 3129, the size
+//! of the answer set of Anderson et al.'s bottom-up attention code and ViLT) that the train
+//! split's annotators gave most often, each annotator's answer counting once. A question scores
+//! each class by how many of its annotators gave it: min(1, 0.3 n), as those codebases do.
+//! Answers are normalised as the official evaluation normalises a *predicted* answer
+//! ([`normalize_answer`]), for the classes and for [`Example::answers`] alike; the official
+//! script only strips punctuation from the annotators' answers (and only when they disagree),
+//! so an annotator's "two" matches a predicted "2" here but not there.
 
 mod normalize;
 mod stream;
