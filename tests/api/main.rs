@@ -3,6 +3,7 @@
 mod datasets_api;
 mod dataset_pages;
 mod end_to_end;
+mod formats;
 mod helpers;
 mod leaderboard;
 mod metrics;

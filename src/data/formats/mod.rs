@@ -3,6 +3,9 @@
 
 pub mod hateful_memes;
 pub mod manifest;
+pub mod news;
+pub mod snli_ve;
+pub mod vqa;
 
 use super::{Problems, Source, Splits};
 use anyhow::{Result, bail};
@@ -19,7 +22,12 @@ pub struct Format {
 }
 
 /// Every layout, in detection order.
-pub static FORMATS: &[&Format] = &[&hateful_memes::FORMAT];
+pub static FORMATS: &[&Format] = &[
+    &hateful_memes::FORMAT,
+    &snli_ve::FORMAT,
+    &vqa::FORMAT,
+    &news::FORMAT,
+];
 
 /// Names of the known formats.
 pub fn names() -> Vec<&'static str> {
