@@ -25,7 +25,7 @@ fn memes_folder(root: &Path, broken: bool) {
         );
     }
     std::fs::write(root.join("train.jsonl"), train.join("\n")).unwrap();
-    std::fs::write(root.join("dev_seen.jsonl"), &train[..2].join("\n")).unwrap();
+    std::fs::write(root.join("dev_seen.jsonl"), train[..2].join("\n")).unwrap();
     std::fs::write(
         root.join("test_unseen.jsonl"),
         json!({"id": 7, "img": "img/1.png", "text": "who knows"}).to_string(),
