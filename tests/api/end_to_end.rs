@@ -97,7 +97,7 @@ async fn minilm_fine_tunes_through_the_api_and_shows_on_the_leaderboard() {
         .expect("a board for reviews");
     let section = section.split("</section>").next().unwrap();
     assert!(
-        section.contains(r#"<td class="model">minilm-l6</td>"#),
+        section.contains(r#"<td class="model">minilm-l6 <span class="modality">text</span></td>"#),
         "{section}"
     );
     assert!(

@@ -1,7 +1,7 @@
 //! Integration tests, one binary so the crate links once.
 
-mod datasets_api;
 mod dataset_pages;
+mod datasets_api;
 mod end_to_end;
 mod formats;
 mod helpers;

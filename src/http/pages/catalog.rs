@@ -56,9 +56,13 @@ struct DatasetRow {
     splits: String,
 }
 
-async fn model_rows(state: &AppState) -> anyhow::Result<Vec<ModelRow>> {
+async fn model_rows_raw(state: &AppState) -> anyhow::Result<Vec<ModelInfo>> {
     let dir = state.settings.models_dir.clone();
-    Ok(tokio::task::spawn_blocking(move || registry::scan(&dir))
+    Ok(tokio::task::spawn_blocking(move || registry::scan(&dir)).await?)
+}
+
+async fn model_rows(state: &AppState) -> anyhow::Result<Vec<ModelRow>> {
+    Ok(model_rows_raw(state)
         .await?
         .into_iter()
         .map(ModelRow::from)
@@ -122,6 +126,8 @@ async fn overview(State(state): State<AppState>) -> PageResult {
 struct BoardRowView {
     rank: usize,
     model: String,
+    /// `text` or `text+image`, from the model registry (empty for a model no longer there).
+    modality: &'static str,
     run_id: i64,
     accuracy: String,
     f1: String,
@@ -157,6 +163,11 @@ async fn leaderboard(
     ApiQuery(q): ApiQuery<BoardQuery>,
 ) -> PageResult {
     let lb = boards(&state, q).await?;
+    let modalities: std::collections::HashMap<String, &'static str> = model_rows_raw(&state)
+        .await?
+        .into_iter()
+        .filter_map(|m| Some((m.name, m.modality?.as_str())))
+        .collect();
     let boards = lb
         .boards
         .into_iter()
@@ -177,6 +188,7 @@ async fn leaderboard(
                     train_time: duration(r.train_seconds),
                     samples_per_second: num(r.samples_per_second, 1),
                     params: params(r.num_parameters),
+                    modality: modalities.get(&r.model).copied().unwrap_or(""),
                     model: r.model,
                     run_id: r.run_id,
                     runs: r.runs,
