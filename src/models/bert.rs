@@ -93,33 +93,64 @@ pub struct BertEmbeddings {
     dropout: f64,
 }
 
+/// The sizes BERT-style text embeddings are built from (ViLT's and FLAVA's text embeddings
+/// are BERT's too, under their own config fields).
+#[derive(Debug, Clone, Copy)]
+pub struct EmbeddingSizes {
+    pub vocab_size: i64,
+    pub hidden_size: i64,
+    pub max_position_embeddings: i64,
+    pub type_vocab_size: i64,
+    pub pad_token_id: Option<i64>,
+    pub layer_norm_eps: f64,
+    pub hidden_dropout_prob: f64,
+    pub initializer_range: f64,
+}
+
 impl BertEmbeddings {
     pub fn new(p: nn::Path, c: &Config) -> Self {
-        let std = c.initializer_range;
+        Self::with_sizes(
+            p,
+            &EmbeddingSizes {
+                vocab_size: c.vocab_size,
+                hidden_size: c.hidden_size,
+                max_position_embeddings: c.max_position_embeddings,
+                type_vocab_size: c.type_vocab_size,
+                pad_token_id: c.pad_token_id,
+                layer_norm_eps: c.layer_norm_eps,
+                hidden_dropout_prob: c.hidden_dropout_prob,
+                initializer_range: c.initializer_range,
+            },
+        )
+    }
+
+    /// Embeddings of the given sizes, under `p`.
+    pub fn with_sizes(p: nn::Path, s: &EmbeddingSizes) -> Self {
+        let (h, std) = (s.hidden_size, s.initializer_range);
         BertEmbeddings {
             word_embeddings: Embedding::new(
                 &p / "word_embeddings",
-                c.vocab_size,
-                c.hidden_size,
+                s.vocab_size,
+                h,
                 std,
-                c.pad_token_id,
+                s.pad_token_id,
             ),
             position_embeddings: Embedding::new(
                 &p / "position_embeddings",
-                c.max_position_embeddings,
-                c.hidden_size,
+                s.max_position_embeddings,
+                h,
                 std,
                 None,
             ),
             token_type_embeddings: Embedding::new(
                 &p / "token_type_embeddings",
-                c.type_vocab_size,
-                c.hidden_size,
+                s.type_vocab_size,
+                h,
                 std,
                 None,
             ),
-            layer_norm: LayerNorm::new(&p / "LayerNorm", c.hidden_size, c.layer_norm_eps),
-            dropout: c.hidden_dropout_prob,
+            layer_norm: LayerNorm::new(&p / "LayerNorm", h, s.layer_norm_eps),
+            dropout: s.hidden_dropout_prob,
         }
     }
 

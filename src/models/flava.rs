@@ -30,69 +30,21 @@ pub use config::{
 };
 pub use encoder::{EncoderOutput, FlavaEncoder, FlavaLayer, FlavaPooler, FlavaSelfAttention};
 
-use crate::models::layers::{self, DECAY, Embedding, LayerNorm, Linear, NO_DECAY};
+use crate::models::bert::{BertEmbeddings, EmbeddingSizes};
+use crate::models::layers::{self, DECAY, LayerNorm, Linear, NO_DECAY};
 use crate::models::registry::Modality;
 use crate::models::{Arch, Batch, Head, Model, TextLimits, VocabFiles};
 use anyhow::{Result, anyhow};
 use encoder::EncoderWithPooler;
 use serde_json::Value;
 use tch::nn::{self, Init, Module};
-use tch::{Kind, Tensor};
-
-/// `FlavaTextEmbeddings`: word + token type + position, then LayerNorm and dropout.
-#[derive(Debug)]
-pub struct FlavaTextEmbeddings {
-    word_embeddings: Embedding,
-    position_embeddings: Embedding,
-    token_type_embeddings: Embedding,
-    layer_norm: LayerNorm,
-    dropout: f64,
-}
-
-impl FlavaTextEmbeddings {
-    pub fn new(p: nn::Path, c: &TextConfig, std: f64) -> Self {
-        let h = c.hidden_size;
-        FlavaTextEmbeddings {
-            word_embeddings: Embedding::new(
-                &p / "word_embeddings",
-                c.vocab_size,
-                h,
-                std,
-                c.pad_token_id,
-            ),
-            position_embeddings: Embedding::new(
-                &p / "position_embeddings",
-                c.max_position_embeddings,
-                h,
-                std,
-                None,
-            ),
-            token_type_embeddings: Embedding::new(
-                &p / "token_type_embeddings",
-                c.type_vocab_size,
-                h,
-                std,
-                None,
-            ),
-            layer_norm: LayerNorm::new(&p / "LayerNorm", h, c.layer_norm_eps),
-            dropout: c.hidden_dropout_prob,
-        }
-    }
-
-    pub fn forward_t(&self, input_ids: &Tensor, token_type_ids: &Tensor, train: bool) -> Tensor {
-        let seq = input_ids.size()[1];
-        let positions = Tensor::arange(seq, (Kind::Int64, input_ids.device())).unsqueeze(0);
-        let xs = self.word_embeddings.forward(input_ids)
-            + self.token_type_embeddings.forward(token_type_ids)
-            + self.position_embeddings.forward(&positions);
-        layers::dropout(&self.layer_norm.forward(&xs), self.dropout, train)
-    }
-}
+use tch::Tensor;
 
 /// `FlavaTextModel`: `embeddings`, then the pre-LN encoder, `layernorm` and `pooler`.
 #[derive(Debug)]
 pub struct FlavaTextModel {
-    embeddings: FlavaTextEmbeddings,
+    /// BERT's embeddings (`FlavaTextEmbeddings` in Hugging Face's file).
+    embeddings: BertEmbeddings,
     body: EncoderWithPooler,
 }
 
@@ -100,7 +52,19 @@ impl FlavaTextModel {
     pub fn new(p: nn::Path, c: &Config) -> Self {
         let d = c.text_dims().expect("validated config");
         FlavaTextModel {
-            embeddings: FlavaTextEmbeddings::new(&p / "embeddings", &c.text_config, d.std),
+            embeddings: BertEmbeddings::with_sizes(
+                &p / "embeddings",
+                &EmbeddingSizes {
+                    vocab_size: c.text_config.vocab_size,
+                    hidden_size: c.text_config.hidden_size,
+                    max_position_embeddings: c.text_config.max_position_embeddings,
+                    type_vocab_size: c.text_config.type_vocab_size,
+                    pad_token_id: c.text_config.pad_token_id,
+                    layer_norm_eps: c.text_config.layer_norm_eps,
+                    hidden_dropout_prob: c.text_config.hidden_dropout_prob,
+                    initializer_range: d.std,
+                },
+            ),
             body: EncoderWithPooler::new(&p, &d),
         }
     }

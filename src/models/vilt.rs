@@ -30,6 +30,7 @@
 //! out of attention and out of the pooled output, so which ones fill the slots changes nothing
 //! that is trained.
 
+use crate::models::bert::{BertEmbeddings, EmbeddingSizes};
 use crate::models::layers::{
     Activation, DECAY, Embedding, LayerNorm, Linear, NO_DECAY, dropout, param,
 };
@@ -138,56 +139,6 @@ impl Config {
     }
 }
 
-/// `TextEmbeddings`: BERT's word + token type + position embeddings, LayerNorm, dropout.
-#[derive(Debug)]
-pub struct TextEmbeddings {
-    word_embeddings: Embedding,
-    position_embeddings: Embedding,
-    token_type_embeddings: Embedding,
-    layer_norm: LayerNorm,
-    dropout: f64,
-}
-
-impl TextEmbeddings {
-    pub fn new(p: nn::Path, c: &Config) -> Self {
-        let (h, std) = (c.hidden_size, c.initializer_range);
-        TextEmbeddings {
-            word_embeddings: Embedding::new(
-                &p / "word_embeddings",
-                c.vocab_size,
-                h,
-                std,
-                c.pad_token_id,
-            ),
-            position_embeddings: Embedding::new(
-                &p / "position_embeddings",
-                c.max_position_embeddings,
-                h,
-                std,
-                None,
-            ),
-            token_type_embeddings: Embedding::new(
-                &p / "token_type_embeddings",
-                c.type_vocab_size,
-                h,
-                std,
-                None,
-            ),
-            layer_norm: LayerNorm::new(&p / "LayerNorm", h, c.layer_norm_eps),
-            dropout: c.hidden_dropout_prob,
-        }
-    }
-
-    pub fn forward_t(&self, input_ids: &Tensor, token_type_ids: &Tensor, train: bool) -> Tensor {
-        let seq = input_ids.size()[1];
-        let positions = Tensor::arange(seq, (Kind::Int64, input_ids.device())).unsqueeze(0);
-        let xs = self.word_embeddings.forward(input_ids)
-            + self.token_type_embeddings.forward(token_type_ids)
-            + self.position_embeddings.forward(&positions);
-        dropout(&self.layer_norm.forward(&xs), self.dropout, train)
-    }
-}
-
 /// `ViltPatchEmbeddings`: `projection`, a convolution with kernel and stride `patch_size`.
 #[derive(Debug)]
 pub struct ViltPatchEmbeddings {
@@ -263,7 +214,8 @@ fn select_patches(valid: &[bool], slots: usize, train: bool) -> Vec<(i64, bool)>
 /// `position_embeddings` and the modality `token_type_embeddings`.
 #[derive(Debug)]
 pub struct ViltEmbeddings {
-    text_embeddings: TextEmbeddings,
+    /// BERT's embeddings (`TextEmbeddings` in Hugging Face's file).
+    text_embeddings: BertEmbeddings,
     cls_token: Tensor,
     patch_embeddings: ViltPatchEmbeddings,
     /// `[1, 1 + grid * grid, hidden]`: the class token's, then the grid's in row-major order.
@@ -281,7 +233,19 @@ impl ViltEmbeddings {
         let grid = c.grid();
         let decay = p.set_group(DECAY);
         ViltEmbeddings {
-            text_embeddings: TextEmbeddings::new(&p / "text_embeddings", c),
+            text_embeddings: BertEmbeddings::with_sizes(
+                &p / "text_embeddings",
+                &EmbeddingSizes {
+                    vocab_size: c.vocab_size,
+                    hidden_size: c.hidden_size,
+                    max_position_embeddings: c.max_position_embeddings,
+                    type_vocab_size: c.type_vocab_size,
+                    pad_token_id: c.pad_token_id,
+                    layer_norm_eps: c.layer_norm_eps,
+                    hidden_dropout_prob: c.hidden_dropout_prob,
+                    initializer_range: c.initializer_range,
+                },
+            ),
             // zeros, as transformers creates them (its `_init_weights` leaves them alone)
             cls_token: param(&decay, "cls_token", &[1, 1, h], Init::Const(0.0)),
             patch_embeddings: ViltPatchEmbeddings::new(&p / "patch_embeddings", c),
