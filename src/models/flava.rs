@@ -37,8 +37,8 @@ use crate::models::{Arch, Batch, Head, Model, TextLimits, VocabFiles};
 use anyhow::{Result, anyhow};
 use encoder::EncoderWithPooler;
 use serde_json::Value;
-use tch::nn::{self, Init, Module};
 use tch::Tensor;
+use tch::nn::{self, Init, Module};
 
 /// `FlavaTextModel`: `embeddings`, then the pre-LN encoder, `layernorm` and `pooler`.
 #[derive(Debug)]

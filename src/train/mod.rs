@@ -334,7 +334,15 @@ pub fn run(spec: &JobSpec, sink: &mut dyn EventSink) -> Result<Summary> {
     let (summary_split, scored) = if test.labeled() && !ds.test.is_empty() {
         ("test", scored_test)
     } else {
-        log(sink, "the test split has no labels: its predictions are stored, and the summary's metrics are the dev split's".into());
+        let why = if ds.test.is_empty() {
+            "the dataset has no test split"
+        } else {
+            "the test split has no labels: its predictions are stored, and"
+        };
+        log(
+            sink,
+            format!("{why} the summary's metrics are the dev split's"),
+        );
         ("dev", evaluate(&model, &batcher, dev, bs)?)
     };
     let m = report(sink, summary_split, &scored, step, epoch_of(step));

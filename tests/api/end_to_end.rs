@@ -292,3 +292,45 @@ async fn the_tiny_text_and_image_presets_train_through_the_queue_and_reach_the_l
         );
     }
 }
+
+#[tokio::test]
+async fn a_vqa_dataset_trains_with_soft_scores_and_reports_vqa_accuracy() {
+    let app = TestApp::new().await;
+    let root = app.dir.path().join("data/vqa");
+    crate::formats::vqa::write_vqa(&root);
+    let (status, body) = app
+        .post(
+            "/api/v1/datasets",
+            json!({"name": "vqa", "path": root, "format": "vqa_v2", "options": {"top_k": 3}}),
+        )
+        .await;
+    assert_eq!(status, axum::http::StatusCode::CREATED, "{body}");
+    assert_eq!(body["info"]["task"], "soft_labels");
+    for model in ["bert-tiny", "vilt-tiny"] {
+        let id = app
+            .submit(json!({"model": model, "dataset": "vqa", "max_steps": 2, "batch_size": 2, "learning_rate": 1e-3}))
+            .await;
+        let run = app.run_to_end(id, 120).await;
+        assert_eq!(run.status, RunStatus::Succeeded, "{model}: {:?}", run.error);
+        let s = run.summary.unwrap();
+        assert_eq!(s.split, "dev", "{model}: test2015 has no annotations");
+        let vqa = s.vqa_accuracy.expect("VQA accuracy in the summary");
+        assert!((0.0..=1.0).contains(&vqa));
+        let (_, m) = app
+            .get(&format!("/api/v1/runs/{id}/metrics?key=eval/vqa_accuracy"))
+            .await;
+        assert!(
+            !m["series"]["eval/vqa_accuracy"]
+                .as_array()
+                .unwrap()
+                .is_empty(),
+            "{model}: {m}"
+        );
+        let (_, p) = app.get(&format!("/api/v1/runs/{id}/predictions")).await;
+        assert_eq!(p["predictions"][0]["example_id"], "20");
+        assert!(
+            p["predictions"][0]["label"].is_null(),
+            "prediction-only test question"
+        );
+    }
+}

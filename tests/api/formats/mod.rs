@@ -2,7 +2,7 @@
 
 mod news;
 mod snli_ve;
-mod vqa;
+pub mod vqa;
 
 use modalbench::data::{Check, Dataset, Options, Source, load};
 use std::path::Path;

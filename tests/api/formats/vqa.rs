@@ -199,7 +199,7 @@ fn write_split(root: &Path, split: &str, questions: Vec<Value>, annotations: Opt
 /// train2014: answers given yes 12, green 4, no 4, red 4, 2 3 ("two" normalises to "2"),
 /// blue 3 ("the blue") times: with top_k 3 the classes are yes, then green and no (the
 /// alphabetically first of the answers given four times).
-fn write_vqa(root: &Path) {
+pub fn write_vqa(root: &Path) {
     write_split(
         root,
         "train2014",
