@@ -3,7 +3,7 @@
 //! (`BertModel`, `BertForSequenceClassification`). Parameter paths equal the checkpoint keys,
 //! so `bert-base-uncased`, BETO, MiniLM and any other BERT checkpoint load unchanged.
 
-use crate::models::layers::{Activation, Embedding, LayerNorm, Linear, dropout};
+use crate::models::layers::{Activation, Embedding, LayerNorm, Linear, SelfAttention, dropout};
 use crate::models::registry::Modality;
 use crate::models::{Arch, Batch, Head, Model, TextLimits, VocabFiles};
 use anyhow::{Result, anyhow};
@@ -164,43 +164,6 @@ impl BertEmbeddings {
     }
 }
 
-/// `BertSelfAttention` (`query`, `key`, `value`), computed with scaled dot-product attention.
-#[derive(Debug)]
-pub struct BertSelfAttention {
-    query: Linear,
-    key: Linear,
-    value: Linear,
-    heads: i64,
-    dropout: f64,
-}
-
-impl BertSelfAttention {
-    pub fn new(p: nn::Path, c: &Config) -> Self {
-        let (h, std) = (c.hidden_size, c.initializer_range);
-        BertSelfAttention {
-            query: Linear::new(&p / "query", h, h, std),
-            key: Linear::new(&p / "key", h, h, std),
-            value: Linear::new(&p / "value", h, h, std),
-            heads: c.num_attention_heads,
-            dropout: c.attention_probs_dropout_prob,
-        }
-    }
-
-    /// `mask`: boolean `[batch, 1, 1, seq]`, true where a token may be attended to.
-    pub fn forward_t(&self, xs: &Tensor, mask: &Tensor, train: bool) -> Tensor {
-        let (b, s, h) = xs.size3().expect("hidden states are [batch, seq, hidden]");
-        let split = |t: Tensor| t.view([b, s, self.heads, h / self.heads]).transpose(1, 2);
-        let q = split(self.query.forward(xs));
-        let k = split(self.key.forward(xs));
-        let v = split(self.value.forward(xs));
-        let p = if train { self.dropout } else { 0.0 };
-        Tensor::scaled_dot_product_attention(&q, &k, &v, Some(mask), p, false, None, false)
-            .transpose(1, 2)
-            .contiguous()
-            .view([b, s, h])
-    }
-}
-
 /// `BertSelfOutput` / `BertOutput`: dense, dropout, residual, LayerNorm.
 #[derive(Debug)]
 pub struct BertResidual {
@@ -227,7 +190,7 @@ impl BertResidual {
 /// `BertLayer`: `attention.self`, `attention.output`, `intermediate.dense`, `output`.
 #[derive(Debug)]
 pub struct BertLayer {
-    attention_self: BertSelfAttention,
+    attention_self: SelfAttention,
     attention_output: BertResidual,
     intermediate: Linear,
     output: BertResidual,
@@ -238,7 +201,14 @@ impl BertLayer {
     pub fn new(p: nn::Path, c: &Config) -> Self {
         let attention = &p / "attention";
         BertLayer {
-            attention_self: BertSelfAttention::new(&attention / "self", c),
+            attention_self: SelfAttention::new(
+                &attention / "self",
+                c.hidden_size,
+                c.num_attention_heads,
+                c.attention_probs_dropout_prob,
+                c.initializer_range,
+                true,
+            ),
             attention_output: BertResidual::new(&attention / "output", c.hidden_size, c),
             intermediate: Linear::new(
                 &p / "intermediate" / "dense",
@@ -252,7 +222,7 @@ impl BertLayer {
     }
 
     pub fn forward_t(&self, xs: &Tensor, mask: &Tensor, train: bool) -> Tensor {
-        let attended = self.attention_self.forward_t(xs, mask, train);
+        let attended = self.attention_self.forward_t(xs, Some(mask), train);
         let xs = self.attention_output.forward_t(&attended, xs, train);
         let inner = self.act.apply(&self.intermediate.forward(&xs));
         self.output.forward_t(&inner, &xs, train)

@@ -34,12 +34,6 @@ fn normal(stdev: f64) -> Init {
     Init::Randn { mean: 0.0, stdev }
 }
 
-/// `nn.Linear(..., bias=False)`: CLIP's projections.
-fn linear_no_bias(p: nn::Path, input: i64, output: i64, std: f64) -> Linear {
-    let weight = layers::param(&p.set_group(DECAY), "weight", &[output, input], normal(std));
-    Linear { weight, bias: None }
-}
-
 /// Outputs of [`CLIPModel`], named as Hugging Face's `CLIPOutput` names them.
 #[derive(Debug)]
 pub struct CLIPOutput {
@@ -82,17 +76,19 @@ impl CLIPModel {
         CLIPModel {
             text_model: CLIPTextModel::new(&p / "text_model", c),
             vision_model: CLIPVisionModel::new(&p / "vision_model", c),
-            text_projection: linear_no_bias(
+            text_projection: Linear::with_bias(
                 &p / "text_projection",
                 t.hidden_size,
                 c.projection_dim,
                 (t.hidden_size as f64).powf(-0.5) * f,
+                false,
             ),
-            visual_projection: linear_no_bias(
+            visual_projection: Linear::with_bias(
                 &p / "visual_projection",
                 v.hidden_size,
                 c.projection_dim,
                 (v.hidden_size as f64).powf(-0.5) * f,
+                false,
             ),
             // a plain parameter, so weight decay applies as in Hugging Face's Trainer
             logit_scale: layers::param(

@@ -28,7 +28,7 @@ pub use config::{
     Config, EncoderDims, FLAVA_TINY, ImageConfig, MultimodalConfig, Size, TextConfig, tiny_config,
     tiny_preprocessor_config,
 };
-pub use encoder::{EncoderOutput, FlavaEncoder, FlavaLayer, FlavaPooler, FlavaSelfAttention};
+pub use encoder::{EncoderOutput, FlavaEncoder, FlavaLayer, FlavaPooler};
 
 use crate::models::bert::{BertEmbeddings, EmbeddingSizes};
 use crate::models::layers::{self, DECAY, LayerNorm, Linear, NO_DECAY};

@@ -53,6 +53,21 @@ pub struct Linear {
 }
 
 impl Linear {
+    /// A linear layer with a bias, or without one (`bias=False`, `qkv_bias: false`).
+    pub fn with_bias(p: nn::Path, input: i64, output: i64, std: f64, bias: bool) -> Linear {
+        if bias {
+            return Linear::new(p, input, output, std);
+        }
+        let normal = Init::Randn {
+            mean: 0.0,
+            stdev: std,
+        };
+        Linear {
+            weight: param(&p.set_group(DECAY), "weight", &[output, input], normal),
+            bias: None,
+        }
+    }
+
     /// A linear layer with a bias.
     pub fn new(p: nn::Path, input: i64, output: i64, std: f64) -> Linear {
         let normal = Init::Randn {
@@ -73,6 +88,46 @@ impl Linear {
 impl Module for Linear {
     fn forward(&self, xs: &Tensor) -> Tensor {
         xs.linear(&self.weight, self.bias.as_ref())
+    }
+}
+
+/// BERT-style self-attention (`query`, `key`, `value` under `p`), computed with scaled
+/// dot-product attention; shared by BERT, RoBERTa, ViLT and FLAVA, whose modules differ only
+/// in where they sit and whether the projections have biases.
+#[derive(Debug)]
+pub struct SelfAttention {
+    query: Linear,
+    key: Linear,
+    value: Linear,
+    heads: i64,
+    dropout: f64,
+}
+
+impl SelfAttention {
+    /// Attention over `hidden` features in `heads` heads; `bias`: whether q/k/v have biases.
+    pub fn new(p: nn::Path, hidden: i64, heads: i64, dropout: f64, std: f64, bias: bool) -> Self {
+        SelfAttention {
+            query: Linear::with_bias(&p / "query", hidden, hidden, std, bias),
+            key: Linear::with_bias(&p / "key", hidden, hidden, std, bias),
+            value: Linear::with_bias(&p / "value", hidden, hidden, std, bias),
+            heads,
+            dropout,
+        }
+    }
+
+    /// `mask`: boolean `[batch, 1, 1, seq]`, true where a token may be attended to; `None`:
+    /// every token may.
+    pub fn forward_t(&self, xs: &Tensor, mask: Option<&Tensor>, train: bool) -> Tensor {
+        let (b, s, h) = xs.size3().expect("hidden states are [batch, seq, hidden]");
+        let split = |t: Tensor| t.view([b, s, self.heads, h / self.heads]).transpose(1, 2);
+        let q = split(self.query.forward(xs));
+        let k = split(self.key.forward(xs));
+        let v = split(self.value.forward(xs));
+        let p = if train { self.dropout } else { 0.0 };
+        Tensor::scaled_dot_product_attention(&q, &k, &v, mask, p, false, None, false)
+            .transpose(1, 2)
+            .contiguous()
+            .view([b, s, h])
     }
 }
 

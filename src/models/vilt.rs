@@ -31,6 +31,7 @@
 //! that is trained.
 
 use crate::models::bert::{BertEmbeddings, EmbeddingSizes};
+use crate::models::layers::SelfAttention;
 use crate::models::layers::{
     Activation, DECAY, Embedding, LayerNorm, Linear, NO_DECAY, dropout, param,
 };
@@ -399,60 +400,11 @@ impl ViltEmbeddings {
     }
 }
 
-/// `ViltSelfAttention` (`query`, `key`, `value`), computed with scaled dot-product attention.
-#[derive(Debug)]
-pub struct ViltSelfAttention {
-    query: Linear,
-    key: Linear,
-    value: Linear,
-    heads: i64,
-    dropout: f64,
-}
-
-impl ViltSelfAttention {
-    pub fn new(p: nn::Path, c: &Config) -> Self {
-        let (h, std) = (c.hidden_size, c.initializer_range);
-        let linear = |name: &str| {
-            if c.qkv_bias {
-                return Linear::new(&p / name, h, h, std);
-            }
-            // `qkv_bias: false`: the projections have no bias parameter at all
-            let normal = Init::Randn {
-                mean: 0.0,
-                stdev: std,
-            };
-            let weight = param(&(&p / name).set_group(DECAY), "weight", &[h, h], normal);
-            Linear { weight, bias: None }
-        };
-        ViltSelfAttention {
-            query: linear("query"),
-            key: linear("key"),
-            value: linear("value"),
-            heads: c.num_attention_heads,
-            dropout: c.attention_probs_dropout_prob,
-        }
-    }
-
-    /// `mask`: boolean `[batch, 1, 1, seq]`, true where a token may be attended to.
-    pub fn forward_t(&self, xs: &Tensor, mask: &Tensor, train: bool) -> Tensor {
-        let (b, s, h) = xs.size3().expect("hidden states are [batch, seq, hidden]");
-        let split = |t: Tensor| t.view([b, s, self.heads, h / self.heads]).transpose(1, 2);
-        let q = split(self.query.forward(xs));
-        let k = split(self.key.forward(xs));
-        let v = split(self.value.forward(xs));
-        let p = if train { self.dropout } else { 0.0 };
-        Tensor::scaled_dot_product_attention(&q, &k, &v, Some(mask), p, false, None, false)
-            .transpose(1, 2)
-            .contiguous()
-            .view([b, s, h])
-    }
-}
-
 /// `ViltLayer`: pre-LayerNorm attention (`attention.attention`, `attention.output.dense`) and
 /// MLP (`intermediate.dense`, `output.dense`), each with a residual connection.
 #[derive(Debug)]
 pub struct ViltLayer {
-    attention: ViltSelfAttention,
+    attention: SelfAttention,
     attention_output: Linear,
     intermediate: Linear,
     output: Linear,
@@ -467,7 +419,14 @@ impl ViltLayer {
         let (h, std, eps) = (c.hidden_size, c.initializer_range, c.layer_norm_eps);
         let attention = &p / "attention";
         ViltLayer {
-            attention: ViltSelfAttention::new(&attention / "attention", c),
+            attention: SelfAttention::new(
+                &attention / "attention",
+                c.hidden_size,
+                c.num_attention_heads,
+                c.attention_probs_dropout_prob,
+                c.initializer_range,
+                c.qkv_bias,
+            ),
             attention_output: Linear::new(&attention / "output" / "dense", h, h, std),
             intermediate: Linear::new(&p / "intermediate" / "dense", h, c.intermediate_size, std),
             output: Linear::new(&p / "output" / "dense", c.intermediate_size, h, std),
@@ -479,9 +438,9 @@ impl ViltLayer {
     }
 
     pub fn forward_t(&self, xs: &Tensor, mask: &Tensor, train: bool) -> Tensor {
-        let attended = self
-            .attention
-            .forward_t(&self.layernorm_before.forward(xs), mask, train);
+        let attended =
+            self.attention
+                .forward_t(&self.layernorm_before.forward(xs), Some(mask), train);
         let attended = dropout(
             &self.attention_output.forward(&attended),
             self.dropout,

@@ -1,70 +1,18 @@
-//! The transformer stack the three FLAVA encoders share: `FlavaSelfAttention`, `FlavaLayer`
+//! The transformer stack the three FLAVA encoders share: `FlavaSelfAttention` (the shared
+//! [`SelfAttention`]), `FlavaLayer`
 //! (pre-LN, as ViT), `FlavaEncoder` and `FlavaPooler` from Hugging Face transformers
 //! `models/flava/modeling_flava.py`.
 
 use super::EncoderDims;
-use crate::models::layers::{self, Activation, DECAY, LayerNorm, Linear};
-use tch::nn::{self, Init, Module};
+use crate::models::layers::{self, Activation, LayerNorm, Linear, SelfAttention};
+use tch::nn::{self, Module};
 use tch::{Kind, Tensor};
-
-/// A `torch.nn.Linear` that has a bias only if `bias` (`qkv_bias: false` drops them).
-fn linear(p: nn::Path, input: i64, output: i64, std: f64, bias: bool) -> Linear {
-    if bias {
-        return Linear::new(p, input, output, std);
-    }
-    let normal = Init::Randn {
-        mean: 0.0,
-        stdev: std,
-    };
-    Linear {
-        weight: layers::param(&p.set_group(DECAY), "weight", &[output, input], normal),
-        bias: None,
-    }
-}
-
-/// `FlavaSelfAttention` (`query`, `key`, `value`), computed with scaled dot-product attention.
-#[derive(Debug)]
-pub struct FlavaSelfAttention {
-    query: Linear,
-    key: Linear,
-    value: Linear,
-    heads: i64,
-    dropout: f64,
-}
-
-impl FlavaSelfAttention {
-    pub fn new(p: nn::Path, d: &EncoderDims) -> Self {
-        let h = d.hidden_size;
-        FlavaSelfAttention {
-            query: linear(&p / "query", h, h, d.std, d.qkv_bias),
-            key: linear(&p / "key", h, h, d.std, d.qkv_bias),
-            value: linear(&p / "value", h, h, d.std, d.qkv_bias),
-            heads: d.num_attention_heads,
-            dropout: d.attention_probs_dropout_prob,
-        }
-    }
-
-    /// `mask`: boolean `[batch, 1, 1, seq]`, true where a token may be attended to; `None`:
-    /// every token may.
-    pub fn forward_t(&self, xs: &Tensor, mask: Option<&Tensor>, train: bool) -> Tensor {
-        let (b, s, h) = xs.size3().expect("hidden states are [batch, seq, hidden]");
-        let split = |t: Tensor| t.view([b, s, self.heads, h / self.heads]).transpose(1, 2);
-        let q = split(self.query.forward(xs));
-        let k = split(self.key.forward(xs));
-        let v = split(self.value.forward(xs));
-        let p = if train { self.dropout } else { 0.0 };
-        Tensor::scaled_dot_product_attention(&q, &k, &v, mask, p, false, None, false)
-            .transpose(1, 2)
-            .contiguous()
-            .view([b, s, h])
-    }
-}
 
 /// `FlavaLayer`: pre-LN attention (`attention.attention`, `attention.output.dense`) and MLP
 /// (`intermediate.dense`, `output.dense`), each with a residual around it.
 #[derive(Debug)]
 pub struct FlavaLayer {
-    attention: FlavaSelfAttention,
+    attention: SelfAttention,
     attention_output: Linear,
     intermediate: Linear,
     output: Linear,
@@ -79,7 +27,14 @@ impl FlavaLayer {
         let (h, i) = (d.hidden_size, d.intermediate_size);
         let attention = &p / "attention";
         FlavaLayer {
-            attention: FlavaSelfAttention::new(&attention / "attention", d),
+            attention: SelfAttention::new(
+                &attention / "attention",
+                h,
+                d.num_attention_heads,
+                d.attention_probs_dropout_prob,
+                d.std,
+                d.qkv_bias,
+            ),
             attention_output: Linear::new(&attention / "output" / "dense", h, h, d.std),
             intermediate: Linear::new(&p / "intermediate" / "dense", h, i, d.std),
             output: Linear::new(&p / "output" / "dense", i, h, d.std),
