@@ -79,19 +79,24 @@ pub fn read(path: &Path) -> BTreeMap<String, Tensor> {
         .collect()
 }
 
-/// Runs the real `modalbench forward` command; returns its outputs.
-pub fn forward(checkpoint: &Path, inputs: &Path) -> BTreeMap<String, Tensor> {
-    let out_dir = tempfile::tempdir().unwrap();
-    let output = out_dir.path().join("out.safetensors");
-    let run = Command::new(env!("CARGO_BIN_EXE_modalbench"))
+/// Runs the real `modalbench forward` command, writing to `output`.
+pub fn run_forward(checkpoint: &Path, inputs: &Path, output: &Path) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_modalbench"))
         .args(["forward", "--checkpoint"])
         .arg(checkpoint)
         .arg("--inputs")
         .arg(inputs)
         .arg("--output")
-        .arg(&output)
+        .arg(output)
         .output()
-        .unwrap();
+        .unwrap()
+}
+
+/// Runs the real `modalbench forward` command; returns its outputs.
+pub fn forward(checkpoint: &Path, inputs: &Path) -> BTreeMap<String, Tensor> {
+    let out_dir = tempfile::tempdir().unwrap();
+    let output = out_dir.path().join("out.safetensors");
+    let run = run_forward(checkpoint, inputs, &output);
     assert!(
         run.status.success(),
         "forward failed: {}",
@@ -216,15 +221,11 @@ fn forward_rejects_unknown_and_misshapen_inputs_by_name() {
         ),
     ] {
         Tensor::write_safetensors(&inputs, &bad).unwrap();
-        let run = Command::new(env!("CARGO_BIN_EXE_modalbench"))
-            .args(["forward", "--checkpoint"])
-            .arg(case.join("checkpoint"))
-            .arg("--inputs")
-            .arg(&bad)
-            .arg("--output")
-            .arg(tmp.path().join("out.safetensors"))
-            .output()
-            .unwrap();
+        let run = run_forward(
+            &case.join("checkpoint"),
+            &bad,
+            &tmp.path().join("out.safetensors"),
+        );
         assert!(!run.status.success());
         let stderr = String::from_utf8_lossy(&run.stderr);
         assert!(stderr.contains(message), "{stderr}");

@@ -106,15 +106,11 @@ fn forward_refuses_an_image_of_another_size_than_the_config_says() {
     let named: Vec<(String, Tensor)> = inputs.into_iter().collect();
     let path = tmp.path().join("inputs.safetensors");
     Tensor::write_safetensors(&named, &path).unwrap();
-    let run = Command::new(env!("CARGO_BIN_EXE_modalbench"))
-        .args(["forward", "--checkpoint"])
-        .arg(case.join("checkpoint"))
-        .arg("--inputs")
-        .arg(&path)
-        .arg("--output")
-        .arg(tmp.path().join("out.safetensors"))
-        .output()
-        .unwrap();
+    let run = crate::parity::run_forward(
+        &case.join("checkpoint"),
+        &path,
+        &tmp.path().join("out.safetensors"),
+    );
     assert!(!run.status.success());
     let stderr = String::from_utf8_lossy(&run.stderr);
     assert!(
