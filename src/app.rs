@@ -12,6 +12,7 @@ use crate::queue::slots::Slot;
 use crate::store::Store;
 use crate::store::runs::RunFilter;
 use anyhow::{Context, Result};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 /// Seed of the embedded demo data.
@@ -62,10 +63,23 @@ fn write_atomically(dir: &Path, name: &str, write: impl FnOnce(&Path) -> Result<
 }
 
 /// Registers every folder under `root` whose format is recognised; others are skipped with a
-/// logged reason. Registered datasets whose folder under `root` disappeared are forgotten.
+/// logged reason. A folder registered before whose files (the split files and manifest at its
+/// top level) are unchanged is not read again. Registered datasets whose folder under `root`
+/// disappeared are forgotten.
 pub async fn register_datasets(store: &Store, root: &Path) -> Result<Vec<String>> {
     let scan_root = root.to_path_buf();
-    let found = tokio::task::spawn_blocking(move || scan_datasets(&scan_root)).await?;
+    let known: HashMap<String, data::DatasetInfo> = store
+        .list_datasets()
+        .await?
+        .into_iter()
+        .map(|d| (d.name, d.info))
+        .collect();
+    let (found, broken) =
+        tokio::task::spawn_blocking(move || scan_datasets(&scan_root, &known)).await?;
+    for name in broken {
+        // registered once, unreadable now: runs would fail on it
+        store.delete_dataset(&name).await?;
+    }
     let mut names = Vec::new();
     for (name, info) in found {
         store.upsert_dataset(&name, &info).await?;
@@ -80,9 +94,13 @@ pub async fn register_datasets(store: &Store, root: &Path) -> Result<Vec<String>
     Ok(names)
 }
 
-fn scan_datasets(root: &Path) -> Vec<(String, data::DatasetInfo)> {
+/// The readable datasets under `root`, and the names of the folders that failed to read.
+fn scan_datasets(
+    root: &Path,
+    known: &HashMap<String, data::DatasetInfo>,
+) -> (Vec<(String, data::DatasetInfo)>, Vec<String>) {
     let Ok(entries) = std::fs::read_dir(root) else {
-        return Vec::new();
+        return (Vec::new(), Vec::new());
     };
     let mut dirs: Vec<PathBuf> = entries
         .filter_map(Result::ok)
@@ -95,7 +113,7 @@ fn scan_datasets(root: &Path) -> Vec<(String, data::DatasetInfo)> {
         })
         .collect();
     dirs.sort();
-    let mut out = Vec::new();
+    let (mut out, mut broken) = (Vec::new(), Vec::new());
     for dir in dirs {
         let name = dir
             .file_name()
@@ -120,16 +138,27 @@ fn scan_datasets(root: &Path) -> Vec<(String, data::DatasetInfo)> {
                 continue;
             }
         };
+        let signature = data::folder_signature(&dir);
+        if let Some(info) = known.get(&name)
+            && info.source == source
+            && info.signature == signature
+        {
+            out.push((name, info.clone()));
+            continue;
+        }
         match data::inspect(&name, &source, data::Check::Strict) {
-            Ok(info) => out.push((name, info)),
-            Err(e) => tracing::warn!(
-                dataset = name,
-                error = format!("{e:#}"),
-                "skipped: unreadable dataset"
-            ),
+            Ok(info) => out.push((name, data::DatasetInfo { signature, ..info })),
+            Err(e) => {
+                tracing::warn!(
+                    dataset = name,
+                    error = format!("{e:#}"),
+                    "skipped: unreadable dataset"
+                );
+                broken.push(name);
+            }
         }
     }
-    out
+    (out, broken)
 }
 
 /// The demo study's models, in the order they are queued (the headline comparison first:

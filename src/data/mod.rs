@@ -256,6 +256,32 @@ pub struct DatasetInfo {
     pub problems: Vec<Problem>,
     #[serde(default)]
     pub problem_count: usize,
+    /// [`folder_signature`] of the folder when it was read, for start-up registration.
+    #[serde(default)]
+    pub signature: String,
+}
+
+/// Names, sizes and modification times of the files directly in a dataset folder (its split
+/// files and manifest): when they are unchanged, the folder need not be read again.
+pub fn folder_signature(root: &Path) -> String {
+    let mut files: Vec<String> = std::fs::read_dir(root)
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .filter_map(|e| {
+            let m = e.metadata().ok()?;
+            let t = m
+                .modified()
+                .ok()?
+                .duration_since(std::time::UNIX_EPOCH)
+                .ok()?
+                .as_nanos();
+            m.is_file()
+                .then(|| format!("{}:{}:{t}", e.file_name().to_string_lossy(), m.len()))
+        })
+        .collect();
+    files.sort();
+    files.join("|")
 }
 
 /// One split's file and counts.
@@ -408,6 +434,7 @@ pub fn inspect(name: &str, source: &Source, check: Check) -> Result<DatasetInfo>
         splits,
         problem_count: ds.problems.len(),
         problems: ds.problems.into_iter().take(SHOWN_PROBLEMS).collect(),
+        signature: String::new(),
     })
 }
 

@@ -270,6 +270,7 @@ pub fn run(spec: &JobSpec, sink: &mut dyn EventSink) -> Result<Summary> {
     let mut train_seconds = 0.0;
     let mut trained_examples = 0usize;
     let epoch_of = |step: u64| step as f64 / steps_per_epoch.max(1) as f64;
+    let mut last_dev = None;
     for epoch in 0..cfg.epochs as u64 {
         let mut order: Vec<usize> = (0..ds.train.len()).collect();
         order.shuffle(&mut ChaCha8Rng::seed_from_u64(cfg.seed.wrapping_add(epoch)));
@@ -319,6 +320,7 @@ pub fn run(spec: &JobSpec, sink: &mut dyn EventSink) -> Result<Summary> {
         if !ds.dev.is_empty() {
             let s = evaluate(&model, &batcher, dev, bs)?;
             report(sink, "eval", &s, step, epoch_of(step));
+            last_dev = Some(s);
         }
         if step == total_steps {
             break;
@@ -343,7 +345,12 @@ pub fn run(spec: &JobSpec, sink: &mut dyn EventSink) -> Result<Summary> {
             sink,
             format!("{why} the summary's metrics are the dev split's"),
         );
-        ("dev", evaluate(&model, &batcher, dev, bs)?)
+        // the model has not changed since the last epoch's dev evaluation
+        let scored = match last_dev {
+            Some(s) => s,
+            None => evaluate(&model, &batcher, dev, bs)?,
+        };
+        ("dev", scored)
     };
     let m = report(sink, summary_split, &scored, step, epoch_of(step));
     models::save_classifier(&model, &spec.output_dir, &ds.label_names)

@@ -261,3 +261,39 @@ async fn bad_names_formats_and_layouts_are_rejected_naming_the_field() {
         "a name already used for another folder"
     );
 }
+
+#[tokio::test]
+async fn a_restart_reads_a_dataset_folder_again_only_when_its_files_changed() {
+    let app = TestApp::new().await;
+    let folder = app.dir.path().join("data/datasets/memes");
+    memes_folder(&folder, false);
+    let dir = app.dir;
+    drop(app.state);
+    let app = TestApp::open(dir).await;
+    assert_eq!(
+        app.get("/api/v1/datasets/memes").await.0,
+        StatusCode::OK,
+        "registered at start"
+    );
+    // an image goes missing, the split files stay as they were: not read again
+    std::fs::remove_file(folder.join("img/5.png")).unwrap();
+    let dir = app.dir;
+    drop(app.state);
+    let app = TestApp::open(dir).await;
+    assert_eq!(
+        app.get("/api/v1/datasets/memes").await.0,
+        StatusCode::OK,
+        "unchanged files are not read again"
+    );
+    // a split file changes: read again, now broken, so forgotten rather than kept stale
+    let train = std::fs::read_to_string(folder.join("train.jsonl")).unwrap();
+    std::fs::write(folder.join("train.jsonl"), train + "\n").unwrap();
+    let dir = app.dir;
+    drop(app.state);
+    let app = TestApp::open(dir).await;
+    assert_eq!(
+        app.get("/api/v1/datasets/memes").await.0,
+        StatusCode::NOT_FOUND,
+        "read again, now broken"
+    );
+}
