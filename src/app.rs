@@ -6,9 +6,10 @@ use crate::data::{self, demo};
 use crate::http::AppState;
 use crate::live::Hub;
 use crate::models::presets;
-use crate::protocol::TrainConfig;
+use crate::models::registry::Registry;
 use crate::queue::Scheduler;
 use crate::queue::slots::Slot;
+use crate::runs::{RunRequest, SubmitError, TrainOptions};
 use crate::store::Store;
 use crate::store::runs::RunFilter;
 use anyhow::{Context, Result};
@@ -45,7 +46,14 @@ pub async fn build(settings: Settings, slots: Vec<Slot>) -> Result<AppState> {
     .await??;
     register_datasets(&store, &settings.datasets_dir()).await?;
     let hub = Hub::default();
-    let scheduler = Scheduler::new(store.clone(), settings.clone(), hub.clone(), slots);
+    let registry = Registry::new(settings.models_dir.clone());
+    let scheduler = Scheduler::new(
+        store.clone(),
+        settings.clone(),
+        registry,
+        hub.clone(),
+        slots,
+    );
     scheduler.recover().await?;
     Ok(AppState::new(settings, store, scheduler, hub))
 }
@@ -176,8 +184,8 @@ pub const DEMO_STUDY: [(&str, f64); 7] = [
 
 /// Queues the demo study when the database has no runs yet: every model of [`DEMO_STUDY`] that
 /// is installed, on every demo dataset, 3 epochs each, with as many seeds as there are worker
-/// slots (1 to 3), so that more slots give tighter comparisons in the same time. Returns the
-/// run ids.
+/// slots (1 to 3), so that more slots give tighter comparisons in the same time. The runs are
+/// submitted as any other (checked, resolved, announced to live viewers). Returns the run ids.
 pub async fn queue_demo_study(state: &AppState) -> Result<Vec<i64>> {
     if !state
         .store
@@ -193,36 +201,34 @@ pub async fn queue_demo_study(state: &AppState) -> Result<Vec<i64>> {
     let seeds = state.scheduler.slots().len().clamp(1, 3) as u64;
     let mut ids = Vec::new();
     for (rank, (model, lr)) in DEMO_STUDY.iter().enumerate() {
-        if crate::models::registry::find(&state.settings.models_dir, model)
-            .is_none_or(|m| !m.usable)
-        {
-            tracing::warn!(
-                model,
-                "not installed; left out of the demo study (run the setup step)"
-            );
-            continue;
-        }
-        for (dataset, _) in demo::DEMOS {
+        'model: for (dataset, _) in demo::DEMOS {
             for seed in 0..seeds {
-                let config = TrainConfig {
-                    epochs: 3,
-                    learning_rate: *lr,
-                    max_length: 48,
-                    seed,
-                    ..TrainConfig::default()
+                let mut req = RunRequest::new(*model, dataset);
+                req.train = TrainOptions {
+                    epochs: Some(3),
+                    learning_rate: Some(*lr),
+                    max_length: Some(48),
+                    seed: Some(seed),
+                    ..TrainOptions::default()
                 };
                 // earlier rows of the table first
-                let priority = (DEMO_STUDY.len() - rank) as i64;
-                ids.push(
-                    state
-                        .store
-                        .insert_run(model, dataset, &config, priority)
-                        .await?
-                        .id,
-                );
+                req.queue.priority = Some((DEMO_STUDY.len() - rank) as i64);
+                match state.scheduler.submit(req).await {
+                    Ok(run) => ids.push(run.id),
+                    Err(
+                        e @ (SubmitError::UnknownModel { .. } | SubmitError::UnusableModel { .. }),
+                    ) => {
+                        tracing::warn!(
+                            model,
+                            reason = %e,
+                            "left out of the demo study (run the setup step to install it)"
+                        );
+                        break 'model;
+                    }
+                    Err(e) => return Err(anyhow::Error::new(e).context("queueing the demo study")),
+                }
             }
         }
     }
-    state.scheduler.wake();
     Ok(ids)
 }

@@ -1,6 +1,7 @@
 //! Benchmarks: commands that print figures for BENCHMARKS.md (`modalbench bench ...`).
 
-use crate::protocol::{Summary, TrainConfig};
+use crate::eval::MetricKey;
+use crate::protocol::Summary;
 use crate::store::Store;
 use crate::store::metrics::NewPoint;
 use crate::store::runs::{BoardMetric, RunStatus};
@@ -16,45 +17,34 @@ pub async fn leaderboard(runs: usize, points_per_run: usize, repeats: usize) -> 
     let store = Store::open(&dir.join("bench.db")).await?;
     let mut rng = ChaCha8Rng::seed_from_u64(0);
     let t = Instant::now();
-    let config = TrainConfig::default();
-    for chunk in 0..runs.div_ceil(1000) {
-        let mut tx = store.pool().begin().await?;
-        for i in chunk * 1000..((chunk + 1) * 1000).min(runs) {
-            sqlx::query(
-                "INSERT INTO runs (status, model, dataset, config, created_at) VALUES ('running', ?, ?, ?, ?)",
+    let finished: Vec<(String, String, RunStatus, Summary)> = (0..runs)
+        .map(|i| {
+            let s = Summary {
+                accuracy: rng.random_range(0.5..1.0),
+                f1: rng.random_range(0.4..1.0),
+                auroc: Some(rng.random_range(0.5..1.0)),
+                loss: rng.random_range(0.1..1.0),
+                train_seconds: rng.random_range(10.0..1000.0),
+                samples_per_second: rng.random_range(10.0..500.0),
+                ..Default::default()
+            };
+            let status = if i % 10 == 9 {
+                RunStatus::Failed
+            } else {
+                RunStatus::Succeeded
+            };
+            (
+                format!("model-{}", i % 20),
+                format!("dataset-{}", (i / 20) % 5),
+                status,
+                s,
             )
-            .bind(format!("model-{}", i % 20))
-            .bind(format!("dataset-{}", (i / 20) % 5))
-            .bind(serde_json::to_string(&config)?)
-            .bind(crate::store::now())
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await?;
-    }
-    let ids: Vec<i64> = sqlx::query_scalar("SELECT id FROM runs")
-        .fetch_all(store.pool())
-        .await?;
-    for &id in &ids {
-        let s = Summary {
-            accuracy: rng.random_range(0.5..1.0),
-            f1: rng.random_range(0.4..1.0),
-            auroc: Some(rng.random_range(0.5..1.0)),
-            loss: rng.random_range(0.1..1.0),
-            train_seconds: rng.random_range(10.0..1000.0),
-            samples_per_second: rng.random_range(10.0..500.0),
-            ..Default::default()
-        };
-        let status = if id % 10 == 0 {
-            RunStatus::Failed
-        } else {
-            RunStatus::Succeeded
-        };
-        store.finish_run(id, status, None, Some(&s)).await?;
-    }
+        })
+        .collect();
+    let ids = store.insert_finished_runs(&finished).await?;
     let points: Vec<NewPoint> = (0..points_per_run)
         .map(|step| NewPoint {
-            key: "train/loss".into(),
+            key: MetricKey::TRAIN_LOSS,
             step: step as i64,
             epoch: 0.0,
             value: 1.0,

@@ -12,6 +12,7 @@ pub mod live;
 pub mod models;
 pub mod protocol;
 pub mod queue;
+pub mod runs;
 pub mod store;
 pub mod train;
 pub mod worker;

@@ -3,7 +3,9 @@
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use modalbench::config::{ServeArgs, Settings};
-use modalbench::protocol::{DatasetRef, JobSpec, TrainConfig};
+use modalbench::models::registry::Registry;
+use modalbench::protocol::{Device, JobSpec};
+use modalbench::runs::{self, DatasetLookup, DatasetRef, RunRequest, TrainOptions};
 use modalbench::{app, data, http, models, queue, train, worker};
 use std::path::PathBuf;
 use tracing_subscriber::EnvFilter;
@@ -47,9 +49,9 @@ enum Command {
         /// safetensors file for the outputs (`last_hidden_state`, `pooler_output`, `logits`, ...).
         #[arg(long)]
         output: PathBuf,
-        /// `cpu` or `cuda`.
+        /// `cpu`, `cuda` or `cuda:N`.
         #[arg(long, default_value = "cpu")]
-        device: String,
+        device: Device,
     },
     /// Print benchmark figures.
     Bench {
@@ -108,9 +110,9 @@ enum BenchCommand {
         seq_len: i64,
         #[arg(long, default_value_t = 10)]
         steps: usize,
-        /// `cpu` or `cuda`.
+        /// `cpu`, `cuda` or `cuda:N`.
         #[arg(long, default_value = "cpu")]
-        device: String,
+        device: Device,
         #[command(flatten)]
         settings: Settings,
     },
@@ -121,27 +123,17 @@ struct TrainArgs {
     /// Model name (a folder under the models dir).
     #[arg(long)]
     model: String,
-    /// Dataset folder in the Hateful Memes layout.
+    /// Dataset folder, in any layout the service registers (see the README).
     #[arg(long)]
     dataset: PathBuf,
-    #[arg(long, default_value_t = TrainConfig::default().epochs)]
-    epochs: u32,
-    #[arg(long, default_value_t = TrainConfig::default().batch_size)]
-    batch_size: u32,
-    #[arg(long, default_value_t = TrainConfig::default().learning_rate)]
-    learning_rate: f64,
-    #[arg(long, default_value_t = TrainConfig::default().seed)]
-    seed: u64,
-    #[arg(long, default_value_t = TrainConfig::default().max_length)]
-    max_length: u32,
-    #[arg(long)]
-    max_steps: Option<u32>,
+    #[command(flatten)]
+    options: TrainOptions,
     /// Where to write the fine-tuned checkpoint.
     #[arg(long, default_value = "./checkpoint")]
     output: PathBuf,
-    /// `cpu` or `cuda`.
+    /// `cpu`, `cuda` or `cuda:N`.
     #[arg(long, default_value = "cpu")]
-    device: String,
+    device: Device,
     #[command(flatten)]
     settings: Settings,
 }
@@ -189,15 +181,18 @@ fn main() {
                     device,
                     settings,
                 },
-        } => train::resolve_device(&device).and_then(|device| {
-            modalbench::bench::train_step(
-                &settings.models_dir.join(&model),
-                batch_size,
-                seq_len,
-                steps,
-                device,
-            )
-        }),
+        } => device
+            .to_tch()
+            .map_err(anyhow::Error::from)
+            .and_then(|device| {
+                modalbench::bench::train_step(
+                    &settings.models_dir.join(&model),
+                    batch_size,
+                    seq_len,
+                    steps,
+                    device,
+                )
+            }),
         Command::Bench {
             command:
                 BenchCommand::Loader {
@@ -212,11 +207,13 @@ fn main() {
             inputs,
             output,
             device,
-        } => train::resolve_device(&device)
+        } => device
+            .to_tch()
+            .map_err(anyhow::Error::from)
             .and_then(|d| models::forward_file(&checkpoint, &inputs, &output, d))
             .map(|names| println!("wrote {} to {}", names.join(", "), output.display())),
         Command::Models { settings } => {
-            for m in models::registry::scan(&settings.models_dir) {
+            for m in Registry::new(settings.models_dir).scan() {
                 let status = m.problem.as_deref().unwrap_or("usable");
                 println!(
                     "{:<20} {:<8} {:<11} {:>12} params  {status}",
@@ -267,14 +264,9 @@ fn serve(args: ServeArgs) -> Result<()> {
         })
 }
 
+/// `modalbench train`: the run is resolved as the service resolves a submission (the same
+/// options, checks and defaults), then trained in this process.
 fn train_here(a: TrainArgs) -> Result<()> {
-    let model = models::registry::find(&a.settings.models_dir, &a.model).with_context(|| {
-        format!(
-            "no model `{}` under {}",
-            a.model,
-            a.settings.models_dir.display()
-        )
-    })?;
     let source = data::detect(&a.dataset)?.with_context(|| {
         format!(
             "{}: no known dataset layout (formats: {}; or name one in modalbench.toml)",
@@ -282,38 +274,37 @@ fn train_here(a: TrainArgs) -> Result<()> {
             data::formats::names().join(", ")
         )
     })?;
-    let spec = JobSpec {
-        run_id: 0,
-        model: a.model.clone(),
-        model_dir: model.path,
-        dataset: DatasetRef {
-            name: a
-                .dataset
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default(),
-            source,
-        },
-        config: TrainConfig {
-            epochs: a.epochs,
-            batch_size: a.batch_size,
-            learning_rate: a.learning_rate,
-            seed: a.seed,
-            max_length: a.max_length,
-            max_steps: a.max_steps,
-            ..TrainConfig::default()
-        },
-        device: a.device,
-        threads: std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1),
-        output_dir: a.output,
-        cache_dir: Some(a.settings.data_dir.join("cache")),
+    let name = a
+        .dataset
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let req = RunRequest {
+        train: a.options,
+        ..RunRequest::new(a.model, name.clone())
     };
+    let registry = Registry::new(a.settings.models_dir.clone());
+    let resolved = runs::resolve(
+        req,
+        &registry,
+        DatasetLookup::Found(Box::new(DatasetRef { name, source })),
+    )?;
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let spec = JobSpec::new(
+        0,
+        &resolved,
+        a.device,
+        threads,
+        a.output,
+        Some(a.settings.data_dir.join("cache")),
+    );
     let mut sink = worker::progress::ProgressSink::default();
     let s = train::run(&spec, &mut sink)?;
     println!(
-        "test accuracy {:.4}  F1 {:.4}  AUROC {}  loss {:.4}  |  {:.1}s training, {:.1} samples/s",
+        "{} accuracy {:.4}  F1 {:.4}  AUROC {}  loss {:.4}  |  {:.1}s training, {:.1} samples/s",
+        s.split,
         s.accuracy,
         s.f1,
         s.auroc

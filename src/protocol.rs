@@ -4,71 +4,111 @@
 //! open; the worker answers with [`Event`]s, one JSON object per line on stdout. Logs for humans
 //! go to stderr, whose tail becomes the run's error message if the process dies.
 
+use crate::data::Split;
+use crate::eval::MetricKey;
+use crate::runs::{DatasetRef, ModelRef, ResolvedRun, TrainConfig};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
-/// Hyper-parameters of one fine-tuning run, as stored in `runs.config`.
+/// Where a job runs, as the process running it addresses the device.
 ///
-/// Field names follow Hugging Face `TrainingArguments` where one exists there.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct TrainConfig {
-    /// Passes over the training split.
-    pub epochs: u32,
-    /// Examples per optimisation step.
-    pub batch_size: u32,
-    /// Peak learning rate of AdamW, reached at the end of warm-up.
-    pub learning_rate: f64,
-    /// Seeds weight initialisation, dropout and the shuffling order.
-    pub seed: u64,
-    /// Tokens per text after truncation; batches are padded to their longest text only.
-    pub max_length: u32,
-    /// Fraction of all steps spent warming the learning rate up linearly from 0.
-    pub warmup_ratio: f64,
-    /// Decoupled weight decay of AdamW (not applied to biases and LayerNorm weights).
-    pub weight_decay: f64,
-    /// Stop after this many optimisation steps, if set (Hugging Face's `max_steps`).
-    pub max_steps: Option<u32>,
+/// A worker on a GPU slot sees only its own GPU (`CUDA_VISIBLE_DEVICES`), so the slot's
+/// device is [`Device::Cuda`] with the physical index, and the job's is `Cuda(0)`. Written
+/// `cpu`, `cuda` (`cuda:0`) or `cuda:N`, as PyTorch writes devices.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(into = "String", try_from = "String")]
+pub enum Device {
+    /// The CPU, with a share of its cores.
+    Cpu,
+    /// CUDA device N.
+    Cuda(usize),
 }
 
-impl Default for TrainConfig {
-    fn default() -> Self {
-        TrainConfig {
-            epochs: 3,
-            batch_size: 16,
-            learning_rate: 2e-5,
-            seed: 0,
-            max_length: 128,
-            warmup_ratio: 0.1,
-            weight_decay: 0.01,
-            max_steps: None,
+impl Device {
+    /// The libtorch device, if this process can use it.
+    pub fn to_tch(self) -> Result<tch::Device, DeviceError> {
+        match self {
+            Device::Cpu => Ok(tch::Device::Cpu),
+            Device::Cuda(i) => {
+                let visible = usize::try_from(tch::Cuda::device_count()).unwrap_or(0);
+                if i < visible {
+                    Ok(tch::Device::Cuda(i))
+                } else {
+                    Err(DeviceError::NotVisible {
+                        device: self,
+                        visible,
+                    })
+                }
+            }
+        }
+    }
+
+    /// Whether this is a GPU.
+    pub fn is_cuda(self) -> bool {
+        matches!(self, Device::Cuda(_))
+    }
+}
+
+impl std::fmt::Display for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Device::Cpu => f.pad("cpu"),
+            Device::Cuda(i) => f.pad(&format!("cuda:{i}")),
         }
     }
 }
 
-/// A registered dataset: its name and how to read it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct DatasetRef {
-    /// Registered name, e.g. `demo-news`.
-    pub name: String,
-    #[serde(flatten)]
-    pub source: crate::data::Source,
+/// A device that cannot be named or used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DeviceError {
+    #[error("unknown device `{0}` (cpu, cuda or cuda:N)")]
+    Unknown(String),
+    #[error("device `{device}` requested but this process sees {visible} CUDA device(s)")]
+    NotVisible { device: Device, visible: usize },
 }
 
-/// Everything a worker needs to run one job, sent as the first line on its stdin.
+impl std::str::FromStr for Device {
+    type Err = DeviceError;
+    fn from_str(s: &str) -> Result<Device, DeviceError> {
+        match s {
+            "cpu" => Ok(Device::Cpu),
+            "cuda" => Ok(Device::Cuda(0)),
+            _ => s
+                .strip_prefix("cuda:")
+                .and_then(|i| i.parse().ok())
+                .map(Device::Cuda)
+                .ok_or_else(|| DeviceError::Unknown(s.to_string())),
+        }
+    }
+}
+
+impl From<Device> for String {
+    fn from(d: Device) -> String {
+        d.to_string()
+    }
+}
+
+impl TryFrom<String> for Device {
+    type Error = DeviceError;
+    fn try_from(s: String) -> Result<Device, DeviceError> {
+        s.parse()
+    }
+}
+
+/// Everything a worker needs to run one job, sent as the first line on its stdin. Made from a
+/// resolved run in one place, [`JobSpec::new`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct JobSpec {
     /// The run this job belongs to (for logs only; the worker never touches the database).
     pub run_id: i64,
-    /// Model name as listed by the registry.
-    pub model: String,
-    /// Checkpoint folder in Hugging Face layout.
-    pub model_dir: PathBuf,
+    /// The checkpoint to fine-tune.
+    pub model: ModelRef,
     /// The dataset to train and evaluate on.
     pub dataset: DatasetRef,
     /// Hyper-parameters.
     pub config: TrainConfig,
-    /// `cpu` or `cuda` (the slot's GPU is the only one the process sees).
-    pub device: String,
+    /// The device as the worker sees it.
+    pub device: Device,
     /// Intra-op threads for CPU work (torch's `set_num_threads`).
     pub threads: usize,
     /// Folder for the fine-tuned checkpoint; created by the worker.
@@ -76,6 +116,31 @@ pub struct JobSpec {
     /// Folder for caches kept across runs (resized images); none: no disk cache.
     #[serde(default)]
     pub cache_dir: Option<PathBuf>,
+}
+
+impl JobSpec {
+    /// The job of a resolved run on `device` with `threads` CPU threads, writing its checkpoint
+    /// to `output_dir`. The only place a job is made: the supervisor and `modalbench train`
+    /// both come here.
+    pub fn new(
+        run_id: i64,
+        run: &ResolvedRun,
+        device: Device,
+        threads: usize,
+        output_dir: PathBuf,
+        cache_dir: Option<PathBuf>,
+    ) -> JobSpec {
+        JobSpec {
+            run_id,
+            model: run.model.clone(),
+            dataset: run.dataset.clone(),
+            config: run.config.clone(),
+            device,
+            threads: threads.max(1),
+            output_dir,
+            cache_dir,
+        }
+    }
 }
 
 /// One row of per-example output on an evaluation split.
@@ -97,7 +162,7 @@ pub struct Prediction {
 pub struct Summary {
     /// The split the metrics are from: `test`, or `dev` when the test split has no labels.
     #[serde(default = "test_split")]
-    pub split: String,
+    pub split: Split,
     /// Accuracy (top-1 for VQA-style tasks).
     pub accuracy: f64,
     /// Test F1 (positive class for binary tasks, macro otherwise).
@@ -123,8 +188,8 @@ pub struct Summary {
     pub test_examples: usize,
 }
 
-fn test_split() -> String {
-    "test".into()
+fn test_split() -> Split {
+    Split::Test
 }
 
 /// What a worker reports, one JSON object per stdout line, tagged by `event`.
@@ -133,7 +198,7 @@ fn test_split() -> String {
 pub enum Event {
     /// Model and data are loaded; training begins.
     Started {
-        device: String,
+        device: Device,
         threads: usize,
         num_parameters: i64,
         num_labels: usize,
@@ -151,7 +216,7 @@ pub enum Event {
     },
     /// One point of a metric series (`train/loss`, `eval/accuracy`, ...).
     Metric {
-        key: String,
+        key: MetricKey,
         step: u64,
         epoch: f64,
         value: f64,
@@ -159,10 +224,7 @@ pub enum Event {
     /// A line for the run's log.
     Log { message: String },
     /// Per-example outputs on one split.
-    Predictions {
-        split: String,
-        rows: Vec<Prediction>,
-    },
+    Predictions { split: Split, rows: Vec<Prediction> },
     /// A checkpoint in Hugging Face layout was written.
     Checkpoint { path: PathBuf },
     /// The run finished; its summary.
@@ -187,7 +249,7 @@ mod tests {
     #[test]
     fn events_round_trip_through_a_json_line() {
         let ev = Event::Metric {
-            key: "eval/accuracy".into(),
+            key: "eval/accuracy".parse().unwrap(),
             step: 12,
             epoch: 1.0,
             value: 0.75,
@@ -195,7 +257,26 @@ mod tests {
         let line = ev.to_line();
         assert!(line.ends_with('\n'));
         assert!(line.contains(r#""event":"metric""#));
+        assert!(line.contains(r#""key":"eval/accuracy""#));
         let back: Event = serde_json::from_str(line.trim()).unwrap();
         assert_eq!(back, ev);
+    }
+
+    #[test]
+    fn devices_are_written_as_pytorch_writes_them() {
+        for (text, device) in [
+            ("cpu", Device::Cpu),
+            ("cuda", Device::Cuda(0)),
+            ("cuda:3", Device::Cuda(3)),
+        ] {
+            assert_eq!(text.parse::<Device>(), Ok(device));
+        }
+        assert_eq!(Device::Cuda(3).to_string(), "cuda:3");
+        assert_eq!(serde_json::to_string(&Device::Cpu).unwrap(), r#""cpu""#);
+        assert_eq!(
+            "gpu".parse::<Device>(),
+            Err(DeviceError::Unknown("gpu".into()))
+        );
+        assert!(serde_json::from_str::<Device>(r#""cuda:x""#).is_err());
     }
 }

@@ -1,21 +1,17 @@
-//! Datasets on disk: formats, validation, the demo, and turning examples into model inputs.
+//! Datasets on disk: formats, validation, the demo, and image preprocessing.
 //!
 //! A dataset is read from a [`Source`]: its folder, its format and the format's [`Options`]
 //! (from the folder's `modalbench.toml`, a registration request, or recognised from the files).
 //! Readers report bad lines as [`Problem`]s: a strict read fails with the first 20, a report
 //! read skips them and counts them.
 
-pub mod batch;
 pub mod demo;
 pub mod formats;
 pub mod image;
 pub mod loader;
 pub mod resize;
-pub mod stats;
-pub mod text;
 
 use anyhow::{Context, Result, bail};
-pub use batch::Batch;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -49,6 +45,13 @@ pub struct Example {
     pub soft_labels: Vec<(usize, f32)>,
     /// The annotators' normalised answers, for VQA accuracy.
     pub answers: Vec<String>,
+}
+
+impl Example {
+    /// The text, and the second text of a pair task, as a tokenizer takes them.
+    pub fn texts(&self) -> (&str, Option<&str>) {
+        (&self.text, self.text_pair.as_deref())
+    }
 }
 
 /// Column names of tabular formats (the news layout).
@@ -109,7 +112,7 @@ pub struct Options {
     /// Split files by role (`train`, `dev`, `test`), relative to the root, where the format's
     /// own names do not apply.
     #[serde(default)]
-    pub splits: Option<BTreeMap<String, String>>,
+    pub splits: Option<BTreeMap<Split, String>>,
 }
 
 /// Where a dataset is and how to read it.
@@ -204,8 +207,88 @@ pub struct Splits {
     pub files: [String; 3],
 }
 
-/// Split roles, in the order of [`Splits`] and [`Dataset::splits`].
-pub const SPLITS: [&str; 3] = ["train", "dev", "test"];
+/// The role of a split: what a run trains on, selects on, and is finally scored on. Named
+/// `train`, `dev` and `test` everywhere (files, metric keys, predictions, query parameters).
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
+#[serde(rename_all = "snake_case", try_from = "String")]
+pub enum Split {
+    Train,
+    Dev,
+    #[default]
+    Test,
+}
+
+impl Split {
+    /// The three roles, in the order of [`Splits`] and [`Dataset::splits`].
+    pub const ALL: [Split; 3] = [Split::Train, Split::Dev, Split::Test];
+
+    /// The role's name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Split::Train => "train",
+            Split::Dev => "dev",
+            Split::Test => "test",
+        }
+    }
+
+    /// Position in [`Split::ALL`] (and in per-split arrays).
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl std::fmt::Display for Split {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+/// A name that is not one of a closed set of names.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{given}` is not a {what}; use {allowed}")]
+pub struct UnknownName {
+    /// What was given.
+    pub given: String,
+    /// What kind of name was expected (`split`, `metric key`).
+    pub what: &'static str,
+    /// The names allowed, as a phrase (`train, dev or test`).
+    pub allowed: String,
+}
+
+impl UnknownName {
+    /// The error for `given`, listing `allowed` as "a, b or c".
+    pub fn new(given: &str, what: &'static str, allowed: &[&str]) -> Self {
+        let allowed = match allowed {
+            [] => String::new(),
+            [one] => one.to_string(),
+            [init @ .., last] => format!("{} or {last}", init.join(", ")),
+        };
+        UnknownName {
+            given: given.to_string(),
+            what,
+            allowed,
+        }
+    }
+}
+
+impl std::str::FromStr for Split {
+    type Err = UnknownName;
+    fn from_str(s: &str) -> Result<Split, UnknownName> {
+        Split::ALL
+            .into_iter()
+            .find(|x| x.as_str() == s)
+            .ok_or_else(|| UnknownName::new(s, "split", &Split::ALL.map(Split::as_str)))
+    }
+}
+
+impl TryFrom<String> for Split {
+    type Error = UnknownName;
+    fn try_from(s: String) -> Result<Split, UnknownName> {
+        s.parse()
+    }
+}
 
 /// A dataset read into memory.
 #[derive(Debug)]
@@ -228,13 +311,22 @@ impl Dataset {
         self.label_names.len()
     }
 
-    /// The three splits with their role names.
-    pub fn splits(&self) -> [(&'static str, &[Example]); 3] {
+    /// The three splits with their roles.
+    pub fn splits(&self) -> [(Split, &[Example]); 3] {
         [
-            ("train", &self.train),
-            ("dev", &self.dev),
-            ("test", &self.test),
+            (Split::Train, &self.train),
+            (Split::Dev, &self.dev),
+            (Split::Test, &self.test),
         ]
+    }
+
+    /// The examples of one split.
+    pub fn split(&self, split: Split) -> &[Example] {
+        match split {
+            Split::Train => &self.train,
+            Split::Dev => &self.dev,
+            Split::Test => &self.test,
+        }
     }
 
     /// Where an example's image file is.
@@ -250,7 +342,7 @@ pub struct DatasetInfo {
     pub task: Task,
     pub num_labels: usize,
     pub label_names: Vec<String>,
-    pub splits: BTreeMap<String, SplitInfo>,
+    pub splits: BTreeMap<Split, SplitInfo>,
     /// Problems a report-mode registration skipped (the first 20), and their count.
     #[serde(default)]
     pub problems: Vec<Problem>,
@@ -377,9 +469,9 @@ fn check_images(ds: &mut Dataset, problems: &mut Problems) {
     let dir = ds.source.image_dir();
     let root = ds.source.root.clone();
     for (split, examples) in [
-        ("train", &mut ds.train),
-        ("dev", &mut ds.dev),
-        ("test", &mut ds.test),
+        (Split::Train, &mut ds.train),
+        (Split::Dev, &mut ds.dev),
+        (Split::Test, &mut ds.test),
     ] {
         let missing: Vec<bool> = examples
             .par_iter()
@@ -416,7 +508,7 @@ pub fn inspect(name: &str, source: &Source, check: Check) -> Result<DatasetInfo>
             label_counts[l] += 1;
         }
         splits.insert(
-            role.to_string(),
+            role,
             SplitInfo {
                 file: file.clone(),
                 examples: examples.len(),

@@ -1,4 +1,7 @@
-//! Evaluation metrics.
+//! Evaluation: metrics, and the keys metric series are reported under.
 
+pub mod keys;
 pub mod metrics;
 pub mod vqa;
+
+pub use keys::{Metric, MetricKey, Scope};

@@ -82,6 +82,18 @@ impl From<anyhow::Error> for ApiError {
     }
 }
 
+impl From<crate::runs::SubmitError> for ApiError {
+    fn from(e: crate::runs::SubmitError) -> Self {
+        match e.field() {
+            Some(field) => ApiError::invalid(field, e.code(), e.to_string()),
+            None => match e {
+                crate::runs::SubmitError::Internal(e) => ApiError::from(e),
+                other => ApiError::from(anyhow::Error::new(other)),
+            },
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = Body {

@@ -100,7 +100,28 @@ fn unknown_field(msg: &str) -> Option<String> {
 }
 
 fn missing_field(msg: &str) -> Option<String> {
-    quoted_after(msg, "missing field ")
+    quoted_after(msg, "missing field ").or_else(|| quoted_after(msg, "duplicate field "))
+}
+
+/// Reads an HTML form's fields into `T` (through `serde_urlencoded`, as a query string is
+/// read). An empty field counts as left out, so that it takes its default. A value that does
+/// not fit is a 422 naming the field.
+pub fn parse_form<T: DeserializeOwned>(pairs: &[(String, String)]) -> Result<T, ApiError> {
+    let given: String = form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(pairs.iter().filter(|(_, v)| !v.trim().is_empty()))
+        .finish();
+    let de = serde_urlencoded::Deserializer::new(form_urlencoded::parse(given.as_bytes()));
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner().to_string();
+        if let Some(field) = unknown_field(&inner) {
+            return ApiError::invalid(&field, "unknown_field", format!("unknown field `{field}`"));
+        }
+        let field = missing_field(&inner)
+            .filter(|_| path == ".")
+            .unwrap_or(path);
+        ApiError::invalid(&field, "invalid_value", format!("`{field}`: {inner}"))
+    })
 }
 
 /// Query parameters; a bad value is a 422 naming the parameter.

@@ -7,6 +7,7 @@ pub mod pages;
 
 use crate::config::Settings;
 use crate::live::Hub;
+use crate::models::registry::Registry;
 use crate::queue::Scheduler;
 use crate::store::Store;
 use axum::Router;
@@ -27,19 +28,25 @@ pub struct AppState {
 pub struct AppInner {
     pub settings: Settings,
     pub store: Store,
+    /// The models root, with the inspections of its folders (shared with the scheduler).
+    pub registry: Registry,
     pub scheduler: Scheduler,
     pub hub: Hub,
+    /// Datasets read for their pages, with their statistics.
+    pub dataset_pages: pages::DatasetPageCache,
 }
 
 impl AppState {
-    /// Wraps the shared parts.
+    /// Wraps the shared parts; the scheduler resolves runs with the same registry.
     pub fn new(settings: Settings, store: Store, scheduler: Scheduler, hub: Hub) -> Self {
         AppState {
             inner: Arc::new(AppInner {
+                registry: scheduler.registry().clone(),
                 settings,
                 store,
                 scheduler,
                 hub,
+                dataset_pages: Default::default(),
             }),
         }
     }

@@ -1,6 +1,7 @@
 //! Model architectures in tch, their checkpoints, the built-in presets and the registry of the
 //! models root.
 
+pub mod batch;
 pub mod bert;
 pub mod checkpoint;
 pub mod clip;
@@ -10,11 +11,12 @@ pub mod layers;
 pub mod presets;
 pub mod registry;
 pub mod roberta;
+pub mod tokenizer;
 pub mod torch_pickle;
 pub mod vilt;
 
-pub use crate::data::batch::Batch;
 use anyhow::{Context, Result, bail};
+pub use batch::Batch;
 use checkpoint::{LoadReport, Naming};
 use registry::Modality;
 use serde_json::{Value, json};
@@ -280,7 +282,7 @@ pub fn check(dir: &Path) -> Result<Checkpoint> {
         may_be_fresh: &fresh,
     };
     checkpoint::plan(&params, &shapes, naming, &checkpoint::weights_label(dir))?;
-    crate::data::text::TextEncoder::for_checkpoint(&ckpt, 8).context("tokenizer")?;
+    tokenizer::TextEncoder::for_checkpoint(&ckpt, 8).context("tokenizer")?;
     Ok(ckpt)
 }
 

@@ -317,14 +317,9 @@ mod tests {
             "second call writes nothing"
         );
         let p = dir.path().join(BERT_TINY);
-        let enc = crate::data::text::TextEncoder::from_file(&p.join("tokenizer.json"), 16).unwrap();
-        let ex = crate::data::Example {
-            id: "1".into(),
-            text: "The team scored, zyx!".into(),
-            text_pair: None,
-            ..Default::default()
-        };
-        let ids = &enc.encode(&[ex]).unwrap()[0].ids;
+        let enc = crate::models::tokenizer::TextEncoder::from_file(&p.join("tokenizer.json"), 16)
+            .unwrap();
+        let ids = &enc.encode([("The team scored, zyx!", None)]).unwrap()[0].ids;
         let vocab = vocabulary();
         let toks: Vec<&str> = ids.iter().map(|&i| vocab[i as usize].as_str()).collect();
         assert_eq!(

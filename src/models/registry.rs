@@ -1,13 +1,14 @@
 //! The models root: one checkpoint folder per model, in Hugging Face layout. Inspecting a
 //! folder reads config.json and the weights' headers and checks them against the model the
-//! config describes, without loading weights; results are kept until the files change.
+//! config describes, without loading weights; a [`Registry`] keeps the results until the files
+//! change.
 
 use crate::models::{self, checkpoint};
 use serde::Serialize;
 use serde_json::Value;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 /// Inputs a model reads.
@@ -52,35 +53,95 @@ pub struct ModelInfo {
     pub path: PathBuf,
 }
 
-/// Every sub-folder of `root` that holds a config.json, sorted by name.
-pub fn scan(root: &Path) -> Vec<ModelInfo> {
-    let Ok(entries) = std::fs::read_dir(root) else {
-        return Vec::new();
-    };
-    let mut out: Vec<ModelInfo> = entries
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| p.join("config.json").is_file())
-        .map(|p| inspect(&p))
-        .collect();
-    out.sort_by(|a, b| a.name.cmp(&b.name));
-    out
+/// The models root and what is known about its folders. Inspections are kept until a
+/// folder's files change; clones share them.
+///
+/// Inspecting reads files, safetensors headers and tokenizers and builds a shapes-only model:
+/// the plain methods block, so async code calls the `_async` ones (or uses the blocking pool).
+#[derive(Debug, Clone)]
+pub struct Registry {
+    root: PathBuf,
+    cache: Arc<Mutex<Cache>>,
 }
 
-/// The model called `name`, if its folder exists.
-pub fn find(root: &Path, name: &str) -> Option<ModelInfo> {
-    // names come from users: only plain folder names
-    if name.is_empty() || name.contains(['/', '\\']) || name.starts_with('.') {
-        return None;
+type Signature = Vec<(String, u64, Option<SystemTime>)>;
+type Cache = HashMap<PathBuf, (Signature, ModelInfo)>;
+
+impl Registry {
+    /// The registry of the models under `root`.
+    pub fn new(root: impl Into<PathBuf>) -> Registry {
+        Registry {
+            root: root.into(),
+            cache: Arc::default(),
+        }
     }
-    let dir = root.join(name);
-    dir.join("config.json").is_file().then(|| inspect(&dir))
+
+    /// The models root.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Every sub-folder of the root that holds a config.json, sorted by name.
+    pub fn scan(&self) -> Vec<ModelInfo> {
+        let Ok(entries) = std::fs::read_dir(&self.root) else {
+            return Vec::new();
+        };
+        let mut out: Vec<ModelInfo> = entries
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| p.join("config.json").is_file())
+            .map(|p| self.inspect(&p))
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+
+    /// The model called `name`, if its folder exists.
+    pub fn find(&self, name: &str) -> Option<ModelInfo> {
+        // names come from users: only plain folder names
+        if name.is_empty() || name.contains(['/', '\\']) || name.starts_with('.') {
+            return None;
+        }
+        let dir = self.root.join(name);
+        dir.join("config.json")
+            .is_file()
+            .then(|| self.inspect(&dir))
+    }
+
+    /// [`Registry::scan`] on the blocking pool.
+    pub async fn scan_async(&self) -> anyhow::Result<Vec<ModelInfo>> {
+        let this = self.clone();
+        Ok(tokio::task::spawn_blocking(move || this.scan()).await?)
+    }
+
+    /// [`Registry::find`] on the blocking pool.
+    pub async fn find_async(&self, name: &str) -> anyhow::Result<Option<ModelInfo>> {
+        let (this, name) = (self.clone(), name.to_string());
+        Ok(tokio::task::spawn_blocking(move || this.find(&name)).await?)
+    }
+
+    /// Reads what the registry shows about one checkpoint folder.
+    pub fn inspect(&self, dir: &Path) -> ModelInfo {
+        let sig = signature(dir);
+        if let Some((s, info)) = self.lock().get(dir)
+            && *s == sig
+        {
+            return info.clone();
+        }
+        let info = inspect_uncached(dir);
+        self.lock().insert(dir.to_path_buf(), (sig, info.clone()));
+        info
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Cache> {
+        self.cache.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 /// Size and modification time of the files an inspection reads: when they change, the folder
 /// is inspected again.
-fn signature(dir: &Path) -> Vec<(String, u64, Option<SystemTime>)> {
-    let mut sig: Vec<(String, u64, Option<SystemTime>)> = std::fs::read_dir(dir)
+fn signature(dir: &Path) -> Signature {
+    let mut sig: Signature = std::fs::read_dir(dir)
         .into_iter()
         .flatten()
         .filter_map(Result::ok)
@@ -97,30 +158,6 @@ fn signature(dir: &Path) -> Vec<(String, u64, Option<SystemTime>)> {
         .collect();
     sig.sort();
     sig
-}
-
-type Cache = HashMap<PathBuf, (Vec<(String, u64, Option<SystemTime>)>, ModelInfo)>;
-
-/// Reads what the registry shows about one checkpoint folder.
-pub fn inspect(dir: &Path) -> ModelInfo {
-    static CACHE: Mutex<Option<Cache>> = Mutex::new(None);
-    let sig = signature(dir);
-    if let Some((s, info)) = CACHE
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .get_or_insert_default()
-        .get(dir)
-        && *s == sig
-    {
-        return info.clone();
-    }
-    let info = inspect_uncached(dir);
-    CACHE
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .get_or_insert_default()
-        .insert(dir.to_path_buf(), (sig, info.clone()));
-    info
 }
 
 fn inspect_uncached(dir: &Path) -> ModelInfo {

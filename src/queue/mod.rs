@@ -1,14 +1,17 @@
-//! The run queue: the scheduler claims queued runs for free device slots and supervises one
-//! worker process per running run.
+//! The run queue: runs are submitted here (resolved once, then stored as queued), the
+//! scheduler claims queued runs for free device slots and supervises one worker process per
+//! running run.
 
 pub mod slots;
 mod supervisor;
 
 use crate::config::Settings;
 use crate::live::{Hub, LiveKind};
+use crate::models::registry::Registry;
+use crate::runs::{self, DatasetLookup, DatasetRef, ResolvedRun, RunRequest, SubmitError};
 use crate::store::Store;
 use crate::store::runs::{Run, RunStatus};
-use anyhow::Result;
+use anyhow::{Context, Result};
 use slots::Slot;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -27,6 +30,7 @@ pub struct Scheduler {
 struct Inner {
     store: Store,
     settings: Settings,
+    registry: Registry,
     hub: Hub,
     slots: Vec<Slot>,
     state: Mutex<State>,
@@ -59,9 +63,15 @@ pub enum CancelOutcome {
 }
 
 impl Scheduler {
-    /// A scheduler over the given slots. Nothing starts until [`Scheduler::tick`] or
-    /// [`Scheduler::spawn`].
-    pub fn new(store: Store, settings: Settings, hub: Hub, slots: Vec<Slot>) -> Self {
+    /// A scheduler over the given slots, resolving models in `registry`. Nothing starts until
+    /// [`Scheduler::tick`] or [`Scheduler::spawn`].
+    pub fn new(
+        store: Store,
+        settings: Settings,
+        registry: Registry,
+        hub: Hub,
+        slots: Vec<Slot>,
+    ) -> Self {
         let state = State {
             busy: vec![None; slots.len()],
             active: HashMap::new(),
@@ -70,6 +80,7 @@ impl Scheduler {
             inner: Arc::new(Inner {
                 store,
                 settings,
+                registry,
                 hub,
                 slots,
                 state: Mutex::new(state),
@@ -82,6 +93,47 @@ impl Scheduler {
     /// The device slots.
     pub fn slots(&self) -> &[Slot] {
         &self.inner.slots
+    }
+
+    /// The registry runs are resolved in.
+    pub fn registry(&self) -> &Registry {
+        &self.inner.registry
+    }
+
+    /// Submits a run: resolves the request once (its model in the registry, on the blocking
+    /// pool; its dataset among the registered ones; every option checked), stores it as
+    /// queued, tells live viewers and wakes the scheduling loop. Every way to ask for a run
+    /// comes through here; nothing is stored when the request is refused.
+    pub async fn submit(&self, req: RunRequest) -> Result<Run, SubmitError> {
+        let store = &self.inner.store;
+        let dataset = match store.get_dataset(&req.dataset).await? {
+            Some(d) => DatasetLookup::Found(Box::new(DatasetRef {
+                name: d.name,
+                source: d.info.source,
+            })),
+            None => DatasetLookup::Unknown {
+                known: store.dataset_names().await?,
+            },
+        };
+        let registry = self.inner.registry.clone();
+        let resolved = tokio::task::spawn_blocking(move || runs::resolve(req, &registry, dataset))
+            .await
+            .context("resolving a run request")??;
+        Ok(self.enqueue(&resolved).await?)
+    }
+
+    async fn enqueue(&self, resolved: &ResolvedRun) -> Result<Run> {
+        let run = self.inner.store.insert_run(resolved).await?;
+        tracing::info!(run_id = run.id, model = %run.model, dataset = %run.dataset, "run queued");
+        self.inner.hub.send(
+            run.id,
+            LiveKind::Status {
+                status: RunStatus::Queued,
+                error: None,
+            },
+        );
+        self.wake();
+        Ok(run)
     }
 
     /// Start-up recovery: runs an earlier server left `running` become `interrupted` (they

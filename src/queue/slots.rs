@@ -1,5 +1,6 @@
 //! Device slots: one per CUDA device, or `--cpu-slots` CPU slots sharing the cores.
 
+use crate::protocol::Device;
 use serde::Serialize;
 
 /// A place a run can execute.
@@ -7,10 +8,28 @@ use serde::Serialize;
 pub struct Slot {
     /// `cuda:N` or `cpu:N`, stored as the run's device.
     pub name: String,
-    /// The GPU the worker is pinned to (`CUDA_VISIBLE_DEVICES`), if any.
-    pub cuda_index: Option<usize>,
+    /// The machine's device: GPU N, or the CPU.
+    pub device: Device,
     /// Torch intra-op threads for a CPU worker.
     pub threads: usize,
+}
+
+impl Slot {
+    /// The device as the slot's worker sees it: its one GPU is `cuda:0` there.
+    pub fn job_device(&self) -> Device {
+        match self.device {
+            Device::Cuda(_) => Device::Cuda(0),
+            Device::Cpu => Device::Cpu,
+        }
+    }
+
+    /// `CUDA_VISIBLE_DEVICES` for the slot's worker: its GPU, or none for a CPU worker.
+    pub fn visible_devices(&self) -> String {
+        match self.device {
+            Device::Cuda(i) => i.to_string(),
+            Device::Cpu => String::new(),
+        }
+    }
 }
 
 /// One slot per CUDA device if there are any, else `cpu_slots` CPU slots that split the
@@ -29,7 +48,7 @@ pub fn plan(gpus: usize, cpu_slots: usize, cores: usize) -> Vec<Slot> {
         return (0..gpus)
             .map(|i| Slot {
                 name: format!("cuda:{i}"),
-                cuda_index: Some(i),
+                device: Device::Cuda(i),
                 threads: (cores / gpus).max(1),
             })
             .collect();
@@ -38,7 +57,7 @@ pub fn plan(gpus: usize, cpu_slots: usize, cores: usize) -> Vec<Slot> {
     (0..n)
         .map(|i| Slot {
             name: format!("cpu:{i}"),
-            cuda_index: None,
+            device: Device::Cpu,
             threads: (cores / n).max(1),
         })
         .collect()
@@ -55,10 +74,16 @@ mod tests {
             g.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(),
             ["cuda:0", "cuda:1"]
         );
-        assert_eq!(g[1].cuda_index, Some(1));
+        assert_eq!(g[1].device, Device::Cuda(1));
+        assert_eq!(
+            (g[1].job_device(), g[1].visible_devices().as_str()),
+            (Device::Cuda(0), "1"),
+            "the worker sees its one GPU as cuda:0"
+        );
         let c = plan(0, 3, 8);
         assert_eq!(c.len(), 3);
-        assert!(c.iter().all(|s| s.threads == 2 && s.cuda_index.is_none()));
+        assert!(c.iter().all(|s| s.threads == 2 && s.device == Device::Cpu));
+        assert_eq!(c[0].visible_devices(), "", "a CPU worker sees no GPU");
         assert_eq!(plan(0, 0, 2).len(), 1, "at least one slot");
     }
 }

@@ -1,11 +1,14 @@
 //! One running run: start its worker process, persist what it reports, and record how it
 //! ended. Whatever the worker does (panic, abort, out-of-memory kill), only this run fails.
+//!
+//! Nothing is lost silently: a write to the store that fails (a full disk, a locked database)
+//! is retried; if it still fails, the worker is stopped and the run ends `failed` with the
+//! reason, and the server log says so.
 
 use super::Scheduler;
 use super::slots::Slot;
 use crate::live::LiveKind;
-use crate::models::registry;
-use crate::protocol::{DatasetRef, Event, JobSpec, Summary};
+use crate::protocol::{Event, JobSpec, Summary};
 use crate::store::metrics::NewPoint;
 use crate::store::runs::{Run, RunStatus};
 use anyhow::{Context, Result};
@@ -21,6 +24,37 @@ use tokio::sync::{Notify, mpsc};
 const STDERR_TAIL: usize = 20;
 /// How often buffered metric points and log lines are written.
 const FLUSH_EVERY: Duration = Duration::from_millis(300);
+/// Waits before the retries of a failed write to the store (about 4 s in all).
+const RETRY_AFTER: [Duration; 4] = [
+    Duration::from_millis(250),
+    Duration::from_millis(500),
+    Duration::from_secs(1),
+    Duration::from_secs(2),
+];
+
+/// Runs `write` until it succeeds, retrying after each of [`RETRY_AFTER`]; the last error if
+/// it never does.
+async fn with_retries<T, F, Fut>(run_id: i64, what: &str, mut write: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    let mut waits = RETRY_AFTER.iter();
+    loop {
+        match write().await {
+            Ok(v) => return Ok(v),
+            Err(e) => match waits.next() {
+                Some(wait) => {
+                    tracing::warn!(run_id, error = format!("{e:#}"), "{what} failed; retrying");
+                    tokio::time::sleep(*wait).await;
+                }
+                None => {
+                    return Err(e.context(format!("{what} failed {} times", RETRY_AFTER.len() + 1)));
+                }
+            },
+        }
+    }
+}
 
 enum Msg {
     Event(Event),
@@ -52,14 +86,16 @@ pub(super) async fn supervise(s: &Scheduler, run: Run, slot: Slot, cancel: Arc<N
         .await
         .unwrap_or_else(|e| Outcome::failed(format!("{e:#}")));
     let store = &s.inner.store;
-    if let Err(e) = store
-        .finish_run(id, out.status, out.error.as_deref(), out.summary.as_ref())
-        .await
-    {
+    let recorded = with_retries(id, "recording the end of the run", || {
+        store.finish_run(id, out.status, out.error.as_deref(), out.summary.as_ref())
+    })
+    .await;
+    if let Err(e) = recorded {
         tracing::error!(
             run_id = id,
+            status = %out.status,
             error = format!("{e:#}"),
-            "could not record the end of a run"
+            "could not record the end of a run; the next start will find it interrupted"
         );
     }
     let msg = match &out.error {
@@ -77,35 +113,23 @@ pub(super) async fn supervise(s: &Scheduler, run: Run, slot: Slot, cancel: Arc<N
     );
 }
 
-/// Looks up what the job needs, runs the worker, and says how it ended.
+/// Makes the job of the run, runs the worker, and says how it ended.
 async fn execute(s: &Scheduler, run: &Run, slot: &Slot, cancel: &Notify) -> Result<Outcome> {
     let settings = &s.inner.settings;
-    let store = &s.inner.store;
-    let model = registry::find(&settings.models_dir, &run.model)
-        .with_context(|| format!("model `{}` is no longer in the models folder", run.model))?;
-    let dataset = store
-        .get_dataset(&run.dataset)
-        .await?
-        .with_context(|| format!("dataset `{}` is no longer registered", run.dataset))?;
-    let spec = JobSpec {
-        run_id: run.id,
-        model: run.model.clone(),
-        model_dir: model.path,
-        dataset: DatasetRef {
-            name: dataset.name,
-            source: dataset.info.source,
-        },
-        config: run.config.clone(),
-        device: if slot.cuda_index.is_some() {
-            "cuda"
-        } else {
-            "cpu"
-        }
-        .into(),
-        threads: slot.threads,
-        output_dir: settings.run_dir(run.id).join("checkpoint"),
-        cache_dir: Some(settings.data_dir.join("cache")),
-    };
+    let resolved = run.resolved().with_context(|| {
+        format!(
+            "run {} was queued before runs kept their resolved model and dataset; submit it again",
+            run.id
+        )
+    })?;
+    let spec = JobSpec::new(
+        run.id,
+        &resolved,
+        slot.job_device(),
+        slot.threads,
+        settings.run_dir(run.id).join("checkpoint"),
+        Some(settings.data_dir.join("cache")),
+    );
     let exe = match &settings.worker_exe {
         Some(p) => p.clone(),
         None => std::env::current_exe().context("locating the modalbench binary")?,
@@ -117,10 +141,7 @@ async fn execute(s: &Scheduler, run: &Run, slot: &Slot, cancel: &Notify) -> Resu
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         // pin the worker to its GPU, or hide GPUs from a CPU worker
-        .env(
-            "CUDA_VISIBLE_DEVICES",
-            slot.cuda_index.map(|i| i.to_string()).unwrap_or_default(),
-        );
+        .env("CUDA_VISIBLE_DEVICES", slot.visible_devices());
     #[cfg(target_os = "linux")]
     // SAFETY: prctl is async-signal-safe; this only asks the kernel to kill the child when its
     // parent goes away.
@@ -168,6 +189,7 @@ async fn execute(s: &Scheduler, run: &Run, slot: &Slot, cancel: &Notify) -> Resu
 
     let mut sink = Persist::new(s, run.id);
     let mut cancelled = false;
+    let mut stopping = false;
     let mut flush = tokio::time::interval(FLUSH_EVERY);
     loop {
         tokio::select! {
@@ -182,11 +204,23 @@ async fn execute(s: &Scheduler, run: &Run, slot: &Slot, cancel: &Notify) -> Resu
             }
             _ = flush.tick() => sink.flush().await,
         }
+        if sink.lost.is_some() && !stopping {
+            // what the worker reports can no longer be kept: stop it rather than train blind
+            stopping = true;
+            let _ = child.start_kill();
+        }
     }
     let exit = child.wait().await.context("waiting for the worker")?;
     drop(stdin);
     sink.flush().await;
-    Ok(if cancelled {
+    Ok(if let Some(lost) = sink.lost.take() {
+        tracing::error!(
+            run_id = run.id,
+            error = %lost,
+            "the run's events could not be stored; the run is failed"
+        );
+        Outcome::failed(lost)
+    } else if cancelled {
         Outcome {
             status: RunStatus::Cancelled,
             error: Some("cancelled by user".into()),
@@ -243,6 +277,8 @@ struct Persist<'a> {
     stderr_tail: VecDeque<String>,
     finished: Option<Summary>,
     failed: Option<String>,
+    /// Why what the worker reported could not be stored, once a write failed for good.
+    lost: Option<String>,
 }
 
 impl<'a> Persist<'a> {
@@ -256,6 +292,19 @@ impl<'a> Persist<'a> {
             stderr_tail: VecDeque::new(),
             finished: None,
             failed: None,
+            lost: None,
+        }
+    }
+
+    /// Notes a write that failed for good; the first such failure is the run's error.
+    fn lose(&mut self, what: &str, e: anyhow::Error) {
+        tracing::error!(
+            run_id = self.run_id,
+            error = format!("{e:#}"),
+            "could not store {what}"
+        );
+        if self.lost.is_none() {
+            self.lost = Some(format!("could not store the run's {what}: {e:#}"));
         }
     }
 
@@ -293,25 +342,20 @@ impl<'a> Persist<'a> {
                         epoch,
                         value,
                     } => self.points.push(NewPoint {
-                        key: key.clone(),
+                        key: *key,
                         step: *step as i64,
                         epoch: *epoch,
                         value: *value,
                     }),
                     Event::Log { message } => self.logs.push(("worker", message.clone())),
                     Event::Predictions { split, rows } => {
-                        if let Err(e) = self
-                            .s
-                            .inner
-                            .store
-                            .insert_predictions(self.run_id, split, rows)
-                            .await
-                        {
-                            tracing::error!(
-                                run_id = self.run_id,
-                                error = format!("{e:#}"),
-                                "storing predictions"
-                            );
+                        let store = &self.s.inner.store;
+                        let stored = with_retries(self.run_id, "storing predictions", || {
+                            store.insert_predictions(self.run_id, *split, rows)
+                        })
+                        .await;
+                        if let Err(e) = stored {
+                            self.lose("predictions", e);
                         }
                     }
                     Event::Checkpoint { path } => self.logs.push((
@@ -332,25 +376,35 @@ impl<'a> Persist<'a> {
         }
     }
 
+    /// Writes what is buffered, retrying failed writes; a write that fails for good is noted
+    /// in `lost`. Once something was lost the worker is being stopped: what is left is written
+    /// once, without retries, and dropped if that fails.
     async fn flush(&mut self) {
         let store = &self.s.inner.store;
         let id = self.run_id;
         let points = std::mem::take(&mut self.points);
-        if let Err(e) = store.insert_metric_points(id, &points).await {
-            tracing::error!(
-                run_id = id,
-                error = format!("{e:#}"),
-                "storing metric points"
-            );
-        }
         let logs = std::mem::take(&mut self.logs);
-        if let Err(e) = store.append_logs(id, &logs).await {
-            tracing::error!(run_id = id, error = format!("{e:#}"), "storing log lines");
+        let progress = self.progress.take();
+        if self.lost.is_some() {
+            let _ = store.insert_metric_points(id, &points).await;
+            let _ = store.append_logs(id, &logs).await;
+            return;
         }
-        if let Some(p) = self.progress.take()
-            && let Err(e) = store.set_progress(id, p).await
+        if let Err(e) = with_retries(id, "storing metric points", || {
+            store.insert_metric_points(id, &points)
+        })
+        .await
         {
-            tracing::error!(run_id = id, error = format!("{e:#}"), "storing progress");
+            self.lose("metric points", e);
+        }
+        if let Err(e) = with_retries(id, "storing log lines", || store.append_logs(id, &logs)).await
+        {
+            self.lose("log lines", e);
+        }
+        if let Some(p) = progress
+            && let Err(e) = with_retries(id, "storing progress", || store.set_progress(id, p)).await
+        {
+            self.lose("progress", e);
         }
     }
 }

@@ -1,6 +1,7 @@
 //! The `metrics` table: one row per (run, key, step) point of a metric series.
 
 use super::{Store, now};
+use crate::eval::MetricKey;
 use anyhow::{Context, Result};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -8,7 +9,7 @@ use std::collections::BTreeMap;
 /// A point to store.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewPoint {
-    pub key: String,
+    pub key: MetricKey,
     pub step: i64,
     pub epoch: f64,
     pub value: f64,
@@ -38,7 +39,7 @@ impl Store {
                  SET epoch = excluded.epoch, value = excluded.value, time = excluded.time",
             )
             .bind(run_id)
-            .bind(&p.key)
+            .bind(p.key.to_string())
             .bind(p.step)
             .bind(p.epoch)
             .bind(p.value)
@@ -55,20 +56,24 @@ impl Store {
     pub async fn metric_series(
         &self,
         run_id: i64,
-        key: Option<&str>,
-    ) -> Result<BTreeMap<String, Vec<Point>>> {
+        key: Option<MetricKey>,
+    ) -> Result<BTreeMap<MetricKey, Vec<Point>>> {
+        let key = key.map(|k| k.to_string());
         let rows: Vec<(String, i64, Option<f64>, f64)> = sqlx::query_as(
             "SELECT key, step, epoch, value FROM metrics \
              WHERE run_id = ? AND (? IS NULL OR key = ?) ORDER BY key, step",
         )
         .bind(run_id)
-        .bind(key)
-        .bind(key)
+        .bind(&key)
+        .bind(&key)
         .fetch_all(self.pool())
         .await
         .context("reading metric series")?;
-        let mut out: BTreeMap<String, Vec<Point>> = BTreeMap::new();
+        let mut out: BTreeMap<MetricKey, Vec<Point>> = BTreeMap::new();
         for (key, step, epoch, value) in rows {
+            let key = key
+                .parse()
+                .with_context(|| format!("run {run_id}: stored metric key"))?;
             out.entry(key)
                 .or_default()
                 .push(Point { step, epoch, value });

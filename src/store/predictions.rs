@@ -2,6 +2,7 @@
 //! material of paired comparisons between runs.
 
 use super::Store;
+use crate::data::Split;
 use crate::protocol::Prediction;
 use anyhow::{Context, Result};
 use serde::Serialize;
@@ -20,7 +21,7 @@ impl Store {
     pub async fn insert_predictions(
         &self,
         run_id: i64,
-        split: &str,
+        split: Split,
         rows: &[Prediction],
     ) -> Result<()> {
         let mut tx = self.pool().begin().await?;
@@ -32,7 +33,7 @@ impl Store {
                  SET label = excluded.label, pred = excluded.pred, probs = excluded.probs",
             )
             .bind(run_id)
-            .bind(split)
+            .bind(split.as_str())
             .bind(&p.example_id)
             .bind(p.label.map(|l| l as i64))
             .bind(p.pred as i64)
@@ -49,7 +50,7 @@ impl Store {
     pub async fn predictions(
         &self,
         run_id: i64,
-        split: &str,
+        split: Split,
         limit: i64,
         offset: i64,
     ) -> Result<Vec<StoredPrediction>> {
@@ -58,7 +59,7 @@ impl Store {
              WHERE run_id = ? AND split = ? ORDER BY example_id LIMIT ? OFFSET ?",
         )
         .bind(run_id)
-        .bind(split)
+        .bind(split.as_str())
         .bind(limit)
         .bind(offset)
         .fetch_all(self.pool())

@@ -1,11 +1,15 @@
 //! The `runs` table: the queue, run state, and the per-run summary leaderboards read.
 
 use super::{Store, now};
-use crate::protocol::{Summary, TrainConfig};
+use crate::data::Source;
+use crate::eval::Metric;
+use crate::protocol::Summary;
+use crate::runs::{DatasetRef, ModelRef, QueueConfig, ResolvedRun, TrainConfig};
 use anyhow::{Context, Result};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sqlx::FromRow;
 use std::fmt;
+use std::path::PathBuf;
 use std::str::FromStr;
 
 /// Life cycle of a run.
@@ -65,12 +69,14 @@ impl fmt::Display for RunStatus {
 }
 
 impl FromStr for RunStatus {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = crate::data::UnknownName;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
         RunStatus::ALL
             .into_iter()
             .find(|st| st.as_str() == s)
-            .ok_or_else(|| format!("unknown run status `{s}`"))
+            .ok_or_else(|| {
+                crate::data::UnknownName::new(s, "run status", &RunStatus::ALL.map(Self::as_str))
+            })
     }
 }
 
@@ -92,6 +98,39 @@ pub struct Run {
     pub started_at: Option<String>,
     pub finished_at: Option<String>,
     pub error: Option<String>,
+    /// The checkpoint folder and dataset source the run was resolved to when submitted (not
+    /// shown by the API: they are paths on the server).
+    #[serde(skip)]
+    pub resolution: Option<Resolution>,
+}
+
+/// What a run's names were resolved to when it was submitted: `runs.resolved`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Resolution {
+    pub model_dir: PathBuf,
+    pub dataset: Source,
+}
+
+impl Run {
+    /// The run as it was resolved when submitted; `None` for a run queued before runs kept
+    /// their resolution.
+    pub fn resolved(&self) -> Option<ResolvedRun> {
+        let r = self.resolution.as_ref()?;
+        Some(ResolvedRun {
+            model: ModelRef {
+                name: self.model.clone(),
+                dir: r.model_dir.clone(),
+            },
+            dataset: DatasetRef {
+                name: self.dataset.clone(),
+                source: r.dataset.clone(),
+            },
+            config: self.config.clone(),
+            queue: QueueConfig {
+                priority: self.priority,
+            },
+        })
+    }
 }
 
 #[derive(FromRow)]
@@ -110,6 +149,7 @@ struct RunRow {
     started_at: Option<String>,
     finished_at: Option<String>,
     error: Option<String>,
+    resolved: Option<String>,
 }
 
 impl TryFrom<RunRow> for Run {
@@ -117,7 +157,14 @@ impl TryFrom<RunRow> for Run {
     fn try_from(r: RunRow) -> Result<Run> {
         Ok(Run {
             id: r.id,
-            status: r.status.parse().map_err(anyhow::Error::msg)?,
+            status: r.status.parse()?,
+            resolution: match r.resolved {
+                Some(s) => Some(
+                    serde_json::from_str(&s)
+                        .with_context(|| format!("run {}: stored resolution", r.id))?,
+                ),
+                None => None,
+            },
             config: serde_json::from_str(&r.config)
                 .with_context(|| format!("run {}: stored config", r.id))?,
             summary: match r.summary {
@@ -142,7 +189,7 @@ impl TryFrom<RunRow> for Run {
 }
 
 const RUN_COLUMNS: &str = "id, status, model, dataset, config, priority, attempts, device, \
-     progress, summary, created_at, started_at, finished_at, error";
+     progress, summary, created_at, started_at, finished_at, error, resolved";
 
 /// Filters of the run listing; `None` matches everything.
 #[derive(Debug, Clone, Default)]
@@ -154,7 +201,7 @@ pub struct RunFilter {
     pub offset: i64,
 }
 
-/// Metrics a leaderboard can rank by.
+/// Metrics a leaderboard can rank by: the summary columns of `runs`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum BoardMetric {
@@ -165,17 +212,27 @@ pub enum BoardMetric {
 }
 
 impl BoardMetric {
-    /// Allowed names, for error messages.
-    pub const NAMES: [&'static str; 4] = ["accuracy", "f1", "auroc", "loss"];
+    /// Every metric a board ranks by.
+    pub const ALL: [BoardMetric; 4] = [
+        BoardMetric::Accuracy,
+        BoardMetric::F1,
+        BoardMetric::Auroc,
+        BoardMetric::Loss,
+    ];
 
-    /// The `runs` column, also the API name.
-    pub fn column(self) -> &'static str {
+    /// The metric it is.
+    pub fn metric(self) -> Metric {
         match self {
-            BoardMetric::Accuracy => "accuracy",
-            BoardMetric::F1 => "f1",
-            BoardMetric::Auroc => "auroc",
-            BoardMetric::Loss => "loss",
+            BoardMetric::Accuracy => Metric::Accuracy,
+            BoardMetric::F1 => Metric::F1,
+            BoardMetric::Auroc => Metric::Auroc,
+            BoardMetric::Loss => Metric::Loss,
         }
+    }
+
+    /// The `runs` column, also the API name (the metric's name).
+    pub fn column(self) -> &'static str {
+        self.metric().as_str()
     }
 
     fn order(self) -> &'static str {
@@ -188,15 +245,18 @@ impl BoardMetric {
 }
 
 impl FromStr for BoardMetric {
-    type Err = ();
-    fn from_str(s: &str) -> Result<Self, ()> {
-        match s {
-            "accuracy" => Ok(BoardMetric::Accuracy),
-            "f1" => Ok(BoardMetric::F1),
-            "auroc" => Ok(BoardMetric::Auroc),
-            "loss" => Ok(BoardMetric::Loss),
-            _ => Err(()),
-        }
+    type Err = crate::data::UnknownName;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        BoardMetric::ALL
+            .into_iter()
+            .find(|m| m.column() == s)
+            .ok_or_else(|| {
+                crate::data::UnknownName::new(
+                    s,
+                    "leaderboard metric",
+                    &BoardMetric::ALL.map(Self::column),
+                )
+            })
     }
 }
 
@@ -229,27 +289,69 @@ pub struct StatusCounts {
 }
 
 impl Store {
-    /// Queues a new run.
-    pub async fn insert_run(
-        &self,
-        model: &str,
-        dataset: &str,
-        config: &TrainConfig,
-        priority: i64,
-    ) -> Result<Run> {
+    /// Queues a resolved run.
+    pub async fn insert_run(&self, run: &ResolvedRun) -> Result<Run> {
+        let resolution = Resolution {
+            model_dir: run.model.dir.clone(),
+            dataset: run.dataset.source.clone(),
+        };
         let row: RunRow = sqlx::query_as(&format!(
-            "INSERT INTO runs (status, model, dataset, config, priority, created_at) \
-             VALUES ('queued', ?, ?, ?, ?, ?) RETURNING {RUN_COLUMNS}"
+            "INSERT INTO runs (status, model, dataset, config, priority, resolved, created_at) \
+             VALUES ('queued', ?, ?, ?, ?, ?, ?) RETURNING {RUN_COLUMNS}"
         ))
-        .bind(model)
-        .bind(dataset)
-        .bind(serde_json::to_string(config)?)
-        .bind(priority)
+        .bind(&run.model.name)
+        .bind(&run.dataset.name)
+        .bind(serde_json::to_string(&run.config)?)
+        .bind(run.queue.priority)
+        .bind(serde_json::to_string(&resolution)?)
         .bind(now())
         .fetch_one(self.pool())
         .await
         .context("inserting run")?;
         row.try_into()
+    }
+
+    /// Inserts finished runs in bulk, `(model, dataset, status, summary)` each, in
+    /// transactions of a thousand, with default options and no resolution: a database of many
+    /// runs for benchmarks and tests of what reads them. Returns the ids in order.
+    pub async fn insert_finished_runs(
+        &self,
+        runs: &[(String, String, RunStatus, Summary)],
+    ) -> Result<Vec<i64>> {
+        let config = serde_json::to_string(&TrainConfig::default())?;
+        let mut ids = Vec::with_capacity(runs.len());
+        for chunk in runs.chunks(1000) {
+            let mut tx = self.pool().begin().await?;
+            let time = now();
+            for (model, dataset, status, s) in chunk {
+                let (id,): (i64,) = sqlx::query_as(
+                    "INSERT INTO runs (status, model, dataset, config, created_at, finished_at, \
+                         progress, accuracy, f1, auroc, loss, train_seconds, samples_per_second, \
+                         num_parameters, summary) \
+                     VALUES (?, ?, ?, ?, ?, ?, 1.0, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                )
+                .bind(status.as_str())
+                .bind(model)
+                .bind(dataset)
+                .bind(&config)
+                .bind(&time)
+                .bind(&time)
+                .bind(s.accuracy)
+                .bind(s.f1)
+                .bind(s.auroc)
+                .bind(s.loss)
+                .bind(s.train_seconds)
+                .bind(s.samples_per_second)
+                .bind(s.num_parameters)
+                .bind(serde_json::to_string(s)?)
+                .fetch_one(&mut *tx)
+                .await
+                .context("inserting finished runs")?;
+                ids.push(id);
+            }
+            tx.commit().await?;
+        }
+        Ok(ids)
     }
 
     /// One run by id.

@@ -10,11 +10,13 @@ pub mod schedule;
 
 use crate::data::image::ImageProcessor;
 use crate::data::loader::{ImageCache, MEMORY_BUDGET, Prefetch};
-use crate::data::text::{Encoded, TextEncoder, collate};
-use crate::data::{self, Batch, Dataset, Example, Task};
+use crate::data::{self, Dataset, Example, Split as Role, Task};
 use crate::eval::metrics::{argmax, classification_metrics};
 use crate::eval::vqa::vqa_accuracy;
+use crate::eval::{Metric, MetricKey, Scope};
+use crate::models::Batch;
 use crate::models::registry::Modality;
+use crate::models::tokenizer::{Encoded, TextEncoder, collate};
 use crate::models::{self, Loaded, layers::NO_DECAY};
 use crate::protocol::{Event, JobSpec, Prediction, Summary};
 use anyhow::{Result, bail};
@@ -40,20 +42,10 @@ const PREFETCH: usize = 3;
 /// Per-example probabilities are stored for tasks with at most this many labels.
 const STORED_PROBS: usize = 32;
 
-/// The device a job asked for, if this process can use it.
-pub fn resolve_device(name: &str) -> Result<Device> {
-    match name {
-        "cpu" => Ok(Device::Cpu),
-        "cuda" if tch::Cuda::is_available() => Ok(Device::Cuda(0)),
-        "cuda" => bail!("device `cuda` requested but no CUDA device is visible"),
-        other => bail!("unknown device `{other}` (cpu or cuda)"),
-    }
-}
-
 /// A split's examples with their tokenization.
 #[derive(Clone, Copy)]
 struct Split<'a> {
-    name: &'static str,
+    role: Role,
     examples: &'a [Example],
     encoded: &'a [Encoded],
 }
@@ -151,7 +143,7 @@ impl Batcher<'_> {
 pub fn run(spec: &JobSpec, sink: &mut dyn EventSink) -> Result<Summary> {
     let started = Instant::now();
     let cfg = &spec.config;
-    let device = resolve_device(&spec.device)?;
+    let device = spec.device.to_tch()?;
     if device == Device::Cpu {
         tch::set_num_threads(spec.threads.max(1) as i32);
     }
@@ -162,8 +154,8 @@ pub fn run(spec: &JobSpec, sink: &mut dyn EventSink) -> Result<Summary> {
         &spec.dataset.source,
         data::Check::Strict,
     )?;
-    let model = models::load(&spec.model_dir, Some(ds.num_labels()), device)
-        .map_err(|e| e.context(format!("loading model `{}`", spec.model)))?;
+    let model = models::load(&spec.model.dir, Some(ds.num_labels()), device)
+        .map_err(|e| e.context(format!("loading model `{}`", spec.model.name)))?;
     let log = |sink: &mut dyn EventSink, message: String| sink.emit(Event::Log { message });
     if !model.report.fresh.is_empty() {
         log(
@@ -180,25 +172,33 @@ pub fn run(spec: &JobSpec, sink: &mut dyn EventSink) -> Result<Summary> {
             ),
         );
     }
-    let max_length = (cfg.max_length as i64).min(model.checkpoint.max_length()?) as usize;
+    let positions = model.checkpoint.max_length()?;
+    if cfg.max_length as i64 > positions {
+        bail!(
+            "max_length {} exceeds the {positions} positions of model `{}` (its checkpoint changed since the run was submitted)",
+            cfg.max_length,
+            spec.model.name
+        );
+    }
+    let max_length = cfg.max_length as usize;
     let encoder = TextEncoder::for_checkpoint(&model.checkpoint, max_length)?;
     let (enc_train, enc_dev, enc_test) = (
-        encoder.encode(&ds.train)?,
-        encoder.encode(&ds.dev)?,
-        encoder.encode(&ds.test)?,
+        encoder.encode(ds.train.iter().map(Example::texts))?,
+        encoder.encode(ds.dev.iter().map(Example::texts))?,
+        encoder.encode(ds.test.iter().map(Example::texts))?,
     );
     let train = Split {
-        name: "train",
+        role: Role::Train,
         examples: &ds.train,
         encoded: &enc_train,
     };
     let dev = Split {
-        name: "dev",
+        role: Role::Dev,
         examples: &ds.dev,
         encoded: &enc_dev,
     };
     let test = Split {
-        name: "test",
+        role: Role::Test,
         examples: &ds.test,
         encoded: &enc_test,
     };
@@ -209,12 +209,12 @@ pub fn run(spec: &JobSpec, sink: &mut dyn EventSink) -> Result<Summary> {
                 if let Some(e) = split.examples.iter().find(|e| e.image.is_none()) {
                     bail!(
                         "{} split: example `{}` has no image; a text+image model needs every example's image",
-                        split.name,
+                        split.role,
                         e.id
                     );
                 }
             }
-            let proc = ImageProcessor::from_dir(&spec.model_dir)?;
+            let proc = ImageProcessor::from_dir(&spec.model.dir)?;
             let dir = spec
                 .cache_dir
                 .as_ref()
@@ -256,7 +256,7 @@ pub fn run(spec: &JobSpec, sink: &mut dyn EventSink) -> Result<Summary> {
     let warmup = (cfg.warmup_ratio * total_steps as f64).ceil() as u64;
     let log_every = (steps_per_epoch / 5).clamp(1, 50);
     sink.emit(Event::Started {
-        device: format!("{device:?}").to_lowercase(),
+        device: spec.device,
         threads: spec.threads,
         num_parameters,
         num_labels: ds.num_labels(),
@@ -303,10 +303,10 @@ pub fn run(spec: &JobSpec, sink: &mut dyn EventSink) -> Result<Summary> {
             if step.is_multiple_of(log_every) || epoch_end {
                 let mean = f64::try_from(&window_loss)? / window_steps as f64;
                 let ep = epoch_of(step);
-                sink.emit(metric("train/loss", step, ep, mean));
+                sink.emit(metric(MetricKey::TRAIN_LOSS, step, ep, mean));
                 let lr =
                     schedule::linear_with_warmup(cfg.learning_rate, step - 1, warmup, total_steps);
-                sink.emit(metric("train/learning_rate", step, ep, lr));
+                sink.emit(metric(MetricKey::TRAIN_LEARNING_RATE, step, ep, lr));
                 sink.emit(Event::Progress {
                     epoch: ep,
                     step,
@@ -319,7 +319,7 @@ pub fn run(spec: &JobSpec, sink: &mut dyn EventSink) -> Result<Summary> {
         }
         if !ds.dev.is_empty() {
             let s = evaluate(&model, &batcher, dev, bs)?;
-            report(sink, "eval", &s, step, epoch_of(step));
+            report(sink, Scope::Eval, &s, step, epoch_of(step));
             last_dev = Some(s);
         }
         if step == total_steps {
@@ -329,12 +329,12 @@ pub fn run(spec: &JobSpec, sink: &mut dyn EventSink) -> Result<Summary> {
 
     let scored_test = evaluate(&model, &batcher, test, bs)?;
     sink.emit(Event::Predictions {
-        split: "test".into(),
+        split: Role::Test,
         rows: predictions(&ds.test, &scored_test),
     });
     // the summary's metrics: the test split's, or the dev split's when the test has no labels
     let (summary_split, scored) = if test.labeled() && !ds.test.is_empty() {
-        ("test", scored_test)
+        (Role::Test, scored_test)
     } else {
         let why = if ds.test.is_empty() {
             "the dataset has no test split"
@@ -350,16 +350,22 @@ pub fn run(spec: &JobSpec, sink: &mut dyn EventSink) -> Result<Summary> {
             Some(s) => s,
             None => evaluate(&model, &batcher, dev, bs)?,
         };
-        ("dev", scored)
+        (Role::Dev, scored)
     };
-    let m = report(sink, summary_split, &scored, step, epoch_of(step));
+    let m = report(
+        sink,
+        Scope::final_of(summary_split),
+        &scored,
+        step,
+        epoch_of(step),
+    );
     models::save_classifier(&model, &spec.output_dir, &ds.label_names)
         .map_err(|e| e.context("writing the fine-tuned checkpoint"))?;
     sink.emit(Event::Checkpoint {
         path: spec.output_dir.clone(),
     });
     Ok(Summary {
-        split: summary_split.into(),
+        split: summary_split,
         accuracy: m.accuracy,
         f1: m.f1,
         auroc: m.auroc,
@@ -374,9 +380,9 @@ pub fn run(spec: &JobSpec, sink: &mut dyn EventSink) -> Result<Summary> {
     })
 }
 
-fn metric(key: &str, step: u64, epoch: f64, value: f64) -> Event {
+fn metric(key: MetricKey, step: u64, epoch: f64, value: f64) -> Event {
     Event::Metric {
-        key: key.to_string(),
+        key,
         step,
         epoch,
         value,
@@ -448,9 +454,9 @@ fn evaluate(model: &Loaded, batcher: &Batcher, split: Split, batch_size: usize) 
     })
 }
 
-/// Reports `{prefix}/loss`, `/accuracy`, `/f1`, `/auroc` (and `/vqa_accuracy`) of a labeled
+/// Reports `{scope}/loss`, `/accuracy`, `/f1`, `/auroc` (and `/vqa_accuracy`) of a labeled
 /// scored split; returns the metrics.
-fn report(sink: &mut dyn EventSink, prefix: &str, s: &Scored, step: u64, epoch: f64) -> Scores {
+fn report(sink: &mut dyn EventSink, scope: Scope, s: &Scored, step: u64, epoch: f64) -> Scores {
     let num_labels = s.probs.first().map_or(2, Vec::len);
     // VQA questions whose answers are all outside the answer classes have no label: they
     // count as wrong for accuracy and are left out of F1
@@ -474,15 +480,15 @@ fn report(sink: &mut dyn EventSink, prefix: &str, s: &Scored, step: u64, epoch: 
         .vqa
         .as_ref()
         .map(|v| v.iter().sum::<f64>() / v.len().max(1) as f64);
-    for (key, value) in [
-        ("loss", Some(s.loss)),
-        ("accuracy", Some(m.accuracy)),
-        ("f1", Some(m.f1)),
-        ("auroc", m.auroc),
-        ("vqa_accuracy", vqa_accuracy),
+    for (name, value) in [
+        (Metric::Loss, Some(s.loss)),
+        (Metric::Accuracy, Some(m.accuracy)),
+        (Metric::F1, Some(m.f1)),
+        (Metric::Auroc, m.auroc),
+        (Metric::VqaAccuracy, vqa_accuracy),
     ] {
         if let Some(v) = value {
-            sink.emit(metric(&format!("{prefix}/{key}"), step, epoch, v));
+            sink.emit(metric(MetricKey::new(scope, name), step, epoch, v));
         }
     }
     Scores {

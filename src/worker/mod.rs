@@ -87,7 +87,8 @@ pub fn main() -> i32 {
         std::process::exit(3);
     });
     report_panics();
-    let _span = tracing::info_span!("job", run_id = spec.run_id, model = %spec.model).entered();
+    let _span =
+        tracing::info_span!("job", run_id = spec.run_id, model = %spec.model.name).entered();
     // not a held lock: the panic hook may write from any thread
     let mut sink = JsonLinesSink::new(std::io::stdout());
     match train::run(&spec, &mut sink) {

@@ -1,5 +1,6 @@
 //! A terminal progress bar for jobs run from the command line (`modalbench train`).
 
+use crate::eval::Scope;
 use crate::protocol::Event;
 use crate::train::EventSink;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -51,7 +52,7 @@ impl EventSink for ProgressSink {
             }
             Event::Metric {
                 key, step, value, ..
-            } if !key.starts_with("train/") => {
+            } if key.scope != Scope::Train => {
                 self.bar
                     .println(format!("step {step:>6}  {key:<16} {value:.4}"));
             }

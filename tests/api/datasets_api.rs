@@ -81,7 +81,7 @@ async fn a_folder_under_the_data_dir_registers_with_its_splits_and_labels() {
     );
     assert_eq!(
         run.summary.unwrap().split,
-        "dev",
+        modalbench::data::Split::Dev,
         "the test split has no labels"
     );
     let (_, logs) = app.get(&format!("/api/v1/runs/{id}/logs")).await;

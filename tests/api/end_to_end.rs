@@ -313,7 +313,11 @@ async fn a_vqa_dataset_trains_with_soft_scores_and_reports_vqa_accuracy() {
         let run = app.run_to_end(id, 120).await;
         assert_eq!(run.status, RunStatus::Succeeded, "{model}: {:?}", run.error);
         let s = run.summary.unwrap();
-        assert_eq!(s.split, "dev", "{model}: test2015 has no annotations");
+        assert_eq!(
+            s.split,
+            modalbench::data::Split::Dev,
+            "{model}: test2015 has no annotations"
+        );
         let vqa = s.vqa_accuracy.expect("VQA accuracy in the summary");
         assert!((0.0..=1.0).contains(&vqa));
         let (_, m) = app

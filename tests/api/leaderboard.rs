@@ -1,7 +1,7 @@
 //! The leaderboard query against a direct computation over the same runs.
 
 use crate::helpers::TestApp;
-use modalbench::protocol::{Summary, TrainConfig};
+use modalbench::protocol::Summary;
 use modalbench::store::runs::{BoardMetric, RunStatus};
 
 struct Finished {
@@ -16,7 +16,6 @@ struct Finished {
 async fn the_leaderboard_keeps_the_best_succeeded_run_of_each_model() {
     let app = TestApp::new().await;
     let store = &app.state.store;
-    let mut runs = Vec::new();
     let mut x: u64 = 7;
     let mut next = || {
         x ^= x << 13;
@@ -24,14 +23,10 @@ async fn the_leaderboard_keeps_the_best_succeeded_run_of_each_model() {
         x ^= x << 17;
         (x % 1000) as f64 / 1000.0
     };
+    let mut rows = Vec::new();
     for i in 0..60 {
         let dataset = format!("d{}", i % 2);
         let model = format!("m{}", i % 3);
-        let run = store
-            .insert_run(&model, &dataset, &TrainConfig::default(), 0)
-            .await
-            .unwrap();
-        store.claim_next_run("cpu:0").await.unwrap().unwrap();
         let status = if i % 7 == 0 {
             RunStatus::Failed
         } else {
@@ -50,18 +45,20 @@ async fn the_leaderboard_keeps_the_best_succeeded_run_of_each_model() {
             loss: next(),
             ..Default::default()
         };
-        store
-            .finish_run(run.id, status, None, Some(&summary))
-            .await
-            .unwrap();
-        runs.push(Finished {
-            id: run.id,
+        rows.push((model, dataset, status, summary));
+    }
+    let ids = store.insert_finished_runs(&rows).await.unwrap();
+    let runs: Vec<Finished> = ids
+        .into_iter()
+        .zip(rows)
+        .map(|(id, (model, dataset, status, summary))| Finished {
+            id,
             dataset,
             model,
             status,
             summary,
-        });
-    }
+        })
+        .collect();
 
     for metric in [BoardMetric::Auroc, BoardMetric::Accuracy, BoardMetric::Loss] {
         let value = |s: &Summary| match metric {

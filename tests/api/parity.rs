@@ -4,8 +4,7 @@
 //! `tests/reference/make_text_fixtures.py` at test time (cached by the script's contents).
 
 use crate::helpers::{TestApp, minilm_dir, python};
-use modalbench::data::Example;
-use modalbench::data::text::TextEncoder;
+use modalbench::models::tokenizer::TextEncoder;
 use modalbench::models::{Arch, Checkpoint};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
@@ -173,13 +172,9 @@ fn tokenization_matches_transformers_for_tokenizer_json_and_vocabulary_files() {
             TextEncoder::for_checkpoint(&ckpt, entry["max_length"].as_u64().unwrap() as usize)
                 .unwrap();
         for case in entry["cases"].as_array().unwrap() {
-            let ex = Example {
-                id: "x".into(),
-                text: case["text"].as_str().unwrap().into(),
-                text_pair: case["pair"].as_str().map(str::to_string),
-                ..Default::default()
-            };
-            let got = &enc.encode(&[ex]).unwrap()[0];
+            let got = &enc
+                .encode([(case["text"].as_str().unwrap(), case["pair"].as_str())])
+                .unwrap()[0];
             let ids: Vec<i64> = serde_json::from_value(case["ids"].clone()).unwrap();
             let types: Vec<i64> = serde_json::from_value(case["type_ids"].clone()).unwrap();
             assert_eq!(got.ids, ids, "{}: {:?}", dir.display(), case["text"]);

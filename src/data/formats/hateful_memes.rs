@@ -6,7 +6,7 @@
 //! integer values.
 
 use super::{Format, relative};
-use crate::data::{Example, Problems, Source, Splits, Task, integer_label_names};
+use crate::data::{Example, Problems, Source, Split, Splits, Task, integer_label_names};
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
@@ -32,15 +32,15 @@ fn detect(root: &Path) -> bool {
 /// published names that exists.
 pub fn split_files(source: &Source) -> Result<[PathBuf; 3]> {
     let root = &source.root;
-    let given = |role: &str| {
+    let given = |role: Split| {
         source
             .options
             .splits
             .as_ref()
-            .and_then(|s| s.get(role))
+            .and_then(|s| s.get(&role))
             .map(|f| root.join(f))
     };
-    let pick = |role: &str, names: &[&str]| -> Result<PathBuf> {
+    let pick = |role: Split, names: &[&str]| -> Result<PathBuf> {
         if let Some(f) = given(role) {
             return Ok(f);
         }
@@ -57,9 +57,9 @@ pub fn split_files(source: &Source) -> Result<[PathBuf; 3]> {
             })
     };
     Ok([
-        pick("train", &["train.jsonl"])?,
-        pick("dev", &DEV_FILES)?,
-        pick("test", &TEST_FILES)?,
+        pick(Split::Train, &["train.jsonl"])?,
+        pick(Split::Dev, &DEV_FILES)?,
+        pick(Split::Test, &TEST_FILES)?,
     ])
 }
 

@@ -14,7 +14,7 @@
 mod table;
 
 use super::{Format, relative};
-use crate::data::{Columns, Example, Problems, SPLITS, Source, Splits, Task};
+use crate::data::{Columns, Example, Problems, Source, Split, Splits, Task};
 use anyhow::{Context, Result, bail};
 use serde_json::{Map, Value};
 use std::collections::{BTreeSet, HashMap};
@@ -82,8 +82,8 @@ fn layout(source: &Source) -> Result<Layout> {
     let given = source.options.splits.as_ref();
     if given.is_some() || find(root, SPLIT_FILES[0]).is_some() {
         let mut files: [PathBuf; 3] = Default::default();
-        for (i, (role, stems)) in SPLITS.into_iter().zip(SPLIT_FILES).enumerate() {
-            files[i] = match given.and_then(|s| s.get(role)) {
+        for (i, (role, stems)) in Split::ALL.into_iter().zip(SPLIT_FILES).enumerate() {
+            files[i] = match given.and_then(|s| s.get(&role)) {
                 Some(f) => root.join(f),
                 None => find(root, stems).with_context(|| {
                     let names: Vec<String> = stems.iter().map(|s| format!("{s}.csv")).collect();

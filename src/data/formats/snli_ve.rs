@@ -7,7 +7,7 @@
 //! the options' `images`, else `flickr30k_images/` where the root has one, else the root.
 
 use super::{Format, relative};
-use crate::data::{Example, Problems, SPLITS, Source, Splits, Task};
+use crate::data::{Example, Problems, Source, Split, Splits, Task};
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
@@ -57,8 +57,8 @@ fn read(source: &Source, problems: &mut Problems) -> Result<Splits> {
         label_names: LABELS.map(String::from).to_vec(),
         ..Default::default()
     };
-    for (i, (role, default)) in SPLITS.into_iter().zip(FILES).enumerate() {
-        let given = source.options.splits.as_ref().and_then(|s| s.get(role));
+    for (i, (role, default)) in Split::ALL.into_iter().zip(FILES).enumerate() {
+        let given = source.options.splits.as_ref().and_then(|s| s.get(&role));
         let file = root.join(given.map_or(default, String::as_str));
         let examples = read_file(root, &file, &prefix, i == 2, problems)?;
         splits.files[i] = relative(root, &file);

@@ -24,7 +24,7 @@ mod stream;
 pub use normalize::normalize_answer;
 
 use super::{Format, relative};
-use crate::data::{Example, Problems, SPLITS, Source, Splits, Task};
+use crate::data::{Example, Problems, Source, Split, Splits, Task};
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -104,14 +104,14 @@ fn read(source: &Source, problems: &mut Problems) -> Result<Splits> {
         ..Default::default()
     };
     let mut normalized: HashMap<String, String> = HashMap::new();
-    for (i, (role, names)) in SPLITS.into_iter().zip(QUESTIONS).enumerate() {
-        let given = source.options.splits.as_ref().and_then(|s| s.get(role));
+    for (i, (role, names)) in Split::ALL.into_iter().zip(QUESTIONS).enumerate() {
+        let given = source.options.splits.as_ref().and_then(|s| s.get(&role));
         let file = match given {
             Some(f) => root.join(f),
             None => match names.iter().map(|n| root.join(n)).find(|p| p.is_file()) {
                 Some(f) => f,
                 // test2015 is often not downloaded; without it the test split is empty
-                None if role == "test" => {
+                None if role == Split::Test => {
                     splits.files[i] = "none (no test2015 questions)".into();
                     continue;
                 }
@@ -133,7 +133,7 @@ fn read(source: &Source, problems: &mut Problems) -> Result<Splits> {
         let ann_file = annotations_for(&file).filter(|a| a.is_file());
         let mut answers = match &ann_file {
             Some(a) => Some(read_annotations(root, a, &mut normalized, problems)?),
-            None if role == "train" => bail!(
+            None if role == Split::Train => bail!(
                 "{}: no annotations file beside it (expected {}); the train split needs answers",
                 relative(root, &file),
                 annotations_for(&file).map_or("one".into(), |a| relative(root, &a))

@@ -4,7 +4,7 @@ use crate::data::{self, Check, Options, Source};
 use crate::http::AppState;
 use crate::http::error::{ApiError, ApiResult};
 use crate::http::extract::ApiJson;
-use crate::models::registry::{self, ModelInfo};
+use crate::models::registry::ModelInfo;
 use crate::store::datasets::DatasetRecord;
 use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
@@ -28,18 +28,19 @@ struct Models {
 }
 
 async fn models(State(state): State<AppState>) -> ApiResult<Json<Models>> {
-    let dir = state.settings.models_dir.clone();
-    let models = tokio::task::spawn_blocking(move || registry::scan(&dir))
-        .await
-        .map_err(anyhow::Error::from)?;
-    Ok(Json(Models { models }))
+    Ok(Json(Models {
+        models: state.registry.scan_async().await?,
+    }))
 }
 
 async fn model(
     State(state): State<AppState>,
     Path(name): Path<String>,
 ) -> ApiResult<Json<ModelInfo>> {
-    registry::find(&state.settings.models_dir, &name)
+    state
+        .registry
+        .find_async(&name)
+        .await?
         .map(Json)
         .ok_or_else(|| ApiError::not_found(format!("model `{name}`")))
 }

@@ -42,14 +42,11 @@ pub async fn boards(state: &AppState, q: BoardQuery) -> ApiResult<Leaderboard> {
         .as_deref()
         .filter(|m| !m.is_empty())
         .unwrap_or("auroc");
-    let metric: BoardMetric = metric_name.parse().map_err(|_| {
+    let metric: BoardMetric = metric_name.parse().map_err(|e| {
         ApiError::invalid(
             "metric",
             "invalid_value",
-            format!(
-                "unknown metric `{metric_name}` (one of: {})",
-                BoardMetric::NAMES.join(", ")
-            ),
+            format!("query parameter `metric`: {e}"),
         )
     })?;
     let datasets = state.store.list_datasets().await?;

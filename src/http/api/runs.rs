@@ -1,13 +1,14 @@
 //! `/runs`: submit, list, read, follow and cancel fine-tuning runs.
 
 use super::parse_id;
+use crate::data::Split;
+use crate::eval::MetricKey;
 use crate::http::AppState;
 use crate::http::error::{ApiError, ApiResult};
 use crate::http::extract::{ApiJson, ApiQuery};
 use crate::live::LiveKind;
-use crate::models::registry;
-use crate::protocol::TrainConfig;
 use crate::queue::CancelOutcome;
+use crate::runs::RunRequest;
 use crate::store::logs::LogLine;
 use crate::store::metrics::Point;
 use crate::store::predictions::StoredPrediction;
@@ -36,33 +37,7 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/runs/{id}/cancel", post(cancel))
 }
 
-/// Body of `POST /api/v1/runs`. Everything but `model` and `dataset` has a default
-/// ([`TrainConfig::default`], priority 0).
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RunRequest {
-    pub model: String,
-    pub dataset: String,
-    pub epochs: Option<i64>,
-    pub batch_size: Option<i64>,
-    pub learning_rate: Option<f64>,
-    pub seed: Option<u64>,
-    pub max_length: Option<i64>,
-    pub priority: Option<i64>,
-    pub warmup_ratio: Option<f64>,
-    pub weight_decay: Option<f64>,
-    pub max_steps: Option<i64>,
-}
-
-/// A submission that passed validation.
-#[derive(Debug)]
-pub struct ValidRun {
-    pub model: String,
-    pub dataset: String,
-    pub config: TrainConfig,
-    pub priority: i64,
-}
-
+/// Checks that an integer query parameter lies in `lo..=hi`.
 fn int_in(field: &str, v: i64, lo: i64, hi: i64) -> Result<i64, ApiError> {
     if (lo..=hi).contains(&v) {
         Ok(v)
@@ -75,130 +50,12 @@ fn int_in(field: &str, v: i64, lo: i64, hi: i64) -> Result<i64, ApiError> {
     }
 }
 
-/// Checks a submission against the known models and datasets and the allowed ranges. The
-/// first problem found is returned, naming its field.
-pub async fn validate(state: &AppState, req: RunRequest) -> Result<ValidRun, ApiError> {
-    let d = TrainConfig::default();
-    let model = registry::find(&state.settings.models_dir, &req.model).ok_or_else(|| {
-        let known: Vec<String> = registry::scan(&state.settings.models_dir)
-            .into_iter()
-            .map(|m| m.name)
-            .collect();
-        ApiError::invalid(
-            "model",
-            "unknown_model",
-            format!(
-                "unknown model `{}` (known: {})",
-                req.model,
-                known.join(", ")
-            ),
-        )
-    })?;
-    if let Some(problem) = &model.problem {
-        return Err(ApiError::invalid(
-            "model",
-            "unusable_model",
-            format!("model `{}` cannot be used: {problem}", req.model),
-        ));
-    }
-    if state.store.get_dataset(&req.dataset).await?.is_none() {
-        let known = state.store.dataset_names().await?;
-        return Err(ApiError::invalid(
-            "dataset",
-            "unknown_dataset",
-            format!(
-                "unknown dataset `{}` (known: {})",
-                req.dataset,
-                known.join(", ")
-            ),
-        ));
-    }
-    let epochs = int_in("epochs", req.epochs.unwrap_or(d.epochs as i64), 1, 1000)? as u32;
-    let batch_size = int_in(
-        "batch_size",
-        req.batch_size.unwrap_or(d.batch_size as i64),
-        1,
-        4096,
-    )? as u32;
-    let learning_rate = req.learning_rate.unwrap_or(d.learning_rate);
-    if !(learning_rate.is_finite() && learning_rate > 0.0 && learning_rate <= 1.0) {
-        return Err(ApiError::invalid(
-            "learning_rate",
-            "invalid_value",
-            format!("`learning_rate` must be a number in (0, 1], got {learning_rate}"),
-        ));
-    }
-    let positions = model.max_length.unwrap_or(512);
-    let max_length = int_in(
-        "max_length",
-        // the default never exceeds what the model's positions allow
-        req.max_length
-            .unwrap_or((d.max_length as i64).min(positions)),
-        2,
-        positions,
-    )? as u32;
-    let priority = int_in("priority", req.priority.unwrap_or(0), -1000, 1000)?;
-    let warmup_ratio = req.warmup_ratio.unwrap_or(d.warmup_ratio);
-    if !(0.0..1.0).contains(&warmup_ratio) {
-        return Err(ApiError::invalid(
-            "warmup_ratio",
-            "invalid_value",
-            format!("`warmup_ratio` must be in [0, 1), got {warmup_ratio}"),
-        ));
-    }
-    let weight_decay = req.weight_decay.unwrap_or(d.weight_decay);
-    if !(0.0..=1.0).contains(&weight_decay) {
-        return Err(ApiError::invalid(
-            "weight_decay",
-            "invalid_value",
-            format!("`weight_decay` must be in [0, 1], got {weight_decay}"),
-        ));
-    }
-    let max_steps = req
-        .max_steps
-        .map(|s| int_in("max_steps", s, 1, 10_000_000))
-        .transpose()?
-        .map(|s| s as u32);
-    Ok(ValidRun {
-        model: req.model,
-        dataset: req.dataset,
-        config: TrainConfig {
-            epochs,
-            batch_size,
-            learning_rate,
-            seed: req.seed.unwrap_or(d.seed),
-            max_length,
-            warmup_ratio,
-            weight_decay,
-            max_steps,
-        },
-        priority,
-    })
-}
-
-/// Queues a validated run and wakes the scheduler.
-pub async fn submit(state: &AppState, v: ValidRun) -> ApiResult<Run> {
-    let run = state
-        .store
-        .insert_run(&v.model, &v.dataset, &v.config, v.priority)
-        .await?;
-    state.hub.send(
-        run.id,
-        LiveKind::Status {
-            status: RunStatus::Queued,
-            error: None,
-        },
-    );
-    state.scheduler.wake();
-    Ok(run)
-}
-
+/// `POST /api/v1/runs`: a [`RunRequest`] (`model`, `dataset`, any options).
 async fn create(
     State(state): State<AppState>,
     ApiJson(req): ApiJson<RunRequest>,
 ) -> ApiResult<Response> {
-    let valid = validate(&state, req).await?;
-    let run = submit(&state, valid).await?;
+    let run = state.scheduler.submit(req).await?;
     let location = format!("/api/v1/runs/{}", run.id);
     Ok((
         StatusCode::CREATED,
@@ -224,12 +81,11 @@ impl ListQuery {
     pub fn filter(self) -> Result<RunFilter, ApiError> {
         let status = match self.status.as_deref().filter(|s| !s.is_empty()) {
             None => None,
-            Some(s) => Some(s.parse::<RunStatus>().map_err(|_| {
-                let all: Vec<&str> = RunStatus::ALL.iter().map(|s| s.as_str()).collect();
+            Some(s) => Some(s.parse::<RunStatus>().map_err(|e| {
                 ApiError::invalid(
                     "status",
                     "invalid_value",
-                    format!("unknown status `{s}` (one of: {})", all.join(", ")),
+                    format!("query parameter `status`: {e}"),
                 )
             })?),
         };
@@ -275,12 +131,12 @@ async fn show(State(state): State<AppState>, Path(id): Path<String>) -> ApiResul
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct MetricsQuery {
-    key: Option<String>,
+    key: Option<MetricKey>,
 }
 
 #[derive(Serialize)]
 struct Series {
-    series: BTreeMap<String, Vec<Point>>,
+    series: BTreeMap<MetricKey, Vec<Point>>,
 }
 
 async fn metrics(
@@ -289,7 +145,7 @@ async fn metrics(
     ApiQuery(q): ApiQuery<MetricsQuery>,
 ) -> ApiResult<Json<Series>> {
     let run = find_run(&state, &id).await?;
-    let series = state.store.metric_series(run.id, q.key.as_deref()).await?;
+    let series = state.store.metric_series(run.id, q.key).await?;
     Ok(Json(Series { series }))
 }
 
@@ -319,14 +175,14 @@ async fn logs(
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct PredictionsQuery {
-    split: Option<String>,
+    split: Option<Split>,
     limit: Option<i64>,
     offset: Option<i64>,
 }
 
 #[derive(Serialize)]
 struct Predictions {
-    split: String,
+    split: Split,
     predictions: Vec<StoredPrediction>,
 }
 
@@ -336,12 +192,12 @@ async fn predictions(
     ApiQuery(q): ApiQuery<PredictionsQuery>,
 ) -> ApiResult<Json<Predictions>> {
     let run = find_run(&state, &id).await?;
-    let split = q.split.unwrap_or_else(|| "test".into());
+    let split = q.split.unwrap_or(Split::Test);
     let limit = int_in("limit", q.limit.unwrap_or(1000), 1, 100_000)?;
     let offset = int_in("offset", q.offset.unwrap_or(0), 0, i64::MAX)?;
     let predictions = state
         .store
-        .predictions(run.id, &split, limit, offset)
+        .predictions(run.id, split, limit, offset)
         .await?;
     Ok(Json(Predictions { split, predictions }))
 }

@@ -5,7 +5,7 @@ use super::{PageResult, duration, num, params, render};
 use crate::http::AppState;
 use crate::http::api::leaderboard::{BoardQuery, boards};
 use crate::http::extract::ApiQuery;
-use crate::models::registry::{self, ModelInfo};
+use crate::models::registry::ModelInfo;
 use crate::store::runs::{BoardMetric, RunFilter, StatusCounts};
 use askama::Template;
 use axum::Router;
@@ -57,8 +57,7 @@ struct DatasetRow {
 }
 
 async fn model_rows_raw(state: &AppState) -> anyhow::Result<Vec<ModelInfo>> {
-    let dir = state.settings.models_dir.clone();
-    Ok(tokio::task::spawn_blocking(move || registry::scan(&dir)).await?)
+    state.registry.scan_async().await
 }
 
 async fn model_rows(state: &AppState) -> anyhow::Result<Vec<ModelRow>> {
@@ -198,7 +197,7 @@ async fn leaderboard(
         .collect();
     render(&LeaderboardPage {
         metric: lb.metric.column(),
-        metrics: BoardMetric::NAMES,
+        metrics: BoardMetric::ALL.map(BoardMetric::column),
         boards,
     })
 }

@@ -2,11 +2,13 @@
 //! image sizes and examples, and thumbnails of example images.
 
 mod cache;
+pub use cache::DatasetPageCache;
+mod stats;
 mod thumbnail;
 mod view;
 
 use super::{PageError, PageResult, render, when};
-use crate::data::{SPLITS, Source};
+use crate::data::{Source, Split};
 use crate::http::AppState;
 use crate::http::error::ApiError;
 use crate::http::extract::ApiQuery;
@@ -80,8 +82,11 @@ async fn find(state: &AppState, name: &str) -> Result<DatasetRecord, PageError> 
 }
 
 /// The dataset's files as read now, or a clear error saying why they cannot be.
-async fn loaded(record: &DatasetRecord) -> Result<std::sync::Arc<cache::Loaded>, PageError> {
-    cache::loaded(record).await.map_err(|e| {
+async fn loaded(
+    state: &AppState,
+    record: &DatasetRecord,
+) -> Result<std::sync::Arc<cache::Loaded>, PageError> {
+    state.dataset_pages.loaded(record).await.map_err(|e| {
         tracing::error!(
             dataset = record.name,
             error = format!("{e:#}"),
@@ -102,7 +107,7 @@ async fn loaded(record: &DatasetRecord) -> Result<std::sync::Arc<cache::Loaded>,
 struct DetailQuery {
     /// Whose examples are listed.
     #[serde(default)]
-    split: Option<String>,
+    split: Option<Split>,
     /// 1-based page of examples.
     #[serde(default)]
     page: Option<usize>,
@@ -113,7 +118,7 @@ struct DetailQuery {
 
 /// One split's row.
 struct SplitRow {
-    name: &'static str,
+    name: Split,
     file: String,
     examples: String,
     labeled: String,
@@ -156,7 +161,7 @@ struct DetailPage {
     problems: Vec<String>,
     problem_count: usize,
     split_choices: Vec<Choice>,
-    split: String,
+    split: Split,
     page: usize,
     pages: usize,
     first: usize,
@@ -167,7 +172,7 @@ struct DetailPage {
     next: Option<String>,
 }
 
-fn href(name: &str, split: &str, page: usize, lengths: &str) -> String {
+fn href(name: &str, split: Split, page: usize, lengths: &str) -> String {
     format!(
         "/datasets/{}?split={split}&page={page}&lengths={lengths}",
         segment(name)
@@ -200,29 +205,24 @@ async fn detail(
     ApiQuery(q): ApiQuery<DetailQuery>,
 ) -> PageResult {
     let record = find(&state, &name).await?;
-    let split = q.split.unwrap_or_else(|| "train".into());
-    if !SPLITS.contains(&split.as_str()) {
-        return Err(ApiError::invalid(
-            "split",
-            "invalid_value",
-            format!("query parameter `split`: `{split}` is not a split; use train, dev or test"),
-        )
-        .into());
-    }
+    let split = q.split.unwrap_or(Split::Train);
     let lengths = q.lengths.unwrap_or_else(|| "all".into());
-    let Some(lengths_at) = SPLITS.iter().chain(&["all"]).position(|s| *s == lengths) else {
-        return Err(ApiError::invalid(
-            "lengths",
-            "invalid_value",
-            format!(
-                "query parameter `lengths`: `{lengths}` is not a split; use all, train, dev or test"
-            ),
-        )
-        .into());
+    // a split's lengths, or all splits' (`all`, the last histogram)
+    let lengths_at = match lengths.as_str() {
+        "all" => Split::ALL.len(),
+        other => other.parse::<Split>().map(Split::index).map_err(|_| {
+            ApiError::invalid(
+                "lengths",
+                "invalid_value",
+                format!(
+                    "query parameter `lengths`: `{lengths}` is not a split; use all, train, dev or test"
+                ),
+            )
+        })?,
     };
-    let l = loaded(&record).await?;
+    let l = loaded(&state, &record).await?;
     let ds = &l.ds;
-    let examples = l.split(&split).expect("checked above");
+    let examples = ds.split(split);
     let pages = examples.len().div_ceil(PER_PAGE).max(1);
     let page = q.page.unwrap_or(1);
     if page == 0 || page > pages {
@@ -276,11 +276,11 @@ async fn detail(
             note: split_note(ex.len(), b.labeled()),
         })
         .collect();
-    let balances = SPLITS
+    let balances = Split::ALL
         .iter()
         .zip(&l.balances)
         .filter(|(_, b)| b.labeled() > 0)
-        .map(|(s, b)| view::balance_view(s, b, &ds.label_names))
+        .map(|(s, b)| view::balance_view(s.as_str(), b, &ds.label_names))
         .collect();
     let choice = |text: &str, href: String, current: bool| Choice {
         text: text.to_string(),
@@ -294,10 +294,11 @@ async fn detail(
         source: source_rows(&ds.source, ds.source.image_dir().display().to_string()),
         splits,
         balances,
-        length_choices: SPLITS
+        length_choices: Split::ALL
+            .map(Split::as_str)
             .iter()
             .chain(&["all"])
-            .map(|s| choice(s, href(&name, &split, page, s), *s == lengths))
+            .map(|s| choice(s, href(&name, split, page, s), *s == lengths))
             .collect(),
         histogram: view::histogram_svg(&l.lengths[lengths_at]),
         images: l
@@ -312,13 +313,13 @@ async fn detail(
             .map(|(s, ex)| {
                 choice(
                     &format!("{s} ({})", thousands(ex.len())),
-                    href(&name, s, 1, &lengths),
+                    href(&name, *s, 1, &lengths),
                     *s == split,
                 )
             })
             .collect(),
-        prev: (page > 1).then(|| href(&name, &split, page - 1, &lengths)),
-        next: (page < pages).then(|| href(&name, &split, page + 1, &lengths)),
+        prev: (page > 1).then(|| href(&name, split, page - 1, &lengths)),
+        next: (page < pages).then(|| href(&name, split, page + 1, &lengths)),
         first: first + 1,
         last: first + cards.len(),
         split_size: examples.len(),
@@ -336,9 +337,12 @@ async fn thumbnail(
     Path((name, split, index)): Path<(String, String, String)>,
 ) -> PageResult {
     let record = find(&state, &name).await?;
-    let l = loaded(&record).await?;
+    let l = loaded(&state, &record).await?;
     let missing = || ApiError::not_found(format!("example {index} of split `{split}` of `{name}`"));
-    let examples = l.split(&split).ok_or_else(missing)?;
+    let examples = match split.parse::<Split>() {
+        Ok(s) => l.ds.split(s),
+        Err(_) => return Err(missing().into()),
+    };
     let e = index
         .parse::<usize>()
         .ok()

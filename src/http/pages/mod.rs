@@ -4,6 +4,8 @@ mod catalog;
 mod datasets;
 mod runs;
 
+pub use datasets::DatasetPageCache;
+
 use super::AppState;
 use super::error::ApiError;
 use askama::Template;

@@ -1,13 +1,14 @@
 //! Run pages: the list, one run (live while it trains), the submission form, cancel.
 
 use super::{PageResult, duration, num, params, render, render_status, when};
+use crate::eval::{Metric, MetricKey};
 use crate::http::AppState;
-use crate::http::api::runs::{ListQuery, RunRequest, find_run, submit, validate};
+use crate::http::api::runs::{ListQuery, find_run};
 use crate::http::error::ApiError;
-use crate::http::extract::ApiQuery;
-use crate::models::registry;
-use crate::protocol::TrainConfig;
+use crate::http::extract::{ApiQuery, parse_form};
 use crate::queue::CancelOutcome;
+use crate::runs::options::OptionSpec;
+use crate::runs::{QueueConfig, RunRequest, TrainConfig};
 use crate::store::runs::{Run, RunStatus};
 use askama::Template;
 use axum::extract::{Path, State};
@@ -97,7 +98,7 @@ struct RunPage {
     started: String,
     finished: String,
     error: Option<String>,
-    config: Vec<(&'static str, String)>,
+    config: Vec<ConfigRow>,
     summary: Vec<(&'static str, String)>,
     eval_rows: Vec<EvalRow>,
     logs: Vec<String>,
@@ -111,32 +112,39 @@ struct EvalRow {
 }
 
 /// Metric columns of the evaluation table.
-const EVAL_KEYS: [&str; 4] = ["eval/loss", "eval/accuracy", "eval/f1", "eval/auroc"];
+const EVAL_METRICS: [Metric; 4] = [Metric::Loss, Metric::Accuracy, Metric::F1, Metric::Auroc];
 
-fn config_rows(c: &TrainConfig, priority: i64) -> Vec<(&'static str, String)> {
-    vec![
-        ("epochs", c.epochs.to_string()),
-        ("batch_size", c.batch_size.to_string()),
-        ("learning_rate", format!("{:e}", c.learning_rate)),
-        ("seed", c.seed.to_string()),
-        ("max_length", c.max_length.to_string()),
-        ("warmup_ratio", c.warmup_ratio.to_string()),
-        ("weight_decay", c.weight_decay.to_string()),
-        (
-            "max_steps",
-            c.max_steps
-                .map(|s| s.to_string())
-                .unwrap_or_else(|| "–".into()),
-        ),
-        ("priority", priority.to_string()),
-    ]
+/// One option of a run's configuration table.
+struct ConfigRow {
+    name: &'static str,
+    value: String,
+    unit: &'static str,
+    help: String,
+}
+
+/// Every option of a run with its value, in declaration order, the queue's last.
+fn config_rows(c: &TrainConfig, priority: i64) -> Vec<ConfigRow> {
+    c.values()
+        .into_iter()
+        .chain(QueueConfig { priority }.values())
+        .map(|(spec, value)| ConfigRow {
+            name: spec.name,
+            value: match value {
+                Some(v) => v,
+                None if !spec.unset.is_empty() => format!("– ({})", spec.unset),
+                None => "–".into(),
+            },
+            unit: spec.unit,
+            help: spec.help(),
+        })
+        .collect()
 }
 
 async fn detail(State(state): State<AppState>, Path(id): Path<String>) -> PageResult {
     let run = find_run(&state, &id).await?;
     let series = state.store.metric_series(run.id, None).await?;
     let mut steps: Vec<(i64, Option<f64>)> = series
-        .get("eval/loss")
+        .get(&MetricKey::eval(Metric::Loss))
         .map(|pts| pts.iter().map(|p| (p.step, p.epoch)).collect())
         .unwrap_or_default();
     steps.dedup_by_key(|s| s.0);
@@ -145,12 +153,12 @@ async fn detail(State(state): State<AppState>, Path(id): Path<String>) -> PageRe
         .map(|(step, epoch)| EvalRow {
             step,
             epoch: num(epoch, 2),
-            values: EVAL_KEYS
+            values: EVAL_METRICS
                 .iter()
-                .map(|k| {
+                .map(|&m| {
                     num(
                         series
-                            .get(*k)
+                            .get(&MetricKey::eval(m))
                             .and_then(|pts| pts.iter().find(|p| p.step == step))
                             .map(|p| p.value),
                         4,
@@ -199,39 +207,60 @@ async fn detail(State(state): State<AppState>, Path(id): Path<String>) -> PageRe
 struct NewRunPage {
     models: Vec<(String, String)>,
     datasets: Vec<String>,
-    values: HashMap<String, String>,
+    model: String,
+    dataset: String,
+    fields: Vec<FormField>,
     error: Option<String>,
     error_field: String,
 }
 
-impl NewRunPage {
-    fn value(&self, field: &str) -> String {
-        self.values.get(field).cloned().unwrap_or_default()
-    }
+/// One option's field of the submission form.
+struct FormField {
+    name: &'static str,
+    /// What was typed, or the default.
+    value: String,
+    placeholder: String,
+    input_mode: &'static str,
+    unit: &'static str,
+    help: String,
 }
 
-/// Form fields after model and dataset, with their defaults shown as placeholders.
-const NUMERIC_FIELDS: [&str; 9] = [
-    "epochs",
-    "batch_size",
-    "learning_rate",
-    "seed",
-    "max_length",
-    "priority",
-    "warmup_ratio",
-    "weight_decay",
-    "max_steps",
-];
+/// The form's option fields, from the options' declarations: `values` as typed, the defaults
+/// for a fresh form.
+fn form_fields(values: &HashMap<String, String>) -> Vec<FormField> {
+    let defaults = TrainConfig::default()
+        .values()
+        .into_iter()
+        .chain(QueueConfig::default().values());
+    defaults
+        .map(
+            |(spec, default): (&'static OptionSpec, Option<String>)| FormField {
+                name: spec.name,
+                value: values
+                    .get(spec.name)
+                    .cloned()
+                    .unwrap_or_else(|| default.clone().unwrap_or_default()),
+                placeholder: match &default {
+                    Some(d) => format!("default {d}"),
+                    None => spec.unset.to_string(),
+                },
+                input_mode: spec.kind.input_mode(),
+                unit: spec.unit,
+                help: spec.help(),
+            },
+        )
+        .collect()
+}
 
 async fn form_page(
     state: &AppState,
     values: HashMap<String, String>,
     error: Option<ApiError>,
 ) -> PageResult {
-    let dir = state.settings.models_dir.clone();
-    let models = tokio::task::spawn_blocking(move || registry::scan(&dir))
-        .await
-        .map_err(anyhow::Error::from)?
+    let models = state
+        .registry
+        .scan_async()
+        .await?
         .into_iter()
         .filter(|m| m.usable)
         .map(|m| {
@@ -254,7 +283,9 @@ async fn form_page(
     let page = NewRunPage {
         models,
         datasets,
-        values,
+        model: values.get("model").cloned().unwrap_or_default(),
+        dataset: values.get("dataset").cloned().unwrap_or_default(),
+        fields: form_fields(&values),
         error_field: error
             .as_ref()
             .and_then(|e| e.field.clone())
@@ -265,79 +296,36 @@ async fn form_page(
 }
 
 async fn new_form(State(state): State<AppState>) -> PageResult {
-    let d = TrainConfig::default();
-    let values = HashMap::from([
-        ("epochs".to_string(), d.epochs.to_string()),
-        ("batch_size".to_string(), d.batch_size.to_string()),
-        (
-            "learning_rate".to_string(),
-            format!("{:e}", d.learning_rate),
-        ),
-        ("seed".to_string(), d.seed.to_string()),
-        ("max_length".to_string(), d.max_length.to_string()),
-        ("priority".to_string(), "0".to_string()),
-        ("warmup_ratio".to_string(), d.warmup_ratio.to_string()),
-        ("weight_decay".to_string(), d.weight_decay.to_string()),
-    ]);
-    form_page(&state, values, None).await
+    form_page(&state, HashMap::new(), None).await
 }
 
-/// Parses form strings into a [`RunRequest`]; empty fields take their defaults.
-fn request_from_form(f: &HashMap<String, String>) -> Result<RunRequest, ApiError> {
-    fn parse<T: std::str::FromStr>(
-        f: &HashMap<String, String>,
-        k: &str,
-        what: &str,
-    ) -> Result<Option<T>, ApiError> {
-        match f.get(k).map(|s| s.trim()).filter(|s| !s.is_empty()) {
-            None => Ok(None),
-            Some(s) => s.parse().map(Some).map_err(|_| {
-                ApiError::invalid(
-                    k,
-                    "invalid_value",
-                    format!("`{k}` must be {what}, got `{s}`"),
-                )
-            }),
+/// Reads the form into a [`RunRequest`], as the API reads its JSON body; a value that is not
+/// of its option's kind is named with what was typed.
+fn read_form(pairs: &[(String, String)]) -> Result<RunRequest, ApiError> {
+    parse_form(pairs).map_err(|mut e| {
+        let typed = pairs.iter().find(|(k, _)| Some(k) == e.field.as_ref());
+        if let (Some((_, typed)), Some(spec)) =
+            (typed, e.field.as_deref().and_then(RunRequest::spec))
+        {
+            e.message = spec.unreadable(typed.trim()).message;
         }
-    }
-    if let Some(k) = f.keys().find(|k| {
-        !["model", "dataset"].contains(&k.as_str()) && !NUMERIC_FIELDS.contains(&k.as_str())
-    }) {
-        return Err(ApiError::invalid(
-            k,
-            "unknown_field",
-            format!("unknown field `{k}`"),
-        ));
-    }
-    Ok(RunRequest {
-        model: f.get("model").cloned().unwrap_or_default(),
-        dataset: f.get("dataset").cloned().unwrap_or_default(),
-        epochs: parse(f, "epochs", "an integer")?,
-        batch_size: parse(f, "batch_size", "an integer")?,
-        learning_rate: parse(f, "learning_rate", "a number")?,
-        seed: parse(f, "seed", "a non-negative integer")?,
-        max_length: parse(f, "max_length", "an integer")?,
-        priority: parse(f, "priority", "an integer")?,
-        warmup_ratio: parse(f, "warmup_ratio", "a number")?,
-        weight_decay: parse(f, "weight_decay", "a number")?,
-        max_steps: parse(f, "max_steps", "an integer")?,
+        e
     })
 }
 
 async fn new_submit(
     State(state): State<AppState>,
-    Form(f): Form<HashMap<String, String>>,
+    Form(pairs): Form<Vec<(String, String)>>,
 ) -> PageResult {
-    let checked = match request_from_form(&f) {
-        Ok(req) => validate(&state, req).await,
+    let submitted = match read_form(&pairs) {
+        Ok(req) => state.scheduler.submit(req).await.map_err(ApiError::from),
         Err(e) => Err(e),
     };
-    match checked {
-        Ok(valid) => {
-            let run = submit(&state, valid).await?;
-            Ok(Redirect::to(&format!("/runs/{}", run.id)).into_response())
+    match submitted {
+        Ok(run) => Ok(Redirect::to(&format!("/runs/{}", run.id)).into_response()),
+        Err(e) if e.status.is_client_error() => {
+            form_page(&state, pairs.into_iter().collect(), Some(e)).await
         }
-        Err(e) if e.status.is_client_error() => form_page(&state, f, Some(e)).await,
         Err(e) => Err(e.into()),
     }
 }

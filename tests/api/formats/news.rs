@@ -1,7 +1,7 @@
 //! News: CSV or JSON-lines, one file per split or one file with a split column.
 
 use super::{ids, report, source, strict_error, write_image, write_lines};
-use modalbench::data::{Check, Columns, OneOrMany, Options, load};
+use modalbench::data::{Check, Columns, OneOrMany, Options, Split, load};
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -176,7 +176,7 @@ fn news_bad_rows_are_reported_with_file_line_and_column() {
     );
 
     let elsewhere = Options {
-        splits: Some(BTreeMap::from([("dev".into(), "nope.csv".into())])),
+        splits: Some(BTreeMap::from([(Split::Dev, "nope.csv".into())])),
         ..Default::default()
     };
     let e = strict_error(&source("news", root, elsewhere));

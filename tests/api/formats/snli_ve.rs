@@ -1,7 +1,7 @@
 //! SNLI-VE: `snli_ve_{train,dev,test}.jsonl` beside `flickr30k_images/`.
 
 use super::{ids, report, source, strict_error, write_image, write_lines};
-use modalbench::data::{Check, Options, load};
+use modalbench::data::{Check, Options, Split, load};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -163,10 +163,7 @@ fn an_unlabeled_snli_ve_test_file_is_prediction_only_and_the_options_place_files
     );
     let options = Options {
         images: Some(PathBuf::from("pictures")),
-        splits: Some(BTreeMap::from([(
-            "test".into(),
-            "hidden/test.jsonl".into(),
-        )])),
+        splits: Some(BTreeMap::from([(Split::Test, "hidden/test.jsonl".into())])),
         ..Default::default()
     };
     let ds = load(

@@ -4,7 +4,7 @@
 use super::{ids, report, source, strict_error, write_image};
 use crate::helpers::python;
 use modalbench::data::formats::vqa::normalize_answer;
-use modalbench::data::{Check, Options, Task, load};
+use modalbench::data::{Check, Options, Split, Task, load};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -381,8 +381,8 @@ fn vqa_v2_question_files_from_the_options_find_annotations_by_name_or_are_predic
     let options = Options {
         images: Some("coco".into()),
         splits: Some(BTreeMap::from([
-            ("train".into(), "q/train_questions.json".into()),
-            ("dev".into(), "q/dev_questions.json".into()),
+            (Split::Train, "q/train_questions.json".into()),
+            (Split::Dev, "q/dev_questions.json".into()),
         ])),
         ..Default::default()
     };

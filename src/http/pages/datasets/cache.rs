@@ -1,17 +1,18 @@
 //! Datasets read for the pages, with their statistics, kept in memory for the next request.
 //!
 //! Reading a big dataset and probing its images takes seconds, so each is done once per
-//! registration: the cache is keyed by the dataset's name and its stored info (a
-//! re-registration, which changes the info, reads it again), holds a few datasets, forgets the
-//! least recently used, and reads on a blocking thread. Concurrent requests for the same
-//! dataset wait for the one read instead of starting their own.
+//! registration: the [`DatasetPageCache`] (held by the application state) is keyed by the
+//! dataset's name and its stored info (a re-registration, which changes the info, reads it
+//! again), holds a few datasets, forgets the least recently used, and reads on a blocking
+//! thread. Concurrent requests for the same dataset wait for the one read instead of starting
+//! their own.
 
-use crate::data::stats::{self, Balance, Histogram, ImageSummary};
-use crate::data::{self, Check, Dataset, Example};
+use super::stats::{self, Balance, Histogram, ImageSummary};
+use crate::data::{self, Check, Dataset};
 use crate::store::datasets::DatasetRecord;
 use anyhow::Context;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 /// At most this many images are probed for the size summary.
 pub(super) const IMAGE_SAMPLE: usize = 2000;
@@ -54,15 +55,6 @@ impl Loaded {
             ds,
         }
     }
-
-    /// The examples of split `name`, if it is one.
-    pub fn split(&self, name: &str) -> Option<&[Example]> {
-        self.ds
-            .splits()
-            .into_iter()
-            .find(|(n, _)| *n == name)
-            .map(|(_, ex)| ex)
-    }
 }
 
 type Slot = Arc<Mutex<Option<Arc<Loaded>>>>;
@@ -77,6 +69,12 @@ struct Entry {
 struct Cache {
     entries: HashMap<String, Entry>,
     clock: u64,
+}
+
+/// The datasets the pages read last, with their statistics; clones share them.
+#[derive(Clone, Default)]
+pub struct DatasetPageCache {
+    cache: Arc<Mutex<Cache>>,
 }
 
 impl Cache {
@@ -120,29 +118,26 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn cache() -> &'static Mutex<Cache> {
-    static CACHE: OnceLock<Mutex<Cache>> = OnceLock::new();
-    CACHE.get_or_init(Default::default)
-}
-
-/// The dataset of `record`, read in report mode (bad lines skipped) and summarised the first
-/// time it is asked for.
-pub(super) async fn loaded(record: &DatasetRecord) -> anyhow::Result<Arc<Loaded>> {
-    let key = serde_json::to_string(&record.info).context("keying the dataset cache")?;
-    let slot = lock(cache()).slot(&record.name, key);
-    let (name, source) = (record.name.clone(), record.info.source.clone());
-    tokio::task::spawn_blocking(move || {
-        let mut guard = lock(&slot);
-        if let Some(l) = guard.as_ref() {
-            return Ok(l.clone());
-        }
-        let _span = tracing::info_span!("dataset_stats", dataset = name).entered();
-        let l = Arc::new(Loaded::compute(data::load(&name, &source, Check::Report)?));
-        *guard = Some(l.clone());
-        Ok(l)
-    })
-    .await
-    .context("reading a dataset")?
+impl DatasetPageCache {
+    /// The dataset of `record`, read in report mode (bad lines skipped) and summarised the
+    /// first time it is asked for.
+    pub(super) async fn loaded(&self, record: &DatasetRecord) -> anyhow::Result<Arc<Loaded>> {
+        let key = serde_json::to_string(&record.info).context("keying the dataset cache")?;
+        let slot = lock(&self.cache).slot(&record.name, key);
+        let (name, source) = (record.name.clone(), record.info.source.clone());
+        tokio::task::spawn_blocking(move || {
+            let mut guard = lock(&slot);
+            if let Some(l) = guard.as_ref() {
+                return Ok(l.clone());
+            }
+            let _span = tracing::info_span!("dataset_stats", dataset = name).entered();
+            let l = Arc::new(Loaded::compute(data::load(&name, &source, Check::Report)?));
+            *guard = Some(l.clone());
+            Ok(l)
+        })
+        .await
+        .context("reading a dataset")?
+    }
 }
 
 #[cfg(test)]
@@ -157,21 +152,21 @@ mod tests {
             .unwrap()
             .unwrap();
         let info = data::inspect("n", &source, Check::Strict).unwrap();
+        let cache = DatasetPageCache::default();
         let mut record = DatasetRecord {
-            // unique in this test binary: the cache is process-wide
-            name: "cache-test-news".into(),
+            name: "news".into(),
             format: source.format.clone(),
             root: source.root.display().to_string(),
             num_labels: 4,
             info,
             registered_at: String::new(),
         };
-        let first = loaded(&record).await.unwrap();
-        assert!(Arc::ptr_eq(&first, &loaded(&record).await.unwrap()));
+        let first = cache.loaded(&record).await.unwrap();
+        assert!(Arc::ptr_eq(&first, &cache.loaded(&record).await.unwrap()));
         assert_eq!(first.balances[0].counts, vec![96; 4]);
         assert_eq!(first.lengths[3].total, 384 + 96 + 160);
         record.info.problem_count += 1;
-        let again = loaded(&record).await.unwrap();
+        let again = cache.loaded(&record).await.unwrap();
         assert!(!Arc::ptr_eq(&first, &again), "new info, new read");
     }
 }

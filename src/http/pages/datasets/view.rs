@@ -1,7 +1,7 @@
 //! What the dataset templates draw: statistics turned into rows, bar widths and SVG geometry.
 
-use crate::data::stats::{Balance, Histogram, ImageSummary, Spread};
-use crate::data::{SPLITS, SplitInfo, Task};
+use super::stats::{Balance, Histogram, ImageSummary, Spread};
+use crate::data::{Split, SplitInfo, Task};
 use crate::http::pages::num;
 use std::collections::BTreeMap;
 
@@ -65,17 +65,9 @@ pub(super) fn split_note(examples: usize, labeled: usize) -> String {
     }
 }
 
-/// `train 384 · dev 96 · test 160 (prediction-only)` for the list: the three roles first,
-/// in that order, then any other split by name.
-pub(super) fn split_summary(splits: &BTreeMap<String, SplitInfo>) -> String {
-    let rank = |name: &str| {
-        SPLITS
-            .iter()
-            .position(|s| *s == name)
-            .unwrap_or(SPLITS.len())
-    };
-    let mut ordered: Vec<_> = splits.iter().collect();
-    ordered.sort_by_key(|(name, _)| rank(name));
+/// `train 384 · dev 96 · test 160 (prediction-only)` for the list, in role order.
+pub(super) fn split_summary(splits: &BTreeMap<Split, SplitInfo>) -> String {
+    let ordered: Vec<_> = splits.iter().collect();
     ordered
         .into_iter()
         .map(|(name, s)| {

@@ -1,7 +1,7 @@
 //! Statistics the dataset pages show: label balance, text lengths (whitespace tokens) as a
 //! histogram, and a summary of image sizes and formats over a deterministic sample.
 
-use super::Example;
+use crate::data::Example;
 use rayon::prelude::*;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};

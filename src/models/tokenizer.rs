@@ -7,8 +7,7 @@
 //! class would build from `vocab.txt` (BERT WordPiece) or `vocab.json` + `merges.txt`
 //! (RoBERTa byte-level BPE), with the options of `tokenizer_config.json`.
 
-use crate::data::Example;
-use crate::data::batch::Batch;
+use crate::models::batch::Batch;
 use crate::models::{Checkpoint, VocabFiles};
 use anyhow::{Context, Result, anyhow, bail};
 use serde_json::Value;
@@ -83,13 +82,16 @@ impl TextEncoder {
         Ok(TextEncoder { tokenizer })
     }
 
-    /// Tokenizes examples (pairs where the example has a second text), in parallel.
-    pub fn encode(&self, examples: &[Example]) -> Result<Vec<Encoded>> {
-        let inputs: Vec<EncodeInput> = examples
-            .iter()
-            .map(|e| match &e.text_pair {
-                Some(pair) => EncodeInput::Dual(e.text.as_str().into(), pair.as_str().into()),
-                None => EncodeInput::Single(e.text.as_str().into()),
+    /// Tokenizes texts, each alone or with a second text of a pair, in parallel.
+    pub fn encode<'a>(
+        &self,
+        texts: impl IntoIterator<Item = (&'a str, Option<&'a str>)>,
+    ) -> Result<Vec<Encoded>> {
+        let inputs: Vec<EncodeInput> = texts
+            .into_iter()
+            .map(|(text, pair)| match pair {
+                Some(pair) => EncodeInput::Dual(text.into(), pair.into()),
+                None => EncodeInput::Single(text.into()),
             })
             .collect();
         let encodings = self
