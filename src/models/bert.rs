@@ -3,7 +3,9 @@
 //! (`BertModel`, `BertForSequenceClassification`). Parameter paths equal the checkpoint keys,
 //! so `bert-base-uncased`, BETO, MiniLM and any other BERT checkpoint load unchanged.
 
-use crate::models::layers::{Activation, Embedding, LayerNorm, Linear, SelfAttention, dropout};
+use crate::models::layers::{
+    Activation, ConfigError, Embedding, LayerNorm, Linear, SelfAttention, dropout,
+};
 use crate::models::registry::Modality;
 use crate::models::{Arch, Batch, Head, Model, TextLimits, VocabFiles};
 use anyhow::{Result, anyhow};
@@ -66,19 +68,14 @@ fn default_eps() -> f64 {
 
 impl Config {
     /// Checks what the port supports, naming the offending field.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         Activation::from_name(&self.hidden_act)?;
-        if self.hidden_size % self.num_attention_heads != 0 {
-            return Err(format!(
-                "hidden_size {} is not a multiple of num_attention_heads {}",
-                self.hidden_size, self.num_attention_heads
-            ));
-        }
+        ConfigError::check_heads(self.hidden_size, self.num_attention_heads)?;
         match self.position_embedding_type.as_deref() {
             None | Some("absolute") => Ok(()),
-            Some(other) => Err(format!(
+            Some(other) => Err(ConfigError::Unsupported(format!(
                 "position_embedding_type `{other}` is not supported (only `absolute`)"
-            )),
+            ))),
         }
     }
 }
@@ -398,7 +395,7 @@ pub static SPEC: Arch = Arch {
 /// Parses and checks a BERT config.json; errors name the field.
 pub fn config(v: &Value) -> Result<Config> {
     let c: Config = serde_json::from_value(v.clone()).map_err(|e| anyhow!("{e}"))?;
-    c.validate().map_err(anyhow::Error::msg)?;
+    c.validate()?;
     Ok(c)
 }
 

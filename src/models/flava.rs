@@ -429,7 +429,7 @@ pub static SPEC: Arch = Arch {
 /// Parses and checks a FLAVA config.json; errors name the field.
 pub fn config(v: &Value) -> Result<Config> {
     let c: Config = serde_json::from_value(v.clone()).map_err(|e| anyhow!("{e}"))?;
-    c.validate().map_err(anyhow::Error::msg)?;
+    c.validate()?;
     Ok(c)
 }
 

@@ -6,6 +6,46 @@ use std::cell::Cell;
 use tch::nn::{self, Init, Module, VarStore};
 use tch::{Kind, Tensor};
 
+/// What a config.json asks for that the ports cannot build; the message names the field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error(
+        "unsupported hidden_act `{0}` (supported: gelu, gelu_new, gelu_pytorch_tanh, gelu_fast, quick_gelu, relu, silu, swish)"
+    )]
+    UnsupportedActivation(String),
+    #[error("hidden_size {hidden_size} is not a multiple of num_attention_heads {heads}")]
+    HeadsDoNotDivide { hidden_size: i64, heads: i64 },
+    #[error("image_size {image} holds no patch of patch_size {patch}")]
+    NoPatch { image: String, patch: String },
+    /// Any other value the port does not support.
+    #[error("{0}")]
+    Unsupported(String),
+    /// A problem inside one section of a composite config (`text_config`, ...).
+    #[error("{section}: {error}")]
+    In {
+        section: &'static str,
+        error: Box<ConfigError>,
+    },
+}
+
+impl ConfigError {
+    /// The same problem, inside `section` of the config.
+    pub fn within(self, section: &'static str) -> ConfigError {
+        ConfigError::In {
+            section,
+            error: Box::new(self),
+        }
+    }
+
+    /// Checks that `heads` divides `hidden_size`.
+    pub fn check_heads(hidden_size: i64, heads: i64) -> Result<(), ConfigError> {
+        if heads <= 0 || hidden_size % heads != 0 {
+            return Err(ConfigError::HeadsDoNotDivide { hidden_size, heads });
+        }
+        Ok(())
+    }
+}
+
 /// Optimizer group of weights that get weight decay.
 pub const DECAY: usize = 0;
 /// Optimizer group of biases and normalisation weights (no weight decay, as in Hugging Face's
@@ -210,18 +250,14 @@ pub enum Activation {
 
 impl Activation {
     /// Parses a `hidden_act` value; the error lists the supported names.
-    pub fn from_name(name: &str) -> Result<Activation, String> {
+    pub fn from_name(name: &str) -> Result<Activation, ConfigError> {
         Ok(match name {
             "gelu" => Activation::Gelu,
             "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Activation::GeluTanh,
             "quick_gelu" => Activation::QuickGelu,
             "relu" => Activation::Relu,
             "silu" | "swish" => Activation::Silu,
-            other => {
-                return Err(format!(
-                    "unsupported hidden_act `{other}` (supported: gelu, gelu_new, gelu_pytorch_tanh, gelu_fast, quick_gelu, relu, silu, swish)"
-                ));
-            }
+            other => return Err(ConfigError::UnsupportedActivation(other.to_string())),
         })
     }
 

@@ -31,10 +31,10 @@
 //! that is trained.
 
 use crate::models::bert::{BertEmbeddings, EmbeddingSizes};
-use crate::models::layers::SelfAttention;
 use crate::models::layers::{
     Activation, DECAY, Embedding, LayerNorm, Linear, NO_DECAY, dropout, param,
 };
+use crate::models::layers::{ConfigError, SelfAttention};
 use crate::models::registry::Modality;
 use crate::models::{Arch, Batch, Head, Model, TextLimits, VocabFiles};
 use anyhow::{Result, anyhow};
@@ -108,28 +108,25 @@ impl Default for Config {
 
 impl Config {
     /// Checks what the port supports, naming the offending field.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         Activation::from_name(&self.hidden_act)?;
-        if self.hidden_size % self.num_attention_heads != 0 {
-            return Err(format!(
-                "hidden_size {} is not a multiple of num_attention_heads {}",
-                self.hidden_size, self.num_attention_heads
-            ));
-        }
+        ConfigError::check_heads(self.hidden_size, self.num_attention_heads)?;
         if self.patch_size <= 0 || self.image_size < self.patch_size {
-            return Err(format!(
-                "image_size {} must be at least patch_size {} (and patch_size positive)",
-                self.image_size, self.patch_size
-            ));
+            return Err(ConfigError::NoPatch {
+                image: self.image_size.to_string(),
+                patch: self.patch_size.to_string(),
+            });
         }
         if self.max_image_length == 0 {
-            return Err("max_image_length 0 leaves no image tokens (use -1 for no cap)".into());
+            return Err(ConfigError::Unsupported(
+                "max_image_length 0 leaves no image tokens (use -1 for no cap)".into(),
+            ));
         }
         if self.modality_type_vocab_size < 2 {
-            return Err(format!(
+            return Err(ConfigError::Unsupported(format!(
                 "modality_type_vocab_size {} has no image row (needs at least 2)",
                 self.modality_type_vocab_size
-            ));
+            )));
         }
         Ok(())
     }
@@ -587,7 +584,7 @@ pub static SPEC: Arch = Arch {
 /// Parses and checks a ViLT config.json; errors name the field.
 pub fn config(v: &Value) -> Result<Config> {
     let c: Config = serde_json::from_value(v.clone()).map_err(|e| anyhow!("{e}"))?;
-    c.validate().map_err(anyhow::Error::msg)?;
+    c.validate()?;
     Ok(c)
 }
 

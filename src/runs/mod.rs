@@ -61,7 +61,7 @@ declare_options! {
     max_length: u32 = 128, range Range::integers(2, 8192), unit "tokens";
     /// Fraction of all steps spent warming the learning rate up linearly from 0.
     warmup_ratio: f64 = 0.1,
-        range Range::numbers(Bound::Closed(0.0), Bound::Open(1.0)), unit "of steps";
+        range Range::numbers(Bound::Closed(0.0), Bound::Open(1.0)), unit "";
     /// Decoupled weight decay of AdamW (not applied to biases and LayerNorm weights).
     weight_decay: f64 = 0.01,
         range Range::numbers(Bound::Closed(0.0), Bound::Closed(1.0)), unit "";

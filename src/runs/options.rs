@@ -275,16 +275,15 @@ pub fn cli_arg(
     heading: &'static str,
     parser: impl Into<clap::builder::ValueParser>,
 ) -> clap::Arg {
-    let mut help = spec.help();
+    let mut help = spec.help().trim_end_matches('.').to_string();
     let range = spec.range.phrase();
-    if !range.is_empty() {
-        help = format!("{help} ({range})");
+    match (range.is_empty(), spec.unit.is_empty()) {
+        (false, false) => help = format!("{help} ({range} {})", spec.unit),
+        (false, true) => help = format!("{help} ({range})"),
+        (true, false) => help = format!("{help} ({})", spec.unit),
+        (true, true) => {}
     }
-    let value_name = if spec.unit.is_empty() {
-        spec.name.to_uppercase()
-    } else {
-        spec.unit.to_uppercase().replace(' ', "_")
-    };
+    let value_name = spec.name.to_uppercase();
     let shown = match default {
         Some(d) => format!(" [default: {d}]"),
         None if !spec.unset.is_empty() => format!(" [default: unset, {}]", spec.unset),

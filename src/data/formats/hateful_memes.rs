@@ -5,7 +5,7 @@
 //! prediction-only. Label names come from `modalbench.toml` (`label_names`), else they are the
 //! integer values.
 
-use super::{Format, relative};
+use super::{Format, LineError, relative};
 use crate::data::{Example, Problems, Source, Split, Splits, Task, integer_label_names};
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
@@ -129,7 +129,7 @@ pub fn read_file(
                 }
                 out.push(e);
             }
-            Err(msg) => problems.push(root, path, Some(i + 1), msg),
+            Err(e) => problems.push(root, path, Some(i + 1), e.to_string()),
         }
     }
     // a wholly unlabeled file is prediction-only where allowed; otherwise every line needs one
@@ -143,34 +143,44 @@ pub fn read_file(
     Ok(out)
 }
 
-fn parse_line(line: &str) -> Result<Example, String> {
-    let v: Value = serde_json::from_str(line).map_err(|e| format!("not valid JSON ({e})"))?;
-    let field = |name: &str| v.get(name).ok_or_else(|| format!("missing field `{name}`"));
+fn parse_line(line: &str) -> Result<Example, LineError> {
+    let v: Value = serde_json::from_str(line).map_err(LineError::not_json)?;
+    let field = |name: &str| {
+        v.get(name)
+            .ok_or_else(|| LineError::Missing(name.to_string()))
+    };
     let id = match field("id")? {
         Value::String(s) => s.clone(),
         Value::Number(n) => n.to_string(),
         other => {
-            return Err(format!(
-                "field `id` must be a string or number, found {other}"
+            return Err(LineError::invalid(
+                "id",
+                format!("field `id` must be a string or number, found {other}"),
             ));
         }
     };
     let text = field("text")?
         .as_str()
-        .ok_or("field `text` must be a string")?
+        .ok_or_else(|| LineError::invalid("text", "field `text` must be a string"))?
         .to_string();
     let label = match v.get("label") {
         None | Some(Value::Null) => None,
-        Some(l) => Some(
-            l.as_u64()
-                .ok_or_else(|| format!("field `label` must be a non-negative integer, found {l}"))?
-                as usize,
-        ),
+        Some(l) => Some(l.as_u64().ok_or_else(|| {
+            LineError::invalid(
+                "label",
+                format!("field `label` must be a non-negative integer, found {l}"),
+            )
+        })? as usize),
     };
     let image = match v.get("img") {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) => Some(PathBuf::from(s)),
-        Some(other) => return Err(format!("field `img` must be a path string, found {other}")),
+        Some(other) => {
+            return Err(LineError::invalid(
+                "img",
+                format!("field `img` must be a path string, found {other}"),
+            ));
+        }
     };
     Ok(Example {
         id,

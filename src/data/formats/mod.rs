@@ -11,6 +11,46 @@ use super::{Problems, Source, Splits};
 use anyhow::{Result, bail};
 use std::path::Path;
 
+/// What is wrong with one line, row or entry of a dataset file; the message names the field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LineError {
+    /// The line is not JSON.
+    #[error("not valid JSON ({0})")]
+    NotJson(String),
+    /// The line is JSON but not an object.
+    #[error("expected a JSON object, found {0}")]
+    NotAnObject(String),
+    /// A field is absent.
+    #[error("missing field `{0}`")]
+    Missing(String),
+    /// A field's value cannot be used; the message says what it must be.
+    #[error("{message}")]
+    Invalid { field: String, message: String },
+}
+
+impl LineError {
+    /// `field` has a value that cannot be used, as `message` says.
+    pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> LineError {
+        LineError::Invalid {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+
+    /// The JSON parser's complaint.
+    pub fn not_json(e: serde_json::Error) -> LineError {
+        LineError::NotJson(e.to_string())
+    }
+
+    /// The field at fault, if one is.
+    pub fn field(&self) -> Option<&str> {
+        match self {
+            LineError::NotJson(_) | LineError::NotAnObject(_) => None,
+            LineError::Missing(f) | LineError::Invalid { field: f, .. } => Some(f),
+        }
+    }
+}
+
 /// A dataset layout.
 pub struct Format {
     /// The name registrations and `modalbench.toml` use.

@@ -13,7 +13,7 @@
 
 mod table;
 
-use super::{Format, relative};
+use super::{Format, LineError, relative};
 use crate::data::{Columns, Example, Problems, Source, Split, Splits, Task};
 use anyhow::{Context, Result, bail};
 use serde_json::{Map, Value};
@@ -198,16 +198,19 @@ fn row(
     cols: &Cols,
     number: usize,
     fields: &[Option<Value>],
-) -> Result<(Example, Option<String>, Option<usize>), String> {
+) -> Result<(Example, Option<String>, Option<usize>), LineError> {
     let name = |c: usize| &table.columns[c];
     // a field as text: `None` if empty or null; numbers and booleans as written
-    let text = |c: usize| -> Result<Option<String>, String> {
+    let text = |c: usize| -> Result<Option<String>, LineError> {
         match &fields[c] {
-            None => Err(format!("missing field `{}`", name(c))),
+            None => Err(LineError::Missing(name(c).clone())),
             Some(Value::Null) => Ok(None),
             Some(Value::String(s)) => Ok(Some(s.trim().to_string()).filter(|s| !s.is_empty())),
             Some(v @ (Value::Number(_) | Value::Bool(_))) => Ok(Some(v.to_string())),
-            Some(v) => Err(format!("field `{}` must be text, found {v}", name(c))),
+            Some(v) => Err(LineError::invalid(
+                name(c),
+                format!("field `{}` must be text, found {v}", name(c)),
+            )),
         }
     };
     let mut parts = Vec::new();
@@ -216,7 +219,10 @@ fn row(
     }
     if parts.is_empty() {
         let names: Vec<&str> = cols.text.iter().map(|&c| name(c).as_str()).collect();
-        return Err(format!("empty text (field `{}`)", names.join("`, `")));
+        return Err(LineError::invalid(
+            names.join(", "),
+            format!("empty text (field `{}`)", names.join("`, `")),
+        ));
     }
     let image = match cols.image {
         // a row may leave the image out: the article has none
@@ -228,7 +234,8 @@ fn row(
         _ => None,
     };
     let id = match cols.id {
-        Some(c) => text(c)?.ok_or_else(|| format!("empty field `{}`", name(c)))?,
+        Some(c) => text(c)?
+            .ok_or_else(|| LineError::invalid(name(c), format!("empty field `{}`", name(c))))?,
         None => number.to_string(),
     };
     let split = match cols.split {
@@ -238,10 +245,13 @@ fn row(
             Some("dev" | "valid" | "validation" | "val") => Some(1),
             Some("test") => Some(2),
             other => {
-                return Err(format!(
-                    "field `{}` must be train, dev (or valid, validation, val) or test, found {}",
+                return Err(LineError::invalid(
                     name(c),
-                    other.map_or("nothing".into(), |s| format!("`{s}`"))
+                    format!(
+                        "field `{}` must be train, dev (or valid, validation, val) or test, found {}",
+                        name(c),
+                        other.map_or("nothing".into(), |s| format!("`{s}`"))
+                    ),
                 ));
             }
         },
@@ -280,7 +290,7 @@ fn read(source: &Source, problems: &mut Problems) -> Result<Splits> {
                     file: f,
                     line: *line,
                 }),
-                Err(msg) => problems.push(root, file, Some(*line), msg),
+                Err(e) => problems.push(root, file, Some(*line), e.to_string()),
             }
         }
     }

@@ -6,7 +6,7 @@
 //! image, so `sentence1` (its caption) is not read. Images are `<id>.jpg` in the image folder:
 //! the options' `images`, else `flickr30k_images/` where the root has one, else the root.
 
-use super::{Format, relative};
+use super::{Format, LineError, relative};
 use crate::data::{Example, Problems, Source, Split, Splits, Task};
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
@@ -96,7 +96,7 @@ fn read_file(
                 }
                 out.push(e);
             }
-            Err(msg) => problems.push(root, path, Some(i + 1), msg),
+            Err(e) => problems.push(root, path, Some(i + 1), e.to_string()),
         }
     }
     let prediction_only = unlabeled_ok && !out.is_empty() && unlabeled.len() == out.len();
@@ -109,15 +109,20 @@ fn read_file(
     Ok(out)
 }
 
-fn parse_line(line: &str, number: usize, prefix: &Path) -> Result<Example, String> {
-    let v: Value = serde_json::from_str(line).map_err(|e| format!("not valid JSON ({e})"))?;
+fn parse_line(line: &str, number: usize, prefix: &Path) -> Result<Example, LineError> {
+    let v: Value = serde_json::from_str(line).map_err(LineError::not_json)?;
     if !v.is_object() {
-        return Err(format!("expected a JSON object, found {v}"));
+        return Err(LineError::NotAnObject(v.to_string()));
     }
     let (key, image) = match (v.get("Flickr30K_ID"), v.get("Flikr30kID")) {
         (Some(id), _) => ("Flickr30K_ID", id),
         (None, Some(id)) => ("Flikr30kID", id),
-        (None, None) => return Err("missing field `Flickr30K_ID` (or `Flikr30kID`)".into()),
+        (None, None) => {
+            return Err(LineError::invalid(
+                "Flickr30K_ID",
+                "missing field `Flickr30K_ID` (or `Flikr30kID`)",
+            ));
+        }
     };
     let image = match image {
         Value::Number(n) if n.is_u64() => n.to_string(),
@@ -126,15 +131,23 @@ fn parse_line(line: &str, number: usize, prefix: &Path) -> Result<Example, Strin
             s.strip_suffix(".jpg").unwrap_or(s).to_string()
         }
         other => {
-            return Err(format!(
-                "field `{key}` must be a Flickr30k image id (a number or a string), found {other}"
+            return Err(LineError::invalid(
+                key,
+                format!(
+                    "field `{key}` must be a Flickr30k image id (a number or a string), found {other}"
+                ),
             ));
         }
     };
     let text = match v.get("sentence2") {
         Some(Value::String(s)) => s.clone(),
-        Some(other) => return Err(format!("field `sentence2` must be a string, found {other}")),
-        None => return Err("missing field `sentence2`".into()),
+        Some(other) => {
+            return Err(LineError::invalid(
+                "sentence2",
+                format!("field `sentence2` must be a string, found {other}"),
+            ));
+        }
+        None => return Err(LineError::Missing("sentence2".into())),
     };
     let label = match v.get("gold_label") {
         None | Some(Value::Null) => None,
@@ -142,9 +155,12 @@ fn parse_line(line: &str, number: usize, prefix: &Path) -> Result<Example, Strin
             LABELS.iter().position(|l| l == s)
         }
         Some(other) => {
-            return Err(format!(
-                "field `gold_label` must be one of {}, found {other}",
-                LABELS.join(", ")
+            return Err(LineError::invalid(
+                "gold_label",
+                format!(
+                    "field `gold_label` must be one of {}, found {other}",
+                    LABELS.join(", ")
+                ),
             ));
         }
     };
@@ -153,8 +169,9 @@ fn parse_line(line: &str, number: usize, prefix: &Path) -> Result<Example, Strin
         Some(Value::String(s)) => s.clone(),
         Some(Value::Number(n)) => n.to_string(),
         Some(other) => {
-            return Err(format!(
-                "field `pairID` must be a string or number, found {other}"
+            return Err(LineError::invalid(
+                "pairID",
+                format!("field `pairID` must be a string or number, found {other}"),
             ));
         }
     };

@@ -23,7 +23,7 @@ mod stream;
 
 pub use normalize::normalize_answer;
 
-use super::{Format, relative};
+use super::{Format, LineError, relative};
 use crate::data::{Example, Problems, Source, Split, Splits, Task};
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
@@ -271,15 +271,18 @@ fn read_questions(
     let mut seen = HashSet::new();
     let subtype = stream::read_array(root, file, "questions", &mut |i, v| {
         let q = (|| {
-            Ok::<_, String>(Question {
+            Ok::<_, LineError>(Question {
                 id: id_field(&v, "question_id")?,
                 image_id: id_field(&v, "image_id")?,
                 text: match v.get("question") {
                     Some(Value::String(s)) => s.clone(),
                     Some(other) => {
-                        return Err(format!("field `question` must be a string, found {other}"));
+                        return Err(LineError::invalid(
+                            "question",
+                            format!("field `question` must be a string, found {other}"),
+                        ));
                     }
-                    None => return Err("missing field `question`".into()),
+                    None => return Err(LineError::Missing("question".into())),
                 },
             })
         })();
@@ -310,22 +313,28 @@ fn read_annotations(
             let id = id_field(&v, "question_id")?;
             let list = match v.get("answers") {
                 Some(Value::Array(a)) if !a.is_empty() => a,
-                Some(Value::Array(_)) => return Err("field `answers` is empty".to_string()),
-                Some(other) => {
-                    return Err(format!("field `answers` must be a list, found {other}"));
+                Some(Value::Array(_)) => {
+                    return Err(LineError::invalid("answers", "field `answers` is empty"));
                 }
-                None => return Err("missing field `answers`".into()),
+                Some(other) => {
+                    return Err(LineError::invalid(
+                        "answers",
+                        format!("field `answers` must be a list, found {other}"),
+                    ));
+                }
+                None => return Err(LineError::Missing("answers".into())),
             };
             let mut answers = Vec::with_capacity(list.len());
             for (j, a) in list.iter().enumerate() {
                 let raw = match a.get("answer") {
                     Some(Value::String(s)) => s,
                     Some(other) => {
-                        return Err(format!(
-                            "field `answers[{j}].answer` must be a string, found {other}"
+                        return Err(LineError::invalid(
+                            format!("answers[{j}].answer"),
+                            format!("field `answers[{j}].answer` must be a string, found {other}"),
                         ));
                     }
-                    None => return Err(format!("missing field `answers[{j}].answer`")),
+                    None => return Err(LineError::Missing(format!("answers[{j}].answer"))),
                 };
                 let norm = normalized
                     .entry(raw.clone())
@@ -347,12 +356,13 @@ fn read_annotations(
     Ok(out)
 }
 
-fn id_field(v: &Value, name: &str) -> Result<u64, String> {
+fn id_field(v: &Value, name: &str) -> Result<u64, LineError> {
     match v.get(name) {
         Some(Value::Number(n)) if n.is_u64() => Ok(n.as_u64().expect("checked")),
-        Some(other) => Err(format!(
-            "field `{name}` must be a non-negative integer, found {other}"
+        Some(other) => Err(LineError::invalid(
+            name,
+            format!("field `{name}` must be a non-negative integer, found {other}"),
         )),
-        None => Err(format!("missing field `{name}`")),
+        None => Err(LineError::Missing(name.to_string())),
     }
 }

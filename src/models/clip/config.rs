@@ -1,7 +1,7 @@
 //! CLIP's config.json (`CLIPConfig` with its `text_config` and `vision_config`) and the
 //! config files of the `clip-tiny` preset.
 
-use crate::models::layers::Activation;
+use crate::models::layers::{Activation, ConfigError};
 use anyhow::{Result, anyhow};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -122,25 +122,32 @@ pub(super) struct Tower {
 
 impl Config {
     /// Checks what the port supports, naming the offending field.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         let (t, v) = (&self.text_config, &self.vision_config);
-        Activation::from_name(&t.hidden_act).map_err(|e| format!("text_config: {e}"))?;
-        Activation::from_name(&v.hidden_act).map_err(|e| format!("vision_config: {e}"))?;
-        for (name, hidden, heads) in [
-            ("text_config", t.hidden_size, t.num_attention_heads),
-            ("vision_config", v.hidden_size, v.num_attention_heads),
+        for (section, act, hidden, heads) in [
+            (
+                "text_config",
+                &t.hidden_act,
+                t.hidden_size,
+                t.num_attention_heads,
+            ),
+            (
+                "vision_config",
+                &v.hidden_act,
+                v.hidden_size,
+                v.num_attention_heads,
+            ),
         ] {
-            if heads <= 0 || hidden % heads != 0 {
-                return Err(format!(
-                    "{name}: hidden_size {hidden} is not a multiple of num_attention_heads {heads}"
-                ));
-            }
+            Activation::from_name(act)
+                .and_then(|_| ConfigError::check_heads(hidden, heads))
+                .map_err(|e| e.within(section))?;
         }
         if v.patch_size <= 0 || v.image_size < v.patch_size {
-            return Err(format!(
-                "vision_config: image_size {} holds no patch of patch_size {}",
-                v.image_size, v.patch_size
-            ));
+            return Err(ConfigError::NoPatch {
+                image: v.image_size.to_string(),
+                patch: v.patch_size.to_string(),
+            }
+            .within("vision_config"));
         }
         Ok(())
     }
@@ -177,7 +184,7 @@ impl Config {
 /// Parses and checks a CLIP config.json; errors name the field.
 pub fn config(v: &Value) -> Result<Config> {
     let c: Config = serde_json::from_value(v.clone()).map_err(|e| anyhow!("{e}"))?;
-    c.validate().map_err(anyhow::Error::msg)?;
+    c.validate()?;
     Ok(c)
 }
 

@@ -2,7 +2,7 @@
 //! transformers `models/flava/configuration_flava.py`) and the `flava-tiny` preset's config
 //! files.
 
-use crate::models::layers::Activation;
+use crate::models::layers::{Activation, ConfigError};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -199,7 +199,7 @@ pub struct EncoderDims {
 impl EncoderDims {
     #[allow(clippy::too_many_arguments)]
     fn checked(
-        section: &str,
+        section: &'static str,
         hidden_size: i64,
         num_hidden_layers: i64,
         num_attention_heads: i64,
@@ -209,13 +209,10 @@ impl EncoderDims {
         layer_norm_eps: f64,
         qkv_bias: bool,
         std: f64,
-    ) -> Result<EncoderDims, String> {
-        let act = Activation::from_name(hidden_act).map_err(|e| format!("{section}: {e}"))?;
-        if num_attention_heads <= 0 || hidden_size % num_attention_heads != 0 {
-            return Err(format!(
-                "{section}: hidden_size {hidden_size} is not a multiple of num_attention_heads {num_attention_heads}"
-            ));
-        }
+    ) -> Result<EncoderDims, ConfigError> {
+        let act = Activation::from_name(hidden_act).map_err(|e| e.within(section))?;
+        ConfigError::check_heads(hidden_size, num_attention_heads)
+            .map_err(|e| e.within(section))?;
         Ok(EncoderDims {
             hidden_size,
             num_hidden_layers,
@@ -233,7 +230,7 @@ impl EncoderDims {
 
 impl Config {
     /// The text encoder's shape.
-    pub fn text_dims(&self) -> Result<EncoderDims, String> {
+    pub fn text_dims(&self) -> Result<EncoderDims, ConfigError> {
         let t = &self.text_config;
         EncoderDims::checked(
             "text_config",
@@ -250,7 +247,7 @@ impl Config {
     }
 
     /// The image encoder's shape.
-    pub fn image_dims(&self) -> Result<EncoderDims, String> {
+    pub fn image_dims(&self) -> Result<EncoderDims, ConfigError> {
         let i = &self.image_config;
         EncoderDims::checked(
             "image_config",
@@ -267,7 +264,7 @@ impl Config {
     }
 
     /// The multimodal encoder's shape.
-    pub fn multimodal_dims(&self) -> Result<EncoderDims, String> {
+    pub fn multimodal_dims(&self) -> Result<EncoderDims, ConfigError> {
         let m = &self.multimodal_config;
         EncoderDims::checked(
             "multimodal_config",
@@ -291,16 +288,18 @@ impl Config {
     }
 
     /// Checks what the port supports, naming the offending field.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         self.text_dims()?;
         self.image_dims()?;
         self.multimodal_dims()?;
         let i = &self.image_config;
         let ((h, w), (ph, pw)) = (i.image_size.hw(), i.patch_size.hw());
         if ph <= 0 || pw <= 0 || h < ph || w < pw {
-            return Err(format!(
-                "image_config: image_size {h}x{w} holds no patch of patch_size {ph}x{pw}"
-            ));
+            return Err(ConfigError::NoPatch {
+                image: format!("{h}x{w}"),
+                patch: format!("{ph}x{pw}"),
+            }
+            .within("image_config"));
         }
         Ok(())
     }
