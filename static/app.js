@@ -56,17 +56,20 @@ function drawChart(svg, series) {
 
 const fmt = (v, d) => (v === undefined || v === null ? "–" : Number(v).toFixed(d));
 
-// Rebuilds the dev-evaluation table from the metric series.
+// Rebuilds the dev-evaluation table from the metric series: one row per step of its first
+// key (`data-keys` on the table), one column per key.
 function fillEvalTable(series) {
-  const body = document.querySelector("#eval-table tbody");
-  const losses = series["eval/loss"] || [];
-  if (!body || !losses.length) return;
+  const table = document.querySelector("#eval-table");
+  const body = table && table.querySelector("tbody");
+  if (!body) return;
+  const keys = table.dataset.keys.split(",");
+  const rows = series[keys[0]] || [];
+  if (!rows.length) return;
   const at = (k, step) => ((series[k] || []).find((p) => p.step === step) || {}).value;
   body.replaceChildren();
-  for (const p of losses) {
+  for (const p of rows) {
     const tr = document.createElement("tr");
-    const cells = [p.step, fmt(p.epoch, 2), fmt(p.value, 4), fmt(at("eval/accuracy", p.step), 4),
-                   fmt(at("eval/f1", p.step), 4), fmt(at("eval/auroc", p.step), 4)];
+    const cells = [p.step, fmt(p.epoch, 2), ...keys.map((k) => fmt(at(k, p.step), 4))];
     for (const c of cells) {
       const td = document.createElement("td");
       td.className = "num";

@@ -339,7 +339,8 @@ mod tests {
             "5e-5",
             "--max-steps",
             "7",
-            "--priority=-3",
+            "--priority",
+            "-3",
             "--seed",
             "11",
         ])

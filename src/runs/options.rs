@@ -294,6 +294,8 @@ pub fn cli_arg(
         .value_name(value_name)
         .help(format!("{help}{shown}"))
         .help_heading(heading)
+        // `--priority -3`: values are numbers, never flags
+        .allow_negative_numbers(true)
         .value_parser(parser.into())
 }
 

@@ -60,9 +60,18 @@ async fn minilm_fine_tunes_through_the_api_and_shows_on_the_leaderboard() {
     assert_eq!(status, StatusCode::OK);
     let summary = &body["summary"];
     let accuracy = summary["accuracy"].as_f64().unwrap();
-    assert!((0.0..=1.0).contains(&accuracy));
     assert_eq!(summary["steps"], 6);
-    assert!(summary["auroc"].as_f64().is_some());
+    // the pretrained encoder separates these reviews after six steps with a fresh head: with
+    // seed 0 the test split is ranked perfectly and at least 6 of its 8 reviews are right
+    // (chance: 0.5 accuracy, 0.5 AUROC, and ln 2 = 0.693 loss for a model that cannot tell)
+    assert!(accuracy >= 0.75, "accuracy {accuracy} of {summary}");
+    let auroc = summary["auroc"].as_f64().unwrap();
+    assert!(auroc >= 0.95, "AUROC {auroc} of {summary}");
+    let loss = summary["loss"].as_f64().unwrap();
+    assert!(
+        loss < 2f64.ln(),
+        "test loss {loss} is no better than chance"
+    );
     // the classifier head is new, the encoder pretrained: the run's own log says so
     let (_, logs) = app.get(&format!("/api/v1/runs/{id}/logs")).await;
     assert!(

@@ -15,3 +15,4 @@ mod parity_vilt;
 mod preprocessing;
 mod queue;
 mod runs_api;
+mod submit;

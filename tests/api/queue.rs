@@ -61,7 +61,15 @@ async fn a_run_trains_to_the_end_with_metrics_a_summary_and_a_checkpoint() {
     let s = run.summary.unwrap();
     assert_eq!(s.steps, 2 * 384 / 32);
     assert_eq!(s.test_examples, 160);
-    assert!(s.samples_per_second > 0.0 && s.train_seconds > 0.0);
+    // throughput is the examples trained (two passes over 384) over the training time
+    assert!(s.train_seconds > 0.0);
+    let trained = s.samples_per_second * s.train_seconds;
+    assert!(
+        (trained - 2.0 * 384.0).abs() < 1e-6 * 768.0,
+        "{} samples/s over {} s is {trained} examples, not 768",
+        s.samples_per_second,
+        s.train_seconds
+    );
     let (_, m) = app.get(&format!("/api/v1/runs/{id}/metrics")).await;
     let series = &m["series"];
     assert_eq!(
@@ -297,4 +305,45 @@ async fn a_run_interrupted_too_often_is_failed_instead_of_restarted() {
     let run = app.state.store.get_run(id).await.unwrap().unwrap();
     assert_eq!(run.status, RunStatus::Failed);
     assert!(run.error.unwrap().contains("interrupted 3 times"));
+}
+
+#[tokio::test]
+async fn a_store_that_refuses_writes_fails_the_run_with_the_reason_and_the_server_carries_on() {
+    let app = TestApp::new().await;
+    // the database refuses metric points, as a full disk would: a real failed write, made by
+    // the database itself
+    sqlx::query(
+        "CREATE TRIGGER refuse_points BEFORE INSERT ON metrics \
+         BEGIN SELECT RAISE(ABORT, 'no space left for metric points'); END",
+    )
+    .execute(app.state.store.pool())
+    .await
+    .unwrap();
+    let id = app.submit(long_run()).await;
+    let run = app.run_to_end(id, 180).await;
+    assert_eq!(
+        run.status,
+        RunStatus::Failed,
+        "the run does not stay running"
+    );
+    let error = run.error.unwrap();
+    assert!(
+        error.contains("could not store the run's metric points")
+            && error.contains("no space left for metric points"),
+        "{error}"
+    );
+    assert!(
+        app.state.scheduler.running().is_empty(),
+        "the worker was stopped and its slot freed"
+    );
+    // once the store takes writes again, the next run trains as usual
+    sqlx::query("DROP TRIGGER refuse_points")
+        .execute(app.state.store.pool())
+        .await
+        .unwrap();
+    let next = app
+        .submit(json!({"model": "bert-tiny", "dataset": "demo-news", "max_steps": 2}))
+        .await;
+    let run = app.run_to_end(next, 120).await;
+    assert_eq!(run.status, RunStatus::Succeeded, "{:?}", run.error);
 }

@@ -148,7 +148,13 @@ async fn register(
             ),
         ));
     }
-    let root = confine(&req.path, &state.settings.dataset_roots())?;
+    let root = {
+        // resolving the path reads the file system
+        let (path, roots) = (req.path.clone(), state.settings.dataset_roots());
+        tokio::task::spawn_blocking(move || confine(&path, &roots))
+            .await
+            .map_err(anyhow::Error::from)??
+    };
     if let Some(existing) = state.store.get_dataset(&req.name).await?
         && existing.info.source.root != root
     {

@@ -100,8 +100,46 @@ struct RunPage {
     error: Option<String>,
     config: Vec<ConfigRow>,
     summary: Vec<(&'static str, String)>,
+    charts: Vec<Chart>,
+    eval_keys: String,
+    eval_headers: Vec<&'static str>,
     eval_rows: Vec<EvalRow>,
     logs: Vec<String>,
+}
+
+/// A chart of metric series, drawn in the browser from `/api/v1/runs/{id}/metrics`.
+struct Chart {
+    caption: &'static str,
+    /// Metric keys, comma-separated.
+    keys: String,
+    /// Fixed y range (`0,1`), if the metrics have one.
+    range: Option<&'static str>,
+}
+
+/// The run page's charts.
+fn charts() -> Vec<Chart> {
+    let keys = |ks: &[MetricKey]| {
+        ks.iter()
+            .map(|k| k.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    vec![
+        Chart {
+            caption: "Loss",
+            keys: keys(&[MetricKey::TRAIN_LOSS, MetricKey::eval(Metric::Loss)]),
+            range: None,
+        },
+        Chart {
+            caption: "Dev metrics",
+            keys: keys(&[
+                MetricKey::eval(Metric::Accuracy),
+                MetricKey::eval(Metric::F1),
+                MetricKey::eval(Metric::Auroc),
+            ]),
+            range: Some("0,1"),
+        },
+    ]
 }
 
 /// One row of the per-evaluation table.
@@ -111,8 +149,13 @@ struct EvalRow {
     values: Vec<String>,
 }
 
-/// Metric columns of the evaluation table.
-const EVAL_METRICS: [Metric; 4] = [Metric::Loss, Metric::Accuracy, Metric::F1, Metric::Auroc];
+/// Metric columns of the evaluation table, with their headers.
+const EVAL_METRICS: [(Metric, &str); 4] = [
+    (Metric::Loss, "loss"),
+    (Metric::Accuracy, "accuracy"),
+    (Metric::F1, "F1"),
+    (Metric::Auroc, "AUROC"),
+];
 
 /// One option of a run's configuration table.
 struct ConfigRow {
@@ -155,7 +198,7 @@ async fn detail(State(state): State<AppState>, Path(id): Path<String>) -> PageRe
             epoch: num(epoch, 2),
             values: EVAL_METRICS
                 .iter()
-                .map(|&m| {
+                .map(|&(m, _)| {
                     num(
                         series
                             .get(&MetricKey::eval(m))
@@ -195,6 +238,13 @@ async fn detail(State(state): State<AppState>, Path(id): Path<String>) -> PageRe
         finished: when(run.finished_at.as_deref()),
         error: run.error.clone(),
         config: config_rows(&run.config, run.priority),
+        charts: charts(),
+        eval_keys: EVAL_METRICS
+            .iter()
+            .map(|(m, _)| MetricKey::eval(*m).to_string())
+            .collect::<Vec<_>>()
+            .join(","),
+        eval_headers: EVAL_METRICS.iter().map(|(_, h)| *h).collect(),
         summary,
         eval_rows,
         logs,
