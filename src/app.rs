@@ -22,16 +22,15 @@ pub const DEMO_SEED: u64 = 2024;
 /// Builds the application state over `settings` with the given worker slots. The scheduler
 /// is created but not started (see [`Scheduler::spawn`]).
 pub async fn build(settings: Settings, slots: Vec<Slot>) -> Result<AppState> {
-    for dir in [
-        &settings.data_dir,
-        &settings.datasets_dir(),
-        &settings.models_dir,
-    ] {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    let store = Store::open(&settings.database_path()).await?;
-    let (models_dir, datasets_dir) = (settings.models_dir.clone(), settings.datasets_dir());
+    let (data_dir, models_dir, datasets_dir) = (
+        settings.data_dir.clone(),
+        settings.models_dir.clone(),
+        settings.datasets_dir(),
+    );
     tokio::task::spawn_blocking(move || -> Result<()> {
+        for dir in [&data_dir, &datasets_dir, &models_dir] {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
         for name in presets::ensure_presets(&models_dir)? {
             tracing::info!(model = name, "wrote built-in preset");
         }
@@ -44,6 +43,7 @@ pub async fn build(settings: Settings, slots: Vec<Slot>) -> Result<AppState> {
         Ok(())
     })
     .await??;
+    let store = Store::open(&settings.database_path()).await?;
     register_datasets(&store, &settings.datasets_dir()).await?;
     let hub = Hub::default();
     let registry = Registry::new(settings.models_dir.clone());
@@ -93,11 +93,24 @@ pub async fn register_datasets(store: &Store, root: &Path) -> Result<Vec<String>
         store.upsert_dataset(&name, &info).await?;
         names.push(name);
     }
-    for d in store.list_datasets().await? {
-        if d.info.source.root.starts_with(root) && !d.info.source.root.exists() {
-            tracing::info!(dataset = d.name, "forgotten: its folder is gone");
-            store.delete_dataset(&d.name).await?;
-        }
+    let registered: Vec<(String, PathBuf)> = store
+        .list_datasets()
+        .await?
+        .into_iter()
+        .filter(|d| d.info.source.root.starts_with(root))
+        .map(|d| (d.name, d.info.source.root))
+        .collect();
+    let gone: Vec<String> = tokio::task::spawn_blocking(move || {
+        registered
+            .into_iter()
+            .filter(|(_, folder)| !folder.exists())
+            .map(|(name, _)| name)
+            .collect()
+    })
+    .await?;
+    for name in gone {
+        tracing::info!(dataset = name, "forgotten: its folder is gone");
+        store.delete_dataset(&name).await?;
     }
     Ok(names)
 }

@@ -1,5 +1,5 @@
-//! Model architectures in tch, their checkpoints, the built-in presets and the registry of the
-//! models root.
+//! Model architectures in tch, their checkpoints and tokenizers, the inputs they take
+//! ([`Batch`]), the built-in presets and the registry of the models root.
 
 pub mod batch;
 pub mod bert;

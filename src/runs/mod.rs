@@ -56,8 +56,8 @@ declare_options! {
         range Range::numbers(Bound::Open(0.0), Bound::Closed(1.0)), unit "";
     /// Seeds weight initialisation, dropout and the shuffling order.
     seed: u64 = 0, range Range::Any, unit "";
-    /// Tokens per text after truncation (at most the model's positions); batches are padded to
-    /// their longest text only.
+    /// Tokens per text after truncation, at most the model's positions (which also cap the
+    /// default); batches are padded to their longest text only.
     max_length: u32 = 128, range Range::integers(2, 8192), unit "tokens";
     /// Fraction of all steps spent warming the learning rate up linearly from 0.
     warmup_ratio: f64 = 0.1,
@@ -169,6 +169,40 @@ impl<'de> Deserialize<'de> for RunRequest {
 
         d.deserialize_map(RequestVisitor)
     }
+}
+
+/// The options as a Markdown table (name, kind, default, allowed values, unit, help), for the
+/// README: the table there is this one, checked by a test.
+pub fn options_table() -> String {
+    let mut out = String::from(
+        "| option | kind | default | allowed | unit | what it does |\n\
+         | --- | --- | --- | --- | --- | --- |\n",
+    );
+    let defaults = TrainConfig::default()
+        .values()
+        .into_iter()
+        .chain(QueueConfig::default().values());
+    for (spec, default) in defaults {
+        let default = match default {
+            Some(d) => format!("`{d}`"),
+            None => format!("unset ({})", spec.unset),
+        };
+        let kind = match spec.kind {
+            options::Kind::Integer => "integer",
+            options::Kind::Number => "number",
+        };
+        let allowed = match spec.range.phrase() {
+            p if p.is_empty() => "any".to_string(),
+            p => p.trim_start_matches("a number in ").to_string(),
+        };
+        out.push_str(&format!(
+            "| `{}` | {kind} | {default} | {allowed} | {} | {} |\n",
+            spec.name,
+            spec.unit,
+            spec.help()
+        ));
+    }
+    out
 }
 
 /// A model checkpoint the registry found: its name and folder.
@@ -410,6 +444,21 @@ mod tests {
         assert!(help.contains("[default: 2e-5]"), "{help}");
         assert!(help.contains("between 1 and 1000"), "{help}");
         assert!(help.contains("[default: unset, all epochs]"), "{help}");
+    }
+
+    #[test]
+    fn the_readme_lists_every_option_as_declared() {
+        let readme = include_str!("../../README.md");
+        let table = options_table();
+        let between = readme
+            .split("<!-- options:start -->\n")
+            .nth(1)
+            .and_then(|r| r.split("<!-- options:end -->").next());
+        assert_eq!(
+            between,
+            Some(table.as_str()),
+            "README.md's options table is out of date; between the markers it should read:\n{table}"
+        );
     }
 
     #[test]
