@@ -57,12 +57,11 @@ function drawChart(svg, series) {
 const fmt = (v, d) => (v === undefined || v === null ? "–" : Number(v).toFixed(d));
 
 // Rebuilds the dev-evaluation table from the metric series: one row per step of its first
-// key (`data-keys` on the table), one column per key.
+// key (`data-keys` on its body), one column per key.
 function fillEvalTable(series) {
-  const table = document.querySelector("#eval-table");
-  const body = table && table.querySelector("tbody");
+  const body = document.querySelector("#eval-table tbody");
   if (!body) return;
-  const keys = table.dataset.keys.split(",");
+  const keys = body.dataset.keys.split(",");
   const rows = series[keys[0]] || [];
   if (!rows.length) return;
   const at = (k, step) => ((series[k] || []).find((p) => p.step === step) || {}).value;
