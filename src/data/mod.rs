@@ -258,6 +258,22 @@ pub struct UnknownName {
 }
 
 impl UnknownName {
+    /// The one of `all` whose `name` is `given`, or the error listing every name.
+    pub fn find<T: Copy>(
+        given: &str,
+        what: &'static str,
+        all: &[T],
+        name: impl Fn(T) -> &'static str,
+    ) -> Result<T, UnknownName> {
+        all.iter()
+            .copied()
+            .find(|&x| name(x) == given)
+            .ok_or_else(|| {
+                let names: Vec<&str> = all.iter().map(|&x| name(x)).collect();
+                UnknownName::new(given, what, &names)
+            })
+    }
+
     /// The error for `given`, listing `allowed` as "a, b or c".
     pub fn new(given: &str, what: &'static str, allowed: &[&str]) -> Self {
         let allowed = match allowed {
@@ -276,10 +292,7 @@ impl UnknownName {
 impl std::str::FromStr for Split {
     type Err = UnknownName;
     fn from_str(s: &str) -> Result<Split, UnknownName> {
-        Split::ALL
-            .into_iter()
-            .find(|x| x.as_str() == s)
-            .ok_or_else(|| UnknownName::new(s, "split", &Split::ALL.map(Split::as_str)))
+        UnknownName::find(s, "split", &Split::ALL, Split::as_str)
     }
 }
 

@@ -32,6 +32,9 @@ const RETRY_AFTER: [Duration; 4] = [
     Duration::from_secs(2),
 ];
 
+/// How often the end of a run is written again after its retries failed.
+const KEEP_TRYING: Duration = Duration::from_secs(10);
+
 /// Runs `write` until it succeeds, retrying after each of [`RETRY_AFTER`]; the last error if
 /// it never does.
 async fn with_retries<T, F, Fut>(run_id: i64, what: &str, mut write: F) -> Result<T>
@@ -63,6 +66,7 @@ enum Msg {
 }
 
 /// How a run ended.
+#[derive(Clone)]
 struct Outcome {
     status: RunStatus,
     error: Option<String>,
@@ -95,8 +99,23 @@ pub(super) async fn supervise(s: &Scheduler, run: Run, slot: Slot, cancel: Arc<N
             run_id = id,
             status = %out.status,
             error = format!("{e:#}"),
-            "could not record the end of a run; the next start will find it interrupted"
+            "could not record the end of a run; trying again every {}s",
+            KEEP_TRYING.as_secs()
         );
+        // the slot is free again, but the run must not stay `running` in the store
+        let (store, out) = (store.clone(), out.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(KEEP_TRYING).await;
+                let done = store
+                    .finish_run(id, out.status, out.error.as_deref(), out.summary.as_ref())
+                    .await;
+                if done.is_ok() {
+                    tracing::info!(run_id = id, status = %out.status, "recorded the end of the run");
+                    break;
+                }
+            }
+        });
     }
     let msg = match &out.error {
         Some(e) => format!("{}: {e}", out.status),

@@ -71,12 +71,7 @@ impl fmt::Display for RunStatus {
 impl FromStr for RunStatus {
     type Err = crate::data::UnknownName;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        RunStatus::ALL
-            .into_iter()
-            .find(|st| st.as_str() == s)
-            .ok_or_else(|| {
-                crate::data::UnknownName::new(s, "run status", &RunStatus::ALL.map(Self::as_str))
-            })
+        crate::data::UnknownName::find(s, "run status", &RunStatus::ALL, RunStatus::as_str)
     }
 }
 
@@ -247,16 +242,7 @@ impl BoardMetric {
 impl FromStr for BoardMetric {
     type Err = crate::data::UnknownName;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        BoardMetric::ALL
-            .into_iter()
-            .find(|m| m.column() == s)
-            .ok_or_else(|| {
-                crate::data::UnknownName::new(
-                    s,
-                    "leaderboard metric",
-                    &BoardMetric::ALL.map(Self::column),
-                )
-            })
+        crate::data::UnknownName::find(s, "leaderboard metric", &BoardMetric::ALL, Self::column)
     }
 }
 
