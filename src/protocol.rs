@@ -42,11 +42,6 @@ impl Device {
             }
         }
     }
-
-    /// Whether this is a GPU.
-    pub fn is_cuda(self) -> bool {
-        matches!(self, Device::Cuda(_))
-    }
 }
 
 impl std::fmt::Display for Device {
@@ -161,7 +156,7 @@ pub struct Prediction {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Summary {
     /// The split the metrics are from: `test`, or `dev` when the test split has no labels.
-    #[serde(default = "test_split")]
+    #[serde(default)]
     pub split: Split,
     /// Accuracy (top-1 for VQA-style tasks).
     pub accuracy: f64,
@@ -186,10 +181,6 @@ pub struct Summary {
     pub steps: u64,
     /// Test examples scored.
     pub test_examples: usize,
-}
-
-fn test_split() -> Split {
-    Split::Test
 }
 
 /// What a worker reports, one JSON object per stdout line, tagged by `event`.

@@ -216,6 +216,7 @@ pub struct Splits {
 pub enum Split {
     Train,
     Dev,
+    /// The default where one is needed: a run's summary is the test split's unless said.
     #[default]
     Test,
 }

@@ -76,11 +76,6 @@ impl Registry {
         }
     }
 
-    /// The models root.
-    pub fn root(&self) -> &Path {
-        &self.root
-    }
-
     /// Every sub-folder of the root that holds a config.json, sorted by name.
     pub fn scan(&self) -> Vec<ModelInfo> {
         let Ok(entries) = std::fs::read_dir(&self.root) else {

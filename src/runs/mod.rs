@@ -108,10 +108,10 @@ impl RunRequest {
 
     /// Every field a request may have, in the order the form shows them.
     pub fn fields() -> Vec<&'static str> {
+        let options = option_values(&TrainConfig::default(), &QueueConfig::default());
         ["model", "dataset"]
             .into_iter()
-            .chain(TrainOptions::SPECS.iter().map(|s| s.name))
-            .chain(QueueOptions::SPECS.iter().map(|s| s.name))
+            .chain(options.into_iter().map(|(s, _)| s.name))
             .collect()
     }
 
@@ -178,31 +178,32 @@ pub fn options_table() -> String {
         "| option | kind | default | allowed | unit | what it does |\n\
          | --- | --- | --- | --- | --- | --- |\n",
     );
-    let defaults = TrainConfig::default()
-        .values()
-        .into_iter()
-        .chain(QueueConfig::default().values());
-    for (spec, default) in defaults {
+    for (spec, default) in option_values(&TrainConfig::default(), &QueueConfig::default()) {
         let default = match default {
             Some(d) => format!("`{d}`"),
             None => format!("unset ({})", spec.unset),
         };
-        let kind = match spec.kind {
-            options::Kind::Integer => "integer",
-            options::Kind::Number => "number",
-        };
-        let allowed = match spec.range.phrase() {
-            p if p.is_empty() => "any".to_string(),
-            p => p.trim_start_matches("a number in ").to_string(),
-        };
         out.push_str(&format!(
-            "| `{}` | {kind} | {default} | {allowed} | {} | {} |\n",
+            "| `{}` | {} | {default} | {} | {} | {} |\n",
             spec.name,
+            spec.kind.name(),
+            spec.range.allowed(),
             spec.unit,
             spec.help()
         ));
     }
     out
+}
+
+/// Every option of a run with its value as shown (`None`: unset): the training options in
+/// declaration order, then the queue's. The order of the form, the run page and the README.
+pub fn option_values(
+    train: &TrainConfig,
+    queue: &QueueConfig,
+) -> Vec<(&'static options::OptionSpec, Option<String>)> {
+    let mut values = train.values();
+    values.extend(queue.values());
+    values
 }
 
 /// A model checkpoint the registry found: its name and folder.

@@ -17,6 +17,14 @@ pub enum Kind {
 }
 
 impl Kind {
+    /// `integer`, `number`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Integer => "integer",
+            Kind::Number => "number",
+        }
+    }
+
     /// `an integer`, `a number`, for messages.
     pub fn phrase(self) -> &'static str {
         match self {
@@ -67,8 +75,17 @@ impl Range {
 
     /// `between 1 and 1000`, `a number in (0, 1]`; empty for [`Range::Any`].
     pub fn phrase(&self) -> String {
-        match *self {
+        match self {
             Range::Any => String::new(),
+            Range::Integers { .. } => self.allowed(),
+            Range::Numbers { .. } => format!("a number in {}", self.allowed()),
+        }
+    }
+
+    /// `any`, `between 1 and 1000`, `(0, 1]`.
+    pub fn allowed(&self) -> String {
+        match *self {
+            Range::Any => "any".into(),
             Range::Integers { min, max } => format!("between {min} and {max}"),
             Range::Numbers { min, max } => {
                 let (open, lo) = match min {
@@ -79,7 +96,7 @@ impl Range {
                     Bound::Closed(v) => (']', v),
                     Bound::Open(v) => (')', v),
                 };
-                format!("a number in {open}{lo}, {hi}{close}")
+                format!("{open}{lo}, {hi}{close}")
             }
         }
     }

@@ -5,31 +5,44 @@ use crate::helpers::TestApp;
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use modalbench::live::LiveKind;
-use modalbench::runs::{QueueOptions, TrainOptions};
+use modalbench::runs::options::{Bound, Kind, Range};
+use modalbench::runs::{QueueConfig, TrainConfig, option_values};
 use modalbench::store::runs::RunStatus;
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
 use std::process::Command;
 
-/// Every declared option with a value other than its default.
+/// Every declared option with an allowed value other than its default, picked from the
+/// declaration (so a new option is covered without editing this test).
 fn every_option() -> Vec<(&'static str, String)> {
-    TrainOptions::SPECS
-        .iter()
-        .chain(QueueOptions::SPECS)
-        .map(|spec| {
-            let value = match spec.name {
-                "epochs" => "2",
-                "batch_size" => "8",
-                "learning_rate" => "5e-4",
-                "seed" => "7",
-                "max_length" => "40",
-                "warmup_ratio" => "0.2",
-                "weight_decay" => "0.05",
-                "max_steps" => "3",
-                "priority" => "4",
-                other => panic!("option `{other}` has no test value here; add one"),
+    option_values(&TrainConfig::default(), &QueueConfig::default())
+        .into_iter()
+        .map(|(spec, default)| {
+            let value = match (spec.range, spec.kind) {
+                (Range::Integers { min, max }, _) => {
+                    let d = default.map_or(min, |d| d.parse::<i128>().unwrap());
+                    (if d + 2 <= max { d + 2 } else { d - 1 }).to_string()
+                }
+                (Range::Any, Kind::Integer) => {
+                    (default.map_or(0, |d| d.parse::<u64>().unwrap()) + 7).to_string()
+                }
+                (Range::Numbers { min, max }, _) => {
+                    let end = |b: Bound| match b {
+                        Bound::Closed(v) | Bound::Open(v) => v,
+                    };
+                    // a point inside the interval that is not the default
+                    let v = (end(min) + 3.0 * end(max)) / 4.0;
+                    let d = default.map(|d| d.parse::<f64>().unwrap());
+                    let v = if Some(v) == d {
+                        (end(min) + end(max)) / 2.0
+                    } else {
+                        v
+                    };
+                    format!("{v}")
+                }
+                (Range::Any, Kind::Number) => "0.5".to_string(),
             };
-            (spec.name, value.to_string())
+            (spec.name, value)
         })
         .collect()
 }
@@ -65,19 +78,44 @@ async fn the_form_offers_every_declared_option_and_stores_what_the_api_stores() 
     let api = app.state.store.get_run(by_api).await.unwrap().unwrap();
     let by_form = app.state.store.get_run(by_api + 1).await.unwrap().unwrap();
     assert_eq!(by_form.config, api.config);
-    assert_eq!((by_form.priority, api.priority), (4, 4));
-    assert_eq!(api.config.max_steps, Some(3));
-    assert_eq!(api.config.learning_rate, 5e-4);
-    // the run page lists every option with its value
-    let (_, page) = app
-        .page(&format!("/runs/{by_form}", by_form = by_form.id))
-        .await;
-    for (name, value) in every_option() {
+    assert_eq!(by_form.priority, api.priority);
+    assert_ne!(
+        api.config,
+        TrainConfig::default(),
+        "the options were read, not defaulted"
+    );
+    // every option as given, stored and listed on the run page
+    let page = app.page(&format!("/runs/{}", by_form.id)).await.1;
+    let stored = option_values(
+        &api.config,
+        &QueueConfig {
+            priority: api.priority,
+        },
+    );
+    for ((name, given), (spec, value)) in every_option().into_iter().zip(stored) {
+        assert_eq!(name, spec.name);
+        let value = value.unwrap();
+        assert_eq!(
+            value.parse::<f64>().unwrap(),
+            given.parse::<f64>().unwrap(),
+            "`{name}` stored as {value}, given {given}"
+        );
         assert!(
             page.contains(&format!("<th>{name}</th><td>{value}</td>")),
             "`{name}` = {value} not in the config table"
         );
     }
+    // a field given twice is named as such, and nothing is stored
+    let req = Request::post("/runs/new")
+        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .body(Body::from(
+            "model=bert-tiny&dataset=demo-news&epochs=1&epochs=2",
+        ))
+        .unwrap();
+    let (status, html) = app.send(req).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(html.contains("duplicate field `epochs`"), "{html}");
+    assert!(app.state.store.get_run(by_api + 2).await.unwrap().is_none());
 }
 
 #[tokio::test]

@@ -41,14 +41,6 @@ impl LineError {
     pub fn not_json(e: serde_json::Error) -> LineError {
         LineError::NotJson(e.to_string())
     }
-
-    /// The field at fault, if one is.
-    pub fn field(&self) -> Option<&str> {
-        match self {
-            LineError::NotJson(_) | LineError::NotAnObject(_) => None,
-            LineError::Missing(f) | LineError::Invalid { field: f, .. } => Some(f),
-        }
-    }
 }
 
 /// A dataset layout.

@@ -8,7 +8,7 @@ use crate::http::error::ApiError;
 use crate::http::extract::{ApiQuery, parse_form};
 use crate::queue::CancelOutcome;
 use crate::runs::options::OptionSpec;
-use crate::runs::{QueueConfig, RunRequest, TrainConfig};
+use crate::runs::{QueueConfig, RunRequest, TrainConfig, option_values};
 use crate::store::runs::{Run, RunStatus};
 use askama::Template;
 use axum::extract::{Path, State};
@@ -118,12 +118,7 @@ struct Chart {
 
 /// The run page's charts.
 fn charts() -> Vec<Chart> {
-    let keys = |ks: &[MetricKey]| {
-        ks.iter()
-            .map(|k| k.to_string())
-            .collect::<Vec<_>>()
-            .join(",")
-    };
+    let keys = |ks: &[MetricKey]| joined(ks.iter().copied());
     vec![
         Chart {
             caption: "Loss",
@@ -140,6 +135,11 @@ fn charts() -> Vec<Chart> {
             range: Some("0,1"),
         },
     ]
+}
+
+/// Metric keys as the page's scripts read them: comma-separated.
+fn joined(keys: impl Iterator<Item = MetricKey>) -> String {
+    keys.map(|k| k.to_string()).collect::<Vec<_>>().join(",")
 }
 
 /// One row of the per-evaluation table.
@@ -167,9 +167,8 @@ struct ConfigRow {
 
 /// Every option of a run with its value, in declaration order, the queue's last.
 fn config_rows(c: &TrainConfig, priority: i64) -> Vec<ConfigRow> {
-    c.values()
+    option_values(c, &QueueConfig { priority })
         .into_iter()
-        .chain(QueueConfig { priority }.values())
         .map(|(spec, value)| ConfigRow {
             name: spec.name,
             value: match value {
@@ -239,11 +238,7 @@ async fn detail(State(state): State<AppState>, Path(id): Path<String>) -> PageRe
         error: run.error.clone(),
         config: config_rows(&run.config, run.priority),
         charts: charts(),
-        eval_keys: EVAL_METRICS
-            .iter()
-            .map(|(m, _)| MetricKey::eval(*m).to_string())
-            .collect::<Vec<_>>()
-            .join(","),
+        eval_keys: joined(EVAL_METRICS.iter().map(|(m, _)| MetricKey::eval(*m))),
         eval_headers: EVAL_METRICS.iter().map(|(_, h)| *h).collect(),
         summary,
         eval_rows,
@@ -278,11 +273,8 @@ struct FormField {
 /// The form's option fields, from the options' declarations: `values` as typed, the defaults
 /// for a fresh form.
 fn form_fields(values: &HashMap<String, String>) -> Vec<FormField> {
-    let defaults = TrainConfig::default()
-        .values()
+    option_values(&TrainConfig::default(), &QueueConfig::default())
         .into_iter()
-        .chain(QueueConfig::default().values());
-    defaults
         .map(
             |(spec, default): (&'static OptionSpec, Option<String>)| FormField {
                 name: spec.name,
@@ -353,11 +345,14 @@ async fn new_form(State(state): State<AppState>) -> PageResult {
 /// of its option's kind is named with what was typed.
 fn read_form(pairs: &[(String, String)]) -> Result<RunRequest, ApiError> {
     parse_form(pairs).map_err(|mut e| {
-        let typed = pairs.iter().find(|(k, _)| Some(k) == e.field.as_ref());
-        if let (Some((_, typed)), Some(spec)) =
-            (typed, e.field.as_deref().and_then(RunRequest::spec))
-        {
-            e.message = spec.unreadable(typed.trim()).message;
+        // a field typed once whose text does not read (a repeated one keeps its own message)
+        let mut typed = pairs.iter().filter(|(k, _)| Some(k) == e.field.as_ref());
+        if let (Some((_, text)), None, Some(spec)) = (
+            typed.next(),
+            typed.next(),
+            e.field.as_deref().and_then(RunRequest::spec),
+        ) {
+            e.message = spec.unreadable(text.trim()).message;
         }
         e
     })
