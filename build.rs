@@ -1,10 +1,34 @@
 //! Bakes the libtorch library folder into the binary's run path, so `modalbench` runs without
-//! `LD_LIBRARY_PATH`. `torch-sys` (a direct dependency for this reason) publishes the folder it
-//! linked against as `DEP_TCH_LIBTORCH_LIB`.
+//! `LD_LIBRARY_PATH`, and compiles the small C++ shim over libtorch's C++ API that tch lacks
+//! (`src/train/torch_extras.cpp`: autocast by device and precision, CUDA memory statistics)
+//! against the same libtorch. `torch-sys` (a direct dependency for this reason) publishes the
+//! folder it linked against as `DEP_TCH_LIBTORCH_LIB`.
+
+use std::path::Path;
+
+const SHIM: &str = "src/train/torch_extras.cpp";
 
 fn main() {
     println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
-    if let Ok(lib) = std::env::var("DEP_TCH_LIBTORCH_LIB") {
-        println!("cargo:rustc-link-arg=-Wl,-rpath,{lib}");
-    }
+    println!("cargo:rerun-if-env-changed=LIBTORCH_CXX11_ABI");
+    println!("cargo:rerun-if-changed={SHIM}");
+    let lib = std::env::var("DEP_TCH_LIBTORCH_LIB")
+        .expect("torch-sys publishes the libtorch folder it links against");
+    println!("cargo:rustc-link-arg=-Wl,-rpath,{lib}");
+    // libtorch's headers sit beside its `lib` folder, in the Python package and the C++ archive
+    let root = Path::new(&lib)
+        .parent()
+        .expect("the libtorch lib folder has a parent");
+    let abi = std::env::var("LIBTORCH_CXX11_ABI").unwrap_or_else(|_| "1".into());
+    cc::Build::new()
+        .cpp(true)
+        .pic(true)
+        .warnings(false)
+        .include(root.join("include"))
+        .include(root.join("include/torch/csrc/api/include"))
+        .flag("-std=c++17")
+        .flag(format!("-D_GLIBCXX_USE_CXX11_ABI={abi}"))
+        .flag("-DGLOG_USE_GLOG_EXPORT")
+        .file(SHIM)
+        .compile("modalbench_torch_extras");
 }

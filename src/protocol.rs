@@ -104,6 +104,9 @@ pub struct JobSpec {
     pub config: TrainConfig,
     /// The device as the worker sees it.
     pub device: Device,
+    /// Further devices of a data-parallel run (`gpus` > 1), each holding a replica.
+    #[serde(default)]
+    pub replicas: Vec<Device>,
     /// Intra-op threads for CPU work (torch's `set_num_threads`).
     pub threads: usize,
     /// Folder for the fine-tuned checkpoint; created by the worker.
@@ -131,6 +134,7 @@ impl JobSpec {
             dataset: run.dataset.clone(),
             config: run.config.clone(),
             device,
+            replicas: Vec::new(),
             threads: threads.max(1),
             output_dir,
             cache_dir,
@@ -139,6 +143,15 @@ impl JobSpec {
 }
 
 /// One row of per-example output on an evaluation split.
+impl JobSpec {
+    /// Every device the job trains on: its own, then the replicas'.
+    pub fn devices(&self) -> Vec<Device> {
+        std::iter::once(self.device)
+            .chain(self.replicas.iter().copied())
+            .collect()
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Prediction {
     /// The example's `id` from the dataset file.
@@ -181,6 +194,36 @@ pub struct Summary {
     pub steps: u64,
     /// Test examples scored.
     pub test_examples: usize,
+    /// What the run cost.
+    #[serde(default)]
+    pub cost: Cost,
+}
+
+/// What a run cost: the inputs of the "is the image worth it?" comparison.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Cost {
+    /// Mean wall time of a full epoch, evaluation included.
+    pub epoch_seconds: Option<f64>,
+    /// Examples per second of evaluation (dev and test).
+    pub eval_samples_per_second: Option<f64>,
+    /// Peak resident memory of the worker.
+    pub peak_rss_bytes: Option<i64>,
+    /// Peak CUDA memory the worker's allocator handed out, summed over its devices.
+    pub peak_gpu_bytes: Option<i64>,
+    pub trainable_parameters: i64,
+    /// Estimated training FLOPs (6 × non-embedding parameters × tokens).
+    pub train_flops: f64,
+    /// `train_flops` over the training time.
+    pub flops_per_second: f64,
+    /// Devices the run held.
+    pub devices: usize,
+    /// Wall time × devices, in hours.
+    pub device_hours: f64,
+    /// Step of the best dev evaluation, whose checkpoint the summary scores.
+    pub best_step: Option<u64>,
+    /// Early stopping ended the run.
+    pub stopped_early: bool,
 }
 
 /// What a worker reports, one JSON object per stdout line, tagged by `event`.
@@ -219,7 +262,7 @@ pub enum Event {
     /// A checkpoint in Hugging Face layout was written.
     Checkpoint { path: PathBuf },
     /// The run finished; its summary.
-    Finished { summary: Summary },
+    Finished { summary: Box<Summary> },
     /// The job failed with a reportable error (bad checkpoint, unreadable data, ...).
     Failed { error: String },
 }

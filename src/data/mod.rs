@@ -28,6 +28,17 @@ pub enum Task {
     SoftLabels,
 }
 
+impl Task {
+    /// The dev metric that picks the best checkpoint and decides early stopping: accuracy, or
+    /// VQA accuracy for soft-label tasks.
+    pub fn primary_metric(self) -> crate::eval::Metric {
+        match self {
+            Task::Classification => crate::eval::Metric::Accuracy,
+            Task::SoftLabels => crate::eval::Metric::VqaAccuracy,
+        }
+    }
+}
+
 /// One example, whatever the file format.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Example {

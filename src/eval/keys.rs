@@ -46,7 +46,7 @@ impl Scope {
     /// The metrics measured in this scope.
     pub fn metrics(self) -> &'static [Metric] {
         match self {
-            Scope::Train => &[Metric::Loss, Metric::LearningRate],
+            Scope::Train => &[Metric::Loss, Metric::LearningRate, Metric::GradNorm],
             Scope::Eval | Scope::Dev | Scope::Test => &Metric::SCORES,
         }
     }
@@ -59,6 +59,8 @@ pub enum Metric {
     Loss,
     /// The optimiser's learning rate.
     LearningRate,
+    /// Global L2 norm of the gradients before clipping.
+    GradNorm,
     /// Top-1 accuracy.
     Accuracy,
     /// F1 of the positive class for binary tasks, macro F1 otherwise.
@@ -84,6 +86,7 @@ impl Metric {
         match self {
             Metric::Loss => "loss",
             Metric::LearningRate => "learning_rate",
+            Metric::GradNorm => "grad_norm",
             Metric::Accuracy => "accuracy",
             Metric::F1 => "f1",
             Metric::Auroc => "auroc",
@@ -105,6 +108,8 @@ impl MetricKey {
     pub const TRAIN_LOSS: MetricKey = MetricKey::new(Scope::Train, Metric::Loss);
     /// `train/learning_rate`: the learning rate of the last step.
     pub const TRAIN_LEARNING_RATE: MetricKey = MetricKey::new(Scope::Train, Metric::LearningRate);
+    /// `train/grad_norm`: the gradients' norm before clipping, at the last step.
+    pub const TRAIN_GRAD_NORM: MetricKey = MetricKey::new(Scope::Train, Metric::GradNorm);
 
     /// The key of `metric` in `scope`.
     pub const fn new(scope: Scope, metric: Metric) -> MetricKey {

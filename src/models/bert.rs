@@ -3,6 +3,7 @@
 //! (`BertModel`, `BertForSequenceClassification`). Parameter paths equal the checkpoint keys,
 //! so `bert-base-uncased`, BETO, MiniLM and any other BERT checkpoint load unchanged.
 
+use crate::models::checkpointing;
 use crate::models::layers::{
     Activation, ConfigError, Embedding, LayerNorm, Linear, SelfAttention, dropout,
 };
@@ -12,6 +13,7 @@ use anyhow::{Result, anyhow};
 use serde::Deserialize;
 use serde_json::Value;
 use std::collections::BTreeMap;
+use std::rc::Rc;
 use tch::nn::{self, Module};
 use tch::{Kind, Tensor};
 
@@ -229,7 +231,7 @@ impl BertLayer {
 /// `BertEncoder`: the stack `encoder.layer.N` (shared with RoBERTa, whose layers are BERT's).
 #[derive(Debug)]
 pub struct BertEncoder {
-    layers: Vec<BertLayer>,
+    layers: Vec<Rc<BertLayer>>,
 }
 
 impl BertEncoder {
@@ -237,7 +239,7 @@ impl BertEncoder {
         let layer = &p / "layer";
         BertEncoder {
             layers: (0..c.num_hidden_layers)
-                .map(|i| BertLayer::new(&layer / i, c))
+                .map(|i| Rc::new(BertLayer::new(&layer / i, c)))
                 .collect(),
         }
     }
@@ -248,6 +250,18 @@ impl BertEncoder {
             .size2()
             .expect("attention_mask is [batch, seq]");
         let mask = attention_mask.to_kind(Kind::Bool).view([b, 1, 1, s]);
+        if train && checkpointing::active() {
+            let layers = self
+                .layers
+                .iter()
+                .map(|layer| {
+                    let (layer, mask) = (layer.clone(), mask.shallow_clone());
+                    Box::new(move |xs: &Tensor| layer.forward_t(xs, &mask, true))
+                        as checkpointing::LayerFn
+                })
+                .collect();
+            return checkpointing::run_layers(xs, layers);
+        }
         self.layers
             .iter()
             .fold(xs, |xs, layer| layer.forward_t(&xs, &mask, train))

@@ -4,6 +4,7 @@
 pub mod batch;
 pub mod bert;
 pub mod checkpoint;
+pub mod checkpointing;
 pub mod clip;
 pub mod flava;
 pub mod fusion;

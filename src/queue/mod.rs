@@ -8,9 +8,12 @@ mod supervisor;
 use crate::config::Settings;
 use crate::live::{Hub, LiveKind};
 use crate::models::registry::Registry;
+use crate::protocol::Device;
+use crate::runs::options::OptionError;
 use crate::runs::{self, DatasetLookup, DatasetRef, ResolvedRun, RunRequest, SubmitError};
 use crate::store::Store;
 use crate::store::runs::{Run, RunStatus};
+use crate::train::precision;
 use anyhow::{Context, Result};
 use slots::Slot;
 use std::collections::HashMap;
@@ -119,7 +122,33 @@ impl Scheduler {
         let resolved = tokio::task::spawn_blocking(move || runs::resolve(req, &registry, dataset))
             .await
             .context("resolving a run request")??;
+        if let Some(e) = self.refusal(&resolved) {
+            return Err(e.into());
+        }
         Ok(self.enqueue(&resolved).await?)
+    }
+
+    /// Why this service's devices cannot run `run`, if they cannot: more devices than it has
+    /// slots, or a precision its devices lack.
+    fn refusal(&self, run: &ResolvedRun) -> Option<OptionError> {
+        let slots = &self.inner.slots;
+        let gpus = run.config.gpus as usize;
+        if gpus > slots.len() {
+            let names: Vec<&str> = slots.iter().map(|s| s.name.as_str()).collect();
+            return Some(OptionError {
+                field: "gpus",
+                message: format!(
+                    "`gpus` is {gpus} but this service has {} device slot(s) ({})",
+                    slots.len(),
+                    names.join(", ")
+                ),
+            });
+        }
+        let device = slots.first().map_or(Device::Cpu, |s| s.device);
+        precision::unsupported(run.config.mixed_precision, device).map(|message| OptionError {
+            field: "mixed_precision",
+            message,
+        })
     }
 
     async fn enqueue(&self, resolved: &ResolvedRun) -> Result<Run> {
@@ -174,17 +203,38 @@ impl Scheduler {
         }
         let mut started = Vec::new();
         loop {
-            let Some(slot_index) = self.lock().busy.iter().position(Option::is_none) else {
+            let free: Vec<usize> = self
+                .lock()
+                .busy
+                .iter()
+                .enumerate()
+                .filter(|(_, b)| b.is_none())
+                .map(|(i, _)| i)
+                .collect();
+            if free.is_empty() {
+                break;
+            }
+            let slots = &self.inner.slots;
+            let claimed = self
+                .inner
+                .store
+                .claim_next_run_within(free.len(), |n| {
+                    let names: Vec<&str> =
+                        free[..n].iter().map(|&i| slots[i].name.as_str()).collect();
+                    names.join("+")
+                })
+                .await?;
+            let Some(run) = claimed else {
                 break;
             };
-            let slot = self.inner.slots[slot_index].clone();
-            let Some(run) = self.inner.store.claim_next_run(&slot.name).await? else {
-                break;
-            };
+            let held = &free[..run.config.gpus.max(1) as usize];
+            let slot: Vec<Slot> = held.iter().map(|&i| slots[i].clone()).collect();
             let cancel = Arc::new(Notify::new());
             {
                 let mut st = self.lock();
-                st.busy[slot_index] = Some(run.id);
+                for &i in held {
+                    st.busy[i] = Some(run.id);
+                }
                 st.active.insert(
                     run.id,
                     Active {
@@ -200,7 +250,7 @@ impl Scheduler {
                     error: None,
                 },
             );
-            tracing::info!(run_id = run.id, model = %run.model, dataset = %run.dataset, slot = %slot.name, "starting run");
+            tracing::info!(run_id = run.id, model = %run.model, dataset = %run.dataset, slots = %run.device.as_deref().unwrap_or_default(), "starting run");
             started.push(run.id);
             let this = self.clone();
             tokio::spawn(async move {
@@ -209,7 +259,7 @@ impl Scheduler {
                 {
                     let mut st = this.lock();
                     st.active.remove(&id);
-                    if let Some(b) = st.busy.iter_mut().find(|b| **b == Some(id)) {
+                    for b in st.busy.iter_mut().filter(|b| **b == Some(id)) {
                         *b = None;
                     }
                 }

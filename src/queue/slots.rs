@@ -32,6 +32,26 @@ impl Slot {
     }
 }
 
+/// The device the `i`-th of a run's slots is to its worker: the GPUs it is given are numbered
+/// from `cuda:0` there.
+pub fn job_device(slots: &[Slot], i: usize) -> Device {
+    match slots[i].device {
+        Device::Cuda(_) => Device::Cuda(i),
+        Device::Cpu => Device::Cpu,
+    }
+}
+
+/// `CUDA_VISIBLE_DEVICES` for the worker of a run holding `slots`: their GPUs, or none for a
+/// CPU worker.
+pub fn visible_devices(slots: &[Slot]) -> String {
+    slots
+        .iter()
+        .map(Slot::visible_devices)
+        .filter(|v| !v.is_empty())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// One slot per CUDA device if there are any, else `cpu_slots` CPU slots that split the
 /// machine's cores between them.
 pub fn detect(cpu_slots: usize) -> Vec<Slot> {
@@ -85,5 +105,14 @@ mod tests {
         assert!(c.iter().all(|s| s.threads == 2 && s.device == Device::Cpu));
         assert_eq!(c[0].visible_devices(), "", "a CPU worker sees no GPU");
         assert_eq!(plan(0, 0, 2).len(), 1, "at least one slot");
+        // a data-parallel run on GPUs 1 and 3 sees them as cuda:0 and cuda:1
+        let g = plan(4, 0, 16);
+        let held = [g[1].clone(), g[3].clone()];
+        assert_eq!(visible_devices(&held), "1,3");
+        assert_eq!(
+            (job_device(&held, 0), job_device(&held, 1)),
+            (Device::Cuda(0), Device::Cuda(1))
+        );
+        assert_eq!(visible_devices(&c[..2]), "");
     }
 }

@@ -6,7 +6,7 @@
 //! reason, and the server log says so.
 
 use super::Scheduler;
-use super::slots::Slot;
+use super::slots::{self, Slot};
 use crate::live::LiveKind;
 use crate::protocol::{Event, JobSpec, Summary};
 use crate::store::metrics::NewPoint;
@@ -84,7 +84,7 @@ impl Outcome {
 }
 
 /// Runs `run` on `slot` to its end and records the outcome. Never panics on worker failure.
-pub(super) async fn supervise(s: &Scheduler, run: Run, slot: Slot, cancel: Arc<Notify>) {
+pub(super) async fn supervise(s: &Scheduler, run: Run, slot: Vec<Slot>, cancel: Arc<Notify>) {
     let id = run.id;
     let out = execute(s, &run, &slot, &cancel)
         .await
@@ -133,7 +133,7 @@ pub(super) async fn supervise(s: &Scheduler, run: Run, slot: Slot, cancel: Arc<N
 }
 
 /// Makes the job of the run, runs the worker, and says how it ended.
-async fn execute(s: &Scheduler, run: &Run, slot: &Slot, cancel: &Notify) -> Result<Outcome> {
+async fn execute(s: &Scheduler, run: &Run, slots: &[Slot], cancel: &Notify) -> Result<Outcome> {
     let settings = &s.inner.settings;
     let resolved = run.resolved().with_context(|| {
         format!(
@@ -141,14 +141,17 @@ async fn execute(s: &Scheduler, run: &Run, slot: &Slot, cancel: &Notify) -> Resu
             run.id
         )
     })?;
-    let spec = JobSpec::new(
+    let mut spec = JobSpec::new(
         run.id,
         &resolved,
-        slot.job_device(),
-        slot.threads,
+        slots::job_device(slots, 0),
+        slots.iter().map(|s| s.threads).sum(),
         settings.run_dir(run.id).join("checkpoint"),
         Some(settings.data_dir.join("cache")),
     );
+    spec.replicas = (1..slots.len())
+        .map(|i| slots::job_device(slots, i))
+        .collect();
     let exe = match &settings.worker_exe {
         Some(p) => p.clone(),
         None => std::env::current_exe().context("locating the modalbench binary")?,
@@ -160,7 +163,7 @@ async fn execute(s: &Scheduler, run: &Run, slot: &Slot, cancel: &Notify) -> Resu
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         // pin the worker to its GPU, or hide GPUs from a CPU worker
-        .env("CUDA_VISIBLE_DEVICES", slot.visible_devices());
+        .env("CUDA_VISIBLE_DEVICES", slots::visible_devices(slots));
     #[cfg(target_os = "linux")]
     // SAFETY: prctl is async-signal-safe; this only asks the kernel to kill the child when its
     // parent goes away.
@@ -381,7 +384,7 @@ impl<'a> Persist<'a> {
                         "worker",
                         format!("checkpoint written to {}", path.display()),
                     )),
-                    Event::Finished { summary } => self.finished = Some(summary.clone()),
+                    Event::Finished { summary } => self.finished = Some((**summary).clone()),
                     Event::Failed { error } => self.failed = Some(error.clone()),
                 }
                 // predictions are bulky and only useful from the store

@@ -31,12 +31,37 @@ pub mod options;
 
 use crate::data::Source;
 use crate::models::registry::Registry;
-use options::{Bound, OptionError, Range, declare_options};
+use options::{Bound, OptionError, Range, choice, declare_options};
 use serde::de::{self, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
 use std::collections::BTreeSet;
 use std::fmt;
 use std::path::PathBuf;
+
+choice! {
+    /// Floating-point precision of the forward and backward passes (Hugging Face's `fp16` and
+    /// `bf16` flags as one option).
+    pub enum MixedPrecision {
+        /// Float32 throughout.
+        No = "no",
+        /// Float16 autocast with dynamic loss scaling (CUDA only).
+        Fp16 = "fp16",
+        /// Bfloat16 autocast (CUDA, and CPUs with native bfloat16 instructions).
+        Bf16 = "bf16",
+    }
+}
+
+choice! {
+    /// How the learning rate moves after warm-up (Hugging Face's `lr_scheduler_type`).
+    pub enum LrScheduler {
+        /// Linear decay to 0 at the last step.
+        Linear = "linear",
+        /// Half a cosine wave down to 0 at the last step.
+        Cosine = "cosine",
+        /// The peak rate until the end.
+        ConstantWithWarmup = "constant_with_warmup",
+    }
+}
 
 declare_options! {
     /// Hyper-parameters of one fine-tuning run, as stored in `runs.config` and sent to the
@@ -68,6 +93,34 @@ declare_options! {
     /// Stop after this many optimisation steps (Hugging Face's `max_steps`).
     max_steps: Option<u32> = None, range Range::integers(1, 10_000_000), unit "steps",
         unset "all epochs";
+    /// Shape of the learning rate after warm-up: `linear` decay to 0, half a `cosine` wave
+    /// down to 0, or `constant_with_warmup`.
+    lr_scheduler: LrScheduler = LrScheduler::Linear,
+        range Range::OneOf(LrScheduler::NAMES), unit "";
+    /// Micro-batches of `batch_size` whose gradients are summed before each optimisation
+    /// step: the step sees `batch_size` times this many examples.
+    gradient_accumulation_steps: u32 = 1, range Range::integers(1, 1024), unit "micro-batches";
+    /// Gradients are scaled down to this global L2 norm before each step; 0 turns clipping
+    /// off.
+    max_grad_norm: f64 = 1.0,
+        range Range::numbers(Bound::Closed(0.0), Bound::Closed(1e6)), unit "";
+    /// `fp16` (CUDA) or `bf16` (CUDA, or a CPU with native bfloat16) autocast for the forward
+    /// and backward passes, weights and optimiser state kept in float32; `no` for float32.
+    mixed_precision: MixedPrecision = MixedPrecision::No,
+        range Range::OneOf(MixedPrecision::NAMES), unit "";
+    /// Keep only each encoder layer's input in the forward pass and recompute the layer in
+    /// the backward pass: less memory for activations, about a third more compute.
+    gradient_checkpointing: bool = false, range Range::Any, unit "";
+    /// Evaluate the dev split every this many optimisation steps (and at the end).
+    eval_every: Option<u32> = None, range Range::integers(1, 10_000_000), unit "steps",
+        unset "every epoch";
+    /// Stop when this many evaluations in a row have not improved the dev split's primary
+    /// metric; the best checkpoint is the one kept.
+    early_stopping_patience: Option<u32> = None, range Range::integers(1, 1000),
+        unit "evaluations", unset "never stop early";
+    /// Devices the run trains on at once, data-parallel: the batch is split across replicas
+    /// and their gradients averaged before one optimiser step.
+    gpus: u32 = 1, range Range::integers(1, 64), unit "devices";
 }
 
 declare_options! {

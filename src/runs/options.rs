@@ -14,6 +14,10 @@ pub enum Kind {
     Integer,
     /// A real number.
     Number,
+    /// One of a few names.
+    Choice,
+    /// `true` or `false`.
+    Boolean,
 }
 
 impl Kind {
@@ -22,6 +26,8 @@ impl Kind {
         match self {
             Kind::Integer => "integer",
             Kind::Number => "number",
+            Kind::Choice => "choice",
+            Kind::Boolean => "boolean",
         }
     }
 
@@ -30,6 +36,8 @@ impl Kind {
         match self {
             Kind::Integer => "an integer",
             Kind::Number => "a number",
+            Kind::Choice => "one of the names",
+            Kind::Boolean => "`true` or `false`",
         }
     }
 
@@ -38,6 +46,7 @@ impl Kind {
         match self {
             Kind::Integer => "numeric",
             Kind::Number => "decimal",
+            Kind::Choice | Kind::Boolean => "text",
         }
     }
 }
@@ -60,6 +69,8 @@ pub enum Range {
     Integers { min: i128, max: i128 },
     /// Finite real numbers between two bounds.
     Numbers { min: Bound, max: Bound },
+    /// One of these names.
+    OneOf(&'static [&'static str]),
 }
 
 impl Range {
@@ -79,6 +90,15 @@ impl Range {
             Range::Any => String::new(),
             Range::Integers { .. } => self.allowed(),
             Range::Numbers { .. } => format!("a number in {}", self.allowed()),
+            Range::OneOf(_) => format!("one of {}", self.allowed()),
+        }
+    }
+
+    /// The names a choice allows; empty for other ranges.
+    pub fn choices(&self) -> &'static [&'static str] {
+        match *self {
+            Range::OneOf(names) => names,
+            _ => &[],
         }
     }
 
@@ -98,6 +118,11 @@ impl Range {
                 };
                 format!("{open}{lo}, {hi}{close}")
             }
+            Range::OneOf(names) => names
+                .iter()
+                .map(|n| format!("`{n}`"))
+                .collect::<Vec<_>>()
+                .join(", "),
         }
     }
 
@@ -106,6 +131,7 @@ impl Range {
             Range::Any => true,
             Range::Integers { min, max } => (min..=max).contains(&v),
             Range::Numbers { .. } => self.contains_number(v as f64),
+            Range::OneOf(_) => false,
         }
     }
 
@@ -127,6 +153,7 @@ impl Range {
                 };
                 above && below
             }
+            Range::OneOf(_) => false,
         }
     }
 }
@@ -238,6 +265,102 @@ impl OptionValue for f64 {
     }
 }
 
+impl OptionValue for bool {
+    const KIND: Kind = Kind::Boolean;
+    fn within(self, _: &Range) -> bool {
+        true
+    }
+    fn show(self) -> String {
+        self.to_string()
+    }
+}
+
+/// Declares an enum whose values are names (`"no"`, `"fp16"`, `"bf16"`), for an option of
+/// [`Kind::Choice`]: it reads from and writes as its names (in JSON, forms and flags) and lists
+/// them in `NAMES`, for the option's `Range::OneOf(<Enum>::NAMES)`.
+macro_rules! choice {
+    (
+        $(#[$meta:meta])*
+        pub enum $Enum:ident { $( $(#[doc = $doc:literal])* $Variant:ident = $name:literal, )* }
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum $Enum { $( $(#[doc = $doc])* $Variant, )* }
+
+        impl $Enum {
+            /// Every name, in declaration order.
+            pub const NAMES: &'static [&'static str] = &[$($name),*];
+
+            /// The name of the value.
+            pub fn name(self) -> &'static str {
+                match self { $( $Enum::$Variant => $name, )* }
+            }
+        }
+
+        impl std::fmt::Display for $Enum {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.pad(self.name())
+            }
+        }
+
+        impl std::str::FromStr for $Enum {
+            type Err = String;
+            fn from_str(s: &str) -> Result<$Enum, String> {
+                match s {
+                    $( $name => Ok($Enum::$Variant), )*
+                    _ => Err(format!(
+                        "unknown value `{s}`, expected one of {}",
+                        $crate::runs::options::Range::OneOf(Self::NAMES).allowed()
+                    )),
+                }
+            }
+        }
+
+        impl serde::Serialize for $Enum {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(self.name())
+            }
+        }
+
+        impl<'de> serde::Deserialize<'de> for $Enum {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<$Enum, D::Error> {
+                let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+                s.parse().map_err(serde::de::Error::custom)
+            }
+        }
+
+        impl clap::builder::ValueParserFactory for $Enum {
+            type Parser = clap::builder::ValueParser;
+            fn value_parser() -> clap::builder::ValueParser {
+                clap::builder::ValueParser::new(|s: &str| s.parse::<$Enum>())
+            }
+        }
+
+        impl $crate::runs::options::OptionValue for $Enum {
+            const KIND: $crate::runs::options::Kind = $crate::runs::options::Kind::Choice;
+            fn within(self, _: &$crate::runs::options::Range) -> bool {
+                true
+            }
+            fn show(self) -> String {
+                self.name().to_string()
+            }
+        }
+
+        impl $crate::runs::options::OptionField for $Enum {
+            type Value = $Enum;
+            const OPTIONAL: bool = false;
+            fn given_or(default: Self, given: Option<$Enum>) -> Self {
+                given.unwrap_or(default)
+            }
+            fn value(&self) -> Option<$Enum> {
+                Some(*self)
+            }
+        }
+    };
+}
+
+pub(crate) use choice;
+
 /// The type of an option's field: a value, or an optional value (`None`: unset).
 pub trait OptionField: Clone {
     /// The value inside.
@@ -274,7 +397,7 @@ macro_rules! option_fields {
         }
     )*};
 }
-option_fields!(u32, u64, i64, f64);
+option_fields!(u32, u64, i64, f64, bool);
 
 /// Checks a field's value against its option's range.
 pub fn check<F: OptionField>(spec: &OptionSpec, field: &F) -> Result<(), OptionError> {
@@ -306,10 +429,18 @@ pub fn cli_arg(
         None if !spec.unset.is_empty() => format!(" [default: unset, {}]", spec.unset),
         None => String::new(),
     };
-    clap::Arg::new(spec.name)
+    let mut arg = clap::Arg::new(spec.name)
         .long(spec.name.replace('_', "-"))
-        .value_name(value_name)
-        .help(format!("{help}{shown}"))
+        .value_name(value_name);
+    if spec.name.contains('_') {
+        // `--batch_size`, as Hugging Face's scripts spell their flags
+        arg = arg.alias(spec.name);
+    }
+    if spec.kind == Kind::Boolean {
+        // `--gradient-checkpointing` alone means `true`
+        arg = arg.num_args(0..=1).default_missing_value("true");
+    }
+    arg.help(format!("{help}{shown}"))
         .help_heading(heading)
         // `--priority -3`: values are numbers, never flags
         .allow_negative_numbers(true)

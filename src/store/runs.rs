@@ -398,16 +398,41 @@ impl Store {
     /// Claims the next runnable run (highest priority, then oldest) for `device` and marks it
     /// running, in one statement. Output of an earlier attempt (metrics, predictions) is cleared.
     pub async fn claim_next_run(&self, device: &str) -> Result<Option<Run>> {
+        self.claim_next_run_within(1, |_| device.to_string()).await
+    }
+
+    /// Claims the next waiting run if it needs at most `free` devices (its `gpus`): the run
+    /// first in line waits for its devices rather than letting later runs pass. `device`
+    /// names the devices of a run that needs `n` of them.
+    pub async fn claim_next_run_within(
+        &self,
+        free: usize,
+        device: impl Fn(usize) -> String,
+    ) -> Result<Option<Run>> {
         let mut tx = self.pool().begin().await?;
+        let next: Option<(i64, Option<i64>)> = sqlx::query_as(
+            "SELECT id, json_extract(config, '$.gpus') FROM runs \
+             WHERE status IN ('queued', 'interrupted') ORDER BY priority DESC, id LIMIT 1",
+        )
+        .fetch_optional(&mut *tx)
+        .await
+        .context("finding the next queued run")?;
+        let Some((id, gpus)) = next else {
+            return Ok(None);
+        };
+        let gpus = gpus.unwrap_or(1).max(1) as usize;
+        if gpus > free {
+            return Ok(None);
+        }
         let row: Option<RunRow> = sqlx::query_as(&format!(
             "UPDATE runs SET status = 'running', device = ?, started_at = ?, finished_at = NULL, \
                  attempts = attempts + 1, error = NULL, progress = 0 \
-             WHERE id = (SELECT id FROM runs WHERE status IN ('queued', 'interrupted') \
-                         ORDER BY priority DESC, id LIMIT 1) \
+             WHERE id = ? AND status IN ('queued', 'interrupted') \
              RETURNING {RUN_COLUMNS}"
         ))
-        .bind(device)
+        .bind(device(gpus))
         .bind(now())
+        .bind(id)
         .fetch_optional(&mut *tx)
         .await
         .context("claiming the next queued run")?;

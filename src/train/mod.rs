@@ -6,7 +6,11 @@
 //! also scored with VQA accuracy. A test split without labels is scored for predictions only;
 //! the summary's metrics then come from the dev split, and the run's log says so.
 
+pub mod cost;
+pub mod optim;
+pub mod precision;
 pub mod schedule;
+pub mod state;
 
 use crate::data::image::ImageProcessor;
 use crate::data::loader::{ImageCache, MEMORY_BUDGET, Prefetch};
@@ -15,18 +19,21 @@ use crate::eval::metrics::{argmax, classification_metrics};
 use crate::eval::vqa::vqa_accuracy;
 use crate::eval::{Metric, MetricKey, Scope};
 use crate::models::Batch;
+use crate::models::checkpointing::{self, ContextFn, Recorded};
 use crate::models::registry::Modality;
 use crate::models::tokenizer::{Encoded, TextEncoder, collate};
-use crate::models::{self, Loaded, layers::NO_DECAY};
-use crate::protocol::{Event, JobSpec, Prediction, Summary};
+use crate::models::{self, Loaded};
+use crate::protocol::{Cost, Event, JobSpec, Prediction, Summary};
+use crate::runs::{MixedPrecision, TrainConfig};
 use anyhow::{Result, bail};
+use optim::AdamW;
+use precision::{Autocast, GradScaler, apply_gradients};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
-use tch::nn::OptimizerConfig;
 use tch::{Device, Kind, Reduction, Tensor};
 
 /// Receives the events of a job: the worker writes them to stdout, the CLI draws progress.
@@ -35,8 +42,6 @@ pub trait EventSink {
     fn emit(&mut self, event: Event);
 }
 
-/// Gradient-norm clipping threshold (Hugging Face's `max_grad_norm`).
-const MAX_GRAD_NORM: f64 = 1.0;
 /// Batches of images prepared ahead of the training step.
 const PREFETCH: usize = 3;
 /// Per-example probabilities are stored for tasks with at most this many labels.
@@ -58,6 +63,7 @@ impl Split<'_> {
 
 /// Turns examples into model inputs: padded tokens, and for text+image models the images
 /// processed as the checkpoint's preprocessor config says (through the image cache).
+#[derive(Clone)]
 struct Batcher<'a> {
     pad: i64,
     device: Device,
@@ -67,7 +73,15 @@ struct Batcher<'a> {
     num_labels: usize,
 }
 
-impl Batcher<'_> {
+impl<'a> Batcher<'a> {
+    /// The same batcher, making batches on `device`.
+    fn with_device(&self, device: Device) -> Batcher<'a> {
+        Batcher {
+            device,
+            ..self.clone()
+        }
+    }
+
     fn image_paths(&self, split: Split, indices: &[usize]) -> Vec<PathBuf> {
         indices
             .iter()
@@ -139,13 +153,24 @@ impl Batcher<'_> {
     }
 }
 
-/// Runs one fine-tuning job to the end, reporting through `sink`; returns its summary.
+/// Runs one fine-tuning job to the end, reporting through `sink`; returns its summary. A job
+/// whose output folder holds the last checkpoint of an earlier attempt at the same
+/// configuration resumes from it.
 pub fn run(spec: &JobSpec, sink: &mut dyn EventSink) -> Result<Summary> {
     let started = Instant::now();
     let cfg = &spec.config;
-    let device = spec.device.to_tch()?;
+    let devices = spec.devices();
+    let device = devices[0].to_tch()?;
+    if let Some(why) = precision::unsupported(cfg.mixed_precision, devices[0]) {
+        bail!("{why}");
+    }
     if device == Device::Cpu {
         tch::set_num_threads(spec.threads.max(1) as i32);
+    }
+    for d in &devices {
+        if let Device::Cuda(i) = d.to_tch()? {
+            precision::cuda_reset_peak(i);
+        }
     }
     tch::manual_seed(cfg.seed as i64);
 
@@ -154,24 +179,35 @@ pub fn run(spec: &JobSpec, sink: &mut dyn EventSink) -> Result<Summary> {
         &spec.dataset.source,
         data::Check::Strict,
     )?;
-    let model = models::load(&spec.model.dir, Some(ds.num_labels()), device)
-        .map_err(|e| e.context(format!("loading model `{}`", spec.model.name)))?;
+    let last_dir = spec.output_dir.join(state::LAST);
+    let resume = state::Resume::find(&last_dir, cfg)?;
+    // a resumed run starts from the weights of its last checkpoint
+    let weights_dir = match &resume {
+        Some(_) => last_dir.clone(),
+        None => spec.model.dir.clone(),
+    };
     let log = |sink: &mut dyn EventSink, message: String| sink.emit(Event::Log { message });
-    if !model.report.fresh.is_empty() {
-        log(
-            sink,
-            format!("newly initialised: {}", model.report.fresh.join(", ")),
-        );
+    let mut model = models::load(&weights_dir, Some(ds.num_labels()), device)
+        .map_err(|e| e.context(format!("loading model `{}`", spec.model.name)))?;
+    if resume.is_none() {
+        if !model.report.fresh.is_empty() {
+            log(
+                sink,
+                format!("newly initialised: {}", model.report.fresh.join(", ")),
+            );
+        }
+        if !model.report.unused.is_empty() {
+            log(
+                sink,
+                format!(
+                    "checkpoint tensors not used: {}",
+                    model.report.unused.join(", ")
+                ),
+            );
+        }
     }
-    if !model.report.unused.is_empty() {
-        log(
-            sink,
-            format!(
-                "checkpoint tensors not used: {}",
-                model.report.unused.join(", ")
-            ),
-        );
-    }
+    // the tokenizer and preprocessing files come from the model as registered
+    model.checkpoint.dir = spec.model.dir.clone();
     let positions = model.checkpoint.max_length()?;
     if cfg.max_length as i64 > positions {
         bail!(
@@ -180,6 +216,14 @@ pub fn run(spec: &JobSpec, sink: &mut dyn EventSink) -> Result<Summary> {
             spec.model.name
         );
     }
+    // data-parallel replicas beyond the first, each a copy of the model on its device
+    let mut replicas = Vec::new();
+    for d in &devices[1..] {
+        let mut r = models::load(&weights_dir, Some(ds.num_labels()), d.to_tch()?)?;
+        r.vs.copy(&model.vs)?;
+        replicas.push(r);
+    }
+
     let max_length = cfg.max_length as usize;
     let encoder = TextEncoder::for_checkpoint(&model.checkpoint, max_length)?;
     let (enc_train, enc_dev, enc_test) = (
@@ -231,30 +275,25 @@ pub fn run(spec: &JobSpec, sink: &mut dyn EventSink) -> Result<Summary> {
         num_labels: ds.num_labels(),
     };
 
+    let mut opt = AdamW::new(&model.vs, cfg.weight_decay);
+    let replica_opts: Vec<AdamW> = replicas.iter().map(|r| AdamW::new(&r.vs, 0.0)).collect();
     let num_parameters = model
         .vs
-        .trainable_variables()
-        .iter()
+        .variables()
+        .values()
         .map(Tensor::numel)
         .sum::<usize>() as i64;
-    let mut opt = tch::nn::AdamW {
-        beta1: 0.9,
-        beta2: 0.999,
-        wd: cfg.weight_decay,
-        eps: 1e-8,
-        amsgrad: false,
-    }
-    .build(&model.vs, cfg.learning_rate)?;
-    opt.set_weight_decay_group(NO_DECAY, 0.0);
+    let trainable_parameters = opt.numel() as i64;
+    let mut scaler = (cfg.mixed_precision == MixedPrecision::Fp16).then(GradScaler::default);
+    let image_tokens = match model.checkpoint.arch.modality {
+        Modality::Text => 0,
+        Modality::TextImage => cost::image_tokens(&model.checkpoint.config),
+    };
 
-    let bs = cfg.batch_size.max(1) as usize;
-    let steps_per_epoch = ds.train.len().div_ceil(bs) as u64;
-    let mut total_steps = steps_per_epoch * cfg.epochs as u64;
-    if let Some(max) = cfg.max_steps {
-        total_steps = total_steps.min(max as u64);
-    }
+    let plan = Plan::new(cfg, ds.train.len());
+    let total_steps = plan.total_steps;
     let warmup = (cfg.warmup_ratio * total_steps as f64).ceil() as u64;
-    let log_every = (steps_per_epoch / 5).clamp(1, 50);
+    let log_every = (plan.steps_per_epoch / 5).clamp(1, 50);
     sink.emit(Event::Started {
         device: spec.device,
         threads: spec.threads,
@@ -266,72 +305,239 @@ pub fn run(spec: &JobSpec, sink: &mut dyn EventSink) -> Result<Summary> {
         total_steps,
     });
 
-    let mut step = 0u64;
-    let mut train_seconds = 0.0;
-    let mut trained_examples = 0usize;
-    let epoch_of = |step: u64| step as f64 / steps_per_epoch.max(1) as f64;
-    let mut last_dev = None;
-    for epoch in 0..cfg.epochs as u64 {
-        let mut order: Vec<usize> = (0..ds.train.len()).collect();
-        order.shuffle(&mut ChaCha8Rng::seed_from_u64(cfg.seed.wrapping_add(epoch)));
-        let remaining = (total_steps - step) as usize;
-        let chunks: Vec<&[usize]> = order.chunks(bs).take(remaining).collect();
-        let prefetch = batcher.prefetch(train, &chunks);
+    let mut st = state::Progress::default();
+    if let Some(r) = resume {
+        opt.load_state(r.optimizer, r.progress.optimizer_steps)?;
+        scaler = r.progress.scaler.clone();
+        st = r.progress;
+        log(
+            sink,
+            format!(
+                "resumed from the last checkpoint at step {} (epoch {}, {} batches into it)",
+                st.step, st.epoch, st.windows_done
+            ),
+        );
+    }
+    let eval_due = |step: u64, epoch_end: bool| match cfg.eval_every {
+        Some(n) => step.is_multiple_of(n as u64) || step == total_steps,
+        None => epoch_end,
+    };
+    let primary = ds.task.primary_metric();
+    let mut last_dev: Option<(u64, Scored)> = None;
+    let mut eval_time = (0.0f64, 0usize);
+    let mut epoch_seconds = Vec::new();
+    let mut stop_early = false;
+    let accum = cfg.gradient_accumulation_steps.max(1) as usize;
+    'epochs: while st.step < total_steps && !stop_early {
+        let epoch_started = Instant::now();
+        let order = plan.order(cfg.seed, st.epoch);
+        let micro: Vec<&[usize]> = order.chunks(plan.batch_size).collect();
+        let windows: Vec<&[&[usize]]> = micro.chunks(accum).collect();
+        let windows = &windows[st.windows_done.min(windows.len())..];
+        let take = windows.len().min((total_steps - st.step) as usize);
+        // every piece a replica will take, in order, for the image prefetcher
+        let pieces: Vec<&[usize]> = windows[..take]
+            .iter()
+            .flat_map(|w| w.iter())
+            .flat_map(|c| split_evenly(c, devices.len()))
+            .collect();
+        let prefetch = batcher.prefetch(train, &pieces);
         let mut window_loss = Tensor::zeros([], (Kind::Float, device));
         let mut window_steps = 0u64;
-        for chunk in &chunks {
+        for window in &windows[..take] {
             let t = Instant::now();
-            opt.set_lr(schedule::linear_with_warmup(
+            let lr = schedule::learning_rate(
+                cfg.lr_scheduler,
                 cfg.learning_rate,
-                step,
+                opt.step,
                 warmup,
                 total_steps,
-            ));
-            let batch = batcher.batch(train, chunk, prefetch.as_ref())?;
-            let logits = models::logits(model.model.forward(&batch, true));
-            let loss = batcher.loss(&logits, train, chunk);
-            opt.zero_grad();
-            loss.backward();
-            opt.clip_grad_norm(MAX_GRAD_NORM);
-            opt.step();
-            window_loss += loss.detach();
+            );
+            let n: usize = window.iter().map(|c| c.len()).sum();
+            let mut step_loss = Tensor::zeros([], (Kind::Float, device));
+            for (m, chunk) in window.iter().enumerate() {
+                // dropout draws from a generator seeded by (seed, step, micro-batch), so a
+                // resumed or re-run step draws the same masks
+                tch::manual_seed(step_seed(cfg.seed, st.step, m));
+                for (r, piece) in split_evenly(chunk, devices.len()).into_iter().enumerate() {
+                    let replica = if r == 0 { &model } else { &replicas[r - 1] };
+                    let b = batcher.with_device(replica.vs.device());
+                    let batch = b.batch(train, piece, prefetch.as_ref())?;
+                    let rdev = replica.vs.device();
+                    let (outputs, recorded) = {
+                        let _autocast = Autocast::enter(rdev, cfg.mixed_precision)?;
+                        if cfg.gradient_checkpointing {
+                            let precision = cfg.mixed_precision;
+                            let context: ContextFn = Box::new(move || {
+                                Box::new(Autocast::enter(rdev, precision).ok().flatten())
+                            });
+                            checkpointing::record(true, Some(context), || {
+                                replica.model.forward(&batch, true)
+                            })
+                        } else {
+                            (replica.model.forward(&batch, true), Recorded::none())
+                        }
+                    };
+                    if cfg.gradient_checkpointing && recorded.layers == 0 {
+                        bail!(
+                            "gradient checkpointing is not available for model `{}`: its architecture ({}) has no encoder layers it covers",
+                            spec.model.name,
+                            model.checkpoint.arch.name()
+                        );
+                    }
+                    let logits = models::logits(outputs).to_kind(Kind::Float);
+                    let loss = b.loss(&logits, train, piece);
+                    // each piece's share of the step's mean loss
+                    let weighted = &loss * (piece.len() as f64 / n as f64);
+                    let scaled = match &scaler {
+                        Some(s) => s.scale(&weighted),
+                        None => weighted.shallow_clone(),
+                    };
+                    recorded.backward(&scaled);
+                    step_loss += weighted.detach().to_device(device);
+                    st.trained_tokens += piece
+                        .iter()
+                        .map(|&i| enc_train[i].ids.len() as u64 + image_tokens)
+                        .sum::<u64>();
+                }
+            }
+            // gradients of the replicas summed onto the first: with each piece weighted by
+            // its share, the sum is the gradient of the whole batch's mean loss
+            for ro in &replica_opts {
+                tch::no_grad(|| {
+                    for (p, q) in opt.params().iter().zip(ro.params()) {
+                        let g = q.tensor.grad();
+                        if g.defined() {
+                            let mut main = p.tensor.grad();
+                            let _ = main.g_add_(&g.to_device(device));
+                        }
+                    }
+                });
+            }
+            let applied = apply_gradients(&mut opt, scaler.as_mut(), cfg.max_grad_norm, lr)?;
+            for (r, ro) in replicas.iter().zip(&replica_opts) {
+                tch::no_grad(|| {
+                    for (p, q) in opt.params().iter().zip(ro.params()) {
+                        let mut dst = q.tensor.shallow_clone();
+                        dst.copy_(&p.tensor);
+                        dst.zero_grad();
+                    }
+                });
+                let _ = r;
+            }
+            window_loss += step_loss;
             window_steps += 1;
-            step += 1;
-            trained_examples += chunk.len();
-            train_seconds += t.elapsed().as_secs_f64();
-            let epoch_end = step.is_multiple_of(steps_per_epoch) || step == total_steps;
-            if step.is_multiple_of(log_every) || epoch_end {
+            st.step += 1;
+            st.windows_done += 1;
+            st.trained_examples += n;
+            let step = st.step;
+            st.train_seconds += t.elapsed().as_secs_f64();
+            let epoch_end = st.windows_done == plan.steps_per_epoch as usize;
+            let ep = st.epoch as f64 + st.windows_done as f64 / plan.steps_per_epoch.max(1) as f64;
+            if step.is_multiple_of(log_every) || epoch_end || step == total_steps {
                 let mean = f64::try_from(&window_loss)? / window_steps as f64;
-                let ep = epoch_of(step);
                 sink.emit(metric(MetricKey::TRAIN_LOSS, step, ep, mean));
-                let lr =
-                    schedule::linear_with_warmup(cfg.learning_rate, step - 1, warmup, total_steps);
                 sink.emit(metric(MetricKey::TRAIN_LEARNING_RATE, step, ep, lr));
+                if let Some(g) = applied.grad_norm {
+                    sink.emit(metric(MetricKey::TRAIN_GRAD_NORM, step, ep, g));
+                }
                 sink.emit(Event::Progress {
                     epoch: ep,
                     step,
                     total_steps,
-                    samples_per_second: trained_examples as f64 / train_seconds.max(1e-9),
+                    samples_per_second: st.trained_examples as f64 / st.train_seconds.max(1e-9),
                 });
                 window_loss = Tensor::zeros([], (Kind::Float, device));
                 window_steps = 0;
             }
-        }
-        if !ds.dev.is_empty() {
-            let s = evaluate(&model, &batcher, dev, bs)?;
-            report(sink, Scope::Eval, &s, step, epoch_of(step));
-            last_dev = Some(s);
-        }
-        if step == total_steps {
-            break;
+            if applied.skipped {
+                log(
+                    sink,
+                    format!(
+                        "step {step}: gradients overflowed in float16; step skipped, loss scale now {}",
+                        scaler.as_ref().map_or(0.0, |s| s.scale)
+                    ),
+                );
+            }
+            let mut saved = false;
+            if eval_due(step, epoch_end) && !ds.dev.is_empty() {
+                let t = Instant::now();
+                let s = evaluate(&model, &batcher, dev, plan.batch_size, cfg.mixed_precision)?;
+                eval_time.0 += t.elapsed().as_secs_f64();
+                eval_time.1 += ds.dev.len();
+                let scores = report(sink, Scope::Eval, &s, step, ep);
+                let value = scores.get(primary);
+                if st.best.is_none_or(|b| value > b) {
+                    st.best = Some(value);
+                    st.best_step = step;
+                    st.bad_evals = 0;
+                    state::save_best(&model, &spec.output_dir, &ds.label_names)?;
+                } else {
+                    st.bad_evals += 1;
+                }
+                last_dev = Some((step, s));
+                if let Some(p) = cfg.early_stopping_patience
+                    && st.bad_evals >= p
+                {
+                    log(
+                        sink,
+                        format!(
+                            "early stop at step {step}: {} evaluations without a better dev {} than {:.4} (step {})",
+                            st.bad_evals,
+                            primary.as_str(),
+                            st.best.unwrap_or_default(),
+                            st.best_step
+                        ),
+                    );
+                    stop_early = true;
+                }
+                saved = true;
+            }
+            if epoch_end {
+                st.epoch += 1;
+                st.windows_done = 0;
+                epoch_seconds.push(epoch_started.elapsed().as_secs_f64());
+            }
+            if saved || epoch_end || step == total_steps || stop_early {
+                st.optimizer_steps = opt.step;
+                st.scaler = scaler.clone();
+                state::save_last(&model, &opt, &st, cfg, &spec.output_dir, &ds.label_names)?;
+                sink.emit(Event::Checkpoint {
+                    path: spec.output_dir.clone(),
+                });
+            }
+            if stop_early || step == total_steps {
+                break 'epochs;
+            }
         }
     }
 
-    let scored_test = evaluate(&model, &batcher, test, bs)?;
+    // the summary describes the best checkpoint when there was a dev split to pick it by
+    let best_dir = spec.output_dir.join(state::BEST);
+    if best_dir.join("model.safetensors").is_file() && st.best_step != st.step {
+        log(
+            sink,
+            format!(
+                "scoring the best checkpoint (step {}, dev {} {:.4})",
+                st.best_step,
+                primary.as_str(),
+                st.best.unwrap_or_default()
+            ),
+        );
+        model = models::load(&best_dir, Some(ds.num_labels()), device)?;
+        model.checkpoint.dir = spec.model.dir.clone();
+        last_dev = None;
+    }
+    let t = Instant::now();
+    let scored_test = evaluate(&model, &batcher, test, plan.batch_size, cfg.mixed_precision)?;
+    eval_time.0 += t.elapsed().as_secs_f64();
+    eval_time.1 += ds.test.len();
     sink.emit(Event::Predictions {
         split: Role::Test,
         rows: predictions(&ds.test, &scored_test),
     });
+    let step = st.step;
+    let epoch_now = step as f64 / plan.steps_per_epoch.max(1) as f64;
     // the summary's metrics: the test split's, or the dev split's when the test has no labels
     let (summary_split, scored) = if test.labeled() && !ds.test.is_empty() {
         (Role::Test, scored_test)
@@ -345,10 +551,10 @@ pub fn run(spec: &JobSpec, sink: &mut dyn EventSink) -> Result<Summary> {
             sink,
             format!("{why} the summary's metrics are the dev split's"),
         );
-        // the model has not changed since the last epoch's dev evaluation
+        // the model has not changed since the last dev evaluation
         let scored = match last_dev {
-            Some(s) => s,
-            None => evaluate(&model, &batcher, dev, bs)?,
+            Some((s, scored)) if s == step => scored,
+            _ => evaluate(&model, &batcher, dev, plan.batch_size, cfg.mixed_precision)?,
         };
         (Role::Dev, scored)
     };
@@ -357,13 +563,19 @@ pub fn run(spec: &JobSpec, sink: &mut dyn EventSink) -> Result<Summary> {
         Scope::final_of(summary_split),
         &scored,
         step,
-        epoch_of(step),
+        epoch_now,
     );
-    models::save_classifier(&model, &spec.output_dir, &ds.label_names)
-        .map_err(|e| e.context("writing the fine-tuned checkpoint"))?;
-    sink.emit(Event::Checkpoint {
-        path: spec.output_dir.clone(),
-    });
+    if !best_dir.is_dir() {
+        state::save_best(&model, &spec.output_dir, &ds.label_names)?;
+    }
+    let total_seconds = started.elapsed().as_secs_f64();
+    let train_flops = cost::training_flops(cost::non_embedding_parameters(&opt), st.trained_tokens);
+    let mut gpu_peak = None;
+    for d in &devices {
+        if let Device::Cuda(i) = d.to_tch()? {
+            gpu_peak = Some(gpu_peak.unwrap_or(0) + precision::cuda_peak_allocated(i).unwrap_or(0));
+        }
+    }
     Ok(Summary {
         split: summary_split,
         accuracy: m.accuracy,
@@ -371,13 +583,100 @@ pub fn run(spec: &JobSpec, sink: &mut dyn EventSink) -> Result<Summary> {
         auroc: m.auroc,
         vqa_accuracy: m.vqa_accuracy,
         loss: scored.loss,
-        train_seconds,
-        samples_per_second: trained_examples as f64 / train_seconds.max(1e-9),
-        total_seconds: started.elapsed().as_secs_f64(),
+        train_seconds: st.train_seconds,
+        samples_per_second: st.trained_examples as f64 / st.train_seconds.max(1e-9),
+        total_seconds,
         num_parameters,
         steps: step,
         test_examples: ds.test.len(),
+        cost: Cost {
+            epoch_seconds: if epoch_seconds.is_empty() {
+                None
+            } else {
+                Some(epoch_seconds.iter().sum::<f64>() / epoch_seconds.len() as f64)
+            },
+            eval_samples_per_second: (eval_time.1 > 0)
+                .then(|| eval_time.1 as f64 / eval_time.0.max(1e-9)),
+            peak_rss_bytes: cost::peak_rss_bytes(),
+            peak_gpu_bytes: gpu_peak,
+            trainable_parameters,
+            train_flops,
+            flops_per_second: train_flops / st.train_seconds.max(1e-9),
+            devices: devices.len(),
+            device_hours: total_seconds * devices.len() as f64 / 3600.0,
+            best_step: (st.best_step > 0).then_some(st.best_step),
+            stopped_early: stop_early,
+        },
     })
+}
+
+/// A seed for the dropout masks of micro-batch `micro` of step `step`.
+pub fn step_seed(seed: u64, step: u64, micro: usize) -> i64 {
+    // SplitMix64 of the three: neighbouring steps get unrelated seeds
+    let mut z = seed
+        .wrapping_add(step.wrapping_mul(0x9e37_79b9_7f4a_7c15))
+        .wrapping_add((micro as u64).wrapping_mul(0xbf58_476d_1ce4_e5b9));
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    (z ^ (z >> 31)) as i64 & i64::MAX
+}
+
+/// `indices` cut into `n` consecutive pieces whose sizes differ by at most one (as
+/// `DataParallel` scatters a batch); empty pieces are left out.
+fn split_evenly(indices: &[usize], n: usize) -> Vec<&[usize]> {
+    let n = n.max(1);
+    let (q, r) = (indices.len() / n, indices.len() % n);
+    let mut out = Vec::with_capacity(n);
+    let mut at = 0;
+    for i in 0..n {
+        let len = q + usize::from(i < r);
+        if len > 0 {
+            out.push(&indices[at..at + len]);
+        }
+        at += len;
+    }
+    out
+}
+
+/// The shape of a training run: batches, steps and the order of examples.
+pub struct Plan {
+    pub batch_size: usize,
+    /// Optimisation steps in one pass over the training split.
+    pub steps_per_epoch: u64,
+    /// Optimisation steps in all: the epochs', or `max_steps` if fewer.
+    pub total_steps: u64,
+    train_len: usize,
+}
+
+impl Plan {
+    /// The plan of `cfg` over a training split of `train_len` examples: batches of
+    /// `batch_size`, `gradient_accumulation_steps` of them to a step (the last step of an
+    /// epoch takes what is left).
+    pub fn new(cfg: &TrainConfig, train_len: usize) -> Plan {
+        let batch_size = cfg.batch_size.max(1) as usize;
+        let micro = train_len.div_ceil(batch_size) as u64;
+        let steps_per_epoch = micro
+            .div_ceil(cfg.gradient_accumulation_steps.max(1) as u64)
+            .max(1);
+        let mut total_steps = steps_per_epoch * cfg.epochs as u64;
+        if let Some(max) = cfg.max_steps {
+            total_steps = total_steps.min(max as u64);
+        }
+        Plan {
+            batch_size,
+            steps_per_epoch,
+            total_steps,
+            train_len,
+        }
+    }
+
+    /// The order of the training examples in epoch `epoch`: a shuffle seeded by the run's
+    /// seed and the epoch.
+    pub fn order(&self, seed: u64, epoch: u64) -> Vec<usize> {
+        let mut order: Vec<usize> = (0..self.train_len).collect();
+        order.shuffle(&mut ChaCha8Rng::seed_from_u64(seed.wrapping_add(epoch)));
+        order
+    }
 }
 
 fn metric(key: MetricKey, step: u64, epoch: f64, value: f64) -> Event {
@@ -407,9 +706,28 @@ struct Scores {
     vqa_accuracy: Option<f64>,
 }
 
+impl Scores {
+    /// The value of `metric` (0 for one the split has none of).
+    fn get(&self, metric: Metric) -> f64 {
+        match metric {
+            Metric::Accuracy => self.accuracy,
+            Metric::F1 => self.f1,
+            Metric::Auroc => self.auroc.unwrap_or(0.0),
+            Metric::VqaAccuracy => self.vqa_accuracy.unwrap_or(0.0),
+            Metric::Loss | Metric::LearningRate | Metric::GradNorm => 0.0,
+        }
+    }
+}
+
 /// Scores a split in eval mode. Batches are formed from examples of similar length so that
 /// dynamic padding pads little; results are put back in the split's order.
-fn evaluate(model: &Loaded, batcher: &Batcher, split: Split, batch_size: usize) -> Result<Scored> {
+fn evaluate(
+    model: &Loaded,
+    batcher: &Batcher,
+    split: Split,
+    batch_size: usize,
+    precision: MixedPrecision,
+) -> Result<Scored> {
     let mut order: Vec<usize> = (0..split.examples.len()).collect();
     order.sort_by_key(|&i| split.encoded[i].ids.len());
     let chunks: Vec<&[usize]> = order.chunks(batch_size * 2).collect();
@@ -420,7 +738,10 @@ fn evaluate(model: &Loaded, batcher: &Batcher, split: Split, batch_size: usize) 
     tch::no_grad(|| -> Result<()> {
         for chunk in &chunks {
             let batch = batcher.batch(split, chunk, prefetch.as_ref())?;
-            let logits = models::logits(model.model.forward(&batch, false));
+            let logits = {
+                let _autocast = Autocast::enter(batcher.device, precision)?;
+                models::logits(model.model.forward(&batch, false)).to_kind(Kind::Float)
+            };
             if labeled {
                 loss_sum +=
                     f64::try_from(batcher.loss(&logits, split, chunk))? * chunk.len() as f64;

@@ -93,7 +93,9 @@ pub fn main() -> i32 {
     let mut sink = JsonLinesSink::new(std::io::stdout());
     match train::run(&spec, &mut sink) {
         Ok(summary) => {
-            sink.emit(Event::Finished { summary });
+            sink.emit(Event::Finished {
+                summary: Box::new(summary),
+            });
             0
         }
         Err(e) => {

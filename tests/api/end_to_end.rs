@@ -150,7 +150,7 @@ async fn a_roberta_checkpoint_with_vocabulary_files_fine_tunes_with_a_new_head_f
             .contains("newly initialised: classifier.out_proj.bias, classifier.out_proj.weight"),
         "{logs}"
     );
-    let saved = app.state.settings.run_dir(id).join("checkpoint");
+    let saved = app.state.settings.run_dir(id).join("checkpoint/best");
     let config: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(saved.join("config.json")).unwrap()).unwrap();
     assert_eq!(
@@ -282,7 +282,7 @@ async fn the_tiny_text_and_image_presets_train_through_the_queue_and_reach_the_l
             "{name}"
         );
         // the fine-tuned checkpoint carries the image preprocessing with it and loads back
-        let saved = app.state.settings.run_dir(id).join("checkpoint");
+        let saved = app.state.settings.run_dir(id).join("checkpoint/best");
         assert!(saved.join("preprocessor_config.json").is_file(), "{name}");
         let reloaded = modalbench::models::load(&saved, None, tch::Device::Cpu).unwrap();
         assert_eq!(

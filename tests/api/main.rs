@@ -16,3 +16,4 @@ mod preprocessing;
 mod queue;
 mod runs_api;
 mod submit;
+mod training;

@@ -100,7 +100,7 @@ async fn a_run_trains_to_the_end_with_metrics_a_summary_and_a_checkpoint() {
     assert_eq!(preds.len(), 160);
     let correct = preds.iter().filter(|r| r["label"] == r["pred"]).count();
     assert_eq!(correct as f64 / 160.0, s.accuracy);
-    let ckpt = app.state.settings.run_dir(id).join("checkpoint");
+    let ckpt = app.state.settings.run_dir(id).join("checkpoint/best");
     let config: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(ckpt.join("config.json")).unwrap()).unwrap();
     assert_eq!(config["architectures"][0], "BertForSequenceClassification");

@@ -7,7 +7,7 @@ use crate::http::api::runs::{ListQuery, find_run};
 use crate::http::error::ApiError;
 use crate::http::extract::{ApiQuery, parse_form};
 use crate::queue::CancelOutcome;
-use crate::runs::options::OptionSpec;
+use crate::runs::options::{Kind, OptionSpec};
 use crate::runs::{QueueConfig, RunRequest, TrainConfig, option_values};
 use crate::store::runs::{Run, RunStatus};
 use askama::Template;
@@ -266,6 +266,8 @@ struct FormField {
     value: String,
     placeholder: String,
     input_mode: &'static str,
+    /// The names a choice (or `true`/`false`) allows: the field is then a menu.
+    choices: &'static [&'static str],
     unit: &'static str,
     help: String,
 }
@@ -287,6 +289,10 @@ fn form_fields(values: &HashMap<String, String>) -> Vec<FormField> {
                     None => spec.unset.to_string(),
                 },
                 input_mode: spec.kind.input_mode(),
+                choices: match spec.kind {
+                    Kind::Boolean => &["false", "true"],
+                    _ => spec.range.choices(),
+                },
                 unit: spec.unit,
                 help: spec.help(),
             },

@@ -1,0 +1,429 @@
+//! The training loop against PyTorch: the same random checkpoints trained for several steps by
+//! `train::run` and by PyTorch + transformers (`tests/reference/train_reference.py`) on the
+//! same batches end with the same weights; and the engine's own guarantees (gradient
+//! checkpointing, data parallelism, determinism, resume) checked against its plain runs.
+
+use crate::helpers::python;
+use crate::parity::{read, reference_fixtures};
+use modalbench::data::{Options, Source};
+use modalbench::models::checkpointing;
+use modalbench::protocol::{Device, Event, JobSpec, Summary};
+use modalbench::runs::{DatasetRef, LrScheduler, ModelRef, TrainConfig};
+use modalbench::train::{self, EventSink, Plan};
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use tch::Tensor;
+
+/// Collects a job's events.
+#[derive(Default)]
+struct Events(Vec<Event>);
+
+impl EventSink for Events {
+    fn emit(&mut self, event: Event) {
+        self.0.push(event);
+    }
+}
+
+fn checkpoints() -> &'static Path {
+    reference_fixtures("train_reference.py")
+}
+
+const WORDS: [&str; 12] = [
+    "market", "shares", "goal", "match", "bank", "striker", "profit", "league", "trade", "coach",
+    "stocks", "season",
+];
+
+/// A small two-label dataset in the Hateful Memes layout (with 32-pixel images whose colour
+/// follows the label), written under `root`; returns its examples as the reference reads
+/// them (train split).
+fn write_dataset(root: &Path, train: usize) -> Vec<Value> {
+    std::fs::create_dir_all(root.join("img")).unwrap();
+    let mut examples = Vec::new();
+    let mut id = 0;
+    for (file, n) in [("train.jsonl", train), ("dev.jsonl", 6), ("test.jsonl", 6)] {
+        let mut lines = String::new();
+        for i in 0..n {
+            id += 1;
+            let label = (i * 7 + id) % 2;
+            let text: Vec<&str> = (0..3 + id % 5)
+                .map(|k| WORDS[(id * 3 + k * 5 + label) % WORDS.len()])
+                .collect();
+            let text = text.join(" ");
+            let img = format!("img/{id}.png");
+            let colour = if label == 1 {
+                [200u8, 40, 40]
+            } else {
+                [40u8, 40, 200]
+            };
+            let pixels = image::RgbImage::from_fn(32, 32, |x, y| {
+                image::Rgb([
+                    colour[0].wrapping_add((x * 3) as u8),
+                    colour[1].wrapping_add((y * 5) as u8),
+                    colour[2].wrapping_add(((x + y + id as u32) * 2) as u8),
+                ])
+            });
+            pixels.save(root.join(&img)).unwrap();
+            let row = json!({"id": id, "img": img, "text": text, "label": label});
+            lines += &format!("{row}\n");
+            if file == "train.jsonl" {
+                examples.push(json!({"text": text, "label": label,
+                    "image": root.join(&img).to_str().unwrap()}));
+            }
+        }
+        std::fs::write(root.join(file), lines).unwrap();
+    }
+    examples
+}
+
+fn job(model: &Path, data: &Path, config: TrainConfig, out: &Path) -> JobSpec {
+    JobSpec {
+        run_id: 1,
+        model: ModelRef {
+            name: model.file_name().unwrap().to_string_lossy().into(),
+            dir: model.to_path_buf(),
+        },
+        dataset: DatasetRef {
+            name: "reference".into(),
+            source: Source {
+                format: "hateful_memes".into(),
+                root: data.to_path_buf(),
+                options: Options::default(),
+            },
+        },
+        config,
+        device: Device::Cpu,
+        replicas: Vec::new(),
+        threads: 1,
+        output_dir: out.to_path_buf(),
+        cache_dir: None,
+    }
+}
+
+fn run(spec: &JobSpec) -> (Summary, Vec<Event>) {
+    let mut events = Events::default();
+    let summary = train::run(spec, &mut events).unwrap_or_else(|e| panic!("{e:#}"));
+    (summary, events.0)
+}
+
+/// The batches of each optimisation step, as example indices, as the plan of `cfg` orders
+/// them (the micro-batches of a step joined).
+fn batches(cfg: &TrainConfig, n: usize) -> Vec<Vec<usize>> {
+    let plan = Plan::new(cfg, n);
+    let mut out = Vec::new();
+    for epoch in 0..cfg.epochs as u64 {
+        let order = plan.order(cfg.seed, epoch);
+        let micro: Vec<&[usize]> = order.chunks(cfg.batch_size as usize).collect();
+        for window in micro.chunks(cfg.gradient_accumulation_steps as usize) {
+            if out.len() as u64 == plan.total_steps {
+                return out;
+            }
+            out.push(window.concat());
+        }
+    }
+    out
+}
+
+/// Checks every tensor of `ours` against the reference's: their difference must be a small
+/// fraction of how far the reference moved it from `initial`. Returns the worst ratio.
+fn assert_close(case: &str, ours: &Path, reference: &Path, initial: &Path) -> f64 {
+    let ours = read(ours);
+    let reference = read(reference);
+    let initial = read(initial);
+    let mut worst: f64 = 0.0;
+    let mut compared = 0;
+    for (name, r) in &reference {
+        // the attention key bias cancels in the softmax: its gradient is zero in exact
+        // arithmetic and only rounding moves it
+        if name.contains("key.bias") || !initial.contains_key(name) {
+            continue;
+        }
+        let o = ours
+            .get(name)
+            .unwrap_or_else(|| panic!("{case}: `{name}` missing from our weights"));
+        let moved = f64::try_from((r - &initial[name]).abs().max()).unwrap();
+        let gap = f64::try_from((o - r).abs().max()).unwrap();
+        if moved < 1e-7 {
+            assert!(
+                gap < 1e-6,
+                "{case}: `{name}` did not move in PyTorch but by {gap} here"
+            );
+            continue;
+        }
+        let ratio = gap / moved;
+        assert!(
+            ratio < 0.005,
+            "{case}: `{name}` differs from PyTorch by {gap:e}, {:.2}% of the {moved:e} training moved it",
+            ratio * 100.0
+        );
+        worst = worst.max(ratio);
+        compared += 1;
+    }
+    assert!(compared > 10, "{case}: only {compared} tensors compared");
+    worst
+}
+
+#[test]
+fn training_ends_with_pytorchs_weights_for_each_schedule_accumulation_and_a_text_image_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let examples = write_dataset(&data, 12);
+    let base = TrainConfig {
+        epochs: 2,
+        batch_size: 4,
+        learning_rate: 1e-3,
+        warmup_ratio: 0.2,
+        weight_decay: 0.01,
+        max_length: 32,
+        max_grad_norm: 1.0,
+        ..Default::default()
+    };
+    let cases = [
+        ("bert linear", "bert", base.clone()),
+        (
+            "bert cosine",
+            "bert",
+            TrainConfig {
+                lr_scheduler: LrScheduler::Cosine,
+                ..base.clone()
+            },
+        ),
+        (
+            "bert constant_with_warmup, no clipping",
+            "bert",
+            TrainConfig {
+                lr_scheduler: LrScheduler::ConstantWithWarmup,
+                max_grad_norm: 0.0,
+                ..base.clone()
+            },
+        ),
+        (
+            "bert 2 micro-batches of 2 = batches of 4",
+            "bert",
+            TrainConfig {
+                batch_size: 2,
+                gradient_accumulation_steps: 2,
+                ..base.clone()
+            },
+        ),
+        ("vilt linear", "vilt", base.clone()),
+    ];
+    let mut jobs = Vec::new();
+    for (i, (case, kind, cfg)) in cases.iter().enumerate() {
+        let model = checkpoints().join(kind);
+        let out = dir.path().join(format!("ours-{i}"));
+        let (summary, _) = run(&job(&model, &data, cfg.clone(), &out));
+        let steps = batches(cfg, examples.len());
+        assert_eq!(summary.steps, steps.len() as u64, "{case}");
+        jobs.push(json!({
+            "case": case, "kind": kind, "checkpoint": model,
+            "examples": examples, "batches": steps,
+            "learning_rate": cfg.learning_rate, "weight_decay": cfg.weight_decay,
+            "warmup_ratio": cfg.warmup_ratio, "lr_scheduler": cfg.lr_scheduler.name(),
+            "max_grad_norm": cfg.max_grad_norm, "max_length": cfg.max_length,
+            "out": dir.path().join(format!("reference-{i}.safetensors")),
+        }));
+    }
+    let jobs_file = dir.path().join("jobs.json");
+    std::fs::write(&jobs_file, serde_json::to_string(&jobs).unwrap()).unwrap();
+    let out = Command::new(python())
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/reference/train_reference.py"))
+        .arg("--train")
+        .arg(&jobs_file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "reference training failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for (i, (case, kind, _)) in cases.iter().enumerate() {
+        let worst = assert_close(
+            case,
+            &dir.path().join(format!("ours-{i}/last/model.safetensors")),
+            &dir.path().join(format!("reference-{i}.safetensors")),
+            &checkpoints().join(kind).join("model.safetensors"),
+        );
+        eprintln!(
+            "{case}: worst difference {:.3}% of the distance moved",
+            worst * 100.0
+        );
+    }
+}
+
+/// The named gradients of one training forward and backward pass of `model_dir`'s BERT on a
+/// fixed batch, recorded with or without recomputation.
+fn bert_gradients(model_dir: &Path, recompute: bool) -> BTreeMap<String, Tensor> {
+    tch::manual_seed(3);
+    let loaded = modalbench::models::load(model_dir, Some(2), tch::Device::Cpu).unwrap();
+    let ids = Tensor::from_slice2(&[[101i64, 2000, 2001, 2002, 102], [101, 2003, 102, 0, 0]]);
+    let mask = ids.ne(0).to_kind(tch::Kind::Int64);
+    let batch = modalbench::models::Batch {
+        token_type_ids: ids.zeros_like(),
+        input_ids: ids,
+        attention_mask: mask,
+        pixel_values: None,
+        pixel_mask: None,
+    };
+    tch::manual_seed(11);
+    let (outputs, recorded) =
+        checkpointing::record(recompute, None, || loaded.model.forward(&batch, true));
+    assert_eq!(recorded.layers, 2, "both encoder layers recorded");
+    let logits = modalbench::models::logits(outputs);
+    let loss = logits.cross_entropy_for_logits(&Tensor::from_slice(&[0i64, 1]));
+    recorded.backward(&loss);
+    loaded
+        .vs
+        .variables()
+        .into_iter()
+        .map(|(k, v)| (k, v.grad().copy()))
+        .collect()
+}
+
+#[test]
+fn gradient_checkpointing_gives_the_plain_gradients_with_dropout_replayed() {
+    // the reference BERT with dropout switched on, so the replay of the masks matters
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("bert-dropout");
+    copy_dir(&checkpoints().join("bert"), &model);
+    let mut config: Value =
+        serde_json::from_str(&std::fs::read_to_string(model.join("config.json")).unwrap()).unwrap();
+    config["hidden_dropout_prob"] = json!(0.2);
+    config["attention_probs_dropout_prob"] = json!(0.2);
+    std::fs::write(model.join("config.json"), config.to_string()).unwrap();
+
+    let plain = bert_gradients(&model, false);
+    let recomputed = bert_gradients(&model, true);
+    let mut checked = 0;
+    for (name, g) in &plain {
+        let r = &recomputed[name];
+        assert!(g.defined() && r.defined(), "`{name}` has no gradient");
+        let gap = f64::try_from((g - r).abs().max()).unwrap();
+        let scale = f64::try_from(g.abs().max()).unwrap();
+        assert!(
+            gap <= 1e-5 * scale.max(1e-3),
+            "`{name}`: recomputed gradient differs by {gap:e} (largest {scale:e})"
+        );
+        checked += 1;
+    }
+    assert!(checked > 20);
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+    }
+}
+
+fn weights(dir: &Path) -> BTreeMap<String, Tensor> {
+    read(&dir.join("last/model.safetensors"))
+}
+
+#[test]
+fn two_replicas_train_as_one_on_the_whole_batch_and_runs_repeat_bit_for_bit() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    write_dataset(&data, 12);
+    let model = checkpoints().join("bert");
+    let cfg = TrainConfig {
+        epochs: 2,
+        batch_size: 4,
+        learning_rate: 1e-3,
+        max_length: 32,
+        ..Default::default()
+    };
+    let one = dir.path().join("one");
+    let (s1, _) = run(&job(&model, &data, cfg.clone(), &one));
+    let again = dir.path().join("again");
+    let (s2, _) = run(&job(&model, &data, cfg.clone(), &again));
+    let mut two_spec = job(&model, &data, cfg.clone(), &dir.path().join("two"));
+    two_spec.replicas = vec![Device::Cpu];
+    let (s3, _) = run(&two_spec);
+    assert_eq!(s3.cost.devices, 2);
+
+    // same seed, device and options: the same metrics and weights, bit for bit
+    assert_eq!((s1.accuracy, s1.loss, s1.f1), (s2.accuracy, s2.loss, s2.f1));
+    let (w1, w2) = (weights(&one), weights(&again));
+    for (k, t) in &w1 {
+        assert!(t.equal(&w2[k]), "`{k}` differs between two identical runs");
+    }
+    // two replicas with half the batch each: the same training within float tolerance
+    let w3 = weights(&dir.path().join("two"));
+    let initial = read(&model.join("model.safetensors"));
+    for (k, t) in &w1 {
+        if k.contains("key.bias") {
+            continue;
+        }
+        let moved = f64::try_from((t - &initial[k]).abs().max()).unwrap();
+        let gap = f64::try_from((t - &w3[k]).abs().max()).unwrap();
+        assert!(
+            gap <= 1e-2 * moved + 1e-7,
+            "`{k}`: two replicas differ from one by {gap:e} (training moved it {moved:e})"
+        );
+    }
+}
+
+/// The modalbench binary the tests built.
+fn binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_modalbench"))
+}
+
+#[test]
+fn a_worker_killed_mid_epoch_resumes_to_the_weights_of_an_uninterrupted_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    write_dataset(&data, 48);
+    let model = checkpoints().join("bert");
+    let cfg = TrainConfig {
+        epochs: 2,
+        batch_size: 2,
+        learning_rate: 1e-3,
+        max_length: 32,
+        eval_every: Some(3),
+        ..Default::default()
+    };
+    let whole = dir.path().join("whole");
+    run(&job(&model, &data, cfg.clone(), &whole));
+
+    // the same job in a worker process, killed once its first checkpoint is written
+    let spec = job(&model, &data, cfg.clone(), &dir.path().join("resumed"));
+    let state = spec.output_dir.join("last/trainer_state.json");
+    let mut child = Command::new(binary())
+        .arg("worker")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    let mut stdin = child.stdin.take().unwrap();
+    writeln!(stdin, "{}", serde_json::to_string(&spec).unwrap()).unwrap();
+    let started = std::time::Instant::now();
+    while !state.is_file() {
+        assert!(started.elapsed().as_secs() < 120, "no checkpoint written");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    drop(stdin);
+    let saved: Value = serde_json::from_str(&std::fs::read_to_string(&state).unwrap()).unwrap();
+    let step = saved["progress"]["step"].as_u64().unwrap();
+    let plan = Plan::new(&cfg, 48);
+    assert!(
+        step < plan.total_steps && !step.is_multiple_of(plan.steps_per_epoch),
+        "killed at step {step}: not in the middle of an epoch"
+    );
+
+    let (summary, events) = run(&spec);
+    assert!(
+        events.iter().any(|e| matches!(e, Event::Log { message } if message.starts_with("resumed from the last checkpoint"))),
+        "the run did not resume"
+    );
+    assert_eq!(summary.steps, plan.total_steps);
+    let (a, b) = (weights(&whole), weights(&spec.output_dir));
+    for (k, t) in &a {
+        assert!(t.equal(&b[k]), "`{k}` differs after resuming");
+    }
+}
