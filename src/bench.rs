@@ -79,16 +79,21 @@ pub async fn leaderboard(runs: usize, points_per_run: usize, repeats: usize) -> 
     Ok(())
 }
 
-/// Times training steps of a checkpoint with a 2-label head on random token ids: forward and
-/// backward, then forward, backward and an AdamW step. Prints samples/s for each.
+/// Times training steps of a checkpoint on random inputs, as the training loop takes them
+/// (AdamW of `train::optim`, clipping, autocast for `precision`, gradient checkpointing when
+/// asked): forward+backward alone, then with the optimiser step. Prints examples/s and the
+/// peak memory of the timed steps (host RSS; the CUDA allocator's peak on a GPU).
 pub fn train_step(
     dir: &std::path::Path,
     batch_size: i64,
     seq_len: i64,
     steps: usize,
     device: tch::Device,
+    precision: crate::runs::MixedPrecision,
+    gradient_checkpointing: bool,
 ) -> Result<()> {
-    use tch::nn::OptimizerConfig;
+    use crate::models::checkpointing::{self, Recorded};
+    use crate::train::{cost, optim::AdamW, precision as amp};
     tch::manual_seed(0);
     let loaded = crate::models::load(dir, Some(2), device)?;
     let vocab = loaded.checkpoint.text_limits()?.vocab_size;
@@ -105,38 +110,60 @@ pub fn train_step(
         pixel_mask: None,
     };
     let labels = tch::Tensor::randint(2, [batch_size], (tch::Kind::Int64, device));
-    let mut opt = tch::nn::AdamW::default().build(&loaded.vs, 2e-5)?;
+    let mut opt = AdamW::new(&loaded.vs, 0.01);
     let threads = tch::get_num_threads();
     println!(
-        "{}: batch {batch_size}, sequence {seq_len}, {device:?}, {threads} torch threads, {steps} timed steps after 2 warm-up steps",
-        dir.display()
+        "{}: batch {batch_size}, sequence {seq_len}, {device:?}, {threads} torch threads, \
+         mixed precision {precision}, gradient checkpointing {}, {steps} timed steps after 2 warm-up steps",
+        dir.display(),
+        if gradient_checkpointing { "on" } else { "off" }
     );
     for with_step in [false, true] {
         let mut run = |n: usize| -> Result<f64> {
             let t = Instant::now();
             for _ in 0..n {
-                let logits = crate::models::logits(loaded.model.forward(&batch, true));
+                let (outputs, recorded) = {
+                    let _autocast = amp::Autocast::enter(device, precision)?;
+                    if gradient_checkpointing {
+                        checkpointing::record(true, None, || loaded.model.forward(&batch, true))
+                    } else {
+                        (loaded.model.forward(&batch, true), Recorded::none())
+                    }
+                };
+                let logits = crate::models::logits(outputs).to_kind(tch::Kind::Float);
                 let loss = logits.cross_entropy_for_logits(&labels);
-                opt.zero_grad();
-                loss.backward();
+                recorded.backward(&loss);
                 if with_step {
-                    opt.step();
+                    amp::apply_gradients(&mut opt, None, 1.0, 2e-5)?;
+                } else {
+                    opt.zero_grad();
                 }
                 let _ = f64::try_from(&loss)?;
             }
             Ok(t.elapsed().as_secs_f64())
         };
         run(2)?;
+        cost::reset_peak_rss();
+        if let tch::Device::Cuda(i) = device {
+            amp::cuda_reset_peak(i);
+        }
         let secs = run(steps)?;
+        let peak = match device {
+            tch::Device::Cuda(i) => amp::cuda_peak_allocated(i)
+                .map(|b| format!("{:.0} MiB GPU", b as f64 / (1 << 20) as f64)),
+            _ => cost::peak_rss_bytes()
+                .map(|b| format!("{:.0} MiB RSS", b as f64 / (1 << 20) as f64)),
+        };
         println!(
-            "{:<28} {:>8.1} samples/s  ({:.3} s/step)",
+            "{:<28} {:>8.1} samples/s  ({:.3} s/step)  peak {}",
             if with_step {
                 "forward+backward+AdamW"
             } else {
                 "forward+backward"
             },
             (steps as i64 * batch_size) as f64 / secs,
-            secs / steps as f64
+            secs / steps as f64,
+            peak.unwrap_or_else(|| "n/a".into())
         );
     }
     Ok(())

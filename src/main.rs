@@ -113,6 +113,12 @@ enum BenchCommand {
         /// `cpu`, `cuda` or `cuda:N`.
         #[arg(long, default_value = "cpu")]
         device: Device,
+        /// `no`, `fp16` or `bf16` autocast.
+        #[arg(long, default_value = "no")]
+        mixed_precision: modalbench::runs::MixedPrecision,
+        /// Recompute encoder layers in the backward pass.
+        #[arg(long)]
+        gradient_checkpointing: bool,
         #[command(flatten)]
         settings: Settings,
     },
@@ -179,6 +185,8 @@ fn main() {
                     seq_len,
                     steps,
                     device,
+                    mixed_precision,
+                    gradient_checkpointing,
                     settings,
                 },
         } => device
@@ -191,6 +199,8 @@ fn main() {
                     seq_len,
                     steps,
                     device,
+                    mixed_precision,
+                    gradient_checkpointing,
                 )
             }),
         Command::Bench {

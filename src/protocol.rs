@@ -226,6 +226,14 @@ pub struct Cost {
     pub stopped_early: bool,
 }
 
+impl Cost {
+    /// The memory the run needed: the GPU allocator's peak where it had GPUs, else the
+    /// worker's peak resident memory.
+    pub fn peak_memory_bytes(&self) -> Option<i64> {
+        self.peak_gpu_bytes.or(self.peak_rss_bytes)
+    }
+}
+
 /// What a worker reports, one JSON object per stdout line, tagged by `event`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]

@@ -83,6 +83,7 @@ impl Registry {
         };
         let mut out: Vec<ModelInfo> = entries
             .filter_map(Result::ok)
+            .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
             .map(|e| e.path())
             .filter(|p| p.join("config.json").is_file())
             .map(|p| self.inspect(&p))

@@ -259,6 +259,10 @@ pub struct BoardRow {
     pub train_seconds: Option<f64>,
     pub samples_per_second: Option<f64>,
     pub num_parameters: Option<i64>,
+    /// Peak memory of the run's worker: GPU memory where it had GPUs, else host memory.
+    pub peak_memory_bytes: Option<i64>,
+    /// Wall time × devices held, in hours.
+    pub device_hours: Option<f64>,
     /// Succeeded runs of this model on this dataset.
     pub runs: i64,
 }
@@ -313,8 +317,8 @@ impl Store {
                 let (id,): (i64,) = sqlx::query_as(
                     "INSERT INTO runs (status, model, dataset, config, created_at, finished_at, \
                          progress, accuracy, f1, auroc, loss, train_seconds, samples_per_second, \
-                         num_parameters, summary) \
-                     VALUES (?, ?, ?, ?, ?, ?, 1.0, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                         num_parameters, peak_memory_bytes, device_hours, train_flops, summary) \
+                     VALUES (?, ?, ?, ?, ?, ?, 1.0, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
                 )
                 .bind(status.as_str())
                 .bind(model)
@@ -329,6 +333,9 @@ impl Store {
                 .bind(s.train_seconds)
                 .bind(s.samples_per_second)
                 .bind(s.num_parameters)
+                .bind(s.cost.peak_memory_bytes())
+                .bind(s.cost.device_hours)
+                .bind(s.cost.train_flops)
                 .bind(serde_json::to_string(s)?)
                 .fetch_one(&mut *tx)
                 .await
@@ -463,7 +470,8 @@ impl Store {
             "UPDATE runs SET status = ?, error = ?, finished_at = ?, \
                  progress = CASE WHEN ? = 'succeeded' THEN 1.0 ELSE progress END, \
                  accuracy = ?, f1 = ?, auroc = ?, loss = ?, train_seconds = ?, \
-                 samples_per_second = ?, num_parameters = ?, summary = ? \
+                 samples_per_second = ?, num_parameters = ?, peak_memory_bytes = ?, \
+                 device_hours = ?, train_flops = ?, summary = ? \
              WHERE id = ? AND status = 'running'",
         )
         .bind(status.as_str())
@@ -477,6 +485,9 @@ impl Store {
         .bind(summary.map(|s| s.train_seconds))
         .bind(summary.map(|s| s.samples_per_second))
         .bind(summary.map(|s| s.num_parameters))
+        .bind(summary.and_then(|s| s.cost.peak_memory_bytes()))
+        .bind(summary.map(|s| s.cost.device_hours))
+        .bind(summary.map(|s| s.cost.train_flops))
         .bind(summary.map(serde_json::to_string).transpose()?)
         .bind(id)
         .execute(self.pool())
@@ -561,7 +572,8 @@ impl Store {
                SELECT dataset, model, COUNT(*) AS runs FROM runs \
                WHERE status = 'succeeded' {only} GROUP BY dataset, model) \
              SELECT g.dataset, g.model, r.id AS run_id, r.accuracy, r.f1, r.auroc, r.loss, \
-                    r.train_seconds, r.samples_per_second, r.num_parameters, g.runs \
+                    r.train_seconds, r.samples_per_second, r.num_parameters, \
+                    r.peak_memory_bytes, r.device_hours, g.runs \
              FROM groups g JOIN runs r ON r.id = COALESCE( \
                (SELECT id FROM runs WHERE status = 'succeeded' AND dataset = g.dataset \
                   AND model = g.model AND {col} IS NOT NULL ORDER BY {col} {order}, id {order} LIMIT 1), \

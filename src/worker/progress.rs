@@ -8,6 +8,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 /// Draws training progress and prints evaluation results as they arrive.
 pub struct ProgressSink {
     bar: ProgressBar,
+    /// The last training loss reported.
+    loss: Option<f64>,
 }
 
 impl Default for ProgressSink {
@@ -20,7 +22,7 @@ impl Default for ProgressSink {
             .expect("valid template")
             .progress_chars("=> "),
         );
-        ProgressSink { bar }
+        ProgressSink { bar, loss: None }
     }
 }
 
@@ -47,8 +49,15 @@ impl EventSink for ProgressSink {
                 ..
             } => {
                 self.bar.set_position(step);
-                self.bar
-                    .set_message(format!("{epoch:.2} ({samples_per_second:.1} samples/s)"));
+                let loss = self
+                    .loss
+                    .map_or(String::new(), |l| format!("loss {l:.4}, "));
+                self.bar.set_message(format!(
+                    "{epoch:.2} ({loss}{samples_per_second:.1} samples/s)"
+                ));
+            }
+            Event::Metric { key, value, .. } if key == crate::eval::MetricKey::TRAIN_LOSS => {
+                self.loss = Some(value);
             }
             Event::Metric {
                 key, step, value, ..

@@ -1,5 +1,6 @@
 //! Integration tests, one binary so the crate links once.
 
+mod checkpoints;
 mod dataset_pages;
 mod datasets_api;
 mod end_to_end;

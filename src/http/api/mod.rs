@@ -1,6 +1,7 @@
 //! JSON API, version 1.
 
 mod catalog;
+mod checkpoints;
 pub mod leaderboard;
 pub mod runs;
 
@@ -12,6 +13,7 @@ use axum::Router;
 pub fn router() -> Router<AppState> {
     Router::new()
         .merge(runs::router())
+        .merge(checkpoints::router())
         .merge(catalog::router())
         .merge(leaderboard::router())
         .fallback(|| async { ApiError::not_found("this API route") })

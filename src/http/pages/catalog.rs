@@ -1,7 +1,7 @@
 //! The overview, leaderboard, models and datasets pages.
 
 use super::runs::RunRow;
-use super::{PageResult, duration, num, params, render};
+use super::{PageResult, bytes, duration, num, params, render};
 use crate::http::AppState;
 use crate::http::api::leaderboard::{BoardQuery, boards};
 use crate::http::extract::ApiQuery;
@@ -137,6 +137,8 @@ struct BoardRowView {
     train_time: String,
     samples_per_second: String,
     params: String,
+    memory: String,
+    device_hours: String,
     runs: i64,
 }
 
@@ -187,6 +189,8 @@ async fn leaderboard(
                     train_time: duration(r.train_seconds),
                     samples_per_second: num(r.samples_per_second, 1),
                     params: params(r.num_parameters),
+                    memory: bytes(r.peak_memory_bytes),
+                    device_hours: num(r.device_hours, 4),
                     modality: modalities.get(&r.model).copied().unwrap_or(""),
                     model: r.model,
                     run_id: r.run_id,

@@ -139,6 +139,30 @@ pub(crate) fn params(n: Option<i64>) -> String {
     }
 }
 
+/// `1.2 GiB`, `340 MiB` for bytes.
+pub(crate) fn bytes(n: Option<i64>) -> String {
+    match n {
+        None => "–".into(),
+        Some(n) if n >= 1 << 30 => format!("{:.1} GiB", n as f64 / (1u64 << 30) as f64),
+        Some(n) => format!("{:.0} MiB", n as f64 / (1u64 << 20) as f64),
+    }
+}
+
+/// `3.2 TFLOP`, `410 GFLOP` for an amount of floating-point operations; `/s` appended for a
+/// rate by the caller.
+pub(crate) fn flops(n: Option<f64>) -> String {
+    match n {
+        Some(x) if x.is_finite() && x > 0.0 => {
+            let (v, unit) = [(1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M")]
+                .into_iter()
+                .find(|(s, _)| x >= *s)
+                .map_or((x, ""), |(s, u)| (x / s, u));
+            format!("{v:.1} {unit}FLOP")
+        }
+        _ => "–".into(),
+    }
+}
+
 /// `2026-11-27 11:52:00` from a stored time.
 pub(crate) fn when(t: Option<&str>) -> String {
     t.map(|t| t.get(..19).unwrap_or(t).replace('T', " "))

@@ -1,6 +1,6 @@
 //! Run pages: the list, one run (live while it trains), the submission form, cancel.
 
-use super::{PageResult, duration, num, params, render, render_status, when};
+use super::{PageResult, bytes, duration, flops, num, params, render, render_status, when};
 use crate::eval::{Metric, MetricKey};
 use crate::http::AppState;
 use crate::http::api::runs::{ListQuery, find_run};
@@ -219,7 +219,34 @@ async fn detail(State(state): State<AppState>, Path(id): Path<String>) -> PageRe
             ("train time", duration(Some(s.train_seconds))),
             ("samples/s", num(Some(s.samples_per_second), 1)),
             ("parameters", params(Some(s.num_parameters))),
+            (
+                "trainable parameters",
+                params(Some(s.cost.trainable_parameters)),
+            ),
             ("steps", s.steps.to_string()),
+            (
+                "best checkpoint",
+                s.cost.best_step.map_or("–".into(), |b| format!("step {b}")),
+            ),
+            (
+                "stopped early",
+                if s.cost.stopped_early { "yes" } else { "no" }.into(),
+            ),
+            ("wall time", duration(Some(s.total_seconds))),
+            ("time per epoch", duration(s.cost.epoch_seconds)),
+            ("eval samples/s", num(s.cost.eval_samples_per_second, 1)),
+            ("peak host memory", bytes(s.cost.peak_rss_bytes)),
+            ("peak GPU memory", bytes(s.cost.peak_gpu_bytes)),
+            ("training FLOPs (est.)", flops(Some(s.cost.train_flops))),
+            (
+                "achieved",
+                match flops(Some(s.cost.flops_per_second)) {
+                    f if f == "–" => f,
+                    f => format!("{f}/s"),
+                },
+            ),
+            ("devices", s.cost.devices.to_string()),
+            ("device-hours", num(Some(s.cost.device_hours), 4)),
         ],
     };
     let logs = state
