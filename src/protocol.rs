@@ -248,6 +248,9 @@ pub enum Event {
         dev_examples: usize,
         test_examples: usize,
         total_steps: u64,
+        /// The step of the checkpoint the job resumed from; `None` for a fresh start.
+        #[serde(default)]
+        resumed_from: Option<u64>,
     },
     /// Training progress, sent every few steps.
     Progress {

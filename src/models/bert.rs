@@ -250,21 +250,8 @@ impl BertEncoder {
             .size2()
             .expect("attention_mask is [batch, seq]");
         let mask = attention_mask.to_kind(Kind::Bool).view([b, 1, 1, s]);
-        if train && checkpointing::active() {
-            let layers = self
-                .layers
-                .iter()
-                .map(|layer| {
-                    let (layer, mask) = (layer.clone(), mask.shallow_clone());
-                    Box::new(move |xs: &Tensor| layer.forward_t(xs, &mask, true))
-                        as checkpointing::LayerFn
-                })
-                .collect();
-            return checkpointing::run_layers(xs, layers);
-        }
-        self.layers
-            .iter()
-            .fold(xs, |xs, layer| layer.forward_t(&xs, &mask, train))
+        let forward = move |layer: &BertLayer, xs: &Tensor| layer.forward_t(xs, &mask, train);
+        checkpointing::stack(&self.layers, xs, train, Rc::new(forward))
     }
 }
 

@@ -10,6 +10,7 @@
 
 use std::any::Any;
 use std::cell::RefCell;
+use std::rc::Rc;
 use tch::{Kind, Tensor};
 
 /// A layer of a stack, as `run_layers` calls it: the hidden states in, the hidden states out
@@ -115,6 +116,28 @@ pub fn run_layers(xs: Tensor, layers: Vec<LayerFn>) -> Tensor {
         }
     });
     out
+}
+
+/// Runs an encoder's stack of `layers` over `xs` with `forward(layer, hidden)`: through
+/// [`run_layers`] in training inside a recording, else as a plain fold. Every encoder stack
+/// goes through here, so gradient checkpointing covers each architecture.
+pub fn stack<L: 'static>(
+    layers: &[Rc<L>],
+    xs: Tensor,
+    train: bool,
+    forward: Rc<dyn Fn(&L, &Tensor) -> Tensor>,
+) -> Tensor {
+    if train && active() {
+        let runs = layers
+            .iter()
+            .map(|layer| {
+                let (layer, forward) = (layer.clone(), forward.clone());
+                Box::new(move |xs: &Tensor| forward(&layer, xs)) as LayerFn
+            })
+            .collect();
+        return run_layers(xs, runs);
+    }
+    layers.iter().fold(xs, |xs, layer| forward(layer, &xs))
 }
 
 /// What a recorded forward pass left for its backward pass.

@@ -31,6 +31,7 @@
 //! that is trained.
 
 use crate::models::bert::{BertEmbeddings, EmbeddingSizes};
+use crate::models::checkpointing;
 use crate::models::layers::{
     Activation, DECAY, Embedding, LayerNorm, Linear, NO_DECAY, dropout, param,
 };
@@ -41,6 +42,7 @@ use anyhow::{Result, anyhow};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap};
+use std::rc::Rc;
 use tch::nn::{self, Init, Module};
 use tch::{Device, Kind, Tensor};
 
@@ -456,7 +458,7 @@ impl ViltLayer {
 /// `ViltEncoder`: the stack `encoder.layer.N`.
 #[derive(Debug)]
 pub struct ViltEncoder {
-    layers: Vec<ViltLayer>,
+    layers: Vec<Rc<ViltLayer>>,
 }
 
 impl ViltEncoder {
@@ -464,7 +466,7 @@ impl ViltEncoder {
         let layer = &p / "layer";
         ViltEncoder {
             layers: (0..c.num_hidden_layers)
-                .map(|i| ViltLayer::new(&layer / i, c))
+                .map(|i| Rc::new(ViltLayer::new(&layer / i, c)))
                 .collect(),
         }
     }
@@ -473,9 +475,8 @@ impl ViltEncoder {
     pub fn forward_t(&self, xs: Tensor, mask: &Tensor, train: bool) -> Tensor {
         let (b, s) = mask.size2().expect("the mask is [batch, seq]");
         let mask = mask.to_kind(Kind::Bool).view([b, 1, 1, s]);
-        self.layers
-            .iter()
-            .fold(xs, |xs, layer| layer.forward_t(&xs, &mask, train))
+        let forward = move |layer: &ViltLayer, xs: &Tensor| layer.forward_t(xs, &mask, train);
+        checkpointing::stack(&self.layers, xs, train, Rc::new(forward))
     }
 }
 

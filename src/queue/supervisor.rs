@@ -347,11 +347,24 @@ impl<'a> Persist<'a> {
                         num_parameters,
                         train_examples,
                         total_steps,
+                        resumed_from,
                         ..
                     } => {
                         self.logs.push(("worker", format!(
                             "started on {device}: {num_parameters} parameters, {train_examples} training examples, {total_steps} steps"
                         )));
+                        // points an earlier attempt reported past where this one starts
+                        let after = resumed_from.unwrap_or(0) as i64;
+                        let store = &self.s.inner.store;
+                        let run_id = self.run_id;
+                        let cleared =
+                            with_retries(run_id, "clearing an earlier attempt's points", || {
+                                store.delete_metrics_after(run_id, after)
+                            })
+                            .await;
+                        if let Err(e) = cleared {
+                            self.lose("metric points", e);
+                        }
                     }
                     Event::Progress {
                         step, total_steps, ..

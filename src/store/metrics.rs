@@ -24,6 +24,18 @@ pub struct Point {
 }
 
 impl Store {
+    /// Deletes a run's metric points after `step`: those of an earlier attempt that a resumed
+    /// (or restarted, `step` 0) worker will report again.
+    pub async fn delete_metrics_after(&self, run_id: i64, step: i64) -> Result<()> {
+        sqlx::query("DELETE FROM metrics WHERE run_id = ? AND step > ?")
+            .bind(run_id)
+            .bind(step)
+            .execute(self.pool())
+            .await
+            .context("deleting metric points of an earlier attempt")?;
+        Ok(())
+    }
+
     /// Stores points in one transaction; a point repeated at the same step replaces the old one.
     pub async fn insert_metric_points(&self, run_id: i64, points: &[NewPoint]) -> Result<()> {
         if points.is_empty() {

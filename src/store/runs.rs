@@ -446,12 +446,12 @@ impl Store {
         if let Some(r) = &row
             && r.attempts > 1
         {
-            for table in ["metrics", "predictions"] {
-                sqlx::query(&format!("DELETE FROM {table} WHERE run_id = ?"))
-                    .bind(r.id)
-                    .execute(&mut *tx)
-                    .await?;
-            }
+            // the metric points up to a resumed worker's checkpoint stay: its `started` event
+            // says which (`delete_metrics_after`)
+            sqlx::query("DELETE FROM predictions WHERE run_id = ?")
+                .bind(r.id)
+                .execute(&mut *tx)
+                .await?;
         }
         tx.commit().await?;
         row.map(Run::try_from).transpose()

@@ -303,6 +303,7 @@ pub fn run(spec: &JobSpec, sink: &mut dyn EventSink) -> Result<Summary> {
         dev_examples: ds.dev.len(),
         test_examples: ds.test.len(),
         total_steps,
+        resumed_from: resume.as_ref().map(|r| r.progress.step),
     });
 
     let mut st = state::Progress::default();

@@ -79,9 +79,22 @@ impl TestApp {
 
     /// An app over an existing folder (as a restarted server sees it).
     pub async fn open(dir: TempDir) -> TestApp {
+        Self::open_with_slots(dir, 1).await
+    }
+
+    /// Like [`TestApp::new`], with `n` CPU slots.
+    pub async fn with_cpu_slots(n: usize) -> TestApp {
+        let app = Self::new().await;
+        let dir = app.dir;
+        drop(app.state);
+        Self::open_with_slots(dir, n).await
+    }
+
+    /// An app over an existing folder with `n` CPU slots.
+    pub async fn open_with_slots(dir: TempDir, n: usize) -> TestApp {
         let mut settings = Settings::new(dir.path().join("data"), dir.path().join("models"));
         settings.worker_exe = Some(PathBuf::from(env!("CARGO_BIN_EXE_modalbench")));
-        let state = modalbench::app::build(settings, slots::plan(0, 1, 2))
+        let state = modalbench::app::build(settings, slots::plan(0, n, 2))
             .await
             .unwrap();
         TestApp {

@@ -347,3 +347,127 @@ async fn a_store_that_refuses_writes_fails_the_run_with_the_reason_and_the_serve
     let run = app.run_to_end(next, 120).await;
     assert_eq!(run.status, RunStatus::Succeeded, "{:?}", run.error);
 }
+
+#[tokio::test]
+async fn an_interrupted_run_resumes_from_its_last_checkpoint_keeping_the_earlier_points() {
+    let app = TestApp::new().await;
+    let id = app
+        .submit(
+            json!({"model": "bert-tiny", "dataset": "demo-news", "epochs": 2,
+                       "batch_size": 8, "eval_every": 4, "learning_rate": 1e-3}),
+        )
+        .await;
+    // the first server's worker writes a checkpoint, then the server dies with it
+    let run = app
+        .state
+        .store
+        .claim_next_run("cpu:0")
+        .await
+        .unwrap()
+        .unwrap();
+    let spec = modalbench::protocol::JobSpec::new(
+        id,
+        &run.resolved().unwrap(),
+        modalbench::protocol::Device::Cpu,
+        1,
+        app.state.settings.run_dir(id).join("checkpoint"),
+        None,
+    );
+    let state_file = spec.output_dir.join("last/trainer_state.json");
+    let mut worker = std::process::Command::new(env!("CARGO_BIN_EXE_modalbench"))
+        .arg("worker")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = worker.stdin.take().unwrap();
+    use std::io::Write;
+    writeln!(stdin, "{}", serde_json::to_string(&spec).unwrap()).unwrap();
+    let started = std::time::Instant::now();
+    while !state_file.is_file() {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "no checkpoint"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    worker.kill().unwrap();
+    worker.wait().unwrap();
+    let saved: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&state_file).unwrap()).unwrap();
+    let resumed_at = saved["progress"]["step"].as_i64().unwrap();
+    // a point the first attempt reported before its checkpoint, and one after it
+    app.state
+        .store
+        .insert_metric_points(
+            id,
+            &[
+                modalbench::store::metrics::NewPoint {
+                    key: modalbench::eval::MetricKey::TRAIN_LOSS,
+                    step: resumed_at,
+                    epoch: 0.1,
+                    value: 123.0,
+                },
+                modalbench::store::metrics::NewPoint {
+                    key: modalbench::eval::MetricKey::TRAIN_LOSS,
+                    step: resumed_at + 1,
+                    epoch: 0.1,
+                    value: 456.0,
+                },
+            ],
+        )
+        .await
+        .unwrap();
+    let dir = app.dir;
+    drop(app.state);
+
+    let app = TestApp::open(dir).await;
+    let run = app.run_to_end(id, 180).await;
+    assert_eq!(run.status, RunStatus::Succeeded, "{:?}", run.error);
+    assert_eq!(run.summary.unwrap().steps, 2 * 384 / 8);
+    let (_, logs) = app.get(&format!("/api/v1/runs/{id}/logs")).await;
+    assert!(
+        logs.to_string().contains(&format!(
+            "resumed from the last checkpoint at step {resumed_at}"
+        )),
+        "{logs}"
+    );
+    let (_, m) = app
+        .get(&format!("/api/v1/runs/{id}/metrics?key=train/loss"))
+        .await;
+    let points = m["series"]["train/loss"].as_array().unwrap();
+    let values: Vec<f64> = points
+        .iter()
+        .map(|p| p["value"].as_f64().unwrap())
+        .collect();
+    assert!(
+        values.contains(&123.0),
+        "the point before the checkpoint is kept"
+    );
+    assert!(
+        !values.contains(&456.0),
+        "the point after it is reported again, not kept twice"
+    );
+    let steps: Vec<i64> = points.iter().map(|p| p["step"].as_i64().unwrap()).collect();
+    assert!(steps.windows(2).all(|w| w[0] < w[1]), "{steps:?}");
+}
+
+#[tokio::test]
+async fn a_data_parallel_run_holds_as_many_slots_as_it_has_replicas() {
+    let app = TestApp::with_cpu_slots(2).await;
+    let wide = app
+        .submit(json!({"model": "bert-tiny", "dataset": "demo-news", "gpus": 2, "max_steps": 4}))
+        .await;
+    let narrow = app
+        .submit(json!({"model": "bert-tiny", "dataset": "demo-news", "max_steps": 2}))
+        .await;
+    // the two-slot run takes both slots: the next waits for one to free
+    assert_eq!(app.state.scheduler.tick().await.unwrap(), [wide]);
+    let run = app.run_to_end(wide, 180).await;
+    assert_eq!(run.status, RunStatus::Succeeded, "{:?}", run.error);
+    assert_eq!(run.device.as_deref(), Some("cpu:0+cpu:1"));
+    assert_eq!(run.summary.unwrap().cost.devices, 2);
+    let run = app.run_to_end(narrow, 180).await;
+    assert_eq!(run.status, RunStatus::Succeeded, "{:?}", run.error);
+    assert_eq!(run.device.as_deref(), Some("cpu:0"));
+}

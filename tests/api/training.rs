@@ -427,3 +427,69 @@ fn a_worker_killed_mid_epoch_resumes_to_the_weights_of_an_uninterrupted_run() {
         assert!(t.equal(&b[k]), "`{k}` differs after resuming");
     }
 }
+
+#[test]
+fn early_stopping_ends_after_patience_evaluations_without_improvement() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    write_dataset(&data, 12);
+    // a learning rate too small to change a prediction: the dev accuracy never improves on
+    // the first evaluation's
+    let cfg = TrainConfig {
+        epochs: 10,
+        batch_size: 4,
+        learning_rate: 1e-12,
+        max_length: 32,
+        eval_every: Some(1),
+        early_stopping_patience: Some(2),
+        ..Default::default()
+    };
+    let (s, events) = run(&job(
+        &checkpoints().join("bert"),
+        &data,
+        cfg,
+        &dir.path().join("out"),
+    ));
+    assert!(s.cost.stopped_early);
+    assert_eq!((s.steps, s.cost.best_step), (3, Some(1)));
+    assert!(events.iter().any(|e| matches!(e, Event::Log { message }
+        if message.starts_with("early stop at step 3: 2 evaluations without a better dev accuracy"))));
+}
+
+#[test]
+fn runs_with_gradient_checkpointing_train_as_the_plain_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    write_dataset(&data, 12);
+    let cfg = TrainConfig {
+        epochs: 2,
+        batch_size: 4,
+        learning_rate: 1e-3,
+        max_length: 32,
+        ..Default::default()
+    };
+    for kind in ["bert", "vilt"] {
+        let model = checkpoints().join(kind);
+        let plain = dir.path().join(format!("{kind}-plain"));
+        run(&job(&model, &data, cfg.clone(), &plain));
+        let recomputed = dir.path().join(format!("{kind}-recomputed"));
+        let checkpointed = TrainConfig {
+            gradient_checkpointing: true,
+            ..cfg.clone()
+        };
+        run(&job(&model, &data, checkpointed, &recomputed));
+        let initial = read(&model.join("model.safetensors"));
+        let (a, b) = (weights(&plain), weights(&recomputed));
+        for (k, t) in &a {
+            if k.contains("key.bias") || !initial.contains_key(k) {
+                continue;
+            }
+            let moved = f64::try_from((t - &initial[k]).abs().max()).unwrap();
+            let gap = f64::try_from((t - &b[k]).abs().max()).unwrap();
+            assert!(
+                gap <= 1e-3 * moved + 1e-7,
+                "{kind} `{k}` differs by {gap:e} (moved {moved:e})"
+            );
+        }
+    }
+}

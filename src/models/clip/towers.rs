@@ -4,7 +4,9 @@
 
 use super::config::{Config, Tower};
 use super::normal;
+use crate::models::checkpointing;
 use crate::models::layers::{self, Activation, DECAY, Embedding, LayerNorm, Linear};
+use std::rc::Rc;
 use tch::nn::{self, Module};
 use tch::{Kind, Tensor};
 
@@ -109,7 +111,7 @@ impl CLIPEncoderLayer {
 /// `CLIPEncoder`: the stack `layers.N`.
 #[derive(Debug)]
 pub struct CLIPEncoder {
-    layers: Vec<CLIPEncoderLayer>,
+    layers: Vec<Rc<CLIPEncoderLayer>>,
 }
 
 impl CLIPEncoder {
@@ -117,15 +119,16 @@ impl CLIPEncoder {
         let layers = &p / "layers";
         CLIPEncoder {
             layers: (0..t.layers)
-                .map(|i| CLIPEncoderLayer::new(&layers / i, t))
+                .map(|i| Rc::new(CLIPEncoderLayer::new(&layers / i, t)))
                 .collect(),
         }
     }
 
     pub fn forward_t(&self, xs: Tensor, mask: Option<&Tensor>, train: bool) -> Tensor {
-        self.layers
-            .iter()
-            .fold(xs, |xs, layer| layer.forward_t(&xs, mask, train))
+        let mask = mask.map(Tensor::shallow_clone);
+        let forward =
+            move |layer: &CLIPEncoderLayer, xs: &Tensor| layer.forward_t(xs, mask.as_ref(), train);
+        checkpointing::stack(&self.layers, xs, train, Rc::new(forward))
     }
 }
 

@@ -4,7 +4,9 @@
 //! `models/flava/modeling_flava.py`.
 
 use super::EncoderDims;
+use crate::models::checkpointing;
 use crate::models::layers::{self, Activation, LayerNorm, Linear, SelfAttention};
+use std::rc::Rc;
 use tch::nn::{self, Module};
 use tch::{Kind, Tensor};
 
@@ -66,7 +68,7 @@ impl FlavaLayer {
 /// `FlavaEncoder`: the stack `layer.N`.
 #[derive(Debug)]
 pub struct FlavaEncoder {
-    layers: Vec<FlavaLayer>,
+    layers: Vec<Rc<FlavaLayer>>,
 }
 
 impl FlavaEncoder {
@@ -74,7 +76,7 @@ impl FlavaEncoder {
         let layer = &p / "layer";
         FlavaEncoder {
             layers: (0..d.num_hidden_layers)
-                .map(|i| FlavaLayer::new(&layer / i, d))
+                .map(|i| Rc::new(FlavaLayer::new(&layer / i, d)))
                 .collect(),
         }
     }
@@ -86,9 +88,9 @@ impl FlavaEncoder {
             let (b, s) = m.size2().expect("attention_mask is [batch, seq]");
             m.to_kind(Kind::Bool).view([b, 1, 1, s])
         });
-        self.layers
-            .iter()
-            .fold(xs, |xs, layer| layer.forward_t(&xs, mask.as_ref(), train))
+        let forward =
+            move |layer: &FlavaLayer, xs: &Tensor| layer.forward_t(xs, mask.as_ref(), train);
+        checkpointing::stack(&self.layers, xs, train, Rc::new(forward))
     }
 }
 
