@@ -6,6 +6,7 @@ use modalbench::config::{ServeArgs, Settings};
 use modalbench::models::registry::Registry;
 use modalbench::protocol::{Device, JobSpec};
 use modalbench::runs::{self, DatasetLookup, DatasetRef, RunRequest, TrainOptions};
+use modalbench::store::Store;
 use modalbench::{app, data, http, models, queue, train, worker};
 use std::path::PathBuf;
 use tracing_subscriber::EnvFilter;
@@ -129,14 +130,19 @@ struct TrainArgs {
     /// Model name (a folder under the models dir).
     #[arg(long)]
     model: String,
-    /// Dataset folder, in any layout the service registers (see the README).
+    /// A dataset the service knows by name (`demo-memes`), or a dataset folder in any layout
+    /// it registers (see the README).
     #[arg(long)]
-    dataset: PathBuf,
+    dataset: String,
     #[command(flatten)]
     options: TrainOptions,
-    /// Where to write the fine-tuned checkpoint.
-    #[arg(long, default_value = "./checkpoint")]
-    output: PathBuf,
+    /// Where to write the checkpoints (`best/`, `last/`); default: the run's folder under the
+    /// data dir, as for the service's runs.
+    #[arg(long)]
+    output: Option<PathBuf>,
+    /// Train without recording the run in the service's database.
+    #[arg(long)]
+    no_record: bool,
     /// `cpu`, `cuda` or `cuda:N`.
     #[arg(long, default_value = "cpu")]
     device: Device,
@@ -277,41 +283,92 @@ fn serve(args: ServeArgs) -> Result<()> {
 /// `modalbench train`: the run is resolved as the service resolves a submission (the same
 /// options, checks and defaults), then trained in this process.
 fn train_here(a: TrainArgs) -> Result<()> {
-    let source = data::detect(&a.dataset)?.with_context(|| {
-        format!(
-            "{}: no known dataset layout (formats: {}; or name one in modalbench.toml)",
-            a.dataset.display(),
-            data::formats::names().join(", ")
-        )
-    })?;
-    let name = a
-        .dataset
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let rt = tokio::runtime::Runtime::new()?;
+    let store = rt.block_on(Store::open(&a.settings.database_path()))?;
+    // a folder, else a name the service registered, else a folder under its datasets dir
+    let path = PathBuf::from(&a.dataset);
+    let dataset = if path.is_dir() {
+        let source = data::detect(&path)?.with_context(|| {
+            format!(
+                "{}: no known dataset layout (formats: {}; or name one in modalbench.toml)",
+                path.display(),
+                data::formats::names().join(", ")
+            )
+        })?;
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        DatasetLookup::Found(Box::new(DatasetRef { name, source }))
+    } else if let Some(d) = rt.block_on(store.get_dataset(&a.dataset))? {
+        DatasetLookup::Found(Box::new(DatasetRef {
+            name: d.name,
+            source: d.info.source,
+        }))
+    } else {
+        let root = a.settings.datasets_dir().join(&a.dataset);
+        match data::detect(&root).ok().flatten() {
+            Some(source) if !a.dataset.contains(['/', '\\']) => {
+                DatasetLookup::Found(Box::new(DatasetRef {
+                    name: a.dataset.clone(),
+                    source,
+                }))
+            }
+            _ => DatasetLookup::Unknown {
+                known: rt.block_on(store.dataset_names())?,
+            },
+        }
+    };
     let req = RunRequest {
         train: a.options,
-        ..RunRequest::new(a.model, name.clone())
+        ..RunRequest::new(a.model, a.dataset.clone())
     };
     let registry = Registry::new(a.settings.models_dir.clone());
-    let resolved = runs::resolve(
-        req,
-        &registry,
-        DatasetLookup::Found(Box::new(DatasetRef { name, source })),
-    )?;
+    let resolved = runs::resolve(req, &registry, dataset)?;
+    if let Some(why) = train::precision::unsupported(resolved.config.mixed_precision, a.device) {
+        anyhow::bail!("mixed_precision: {why}");
+    }
     let threads = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
+    let run = if a.no_record {
+        None
+    } else {
+        let device = worker::record::cli_device(std::process::id());
+        Some(rt.block_on(store.insert_foreground_run(&resolved, &device))?)
+    };
+    let output = match (a.output, &run) {
+        (Some(o), _) => o,
+        (None, Some(r)) => a.settings.run_dir(r.id).join("checkpoint"),
+        (None, None) => PathBuf::from("./checkpoint"),
+    };
     let spec = JobSpec::new(
-        0,
+        run.as_ref().map_or(0, |r| r.id),
         &resolved,
         a.device,
         threads,
-        a.output,
+        output,
         Some(a.settings.data_dir.join("cache")),
     );
-    let mut sink = worker::progress::ProgressSink::default();
-    let s = train::run(&spec, &mut sink)?;
+    let progress = Box::new(worker::progress::ProgressSink::default());
+    let result = match &run {
+        Some(r) => {
+            eprintln!(
+                "run {} recorded in {}",
+                r.id,
+                a.settings.database_path().display()
+            );
+            let mut recorder = worker::record::Recorder::new(store.clone(), &rt, r.id, progress);
+            let result = train::run(&spec, &mut recorder);
+            recorder.finish(&result);
+            result
+        }
+        None => {
+            let mut progress = progress;
+            train::run(&spec, progress.as_mut())
+        }
+    };
+    let s = result?;
     println!(
         "{} accuracy {:.4}  F1 {:.4}  AUROC {}  loss {:.4}  |  {:.1}s training, {:.1} samples/s",
         s.split,
@@ -324,5 +381,6 @@ fn train_here(a: TrainArgs) -> Result<()> {
         s.train_seconds,
         s.samples_per_second
     );
+    println!("checkpoints in {}", spec.output_dir.display());
     Ok(())
 }

@@ -301,6 +301,33 @@ impl Store {
         row.try_into()
     }
 
+    /// Stores a run that starts at once outside the queue (`modalbench train` in the
+    /// foreground) as running on `device`.
+    pub async fn insert_foreground_run(&self, run: &ResolvedRun, device: &str) -> Result<Run> {
+        let resolution = Resolution {
+            model_dir: run.model.dir.clone(),
+            dataset: run.dataset.source.clone(),
+        };
+        let time = now();
+        let row: RunRow = sqlx::query_as(&format!(
+            "INSERT INTO runs (status, model, dataset, config, priority, resolved, created_at, \
+                 started_at, device, attempts, progress) \
+             VALUES ('running', ?, ?, ?, ?, ?, ?, ?, ?, 1, 0) RETURNING {RUN_COLUMNS}"
+        ))
+        .bind(&run.model.name)
+        .bind(&run.dataset.name)
+        .bind(serde_json::to_string(&run.config)?)
+        .bind(run.queue.priority)
+        .bind(serde_json::to_string(&resolution)?)
+        .bind(&time)
+        .bind(&time)
+        .bind(device)
+        .fetch_one(self.pool())
+        .await
+        .context("inserting a foreground run")?;
+        row.try_into()
+    }
+
     /// Inserts finished runs in bulk, `(model, dataset, status, summary)` each, in
     /// transactions of a thousand, with default options and no resolution: a database of many
     /// runs for benchmarks and tests of what reads them. Returns the ids in order.
@@ -525,8 +552,32 @@ impl Store {
     /// Marks runs that an earlier server left `running` as `interrupted`, so the scheduler
     /// starts them again. Returns their ids.
     pub async fn interrupt_running_runs(&self) -> Result<Vec<i64>> {
+        // a run `modalbench train` trains in the foreground (device `cli:<pid>`) is its
+        // process's: left alone while it lives, failed once it is gone
+        let foreground: Vec<(i64, String)> = sqlx::query_as(
+            "SELECT id, device FROM runs WHERE status = 'running' AND device LIKE 'cli:%'",
+        )
+        .fetch_all(self.pool())
+        .await
+        .context("finding foreground runs")?;
+        for (id, device) in foreground {
+            let alive = device
+                .strip_prefix("cli:")
+                .and_then(|p| p.parse::<u32>().ok())
+                .is_some_and(|pid| std::path::Path::new(&format!("/proc/{pid}")).exists());
+            if !alive {
+                self.finish_run(
+                    id,
+                    RunStatus::Failed,
+                    Some("the `modalbench train` process that ran it ended without recording its end"),
+                    None,
+                )
+                .await?;
+            }
+        }
         let ids: Vec<(i64,)> = sqlx::query_as(
-            "UPDATE runs SET status = 'interrupted' WHERE status = 'running' RETURNING id",
+            "UPDATE runs SET status = 'interrupted' \
+             WHERE status = 'running' AND (device IS NULL OR device NOT LIKE 'cli:%') RETURNING id",
         )
         .fetch_all(self.pool())
         .await

@@ -3,6 +3,7 @@
 //! closes, which happens when the server that started it dies.
 
 pub mod progress;
+pub mod record;
 
 use crate::protocol::{Event, JobSpec};
 use crate::train::{self, EventSink};

@@ -275,4 +275,78 @@ async fn modalbench_train_reads_the_same_options_and_refuses_the_same_values() {
     let saved = modalbench::models::load(&ckpt.join("best"), None, tch::Device::Cpu).unwrap();
     assert_eq!(saved.head, modalbench::models::Head::Classifier(4));
     assert!(ckpt.join("last/optimizer.safetensors").is_file());
+
+    // the seed's command line: a dataset by name, flags in snake_case, recorded in the store
+    // the service reads, so the run shows in its run list and leaderboard
+    let out = train_cli(
+        &app,
+        &[
+            "--model",
+            "bert-tiny",
+            "--dataset",
+            "demo-news",
+            "--epochs",
+            "1",
+            "--batch_size",
+            "32",
+            "--learning_rate",
+            "1e-3",
+            "--gradient_checkpointing",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    let id: i64 = err
+        .split("run ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no run id in {err}"));
+    let run = app.state.store.get_run(id).await.unwrap().unwrap();
+    assert_eq!(run.status, RunStatus::Succeeded, "{:?}", run.error);
+    assert!(run.device.unwrap().starts_with("cli:"));
+    assert!(run.config.gradient_checkpointing && run.config.epochs == 1);
+    let s = run.summary.unwrap();
+    assert!(
+        (printed_accuracy(&out.stdout) - s.accuracy).abs() < 5e-5,
+        "the printed summary is the stored one"
+    );
+    let (_, m) = app
+        .get(&format!("/api/v1/runs/{id}/metrics?key=eval/accuracy"))
+        .await;
+    assert_eq!(m["series"]["eval/accuracy"].as_array().unwrap().len(), 1);
+    let (_, p) = app.get(&format!("/api/v1/runs/{id}/predictions")).await;
+    assert_eq!(p["predictions"].as_array().unwrap().len(), 160);
+    let (_, board) = app.get("/api/v1/leaderboard?dataset=demo-news").await;
+    assert_eq!(board["boards"][0]["rows"][0]["run_id"], id, "{board}");
+    assert!(
+        app.state
+            .settings
+            .run_dir(id)
+            .join("checkpoint/best/model.safetensors")
+            .is_file(),
+        "the run's checkpoints are where the service keeps them"
+    );
+    // a dataset name nobody registered is refused with the known ones
+    let out = train_cli(&app, &["--model", "bert-tiny", "--dataset", "demo-nope"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("unknown dataset `demo-nope` (known: ") && err.contains("demo-news"),
+        "{err}"
+    );
+}
+
+/// The accuracy `modalbench train` printed last (`test accuracy 0.8125 ...`).
+fn printed_accuracy(stdout: &[u8]) -> f64 {
+    let text = String::from_utf8_lossy(stdout);
+    text.split("accuracy ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(f64::NAN)
 }

@@ -493,3 +493,63 @@ fn runs_with_gradient_checkpointing_train_as_the_plain_runs() {
         }
     }
 }
+
+#[test]
+fn bf16_autocast_on_the_cpu_computes_what_pytorchs_does() {
+    let model_dir = checkpoints().join("bert");
+    let ids = [
+        [101i64, 2000, 2001, 2002, 2003, 102],
+        [101, 2004, 2005, 102, 0, 0],
+    ];
+    let loaded = modalbench::models::load(&model_dir, None, tch::Device::Cpu).unwrap();
+    let input_ids = Tensor::from_slice2(&ids);
+    let batch = modalbench::models::Batch {
+        attention_mask: input_ids.ne(0).to_kind(tch::Kind::Int64),
+        token_type_ids: input_ids.zeros_like(),
+        input_ids,
+        pixel_values: None,
+        pixel_mask: None,
+    };
+    let ours = tch::no_grad(|| {
+        let _autocast = modalbench::train::precision::Autocast::enter(
+            tch::Device::Cpu,
+            modalbench::runs::MixedPrecision::Bf16,
+        )
+        .unwrap();
+        modalbench::models::logits(loaded.model.forward(&batch, false)).to_kind(tch::Kind::Float)
+    });
+    let script = r#"
+import json, sys, torch, transformers
+from safetensors.torch import save_file
+model = transformers.AutoModelForSequenceClassification.from_pretrained(sys.argv[1]).eval()
+ids = torch.tensor(json.loads(sys.argv[2]))
+with torch.no_grad():
+    fp32 = model(input_ids=ids, attention_mask=(ids != 0).long()).logits
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        bf16 = model(input_ids=ids, attention_mask=(ids != 0).long()).logits.float()
+save_file({"fp32": fp32.contiguous(), "bf16": bf16.contiguous()}, sys.argv[3])
+"#;
+    let dir = tempfile::tempdir().unwrap();
+    let out_file = dir.path().join("logits.safetensors");
+    let out = Command::new(python())
+        .args(["-c", script])
+        .arg(&model_dir)
+        .arg(serde_json::to_string(&ids).unwrap())
+        .arg(&out_file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let reference = read(&out_file);
+    let precision_gap =
+        f64::try_from((&reference["bf16"] - &reference["fp32"]).abs().max()).unwrap();
+    let ours_gap = f64::try_from((&ours - &reference["bf16"]).abs().max()).unwrap();
+    assert!(precision_gap > 0.0, "bfloat16 changed nothing in PyTorch");
+    assert!(
+        ours_gap <= 0.1 * precision_gap,
+        "ours differ from PyTorch's bf16 logits by {ours_gap:e}; bf16 and fp32 differ by {precision_gap:e}"
+    );
+}
