@@ -17,6 +17,10 @@ use tch::{Kind, Tensor};
 /// (training mode). Owns what it needs (the layer behind an `Arc`, the mask).
 pub type LayerFn = Box<dyn Fn(&Tensor) -> Tensor>;
 
+/// How a stack runs one of its layers: `forward(layer, hidden)`, training mode, with whatever
+/// else it needs (the mask) captured.
+pub type LayerForward<L> = Rc<dyn Fn(&L, &Tensor) -> Tensor>;
+
 /// Makes a guard that re-establishes the forward pass's context (autocast) while a layer is
 /// recomputed; dropped after it.
 pub type ContextFn = Box<dyn Fn() -> Box<dyn Any>>;
@@ -125,7 +129,7 @@ pub fn stack<L: 'static>(
     layers: &[Rc<L>],
     xs: Tensor,
     train: bool,
-    forward: Rc<dyn Fn(&L, &Tensor) -> Tensor>,
+    forward: LayerForward<L>,
 ) -> Tensor {
     if train && active() {
         let runs = layers
