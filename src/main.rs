@@ -342,7 +342,7 @@ fn train_here(a: TrainArgs) -> Result<()> {
         (None, Some(r)) => a.settings.run_dir(r.id).join("checkpoint"),
         (None, None) => PathBuf::from("./checkpoint"),
     };
-    let spec = JobSpec::new(
+    let mut spec = JobSpec::new(
         run.as_ref().map_or(0, |r| r.id),
         &resolved,
         a.device,
@@ -350,6 +350,13 @@ fn train_here(a: TrainArgs) -> Result<()> {
         output,
         Some(a.settings.data_dir.join("cache")),
     );
+    // `--gpus N`: the devices after `--device`, or N replicas on the CPU
+    spec.replicas = (1..resolved.config.gpus as usize)
+        .map(|i| match a.device {
+            Device::Cuda(d) => Device::Cuda(d + i),
+            Device::Cpu => Device::Cpu,
+        })
+        .collect();
     let progress = Box::new(worker::progress::ProgressSink::default());
     let result = match &run {
         Some(r) => {

@@ -290,6 +290,9 @@ pub fn run(spec: &JobSpec, sink: &mut dyn EventSink) -> Result<Summary> {
         Modality::TextImage => cost::image_tokens(&model.checkpoint.config),
     };
 
+    if ds.train.is_empty() {
+        bail!("the train split of dataset `{}` is empty", ds.name);
+    }
     let plan = Plan::new(cfg, ds.train.len());
     let total_steps = plan.total_steps;
     let warmup = (cfg.warmup_ratio * total_steps as f64).ceil() as u64;
@@ -336,6 +339,9 @@ pub fn run(spec: &JobSpec, sink: &mut dyn EventSink) -> Result<Summary> {
         let windows: Vec<&[&[usize]]> = micro.chunks(accum).collect();
         let windows = &windows[st.windows_done.min(windows.len())..];
         let take = windows.len().min((total_steps - st.step) as usize);
+        if take == 0 {
+            break;
+        }
         // every piece a replica will take, in order, for the image prefetcher
         let pieces: Vec<&[usize]> = windows[..take]
             .iter()
@@ -416,7 +422,8 @@ pub fn run(spec: &JobSpec, sink: &mut dyn EventSink) -> Result<Summary> {
                 });
             }
             let applied = apply_gradients(&mut opt, scaler.as_mut(), cfg.max_grad_norm, lr)?;
-            for (r, ro) in replicas.iter().zip(&replica_opts) {
+            // the replicas take the new weights
+            for ro in &replica_opts {
                 tch::no_grad(|| {
                     for (p, q) in opt.params().iter().zip(ro.params()) {
                         let mut dst = q.tensor.shallow_clone();
@@ -424,7 +431,6 @@ pub fn run(spec: &JobSpec, sink: &mut dyn EventSink) -> Result<Summary> {
                         dst.zero_grad();
                     }
                 });
-                let _ = r;
             }
             window_loss += step_loss;
             window_steps += 1;

@@ -105,6 +105,8 @@ struct RunPage {
     eval_headers: Vec<&'static str>,
     eval_rows: Vec<EvalRow>,
     logs: Vec<String>,
+    /// The checkpoints the run has written: `best`, `last`.
+    checkpoints: Vec<&'static str>,
 }
 
 /// A chart of metric series, drawn in the browser from `/api/v1/runs/{id}/metrics`.
@@ -249,6 +251,16 @@ async fn detail(State(state): State<AppState>, Path(id): Path<String>) -> PageRe
             ("device-hours", num(Some(s.cost.device_hours), 4)),
         ],
     };
+    let dir = state.settings.run_dir(run.id).join("checkpoint");
+    let mut checkpoints = Vec::new();
+    for which in [crate::train::state::BEST, crate::train::state::LAST] {
+        if tokio::fs::try_exists(dir.join(which).join("model.safetensors"))
+            .await
+            .unwrap_or(false)
+        {
+            checkpoints.push(which);
+        }
+    }
     let logs = state
         .store
         .log_tail(run.id, 60)
@@ -270,6 +282,7 @@ async fn detail(State(state): State<AppState>, Path(id): Path<String>) -> PageRe
         summary,
         eval_rows,
         logs,
+        checkpoints,
         run: RunRow::from(&run),
     })
 }
