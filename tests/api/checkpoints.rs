@@ -2,27 +2,16 @@
 //! and the leaderboard; the best and last checkpoints as archives transformers loads; a
 //! checkpoint registered as a model and fine-tuned again; requests the devices cannot honour.
 
+use crate::dataset_pages::get_bytes;
 use crate::helpers::{TestApp, python};
-use axum::body::Body;
-use axum::http::{Request, StatusCode};
-use http_body_util::BodyExt;
+use axum::http::StatusCode;
 use modalbench::store::runs::RunStatus;
 use serde_json::json;
 use std::process::Command;
-use tower::ServiceExt;
 
 async fn bytes(app: &TestApp, uri: &str) -> (StatusCode, Vec<u8>) {
-    let res = app
-        .router
-        .clone()
-        .oneshot(Request::get(uri).body(Body::empty()).unwrap())
-        .await
-        .unwrap();
-    let status = res.status();
-    (
-        status,
-        res.into_body().collect().await.unwrap().to_bytes().to_vec(),
-    )
+    let (status, _, _, body) = get_bytes(app, uri).await;
+    (status, body)
 }
 
 #[tokio::test]

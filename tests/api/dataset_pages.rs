@@ -10,7 +10,7 @@ use modalbench::data::demo::NEWS_TOPICS;
 use tower::ServiceExt;
 
 /// Status, content type, cache header and raw body of a GET.
-async fn get_bytes(app: &TestApp, uri: &str) -> (StatusCode, String, Option<String>, Vec<u8>) {
+pub async fn get_bytes(app: &TestApp, uri: &str) -> (StatusCode, String, Option<String>, Vec<u8>) {
     let res = app
         .router
         .clone()

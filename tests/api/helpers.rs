@@ -235,3 +235,26 @@ pub fn python() -> PathBuf {
     );
     p
 }
+
+/// Runs `spec` in a `modalbench worker` process and kills the process as soon as the job's
+/// last checkpoint is written; returns the checkpoint's `trainer_state.json`.
+pub fn kill_worker_after_first_checkpoint(spec: &modalbench::protocol::JobSpec) -> Value {
+    use std::io::Write;
+    let state = spec.output_dir.join("last/trainer_state.json");
+    let mut worker = std::process::Command::new(env!("CARGO_BIN_EXE_modalbench"))
+        .arg("worker")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = worker.stdin.take().unwrap();
+    writeln!(stdin, "{}", serde_json::to_string(spec).unwrap()).unwrap();
+    let started = std::time::Instant::now();
+    while !state.is_file() {
+        assert!(started.elapsed().as_secs() < 120, "no checkpoint written");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    worker.kill().unwrap();
+    worker.wait().unwrap();
+    serde_json::from_str(&std::fs::read_to_string(&state).unwrap()).unwrap()
+}

@@ -1,6 +1,6 @@
 //! The scheduler and its worker processes: order, crashes, cancellation, restarts.
 
-use crate::helpers::{TestApp, status_of};
+use crate::helpers::{TestApp, kill_worker_after_first_checkpoint, status_of};
 use axum::http::{Method, StatusCode};
 use modalbench::store::runs::RunStatus;
 use serde_json::json;
@@ -373,28 +373,7 @@ async fn an_interrupted_run_resumes_from_its_last_checkpoint_keeping_the_earlier
         app.state.settings.run_dir(id).join("checkpoint"),
         None,
     );
-    let state_file = spec.output_dir.join("last/trainer_state.json");
-    let mut worker = std::process::Command::new(env!("CARGO_BIN_EXE_modalbench"))
-        .arg("worker")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut stdin = worker.stdin.take().unwrap();
-    use std::io::Write;
-    writeln!(stdin, "{}", serde_json::to_string(&spec).unwrap()).unwrap();
-    let started = std::time::Instant::now();
-    while !state_file.is_file() {
-        assert!(
-            started.elapsed() < Duration::from_secs(120),
-            "no checkpoint"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    worker.kill().unwrap();
-    worker.wait().unwrap();
-    let saved: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&state_file).unwrap()).unwrap();
+    let saved = kill_worker_after_first_checkpoint(&spec);
     let resumed_at = saved["progress"]["step"].as_i64().unwrap();
     // a point the first attempt reported before its checkpoint, and one after it
     app.state
