@@ -3,11 +3,11 @@
 //! checkpoint registered as a model and fine-tuned again; requests the devices cannot honour.
 
 use crate::dataset_pages::get_bytes;
-use crate::helpers::{TestApp, python};
+use crate::helpers::{TestApp, run_python};
 use axum::http::StatusCode;
 use modalbench::store::runs::RunStatus;
 use serde_json::json;
-use std::process::Command;
+use std::ffi::OsStr;
 
 async fn bytes(app: &TestApp, uri: &str) -> (StatusCode, Vec<u8>) {
     let (status, _, _, body) = get_bytes(app, uri).await;
@@ -91,16 +91,14 @@ for which in ["best", "last"]:
         assert any(n.endswith("trainer_state.json") for n in names), names
 print("ok")
 "#;
-    let out = Command::new(python())
-        .args(["-c", check])
-        .arg(&dir)
-        .arg(id.to_string())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "transformers could not load the checkpoints:\n{}",
-        String::from_utf8_lossy(&out.stderr)
+    run_python(
+        "loading the checkpoints with transformers",
+        [
+            OsStr::new("-c"),
+            OsStr::new(check),
+            dir.as_os_str(),
+            OsStr::new(&id.to_string()),
+        ],
     );
 
     // registered as a model, the checkpoint fine-tunes again, keeping its head

@@ -236,6 +236,25 @@ pub fn python() -> PathBuf {
     p
 }
 
+/// Runs the test Python with `args`; panics with `what` and its stderr if it fails. Returns
+/// its stdout.
+pub fn run_python<I, S>(what: &str, args: I) -> Vec<u8>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    let out = std::process::Command::new(python())
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{what} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
 /// Runs `spec` in a `modalbench worker` process and kills the process as soon as the job's
 /// last checkpoint is written; returns the checkpoint's `trainer_state.json`.
 pub fn kill_worker_after_first_checkpoint(spec: &modalbench::protocol::JobSpec) -> Value {

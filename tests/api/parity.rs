@@ -3,7 +3,7 @@
 //! and the Rust tokenizers transformers' token ids. The reference files are made by
 //! `tests/reference/make_text_fixtures.py` at test time (cached by the script's contents).
 
-use crate::helpers::{TestApp, minilm_dir, python};
+use crate::helpers::{TestApp, minilm_dir, run_python};
 use modalbench::models::tokenizer::TextEncoder;
 use modalbench::models::{Arch, Checkpoint};
 use serde_json::{Value, json};
@@ -47,16 +47,9 @@ pub fn reference_fixtures(script: &str) -> &'static Path {
         let tmp = root.join(format!("{stem}-{hash:016x}.tmp-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&tmp);
         std::fs::create_dir_all(&tmp).unwrap();
-        let out = Command::new(python())
-            .arg(&path)
-            .arg(&tmp)
-            .arg(minilm_dir())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{script} failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
+        run_python(
+            script,
+            [path.as_os_str(), tmp.as_os_str(), minilm_dir().as_os_str()],
         );
         assert!(
             tmp.join("versions.json").is_file(),

@@ -2,13 +2,13 @@
 //! saved by transformers must give `FlavaModel`'s outputs. The reference files are made by
 //! `tests/reference/make_flava_fixtures.py` at test time (cached by the script's contents).
 
-use crate::helpers::python;
+use crate::helpers::run_python;
 use crate::parity::{TOLERANCE, assert_matches, forward, read, reference_fixtures};
 use modalbench::models::{Head, flava, layers};
 use serde_json::Value;
 use std::collections::BTreeMap;
+use std::ffi::OsStr;
 use std::path::Path;
-use std::process::Command;
 use tch::{Device, Tensor};
 
 fn fixtures() -> &'static Path {
@@ -134,17 +134,11 @@ fn the_tiny_preset_config_gives_the_parameters_transformers_gives_it() {
         from transformers import FlavaConfig, FlavaModel\n\
         m = FlavaModel(FlavaConfig.from_pretrained(sys.argv[1]))\n\
         print(json.dumps({k: list(v.shape) for k, v in m.state_dict().items()}))";
-    let out = Command::new(python())
-        .args(["-c", script])
-        .arg(tmp.path())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = run_python(
+        "reading FLAVA's parameter shapes",
+        [OsStr::new("-c"), OsStr::new(script), tmp.path().as_os_str()],
     );
-    let theirs: BTreeMap<String, Vec<i64>> = serde_json::from_slice(&out.stdout).unwrap();
+    let theirs: BTreeMap<String, Vec<i64>> = serde_json::from_slice(&out).unwrap();
     assert_eq!(ours, theirs);
     let image = &config["image_config"];
     assert_eq!(image["image_size"], 64);

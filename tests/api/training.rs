@@ -3,7 +3,7 @@
 //! same batches end with the same weights; and the engine's own guarantees (gradient
 //! checkpointing, data parallelism, determinism, resume) checked against its plain runs.
 
-use crate::helpers::{kill_worker_after_first_checkpoint, python};
+use crate::helpers::{kill_worker_after_first_checkpoint, run_python};
 use crate::parity::{read, reference_fixtures};
 use modalbench::data::{Options, Source};
 use modalbench::models::checkpointing;
@@ -12,8 +12,8 @@ use modalbench::runs::{DatasetRef, LrScheduler, ModelRef, TrainConfig};
 use modalbench::train::{self, EventSink, Plan};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
+use std::ffi::OsStr;
 use std::path::Path;
-use std::process::Command;
 use tch::Tensor;
 
 /// Collects a job's events.
@@ -75,6 +75,18 @@ fn write_dataset(root: &Path, train: usize) -> Vec<Value> {
         std::fs::write(root.join(file), lines).unwrap();
     }
     examples
+}
+
+/// The options most tests train with: two epochs of batches of 4 at a learning rate that
+/// moves a small model visibly.
+fn small() -> TrainConfig {
+    TrainConfig {
+        epochs: 2,
+        batch_size: 4,
+        learning_rate: 1e-3,
+        max_length: 32,
+        ..Default::default()
+    }
 }
 
 fn job(model: &Path, data: &Path, config: TrainConfig, out: &Path) -> JobSpec {
@@ -174,14 +186,10 @@ fn training_ends_with_pytorchs_weights_for_each_schedule_accumulation_and_a_text
     let data = dir.path().join("data");
     let examples = write_dataset(&data, 12);
     let base = TrainConfig {
-        epochs: 2,
-        batch_size: 4,
-        learning_rate: 1e-3,
         warmup_ratio: 0.2,
         weight_decay: 0.01,
-        max_length: 32,
         max_grad_norm: 1.0,
-        ..Default::default()
+        ..small()
     };
     let cases = [
         ("bert linear", "bert", base.clone()),
@@ -231,16 +239,14 @@ fn training_ends_with_pytorchs_weights_for_each_schedule_accumulation_and_a_text
     }
     let jobs_file = dir.path().join("jobs.json");
     std::fs::write(&jobs_file, serde_json::to_string(&jobs).unwrap()).unwrap();
-    let out = Command::new(python())
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/reference/train_reference.py"))
-        .arg("--train")
-        .arg(&jobs_file)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "reference training failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/reference/train_reference.py");
+    run_python(
+        "reference training",
+        [
+            script.as_os_str(),
+            OsStr::new("--train"),
+            jobs_file.as_os_str(),
+        ],
     );
     for (i, (case, kind, _)) in cases.iter().enumerate() {
         let worst = assert_trained_alike(
@@ -333,13 +339,7 @@ fn two_replicas_train_as_one_on_the_whole_batch_and_runs_repeat_bit_for_bit() {
     let data = dir.path().join("data");
     write_dataset(&data, 12);
     let model = checkpoints().join("bert");
-    let cfg = TrainConfig {
-        epochs: 2,
-        batch_size: 4,
-        learning_rate: 1e-3,
-        max_length: 32,
-        ..Default::default()
-    };
+    let cfg = small();
     let one = dir.path().join("one");
     let (s1, _) = run(&job(&model, &data, cfg.clone(), &one));
     let again = dir.path().join("again");
@@ -368,12 +368,9 @@ fn a_worker_killed_mid_epoch_resumes_to_the_weights_of_an_uninterrupted_run() {
     write_dataset(&data, 48);
     let model = checkpoints().join("bert");
     let cfg = TrainConfig {
-        epochs: 2,
         batch_size: 2,
-        learning_rate: 1e-3,
-        max_length: 32,
         eval_every: Some(3),
-        ..Default::default()
+        ..small()
     };
     let whole = dir.path().join("whole");
     run(&job(&model, &data, cfg.clone(), &whole));
@@ -409,12 +406,10 @@ fn early_stopping_ends_after_patience_evaluations_without_improvement() {
     // the first evaluation's
     let cfg = TrainConfig {
         epochs: 10,
-        batch_size: 4,
         learning_rate: 1e-12,
-        max_length: 32,
         eval_every: Some(1),
         early_stopping_patience: Some(2),
-        ..Default::default()
+        ..small()
     };
     let (s, events) = run(&job(
         &checkpoints().join("bert"),
@@ -433,13 +428,7 @@ fn runs_with_gradient_checkpointing_train_as_the_plain_runs() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     write_dataset(&data, 12);
-    let cfg = TrainConfig {
-        epochs: 2,
-        batch_size: 4,
-        learning_rate: 1e-3,
-        max_length: 32,
-        ..Default::default()
-    };
+    let cfg = small();
     for kind in ["bert", "vilt"] {
         let model = checkpoints().join(kind);
         let plain = dir.path().join(format!("{kind}-plain"));
@@ -499,17 +488,16 @@ save_file({"fp32": fp32.contiguous(), "bf16": bf16.contiguous()}, sys.argv[3])
 "#;
     let dir = tempfile::tempdir().unwrap();
     let out_file = dir.path().join("logits.safetensors");
-    let out = Command::new(python())
-        .args(["-c", script])
-        .arg(&model_dir)
-        .arg(serde_json::to_string(&ids).unwrap())
-        .arg(&out_file)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let ids_json = serde_json::to_string(&ids).unwrap();
+    run_python(
+        "PyTorch's bf16 autocast",
+        [
+            OsStr::new("-c"),
+            OsStr::new(script),
+            model_dir.as_os_str(),
+            OsStr::new(&ids_json),
+            out_file.as_os_str(),
+        ],
     );
     let reference = read(&out_file);
     let precision_gap =
