@@ -2,6 +2,7 @@
 
 pub mod keys;
 pub mod metrics;
+pub mod stats;
 pub mod vqa;
 
 pub use keys::{Metric, MetricKey, Scope};

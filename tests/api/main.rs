@@ -16,5 +16,6 @@ mod parity_vilt;
 mod preprocessing;
 mod queue;
 mod runs_api;
+mod stats;
 mod submit;
 mod training;
