@@ -9,9 +9,9 @@ use crate::models::presets;
 use crate::models::registry::Registry;
 use crate::queue::Scheduler;
 use crate::queue::slots::Slot;
-use crate::runs::{RunRequest, SubmitError, TrainOptions};
 use crate::store::Store;
 use crate::store::runs::RunFilter;
+use crate::studies::StudyRequest;
 use anyhow::{Context, Result};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -197,8 +197,9 @@ pub const DEMO_STUDY: [(&str, f64); 7] = [
 
 /// Queues the demo study when the database has no runs yet: every model of [`DEMO_STUDY`] that
 /// is installed, on every demo dataset, 3 epochs each, with as many seeds as there are worker
-/// slots (1 to 3), so that more slots give tighter comparisons in the same time. The runs are
-/// submitted as any other (checked, resolved, announced to live viewers). Returns the run ids.
+/// slots (1 to 3), so that more slots give tighter comparisons in the same time. It is a study
+/// like any other (`POST /api/v1/studies`), its models' learning rates and queue order given
+/// per model. Returns the run ids.
 pub async fn queue_demo_study(state: &AppState) -> Result<Vec<i64>> {
     if !state
         .store
@@ -212,36 +213,59 @@ pub async fn queue_demo_study(state: &AppState) -> Result<Vec<i64>> {
         return Ok(Vec::new());
     }
     let seeds = state.scheduler.slots().len().clamp(1, 3) as u64;
-    let mut ids = Vec::new();
-    for (rank, (model, lr)) in DEMO_STUDY.iter().enumerate() {
-        'model: for (dataset, _) in demo::DEMOS {
-            for seed in 0..seeds {
-                let mut req = RunRequest::new(*model, dataset);
-                req.train = TrainOptions {
-                    epochs: Some(3),
-                    learning_rate: Some(*lr),
-                    max_length: Some(48),
-                    seed: Some(seed),
-                    ..TrainOptions::default()
-                };
-                // earlier rows of the table first
-                req.queue.priority = Some((DEMO_STUDY.len() - rank) as i64);
-                match state.scheduler.submit(req).await {
-                    Ok(run) => ids.push(run.id),
-                    Err(
-                        e @ (SubmitError::UnknownModel { .. } | SubmitError::UnusableModel { .. }),
-                    ) => {
-                        tracing::warn!(
-                            model,
-                            reason = %e,
-                            "left out of the demo study (run the setup step to install it)"
-                        );
-                        break 'model;
-                    }
-                    Err(e) => return Err(anyhow::Error::new(e).context("queueing the demo study")),
+    let registry = state.registry.clone();
+    let installed = tokio::task::spawn_blocking(move || {
+        DEMO_STUDY
+            .iter()
+            .filter(|(model, _)| match registry.find(model) {
+                Some(m) if m.problem.is_none() => true,
+                found => {
+                    let why = found
+                        .and_then(|m| m.problem)
+                        .unwrap_or_else(|| "not installed".into());
+                    tracing::warn!(
+                        model,
+                        reason = %why,
+                        "left out of the demo study (run the setup step to install it)"
+                    );
+                    false
                 }
-            }
-        }
-    }
-    Ok(ids)
+            })
+            .copied()
+            .collect::<Vec<_>>()
+    })
+    .await?;
+    let per_model = installed
+        .iter()
+        .enumerate()
+        .map(|(rank, (model, lr))| {
+            // earlier rows of the table first
+            let options = serde_json::json!({
+                "learning_rate": lr,
+                "priority": (installed.len() - rank) as i64,
+            });
+            (
+                model.to_string(),
+                options.as_object().cloned().unwrap_or_default(),
+            )
+        })
+        .collect();
+    let req = StudyRequest {
+        name: "demo".into(),
+        models: installed.iter().map(|(m, _)| m.to_string()).collect(),
+        datasets: demo::DEMOS.iter().map(|(d, _)| d.to_string()).collect(),
+        seeds: (0..seeds).collect(),
+        grid: Default::default(),
+        base: serde_json::json!({"epochs": 3, "max_length": 48})
+            .as_object()
+            .cloned()
+            .unwrap_or_default(),
+        per_model,
+    };
+    let (_, runs) = state
+        .scheduler
+        .submit_study(req)
+        .await
+        .map_err(|e| anyhow::Error::new(e).context("queueing the demo study"))?;
+    Ok(runs.into_iter().map(|r| r.id).collect())
 }

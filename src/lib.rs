@@ -14,5 +14,6 @@ pub mod protocol;
 pub mod queue;
 pub mod runs;
 pub mod store;
+pub mod studies;
 pub mod train;
 pub mod worker;

@@ -124,7 +124,39 @@ function initRunPage(root) {
   });
 }
 
+function initStudyPage(root) {
+  if (root.dataset.active !== "true") return;
+  const src = new EventSource(`/api/v1/studies/${root.dataset.studyId}/events`);
+  const counts = () => {
+    const n = { waiting: 0, running: 0, succeeded: 0, failed: 0, cancelled: 0 };
+    root.querySelectorAll("a.cell-run .status").forEach((b) => {
+      const s = b.textContent === "queued" || b.textContent === "interrupted" ? "waiting" : b.textContent;
+      if (s in n) n[s] += 1;
+    });
+    for (const [k, v] of Object.entries(n)) {
+      const el = document.getElementById(`count-${k}`);
+      if (el) el.textContent = v;
+    }
+    return n;
+  };
+  src.addEventListener("status", (e) => {
+    const s = JSON.parse(e.data);
+    const badge = root.querySelector(`a.cell-run[data-run-id="${s.run_id}"] .status`);
+    if (!badge) return;
+    badge.textContent = s.status;
+    badge.className = "status " + s.status;
+    const n = counts();
+    if (n.waiting + n.running === 0) {
+      src.close();
+      setTimeout(() => window.location.reload(), 300);
+    }
+  });
+  src.addEventListener("finished", () => setTimeout(() => window.location.reload(), 500));
+}
+
 document.addEventListener("DOMContentLoaded", () => {
   const run = document.getElementById("run");
   if (run) initRunPage(run);
+  const study = document.getElementById("study");
+  if (study) initStudyPage(study);
 });

@@ -13,6 +13,8 @@ use crate::runs::options::OptionError;
 use crate::runs::{self, DatasetLookup, DatasetRef, ResolvedRun, RunRequest, SubmitError};
 use crate::store::Store;
 use crate::store::runs::{Run, RunStatus};
+use crate::store::studies::Study;
+use crate::studies::{StudyError, StudyRequest, SubmitStudyError};
 use crate::train::precision;
 use anyhow::{Context, Result};
 use slots::Slot;
@@ -108,6 +110,12 @@ impl Scheduler {
     /// queued, tells live viewers and wakes the scheduling loop. Every way to ask for a run
     /// comes through here; nothing is stored when the request is refused.
     pub async fn submit(&self, req: RunRequest) -> Result<Run, SubmitError> {
+        let resolved = self.resolve(req).await?;
+        Ok(self.enqueue(&resolved).await?)
+    }
+
+    /// Resolves a request as [`Scheduler::submit`] does, storing nothing.
+    async fn resolve(&self, req: RunRequest) -> Result<ResolvedRun, SubmitError> {
         let store = &self.inner.store;
         let dataset = match store.get_dataset(&req.dataset).await? {
             Some(d) => DatasetLookup::Found(Box::new(DatasetRef {
@@ -125,7 +133,65 @@ impl Scheduler {
         if let Some(e) = self.refusal(&resolved) {
             return Err(e.into());
         }
-        Ok(self.enqueue(&resolved).await?)
+        Ok(resolved)
+    }
+
+    /// Submits a study: expands it into its runs, resolves every one as [`Scheduler::submit`]
+    /// does, and stores the study with all its runs queued, or nothing if any is refused.
+    pub async fn submit_study(
+        &self,
+        req: StudyRequest,
+    ) -> Result<(Study, Vec<Run>), SubmitStudyError> {
+        let cells = req.expand()?;
+        let mut resolved = Vec::with_capacity(cells.len());
+        for (i, cell) in cells.into_iter().enumerate() {
+            let what = format!(
+                "run {} of the study ({} on {}, seed {})",
+                i + 1,
+                cell.request.model,
+                cell.request.dataset,
+                cell.request.train.seed.unwrap_or_default()
+            );
+            match self.resolve(cell.request).await {
+                Ok(r) => resolved.push((r, cell.grid)),
+                Err(SubmitError::Internal(e)) => return Err(e.into()),
+                Err(e) => {
+                    return Err(StudyError {
+                        field: req.field_of(&e),
+                        message: format!("{what}: {e}"),
+                    }
+                    .into());
+                }
+            }
+        }
+        let (study, runs) = self.inner.store.insert_study(&req, &resolved).await?;
+        for run in &runs {
+            self.inner.hub.send(
+                run.id,
+                LiveKind::Status {
+                    status: RunStatus::Queued,
+                    error: None,
+                },
+            );
+        }
+        tracing::info!(study_id = study.id, runs = runs.len(), name = %study.name, "study queued");
+        self.wake();
+        Ok((study, runs))
+    }
+
+    /// Cancels every run of a study that has not ended; returns the study as it is then, or
+    /// `None` if there is no such study.
+    pub async fn cancel_study(&self, id: i64) -> Result<Option<Study>> {
+        if self.inner.store.get_study(id).await?.is_none() {
+            return Ok(None);
+        }
+        self.inner.store.mark_study_cancelled(id).await?;
+        for run in self.inner.store.study_runs(id).await? {
+            if run.status.is_active() {
+                self.cancel(run.id).await?;
+            }
+        }
+        self.inner.store.get_study(id).await
     }
 
     /// Why this service's devices cannot run `run`, if they cannot: more devices than it has

@@ -6,6 +6,7 @@ pub mod logs;
 pub mod metrics;
 pub mod predictions;
 pub mod runs;
+pub mod studies;
 
 use anyhow::{Context, Result};
 use sqlx::SqlitePool;

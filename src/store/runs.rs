@@ -93,6 +93,10 @@ pub struct Run {
     pub started_at: Option<String>,
     pub finished_at: Option<String>,
     pub error: Option<String>,
+    /// The study the run belongs to, if any.
+    pub study_id: Option<i64>,
+    /// The grid's option values of the run's cell in its study.
+    pub grid: Option<serde_json::Map<String, serde_json::Value>>,
     /// The checkpoint folder and dataset source the run was resolved to when submitted (not
     /// shown by the API: they are paths on the server).
     #[serde(skip)]
@@ -129,7 +133,7 @@ impl Run {
 }
 
 #[derive(FromRow)]
-struct RunRow {
+pub(super) struct RunRow {
     id: i64,
     status: String,
     model: String,
@@ -145,6 +149,8 @@ struct RunRow {
     finished_at: Option<String>,
     error: Option<String>,
     resolved: Option<String>,
+    study_id: Option<i64>,
+    grid: Option<String>,
 }
 
 impl TryFrom<RunRow> for Run {
@@ -169,6 +175,14 @@ impl TryFrom<RunRow> for Run {
                 ),
                 None => None,
             },
+            grid: match r.grid {
+                Some(g) => Some(
+                    serde_json::from_str(&g)
+                        .with_context(|| format!("run {}: stored grid values", r.id))?,
+                ),
+                None => None,
+            },
+            study_id: r.study_id,
             model: r.model,
             dataset: r.dataset,
             priority: r.priority,
@@ -183,8 +197,8 @@ impl TryFrom<RunRow> for Run {
     }
 }
 
-const RUN_COLUMNS: &str = "id, status, model, dataset, config, priority, attempts, device, \
-     progress, summary, created_at, started_at, finished_at, error, resolved";
+pub(super) const RUN_COLUMNS: &str = "id, status, model, dataset, config, priority, attempts, device, \
+     progress, summary, created_at, started_at, finished_at, error, resolved, study_id, grid";
 
 /// Filters of the run listing; `None` matches everything.
 #[derive(Debug, Clone, Default)]
@@ -267,6 +281,59 @@ pub struct BoardRow {
     pub runs: i64,
 }
 
+impl StatusCounts {
+    /// The counts of `(status, count)` rows.
+    pub(super) fn from_rows(rows: Vec<(String, i64)>) -> StatusCounts {
+        let mut c = StatusCounts::default();
+        for (status, n) in rows {
+            match status.parse() {
+                Ok(RunStatus::Queued) => c.queued = n,
+                Ok(RunStatus::Running) => c.running = n,
+                Ok(RunStatus::Succeeded) => c.succeeded = n,
+                Ok(RunStatus::Failed) => c.failed = n,
+                Ok(RunStatus::Cancelled) => c.cancelled = n,
+                Ok(RunStatus::Interrupted) => c.interrupted = n,
+                Err(_) => {}
+            }
+        }
+        c
+    }
+
+    /// Runs not yet ended.
+    pub fn active(&self) -> i64 {
+        self.queued + self.running + self.interrupted
+    }
+}
+
+/// Inserts `run` as queued, in the study `study` (its id and the cell's grid values) if given.
+pub(super) async fn insert_queued<'c, E: sqlx::SqliteExecutor<'c>>(
+    executor: E,
+    run: &ResolvedRun,
+    study: Option<(i64, &serde_json::Map<String, serde_json::Value>)>,
+) -> Result<Run> {
+    let resolution = Resolution {
+        model_dir: run.model.dir.clone(),
+        dataset: run.dataset.source.clone(),
+    };
+    let row: RunRow = sqlx::query_as(&format!(
+        "INSERT INTO runs (status, model, dataset, config, priority, resolved, created_at, \
+             study_id, grid) \
+         VALUES ('queued', ?, ?, ?, ?, ?, ?, ?, ?) RETURNING {RUN_COLUMNS}"
+    ))
+    .bind(&run.model.name)
+    .bind(&run.dataset.name)
+    .bind(serde_json::to_string(&run.config)?)
+    .bind(run.queue.priority)
+    .bind(serde_json::to_string(&resolution)?)
+    .bind(now())
+    .bind(study.map(|(id, _)| id))
+    .bind(study.map(|(_, g)| serde_json::to_string(g)).transpose()?)
+    .fetch_one(executor)
+    .await
+    .context("inserting run")?;
+    row.try_into()
+}
+
 /// Run counts per status.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct StatusCounts {
@@ -281,24 +348,7 @@ pub struct StatusCounts {
 impl Store {
     /// Queues a resolved run.
     pub async fn insert_run(&self, run: &ResolvedRun) -> Result<Run> {
-        let resolution = Resolution {
-            model_dir: run.model.dir.clone(),
-            dataset: run.dataset.source.clone(),
-        };
-        let row: RunRow = sqlx::query_as(&format!(
-            "INSERT INTO runs (status, model, dataset, config, priority, resolved, created_at) \
-             VALUES ('queued', ?, ?, ?, ?, ?, ?) RETURNING {RUN_COLUMNS}"
-        ))
-        .bind(&run.model.name)
-        .bind(&run.dataset.name)
-        .bind(serde_json::to_string(&run.config)?)
-        .bind(run.queue.priority)
-        .bind(serde_json::to_string(&resolution)?)
-        .bind(now())
-        .fetch_one(self.pool())
-        .await
-        .context("inserting run")?;
-        row.try_into()
+        insert_queued(self.pool(), run, None).await
     }
 
     /// Stores a run that starts at once outside the queue (`modalbench train` in the
@@ -414,19 +464,7 @@ impl Store {
                 .fetch_all(self.pool())
                 .await
                 .context("counting runs")?;
-        let mut c = StatusCounts::default();
-        for (status, n) in rows {
-            match status.parse() {
-                Ok(RunStatus::Queued) => c.queued = n,
-                Ok(RunStatus::Running) => c.running = n,
-                Ok(RunStatus::Succeeded) => c.succeeded = n,
-                Ok(RunStatus::Failed) => c.failed = n,
-                Ok(RunStatus::Cancelled) => c.cancelled = n,
-                Ok(RunStatus::Interrupted) => c.interrupted = n,
-                Err(_) => {}
-            }
-        }
-        Ok(c)
+        Ok(StatusCounts::from_rows(rows))
     }
 
     /// Claims the next runnable run (highest priority, then oldest) for `device` and marks it

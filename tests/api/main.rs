@@ -17,5 +17,6 @@ mod preprocessing;
 mod queue;
 mod runs_api;
 mod stats;
+mod studies;
 mod submit;
 mod training;

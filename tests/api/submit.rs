@@ -193,6 +193,22 @@ async fn the_demo_study_is_submitted_like_any_run() {
         );
         assert_eq!(resolved.dataset.name, run.dataset);
         assert_eq!((run.config.epochs, run.config.max_length), (3, 48));
+        // one study, each model with its own learning rate
+        let study = app
+            .state
+            .store
+            .get_study(run.study_id.expect("in the demo study"))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(study.name, "demo");
+        assert_eq!(study.counts.queued as usize, ids.len());
+        let lr = modalbench::app::DEMO_STUDY
+            .iter()
+            .find(|(m, _)| *m == run.model)
+            .unwrap()
+            .1;
+        assert_eq!(run.config.learning_rate, lr);
     }
     assert!(
         modalbench::app::queue_demo_study(&app.state)

@@ -4,6 +4,7 @@ mod catalog;
 mod checkpoints;
 pub mod leaderboard;
 pub mod runs;
+pub mod studies;
 
 use super::AppState;
 use super::error::ApiError;
@@ -16,6 +17,7 @@ pub fn router() -> Router<AppState> {
         .merge(checkpoints::router())
         .merge(catalog::router())
         .merge(leaderboard::router())
+        .merge(studies::router())
         .fallback(|| async { ApiError::not_found("this API route") })
 }
 

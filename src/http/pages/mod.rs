@@ -3,6 +3,7 @@
 mod catalog;
 mod datasets;
 mod runs;
+mod studies;
 
 pub use datasets::DatasetPageCache;
 
@@ -17,6 +18,7 @@ use axum::routing::get;
 pub(crate) fn router() -> Router<AppState> {
     Router::new()
         .merge(runs::router())
+        .merge(studies::router())
         .merge(catalog::router())
         .merge(datasets::router())
         .route(

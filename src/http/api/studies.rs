@@ -1,0 +1,161 @@
+//! Studies over the API: queue one (`POST /api/v1/studies`), list them, read one with its
+//! runs, follow its runs live (Server-Sent Events), cancel it as a whole.
+
+use super::parse_id;
+use crate::http::AppState;
+use crate::http::error::{ApiError, ApiResult};
+use crate::http::extract::{ApiJson, ApiQuery};
+use crate::live::LiveKind;
+use crate::store::runs::Run;
+use crate::store::studies::Study;
+use crate::studies::{StudyRequest, SubmitStudyError};
+use axum::extract::{Path, State};
+use axum::http::{StatusCode, header};
+use axum::response::sse::{KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use futures_util::Stream;
+use serde::{Deserialize, Serialize};
+use std::collections::HashSet;
+use std::convert::Infallible;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::BroadcastStream;
+
+pub(crate) fn router() -> Router<AppState> {
+    Router::new()
+        .route("/studies", post(create).get(list))
+        .route("/studies/{id}", get(show))
+        .route("/studies/{id}/cancel", post(cancel))
+        .route("/studies/{id}/events", get(events))
+}
+
+impl From<SubmitStudyError> for ApiError {
+    fn from(e: SubmitStudyError) -> Self {
+        match e {
+            SubmitStudyError::Invalid(e) => ApiError::invalid(&e.field, "invalid_value", e.message),
+            SubmitStudyError::Internal(e) => ApiError::from(e),
+        }
+    }
+}
+
+/// A study with its runs.
+#[derive(Serialize)]
+pub struct StudyWithRuns {
+    #[serde(flatten)]
+    pub study: Study,
+    pub runs: Vec<Run>,
+}
+
+/// `POST /api/v1/studies`: a [`StudyRequest`].
+async fn create(
+    State(state): State<AppState>,
+    ApiJson(req): ApiJson<StudyRequest>,
+) -> ApiResult<Response> {
+    let (study, runs) = state.scheduler.submit_study(req).await?;
+    let location = format!("/api/v1/studies/{}", study.id);
+    Ok((
+        StatusCode::CREATED,
+        [(header::LOCATION, location)],
+        Json(StudyWithRuns { study, runs }),
+    )
+        .into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    limit: Option<i64>,
+    offset: Option<i64>,
+}
+
+#[derive(Serialize)]
+struct StudyList {
+    studies: Vec<Study>,
+}
+
+async fn list(
+    State(state): State<AppState>,
+    ApiQuery(q): ApiQuery<ListQuery>,
+) -> ApiResult<Json<StudyList>> {
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::invalid(
+            "limit",
+            "invalid_value",
+            format!("`limit` must be between 1 and 1000, got {limit}"),
+        ));
+    }
+    let offset = q.offset.unwrap_or(0);
+    if offset < 0 {
+        return Err(ApiError::invalid(
+            "offset",
+            "invalid_value",
+            format!("`offset` must be 0 or more, got {offset}"),
+        ));
+    }
+    Ok(Json(StudyList {
+        studies: state.store.list_studies(limit, offset).await?,
+    }))
+}
+
+/// The study `raw` names, or a 404.
+pub async fn find_study(state: &AppState, raw: &str) -> ApiResult<Study> {
+    let id = parse_id("study", raw)?;
+    state
+        .store
+        .get_study(id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("study {id}")))
+}
+
+async fn show(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<StudyWithRuns>> {
+    let study = find_study(&state, &id).await?;
+    let runs = state.store.study_runs(study.id).await?;
+    Ok(Json(StudyWithRuns { study, runs }))
+}
+
+async fn cancel(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Study>> {
+    let id = parse_id("study", &id)?;
+    match state.scheduler.cancel_study(id).await? {
+        Some(study) => Ok(Json(study)),
+        None => Err(ApiError::not_found(format!("study {id}"))),
+    }
+}
+
+/// Server-Sent Events of a study's runs: `status` (with the run's id), `progress` and
+/// `finished`, each as JSON with a `run_id`.
+async fn events(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Sse<impl Stream<Item = Result<axum::response::sse::Event, Infallible>>>> {
+    let study = find_study(&state, &id).await?;
+    let rx = state.hub.subscribe();
+    let ids: HashSet<i64> = state
+        .store
+        .study_runs(study.id)
+        .await?
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+    let stream = BroadcastStream::new(rx).filter_map(move |ev| {
+        let ev = ev.ok().filter(|e| ids.contains(&e.run_id))?;
+        let name = ev.name();
+        if !matches!(name, "status" | "progress" | "finished") {
+            return None;
+        }
+        let mut data = match &ev.kind {
+            LiveKind::Status { .. } => serde_json::to_value(&ev.kind),
+            LiveKind::Worker(w) => serde_json::to_value(w),
+        }
+        .ok()?;
+        data["run_id"] = ev.run_id.into();
+        Some(Ok(axum::response::sse::Event::default()
+            .event(name)
+            .data(data.to_string())))
+    });
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+}

@@ -1,0 +1,371 @@
+//! Study pages: the list, the form at `/studies/new` (the same request as
+//! `POST /api/v1/studies`), and one study's grid of models × datasets whose runs update live.
+
+use super::{PageResult, num, render, render_status, when};
+use crate::http::AppState;
+use crate::http::api::studies::find_study;
+use crate::http::error::ApiError;
+use crate::runs::options::Kind;
+use crate::runs::{QueueConfig, RunRequest, TrainConfig, option_values};
+use crate::store::runs::Run;
+use crate::store::studies::Study;
+use crate::studies::StudyRequest;
+use askama::Template;
+use axum::Router;
+use axum::extract::{Form, Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Redirect};
+use axum::routing::{get, post};
+use serde_json::{Map, Value};
+use std::collections::BTreeMap;
+
+pub(crate) fn router() -> Router<AppState> {
+    Router::new()
+        .route("/studies", get(list))
+        .route("/studies/new", get(new_form).post(new_submit))
+        .route("/studies/{id}", get(detail))
+        .route("/studies/{id}/cancel", post(cancel))
+}
+
+/// A study as a row of the list.
+struct StudyRow {
+    id: i64,
+    name: String,
+    created: String,
+    runs: i64,
+    queued: i64,
+    running: i64,
+    succeeded: i64,
+    failed: i64,
+    cancelled: i64,
+}
+
+impl From<&Study> for StudyRow {
+    fn from(s: &Study) -> Self {
+        let c = &s.counts;
+        StudyRow {
+            id: s.id,
+            name: s.name.clone(),
+            created: when(Some(&s.created_at)),
+            runs: c.queued + c.running + c.succeeded + c.failed + c.cancelled + c.interrupted,
+            queued: c.queued + c.interrupted,
+            running: c.running,
+            succeeded: c.succeeded,
+            failed: c.failed,
+            cancelled: c.cancelled,
+        }
+    }
+}
+
+#[derive(Template)]
+#[template(path = "studies.html")]
+struct StudiesPage {
+    studies: Vec<StudyRow>,
+}
+
+async fn list(State(state): State<AppState>) -> PageResult {
+    let studies = state.store.list_studies(200, 0).await?;
+    render(&StudiesPage {
+        studies: studies.iter().map(StudyRow::from).collect(),
+    })
+}
+
+/// One run in a cell of the study grid.
+struct CellRun {
+    id: i64,
+    status: &'static str,
+    /// `seed 1`, with the grid's values (`learning_rate=5e-5`).
+    label: String,
+    accuracy: String,
+}
+
+/// A model's row of the grid: one cell per dataset.
+struct GridRow {
+    model: String,
+    cells: Vec<Vec<CellRun>>,
+}
+
+#[derive(Template)]
+#[template(path = "study.html")]
+struct StudyPage {
+    study: StudyRow,
+    active: bool,
+    cancelled: bool,
+    datasets: Vec<String>,
+    rows: Vec<GridRow>,
+    spec: String,
+}
+
+fn cell_run(r: &Run) -> CellRun {
+    let mut label = format!("seed {}", r.config.seed);
+    if let Some(grid) = &r.grid {
+        for (k, v) in grid {
+            label.push_str(&format!(", {k}={v}"));
+        }
+    }
+    CellRun {
+        id: r.id,
+        status: r.status.as_str(),
+        label,
+        accuracy: num(r.summary.as_ref().map(|s| s.accuracy), 3),
+    }
+}
+
+async fn detail(State(state): State<AppState>, Path(id): Path<String>) -> PageResult {
+    let study = find_study(&state, &id).await?;
+    let runs = state.store.study_runs(study.id).await?;
+    let datasets = study.spec.datasets.clone();
+    let mut by_cell: BTreeMap<(String, String), Vec<CellRun>> = BTreeMap::new();
+    for r in &runs {
+        by_cell
+            .entry((r.model.clone(), r.dataset.clone()))
+            .or_default()
+            .push(cell_run(r));
+    }
+    let rows = study
+        .spec
+        .models
+        .iter()
+        .map(|m| GridRow {
+            model: m.clone(),
+            cells: datasets
+                .iter()
+                .map(|d| by_cell.remove(&(m.clone(), d.clone())).unwrap_or_default())
+                .collect(),
+        })
+        .collect();
+    render(&StudyPage {
+        active: study.counts.active() > 0,
+        cancelled: study.cancelled_at.is_some(),
+        spec: serde_json::to_string_pretty(&study.spec).unwrap_or_default(),
+        study: StudyRow::from(&study),
+        datasets,
+        rows,
+    })
+}
+
+async fn cancel(State(state): State<AppState>, Path(id): Path<String>) -> PageResult {
+    let study = find_study(&state, &id).await?;
+    state.scheduler.cancel_study(study.id).await?;
+    Ok(Redirect::to(&format!("/studies/{}", study.id)).into_response())
+}
+
+/// An option field of the study form (the options every run takes).
+struct OptionField {
+    name: &'static str,
+    value: String,
+    placeholder: String,
+    choices: &'static [&'static str],
+    help: String,
+}
+
+#[derive(Template)]
+#[template(path = "new_study.html")]
+struct NewStudyPage {
+    models: Vec<(String, bool)>,
+    datasets: Vec<(String, bool)>,
+    name: String,
+    seeds: String,
+    grid: String,
+    fields: Vec<OptionField>,
+    error: Option<String>,
+    error_field: String,
+}
+
+/// The submitted form, field by field (`models` and `datasets` may repeat).
+type Pairs = Vec<(String, String)>;
+
+fn values<'a>(pairs: &'a Pairs, key: &str) -> Vec<&'a str> {
+    pairs
+        .iter()
+        .filter(|(k, _)| k == key)
+        .map(|(_, v)| v.trim())
+        .filter(|v| !v.is_empty())
+        .collect()
+}
+
+fn one(pairs: &Pairs, key: &str) -> String {
+    values(pairs, key)
+        .first()
+        .copied()
+        .unwrap_or_default()
+        .to_string()
+}
+
+async fn form_page(state: &AppState, pairs: &Pairs, error: Option<ApiError>) -> PageResult {
+    let chosen = |key: &str, name: &str| values(pairs, key).contains(&name);
+    let models = state
+        .registry
+        .scan_async()
+        .await?
+        .into_iter()
+        .filter(|m| m.usable)
+        .map(|m| {
+            let on = chosen("models", &m.name);
+            (m.name, on)
+        })
+        .collect();
+    let datasets = state
+        .store
+        .dataset_names()
+        .await?
+        .into_iter()
+        .map(|d| {
+            let on = chosen("datasets", &d);
+            (d, on)
+        })
+        .collect();
+    let fields = option_values(&TrainConfig::default(), &QueueConfig::default())
+        .into_iter()
+        .filter(|(spec, _)| spec.name != "seed")
+        .map(|(spec, default)| OptionField {
+            name: spec.name,
+            value: one(pairs, spec.name),
+            placeholder: match &default {
+                Some(d) => format!("default {d}"),
+                None => spec.unset.to_string(),
+            },
+            choices: match spec.kind {
+                Kind::Boolean => &["false", "true"],
+                _ => spec.range.choices(),
+            },
+            help: spec.help(),
+        })
+        .collect();
+    let status = if error.is_some() {
+        StatusCode::UNPROCESSABLE_ENTITY
+    } else {
+        StatusCode::OK
+    };
+    let seeds = match one(pairs, "seeds") {
+        s if s.is_empty() && error.is_none() => "0, 1, 2".to_string(),
+        s => s,
+    };
+    render_status(
+        status,
+        &NewStudyPage {
+            models,
+            datasets,
+            name: one(pairs, "name"),
+            seeds,
+            grid: one(pairs, "grid"),
+            fields,
+            error_field: error
+                .as_ref()
+                .and_then(|e| e.field.clone())
+                .unwrap_or_default(),
+            error: error.map(|e| e.message),
+        },
+    )
+}
+
+async fn new_form(State(state): State<AppState>) -> PageResult {
+    form_page(&state, &Vec::new(), None).await
+}
+
+/// The JSON value of an option as typed in the form: a number, a boolean or a name, by the
+/// option's kind; text that is none of these is passed on as a string, for the run's checks
+/// to name.
+fn typed(name: &str, text: &str) -> Value {
+    let kind = RunRequest::spec(name).map(|s| s.kind);
+    let number = || {
+        serde_json::from_str::<Value>(text)
+            .ok()
+            .filter(Value::is_number)
+    };
+    match kind {
+        Some(Kind::Integer | Kind::Number) => number().unwrap_or_else(|| text.into()),
+        Some(Kind::Boolean) => text
+            .parse::<bool>()
+            .map_or_else(|_| text.into(), Value::Bool),
+        _ => text.into(),
+    }
+}
+
+fn invalid(field: &str, message: String) -> ApiError {
+    ApiError::invalid(field, "invalid_value", message)
+}
+
+/// Reads the form into a [`StudyRequest`]: `seeds` as a comma-separated list (empty: `0`), `grid` as lines
+/// `option = value, value`, the option fields that were filled in as `base`.
+fn read_form(pairs: &Pairs) -> Result<StudyRequest, ApiError> {
+    let seeds = one(pairs, "seeds")
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            s.parse::<u64>()
+                .map_err(|_| invalid("seeds", format!("`seeds`: `{s}` is not a whole number")))
+        })
+        .collect::<Result<Vec<u64>, _>>()?;
+    // none typed: one seed, as the API's default
+    let seeds = if seeds.is_empty() { vec![0] } else { seeds };
+    let mut grid = BTreeMap::new();
+    for line in one(pairs, "grid")
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+    {
+        let (name, list) = line.split_once('=').ok_or_else(|| {
+            invalid(
+                "grid",
+                format!("`grid`: `{line}` is not `option = value, value, ...`"),
+            )
+        })?;
+        let name = name.trim();
+        let list: Vec<Value> = list
+            .split(',')
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+            .map(|v| typed(name, v))
+            .collect();
+        grid.insert(name.to_string(), list);
+    }
+    let mut base = Map::new();
+    let known = ["name", "models", "datasets", "seeds", "grid"];
+    for (k, v) in pairs {
+        let v = v.trim();
+        if known.contains(&k.as_str()) || v.is_empty() {
+            continue;
+        }
+        if RunRequest::spec(k).is_none() {
+            return Err(ApiError::invalid(
+                k,
+                "unknown_field",
+                format!("unknown field `{k}`"),
+            ));
+        }
+        base.insert(k.clone(), typed(k, v));
+    }
+    Ok(StudyRequest {
+        name: one(pairs, "name"),
+        models: values(pairs, "models")
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+        datasets: values(pairs, "datasets")
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+        seeds,
+        grid,
+        base,
+        per_model: BTreeMap::new(),
+    })
+}
+
+async fn new_submit(State(state): State<AppState>, Form(pairs): Form<Pairs>) -> PageResult {
+    let submitted = match read_form(&pairs) {
+        Ok(req) => state
+            .scheduler
+            .submit_study(req)
+            .await
+            .map_err(ApiError::from),
+        Err(e) => Err(e),
+    };
+    match submitted {
+        Ok((study, _)) => Ok(Redirect::to(&format!("/studies/{}", study.id)).into_response()),
+        Err(e) if e.status.is_client_error() => form_page(&state, &pairs, Some(e)).await,
+        Err(e) => Err(e.into()),
+    }
+}

@@ -1,0 +1,242 @@
+//! Studies: queued as the cross product of models, datasets, seeds and a grid, each run
+//! resolved as a single run is; refused whole with the field at fault; followed live; cancelled
+//! as a whole; the demo study is one.
+
+use crate::helpers::TestApp;
+use crate::pages::serve;
+use axum::http::StatusCode;
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+#[tokio::test]
+async fn a_study_queues_its_cross_product_and_is_cancelled_as_a_whole() {
+    let app = TestApp::new().await;
+    let addr = serve(&app).await;
+    let (status, body) = app
+        .post(
+            "/api/v1/studies",
+            json!({"name": "lr sweep", "models": ["bert-tiny", "clip-tiny"],
+                   "datasets": ["demo-news"], "seeds": [0, 1],
+                   "grid": {"learning_rate": [1e-3, 5e-4]},
+                   "base": {"epochs": 500, "max_length": 32}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let id = body["id"].as_i64().unwrap();
+    let runs = body["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 8);
+    assert_eq!(body["counts"]["queued"], 8);
+    // models outermost, then the grid, then seeds; each run knows its study and cell
+    let cell = |r: &Value| {
+        (
+            r["model"].as_str().unwrap().to_string(),
+            r["config"]["learning_rate"].as_f64().unwrap(),
+            r["config"]["seed"].as_u64().unwrap(),
+        )
+    };
+    assert_eq!(cell(&runs[0]), ("bert-tiny".into(), 1e-3, 0));
+    assert_eq!(cell(&runs[3]), ("bert-tiny".into(), 5e-4, 1));
+    assert_eq!(cell(&runs[4]), ("clip-tiny".into(), 1e-3, 0));
+    assert!(
+        runs.iter()
+            .all(|r| r["study_id"] == id && r["config"]["epochs"] == 500)
+    );
+    assert_eq!(runs[2]["grid"], json!({"learning_rate": 5e-4}));
+    let (_, list) = app.get("/api/v1/studies").await;
+    assert_eq!(list["studies"][0]["name"], "lr sweep");
+
+    // the study's events: a run starting shows as a status event with its id
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(
+            format!("GET /api/v1/studies/{id}/events HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut lines = BufReader::new(stream).lines();
+    let head = lines.next_line().await.unwrap().unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    app.state.scheduler.tick().await.unwrap();
+    let first = runs[0]["id"].as_i64().unwrap();
+    let read = async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if let Some(data) = line.strip_prefix("data: ") {
+                let v: Value = serde_json::from_str(data).unwrap();
+                if v["run_id"] == first && v["status"] == "running" {
+                    return;
+                }
+            }
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(60), read)
+        .await
+        .expect("no status event for the study's first run");
+
+    // cancelled as a whole: the running run's worker is stopped, the waiting ones never start
+    let (status, study) = app
+        .post(&format!("/api/v1/studies/{id}/cancel"), json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{study}");
+    assert_eq!(study["counts"]["cancelled"], 8, "{study}");
+    assert!(study["cancelled_at"].is_string());
+    let (_, shown) = app.get(&format!("/api/v1/studies/{id}")).await;
+    assert!(
+        shown["runs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["status"] == "cancelled")
+    );
+    assert!(app.state.scheduler.tick().await.unwrap().is_empty());
+    let (status, _) = app.post("/api/v1/studies/99/cancel", json!({})).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn a_bad_study_is_refused_whole_naming_the_field() {
+    let app = TestApp::new().await;
+    let base = json!({"name": "s", "models": ["bert-tiny"], "datasets": ["demo-news"]});
+    let with = |extra: Value| {
+        let mut b = base.clone();
+        b.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        b
+    };
+    for (body, field, says) in [
+        (
+            with(
+                json!({"seeds": (0..100).collect::<Vec<u64>>(), "grid": {"epochs": [1, 2, 3, 4, 5, 6]}}),
+            ),
+            "grid",
+            "the study would queue 600 runs",
+        ),
+        (
+            with(json!({"models": ["bert-tiny", "gpt-17"]})),
+            "models",
+            "run 2 of the study (gpt-17 on demo-news, seed 0): unknown model `gpt-17`",
+        ),
+        (
+            with(json!({"datasets": ["demo-nope"]})),
+            "datasets",
+            "unknown dataset `demo-nope`",
+        ),
+        (
+            with(json!({"grid": {"learning_rate": [1e-3, -1.0]}})),
+            "grid.learning_rate",
+            "`learning_rate` must be a number in (0, 1], got -1",
+        ),
+        (
+            with(json!({"base": {"epochs": 0}})),
+            "base.epochs",
+            "`epochs` must be between 1 and 1000, got 0",
+        ),
+        (
+            with(json!({"grid": {"lr": [1e-3]}})),
+            "grid.lr",
+            "`lr` is not a run option",
+        ),
+        (with(json!({"extra": 1})), "", "unknown field `extra`"),
+    ] {
+        let (status, err) = app.post("/api/v1/studies", body).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{err}");
+        if !field.is_empty() {
+            assert_eq!(err["error"]["field"], field, "{err}");
+        }
+        assert!(
+            err["error"]["message"].as_str().unwrap().contains(says),
+            "{err}"
+        );
+    }
+    let (_, list) = app.get("/api/v1/studies").await;
+    assert_eq!(list["studies"], json!([]), "nothing stored");
+    let (_, runs) = app.get("/api/v1/runs").await;
+    assert_eq!(runs["runs"], json!([]), "no run stored");
+}
+
+#[tokio::test]
+async fn the_study_form_queues_what_the_api_queues_and_the_page_shows_its_grid() {
+    let app = TestApp::new().await;
+    let (_, form) = app.page("/studies/new").await;
+    assert!(
+        form.contains(r#"name="models" value="bert-tiny""#),
+        "{form}"
+    );
+    assert!(form.contains(r#"name="datasets" value="demo-news""#));
+    let post = |body: &'static str| {
+        axum::http::Request::post("/studies/new")
+            .header(
+                axum::http::header::CONTENT_TYPE,
+                "application/x-www-form-urlencoded",
+            )
+            .body(axum::body::Body::from(body))
+            .unwrap()
+    };
+    let (status, _) = app
+        .send(post(
+            "name=form+study&models=bert-tiny&models=clip-tiny&datasets=demo-news&seeds=0%2C+1\
+             &grid=learning_rate+%3D+1e-3%2C+5e-4&epochs=2&max_length=32&lr_scheduler=cosine",
+        ))
+        .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    let (_, by_api) = app
+        .post(
+            "/api/v1/studies",
+            json!({"name": "form study", "models": ["bert-tiny", "clip-tiny"],
+                   "datasets": ["demo-news"], "seeds": [0, 1],
+                   "grid": {"learning_rate": [1e-3, 5e-4]},
+                   "base": {"epochs": 2, "max_length": 32, "lr_scheduler": "cosine"}}),
+        )
+        .await;
+    let (_, by_form) = app.get("/api/v1/studies/1").await;
+    assert_eq!(by_form["spec"], by_api["spec"], "the form reads as the API");
+    let configs = |v: &Value| -> Vec<Value> {
+        v["runs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["config"].clone())
+            .collect()
+    };
+    assert_eq!(configs(&by_form), configs(&by_api));
+
+    // the study page: a row per model, a column per dataset, a link per run with its cell
+    let (status, page) = app.page("/studies/1").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(page.contains("<th>demo-news</th>") && page.contains("<th>clip-tiny</th>"));
+    let first = by_form["runs"][0]["id"].as_i64().unwrap();
+    assert!(
+        page.contains(&format!(r#"href="/runs/{first}" data-run-id="{first}""#)),
+        "{page}"
+    );
+    assert!(page.contains("seed 1, learning_rate=0.0005"), "{page}");
+    assert!(app.page("/studies").await.1.contains("form study"));
+
+    // a bad form comes back with the message and the field marked
+    let (status, page) = app
+        .send(post(
+            "name=x&models=bert-tiny&datasets=demo-news&seeds=0%2C+one",
+        ))
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(
+        page.contains("`seeds`: `one` is not a whole number"),
+        "{page}"
+    );
+    let (status, page) = app
+        .send(post(
+            "name=x&models=bert-tiny&datasets=demo-news&grid=epochs+%3D+0",
+        ))
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(
+        page.contains("`epochs` must be between 1 and 1000, got 0"),
+        "{page}"
+    );
+    let (_, list) = app.get("/api/v1/studies").await;
+    assert_eq!(
+        list["studies"].as_array().unwrap().len(),
+        2,
+        "refused forms store nothing"
+    );
+}
