@@ -211,6 +211,11 @@ async fn the_study_form_queues_what_the_api_queues_and_the_page_shows_its_grid()
     );
     assert!(page.contains("seed 1, learning_rate=0.0005"), "{page}");
     assert!(app.page("/studies").await.1.contains("form study"));
+    let (_, run_page) = app.page(&format!("/runs/{first}")).await;
+    assert!(
+        run_page.contains(r#"<a href="/studies/1">study #1</a>"#),
+        "{run_page}"
+    );
 
     // a bad form comes back with the message and the field marked
     let (status, page) = app

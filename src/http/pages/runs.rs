@@ -107,6 +107,7 @@ struct RunPage {
     logs: Vec<String>,
     /// The checkpoints the run has written: `best`, `last`.
     checkpoints: Vec<&'static str>,
+    study_id: Option<i64>,
 }
 
 /// A chart of metric series, drawn in the browser from `/api/v1/runs/{id}/metrics`.
@@ -283,6 +284,7 @@ async fn detail(State(state): State<AppState>, Path(id): Path<String>) -> PageRe
         eval_rows,
         logs,
         checkpoints,
+        study_id: run.study_id,
         run: RunRow::from(&run),
     })
 }
