@@ -197,6 +197,45 @@ pub struct Summary {
     /// What the run cost.
     #[serde(default)]
     pub cost: Cost,
+    /// For a text+image run, how its test scores move when the images or texts are taken
+    /// away; empty for text-only runs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub image_reliance: Vec<Reliance>,
+}
+
+/// How the test split was altered for an image-reliance probe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Probe {
+    /// Images shuffled among the examples.
+    ImagesShuffled,
+    /// Every image replaced by a blank (mid-grey) one.
+    ImagesBlank,
+    /// Every text replaced by an empty one.
+    TextEmpty,
+}
+
+impl std::fmt::Display for Probe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(match self {
+            Probe::ImagesShuffled => "images shuffled",
+            Probe::ImagesBlank => "images blank",
+            Probe::TextEmpty => "text empty",
+        })
+    }
+}
+
+/// The test scores under one probe, and the accuracy it costs against the intact inputs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Reliance {
+    pub probe: Probe,
+    pub accuracy: f64,
+    pub f1: f64,
+    pub auroc: Option<f64>,
+    /// Intact accuracy − probed accuracy, with its paired bootstrap 95% interval.
+    pub drop: crate::eval::stats::Interval,
+    /// Two-sided p-value of the drop (paired bootstrap).
+    pub p_value: f64,
 }
 
 /// What a run cost: the inputs of the "is the image worth it?" comparison.

@@ -24,7 +24,7 @@ pub const SEED: u64 = 20_211_101;
 const TIE: f64 = 1e-12;
 
 /// A figure with its interval.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, serde::Deserialize)]
 pub struct Interval {
     /// The figure on all the examples.
     pub estimate: f64,

@@ -16,6 +16,7 @@ use crate::data::image::ImageProcessor;
 use crate::data::loader::{ImageCache, MEMORY_BUDGET, Prefetch};
 use crate::data::{self, Dataset, Example, Split as Role, Task};
 use crate::eval::metrics::{argmax, classification_metrics};
+use crate::eval::stats;
 use crate::eval::vqa::vqa_accuracy;
 use crate::eval::{Metric, MetricKey, Scope};
 use crate::models::Batch;
@@ -23,9 +24,9 @@ use crate::models::checkpointing::{self, ContextFn, Recorded};
 use crate::models::registry::Modality;
 use crate::models::tokenizer::{Encoded, TextEncoder, collate};
 use crate::models::{self, Loaded};
-use crate::protocol::{Cost, Event, JobSpec, Prediction, Summary};
+use crate::protocol::{Cost, Event, JobSpec, Prediction, Probe, Reliance, Summary};
 use crate::runs::{MixedPrecision, TrainConfig};
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use optim::AdamW;
 use precision::{Autocast, GradScaler, apply_gradients};
 use rand::SeedableRng;
@@ -53,6 +54,8 @@ struct Split<'a> {
     role: Role,
     examples: &'a [Example],
     encoded: &'a [Encoded],
+    /// Each example's image in place of its own (the image-reliance probes).
+    images: Option<&'a [PathBuf]>,
 }
 
 impl Split<'_> {
@@ -85,7 +88,10 @@ impl<'a> Batcher<'a> {
     fn image_paths(&self, split: Split, indices: &[usize]) -> Vec<PathBuf> {
         indices
             .iter()
-            .map(|&i| self.ds.image_path(&split.examples[i]).unwrap_or_default())
+            .map(|&i| match split.images {
+                Some(paths) => paths[i].clone(),
+                None => self.ds.image_path(&split.examples[i]).unwrap_or_default(),
+            })
             .collect()
     }
 
@@ -235,16 +241,19 @@ pub fn run(spec: &JobSpec, sink: &mut dyn EventSink) -> Result<Summary> {
         role: Role::Train,
         examples: &ds.train,
         encoded: &enc_train,
+        images: None,
     };
     let dev = Split {
         role: Role::Dev,
         examples: &ds.dev,
         encoded: &enc_dev,
+        images: None,
     };
     let test = Split {
         role: Role::Test,
         examples: &ds.test,
         encoded: &enc_test,
+        images: None,
     };
     let images = match model.checkpoint.arch.modality {
         Modality::Text => None,
@@ -543,6 +552,31 @@ pub fn run(spec: &JobSpec, sink: &mut dyn EventSink) -> Result<Summary> {
         split: Role::Test,
         rows: predictions(&ds.test, &scored_test),
     });
+    let image_reliance = if batcher.images.is_some() && test.labeled() && !ds.test.is_empty() {
+        let probes = Probes {
+            model: &model,
+            batcher: &batcher,
+            test,
+            encoder: &encoder,
+            blank: &spec.output_dir.join("blank-image.png"),
+            seed: cfg.seed,
+            batch_size: plan.batch_size,
+            precision: cfg.mixed_precision,
+        };
+        let r = probes.run(&scored_test)?;
+        for p in &r {
+            log(
+                sink,
+                format!(
+                    "test accuracy with {}: {:.4} (drop {:+.4}, 95% CI {:+.4} to {:+.4})",
+                    p.probe, p.accuracy, p.drop.estimate, p.drop.low, p.drop.high
+                ),
+            );
+        }
+        r
+    } else {
+        Vec::new()
+    };
     let step = st.step;
     let epoch_now = step as f64 / plan.steps_per_epoch.max(1) as f64;
     // the summary's metrics: the test split's, or the dev split's when the test has no labels
@@ -614,7 +648,107 @@ pub fn run(spec: &JobSpec, sink: &mut dyn EventSink) -> Result<Summary> {
             best_step: (st.best_step > 0).then_some(st.best_step),
             stopped_early: stop_early,
         },
+        image_reliance,
     })
+}
+
+/// The image-reliance probes of a text+image run (the "perceptual score" of Gat et al.,
+/// 2021): the test split scored again with its images shuffled among the examples, with every
+/// image blank, and with every text empty; each compared with the intact scores.
+struct Probes<'a> {
+    model: &'a Loaded,
+    batcher: &'a Batcher<'a>,
+    test: Split<'a>,
+    encoder: &'a TextEncoder,
+    /// Where the blank image is written.
+    blank: &'a std::path::Path,
+    seed: u64,
+    batch_size: usize,
+    precision: MixedPrecision,
+}
+
+impl Probes<'_> {
+    fn run(&self, intact: &Scored) -> Result<Vec<Reliance>> {
+        let n = self.test.examples.len();
+        let own: Vec<PathBuf> = (0..n)
+            .map(|i| self.batcher.image_paths(self.test, &[i]).remove(0))
+            .collect();
+        let mut order: Vec<usize> = (0..n).collect();
+        order.shuffle(&mut ChaCha8Rng::seed_from_u64(self.seed ^ 0x5eed));
+        let shuffled: Vec<PathBuf> = order.iter().map(|&j| own[j].clone()).collect();
+        // mid-grey, the size of a typical photo; the processor resizes it like any image
+        image::RgbImage::from_pixel(224, 224, image::Rgb([128, 128, 128]))
+            .save(self.blank)
+            .with_context(|| format!("writing {}", self.blank.display()))?;
+        let blank = vec![self.blank.to_path_buf(); n];
+        let empty = self.encoder.encode(
+            self.test
+                .examples
+                .iter()
+                .map(|e| ("", e.texts().1.map(|_| ""))),
+        )?;
+        let probes = [
+            (
+                Probe::ImagesShuffled,
+                Split {
+                    images: Some(&shuffled),
+                    ..self.test
+                },
+            ),
+            (
+                Probe::ImagesBlank,
+                Split {
+                    images: Some(&blank),
+                    ..self.test
+                },
+            ),
+            (
+                Probe::TextEmpty,
+                Split {
+                    encoded: &empty,
+                    ..self.test
+                },
+            ),
+        ];
+        let labels: Vec<usize> = intact.labels.iter().map(|l| l.unwrap_or(0)).collect();
+        let num_labels = intact.probs.first().map_or(2, Vec::len);
+        let resamples = stats::resamples(n, stats::RESAMPLES, stats::SEED);
+        fn scored<'a>(labels: &'a [usize], probs: &'a [Vec<f32>], k: usize) -> stats::Scored<'a> {
+            stats::Scored {
+                labels,
+                probs,
+                num_labels: k,
+            }
+        }
+        let mut out = Vec::new();
+        for (probe, split) in probes {
+            let s = evaluate(
+                self.model,
+                self.batcher,
+                split,
+                self.batch_size,
+                self.precision,
+            )?;
+            let variant = scored(&labels, &s.probs, num_labels);
+            let all: Vec<usize> = (0..n).collect();
+            let drop = stats::paired_difference(
+                stats::Statistic::Accuracy,
+                scored(&labels, &intact.probs, num_labels),
+                variant,
+                &resamples,
+            )
+            .context("accuracy is defined on a labeled split")?;
+            out.push(Reliance {
+                probe,
+                accuracy: stats::Statistic::Accuracy.on(variant, &all).unwrap_or(0.0),
+                f1: stats::Statistic::F1.on(variant, &all).unwrap_or(0.0),
+                auroc: stats::Statistic::Auroc.on(variant, &all),
+                drop: drop.interval,
+                p_value: drop.p_value,
+            });
+        }
+        Ok(out)
+    }
 }
 
 /// A seed for the dropout masks of micro-batch `micro` of step `step`.

@@ -290,6 +290,23 @@ async fn the_tiny_text_and_image_presets_train_through_the_queue_and_reach_the_l
             modalbench::models::Head::Classifier(4),
             "{name}"
         );
+        // every text+image run is probed for how much it uses the image, shown on its page
+        let probes: Vec<String> = run
+            .summary
+            .as_ref()
+            .unwrap()
+            .image_reliance
+            .iter()
+            .map(|r| r.probe.to_string())
+            .collect();
+        assert_eq!(
+            probes,
+            ["images shuffled", "images blank", "text empty"],
+            "{name}"
+        );
+        let (_, page) = app.page(&format!("/runs/{id}")).await;
+        assert!(page.contains("How much does it use the image?"), "{name}");
+        assert!(page.contains("<td>images shuffled</td>"), "{name}");
         ids.push((name, id));
     }
     let (_, board) = app.get("/api/v1/leaderboard?dataset=demo-news").await;

@@ -7,9 +7,11 @@ use crate::helpers::{kill_worker_after_first_checkpoint, run_python};
 use crate::parity::{read, reference_fixtures};
 use modalbench::data::{Options, Source};
 use modalbench::models::checkpointing;
-use modalbench::protocol::{Device, Event, JobSpec, Summary};
+use modalbench::protocol::{Device, Event, JobSpec, Probe, Summary};
 use modalbench::runs::{DatasetRef, LrScheduler, ModelRef, TrainConfig};
 use modalbench::train::{self, EventSink, Plan};
+use rand::{RngExt, SeedableRng};
+use rand_chacha::ChaCha8Rng;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
@@ -508,4 +510,96 @@ save_file({"fp32": fp32.contiguous(), "bf16": bf16.contiguous()}, sys.argv[3])
         ours_gap <= 0.1 * precision_gap,
         "ours differ from PyTorch's bf16 logits by {ours_gap:e}; bf16 and fp32 differ by {precision_gap:e}"
     );
+}
+
+/// A dataset whose texts say nothing ("a picture") and whose image colour gives the label,
+/// in the Hateful Memes layout.
+fn write_colour_dataset(root: &Path, sizes: [usize; 3]) {
+    std::fs::create_dir_all(root.join("img")).unwrap();
+    let mut rng = ChaCha8Rng::seed_from_u64(9);
+    let mut id = 0;
+    for (file, n) in ["train.jsonl", "dev.jsonl", "test.jsonl"].iter().zip(sizes) {
+        let mut lines = String::new();
+        for i in 0..n {
+            id += 1;
+            let label = i % 2;
+            let base: [u8; 3] = if label == 1 {
+                [190, 50, 50]
+            } else {
+                [50, 50, 190]
+            };
+            let img = format!("img/{id}.png");
+            image::RgbImage::from_fn(32, 32, |_, _| {
+                image::Rgb(base.map(|c| c.saturating_add(rng.random_range(0..40u8))))
+            })
+            .save(root.join(&img))
+            .unwrap();
+            lines += &format!(
+                "{}\n",
+                json!({"id": id, "img": img, "text": "a picture", "label": label})
+            );
+        }
+        std::fs::write(root.join(file), lines).unwrap();
+    }
+}
+
+#[test]
+fn a_model_that_reads_the_image_loses_accuracy_when_it_is_shuffled_or_blank_not_when_the_text_goes()
+{
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("colours");
+    write_colour_dataset(&data, [64, 16, 60]);
+    let cfg = TrainConfig {
+        epochs: 12,
+        batch_size: 8,
+        learning_rate: 2e-3,
+        ..small()
+    };
+    let (s, events) = run(&job(
+        &checkpoints().join("vilt"),
+        &data,
+        cfg,
+        &dir.path().join("out"),
+    ));
+    assert!(
+        s.accuracy >= 0.9,
+        "the colour was not learned: {}",
+        s.accuracy
+    );
+    let probe = |p: Probe| {
+        s.image_reliance
+            .iter()
+            .find(|r| r.probe == p)
+            .unwrap_or_else(|| panic!("no {p} probe"))
+    };
+    for r in &s.image_reliance {
+        // the drop is intact minus probed accuracy, inside its own interval
+        assert!(
+            (r.drop.estimate - (s.accuracy - r.accuracy)).abs() < 1e-12,
+            "{r:?}"
+        );
+        assert!(
+            r.drop.low <= r.drop.estimate && r.drop.estimate <= r.drop.high,
+            "{r:?}"
+        );
+    }
+    let shuffled = probe(Probe::ImagesShuffled);
+    assert!(
+        shuffled.drop.low > 0.2 && shuffled.p_value < 0.01,
+        "{shuffled:?}"
+    );
+    let blank = probe(Probe::ImagesBlank);
+    assert!(blank.drop.low > 0.2, "{blank:?}");
+    let text = probe(Probe::TextEmpty);
+    assert!(text.drop.estimate.abs() < 0.1, "{text:?}");
+    assert!(events.iter().any(|e| matches!(e, Event::Log { message }
+        if message.starts_with("test accuracy with images shuffled: "))));
+    // a text-only model has no probes
+    let (t, _) = run(&job(
+        &checkpoints().join("bert"),
+        &data,
+        small(),
+        &dir.path().join("text"),
+    ));
+    assert!(t.image_reliance.is_empty());
 }

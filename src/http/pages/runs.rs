@@ -108,6 +108,8 @@ struct RunPage {
     /// The checkpoints the run has written: `best`, `last`.
     checkpoints: Vec<&'static str>,
     study_id: Option<i64>,
+    /// Image-reliance probes: probe, accuracy, drop, its interval, p-value.
+    reliance: Vec<[String; 5]>,
 }
 
 /// A chart of metric series, drawn in the browser from `/api/v1/runs/{id}/metrics`.
@@ -285,6 +287,24 @@ async fn detail(State(state): State<AppState>, Path(id): Path<String>) -> PageRe
         logs,
         checkpoints,
         study_id: run.study_id,
+        reliance: run
+            .summary
+            .as_ref()
+            .map(|s| {
+                s.image_reliance
+                    .iter()
+                    .map(|r| {
+                        [
+                            r.probe.to_string(),
+                            num(Some(r.accuracy), 3),
+                            format!("{:+.3}", r.drop.estimate),
+                            format!("{:+.3} to {:+.3}", r.drop.low, r.drop.high),
+                            format!("{:.3}", r.p_value),
+                        ]
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
         run: RunRow::from(&run),
     })
 }
