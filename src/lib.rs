@@ -16,4 +16,5 @@ pub mod runs;
 pub mod store;
 pub mod studies;
 pub mod train;
+pub mod verdict;
 pub mod worker;

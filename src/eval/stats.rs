@@ -119,7 +119,7 @@ pub fn interval(stat: Statistic, s: Scored, resamples: &[Vec<usize>]) -> Option<
 
 /// The difference `a − b` of two runs scored on the same examples (same order), with its
 /// paired interval and two-sided p-value.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, serde::Deserialize)]
 pub struct Difference {
     #[serde(flatten)]
     pub interval: Interval,
@@ -146,6 +146,11 @@ pub fn paired_difference(
             _ => f64::NAN,
         })
         .collect();
+    difference_of(estimate, diffs)
+}
+
+/// A difference's interval and two-sided p-value from its resampled values.
+fn difference_of(estimate: f64, diffs: Vec<f64>) -> Option<Difference> {
     let defined: Vec<f64> = diffs.iter().copied().filter(|d| d.is_finite()).collect();
     let n = defined.len().max(1) as f64;
     // differences within rounding of zero are ties, counted on both sides
@@ -156,6 +161,30 @@ pub fn paired_difference(
         interval: percentile_interval(estimate, diffs)?,
         p_value,
     })
+}
+
+/// The paired bootstrap of the difference of mean accuracy between two groups of runs (the
+/// seeds of two configurations) on the same examples: each row of `a` and `b` says which
+/// examples one run got right; each resample draws examples, and every run is scored on them.
+pub fn pooled_accuracy_difference(
+    a: &[Vec<bool>],
+    b: &[Vec<bool>],
+    resamples: &[Vec<usize>],
+) -> Option<Difference> {
+    let n = a.first()?.len();
+    if b.is_empty() || a.iter().chain(b).any(|r| r.len() != n) || n == 0 {
+        return None;
+    }
+    let mean = |runs: &[Vec<bool>], idx: &[usize]| {
+        runs.iter()
+            .map(|r| idx.iter().filter(|&&i| r[i]).count() as f64 / idx.len() as f64)
+            .sum::<f64>()
+            / runs.len() as f64
+    };
+    let all: Vec<usize> = (0..n).collect();
+    let estimate = mean(a, &all) - mean(b, &all);
+    let diffs = resamples.iter().map(|idx| mean(a, idx) - mean(b, idx)).collect();
+    difference_of(estimate, diffs)
 }
 
 /// McNemar's exact test of two runs' accuracy on the same examples.
@@ -274,5 +303,17 @@ mod tests {
         assert_eq!((s.mean, s.n), (2.5, 4));
         assert!((s.std - 1.290_994_448_735_805_6).abs() < 1e-12);
         assert_eq!(spread(&[0.7]).std, 0.0);
+    }
+
+    #[test]
+    fn the_pooled_difference_averages_the_runs_of_each_side() {
+        let a = vec![vec![true, true, false, true], vec![true, false, false, true]];
+        let b = vec![vec![false, true, false, false]];
+        let res = resamples(4, 500, 1);
+        let d = pooled_accuracy_difference(&a, &b, &res).unwrap();
+        // (0.75 + 0.5) / 2 − 0.25
+        assert!((d.interval.estimate - 0.375).abs() < 1e-12);
+        assert!(d.interval.low <= 0.375 && 0.375 <= d.interval.high);
+        assert!(pooled_accuracy_difference(&a, &[vec![true]], &res).is_none());
     }
 }
