@@ -192,13 +192,12 @@ fn side(c: &Config, resamples: &[Vec<usize>]) -> Side {
 
 /// The best configuration of a modality by mean accuracy (ties: the first).
 fn best(configs: &[Config], modality: Modality) -> Option<&Config> {
-    let acc = |c: &Config| {
-        mean(
-            c.runs
-                .iter()
-                .map(|r| r.right.iter().filter(|x| **x).count() as f64 / r.right.len().max(1) as f64),
-        )
-    };
+    let acc =
+        |c: &Config| {
+            mean(c.runs.iter().map(|r| {
+                r.right.iter().filter(|x| **x).count() as f64 / r.right.len().max(1) as f64
+            }))
+        };
     configs
         .iter()
         .filter(|c| c.modality == modality && !c.runs.is_empty())
@@ -229,7 +228,9 @@ pub fn decide(dataset: &str, configs: &[Config], t: Thresholds) -> DatasetVerdic
         reason: String::new(),
     };
     let (Some(text), Some(image)) = (text, image) else {
-        v.reason = "the study has no finished run of a text-only or of a text+image model on this dataset".into();
+        v.reason =
+            "the study has no finished run of a text-only or of a text+image model on this dataset"
+                .into();
         return v;
     };
     let rows = |c: &Config| c.runs.iter().map(|r| r.right.clone()).collect::<Vec<_>>();
@@ -279,7 +280,10 @@ pub fn decide(dataset: &str, configs: &[Config], t: Thresholds) -> DatasetVerdic
     } else if d.interval.low > 0.0 {
         (
             Outcome::TextSuffices,
-            format!("{ci} lies above zero but is below the minimum gain {:.3}", t.min_gain),
+            format!(
+                "{ci} lies above zero but is below the minimum gain {:.3}",
+                t.min_gain
+            ),
         )
     } else {
         (
@@ -402,8 +406,14 @@ pub fn markdown(v: &StudyVerdict) -> String {
         let shuffled = d
             .text_image
             .as_ref()
-            .and_then(|s| s.image_reliance.iter().find(|r| r.probe == Probe::ImagesShuffled))
-            .map_or("–".into(), |r| format!("{:+.3} [{:+.3}, {:+.3}]", r.drop, r.low, r.high));
+            .and_then(|s| {
+                s.image_reliance
+                    .iter()
+                    .find(|r| r.probe == Probe::ImagesShuffled)
+            })
+            .map_or("–".into(), |r| {
+                format!("{:+.3} [{:+.3}, {:+.3}]", r.drop, r.low, r.high)
+            });
         let ratio = |f: fn(&CostRatios) -> Option<f64>| {
             d.cost_ratios
                 .as_ref()
@@ -450,7 +460,11 @@ pub fn csv(v: &StudyVerdict) -> String {
         let shuffled = d
             .text_image
             .as_ref()
-            .and_then(|s| s.image_reliance.iter().find(|r| r.probe == Probe::ImagesShuffled))
+            .and_then(|s| {
+                s.image_reliance
+                    .iter()
+                    .find(|r| r.probe == Probe::ImagesShuffled)
+            })
             .map_or(String::new(), |r| r.drop.to_string());
         let ratios = d.cost_ratios.map_or(",,,,".into(), |c| {
             format!(
@@ -530,17 +544,33 @@ mod tests {
         for salt in 0..20 {
             let c = [
                 config("text", Modality::Text, runs(0.7, 200, 3, 10 + salt, 10.0)),
-                config("image", Modality::TextImage, runs(0.7, 200, 3, 50 + salt, 12.0)),
+                config(
+                    "image",
+                    Modality::TextImage,
+                    runs(0.7, 200, 3, 50 + salt, 12.0),
+                ),
             ];
             let v = decide("d", &c, Thresholds::default());
-            assert_eq!(v.outcome, Outcome::TextSuffices, "draw {salt}: {}", v.reason);
+            assert_eq!(
+                v.outcome,
+                Outcome::TextSuffices,
+                "draw {salt}: {}",
+                v.reason
+            );
         }
         // a real but tiny gain is below the minimum
         let c = [
             config("text", Modality::Text, runs(0.70, 4000, 3, 1, 10.0)),
             config("image", Modality::TextImage, runs(0.705, 4000, 3, 1, 10.0)),
         ];
-        let v = decide("d", &c, Thresholds { min_gain: 0.05, ..Default::default() });
+        let v = decide(
+            "d",
+            &c,
+            Thresholds {
+                min_gain: 0.05,
+                ..Default::default()
+            },
+        );
         assert_eq!(v.outcome, Outcome::TextSuffices, "{}", v.reason);
     }
 

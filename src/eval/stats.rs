@@ -183,7 +183,10 @@ pub fn pooled_accuracy_difference(
     };
     let all: Vec<usize> = (0..n).collect();
     let estimate = mean(a, &all) - mean(b, &all);
-    let diffs = resamples.iter().map(|idx| mean(a, idx) - mean(b, idx)).collect();
+    let diffs = resamples
+        .iter()
+        .map(|idx| mean(a, idx) - mean(b, idx))
+        .collect();
     difference_of(estimate, diffs)
 }
 
@@ -307,7 +310,10 @@ mod tests {
 
     #[test]
     fn the_pooled_difference_averages_the_runs_of_each_side() {
-        let a = vec![vec![true, true, false, true], vec![true, false, false, true]];
+        let a = vec![
+            vec![true, true, false, true],
+            vec![true, false, false, true],
+        ];
         let b = vec![vec![false, true, false, false]];
         let res = resamples(4, 500, 1);
         let d = pooled_accuracy_difference(&a, &b, &res).unwrap();

@@ -245,3 +245,92 @@ async fn the_study_form_queues_what_the_api_queues_and_the_page_shows_its_grid()
         "refused forms store nothing"
     );
 }
+
+#[tokio::test]
+async fn the_verdict_of_a_study_compares_the_best_of_each_side_by_the_printed_rule() {
+    let app = TestApp::new().await;
+    let (status, body) = app
+        .post(
+            "/api/v1/studies",
+            json!({"name": "memes", "models": ["bert-tiny", "clip-tiny"],
+                   "datasets": ["demo-memes"], "seeds": [0, 1],
+                   "base": {"epochs": 2, "batch_size": 32, "learning_rate": 1e-3, "max_length": 32}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let id = body["id"].as_i64().unwrap();
+    for r in body["runs"].as_array().unwrap() {
+        let run = app.run_to_end(r["id"].as_i64().unwrap(), 300).await;
+        assert_eq!(
+            run.status,
+            modalbench::store::runs::RunStatus::Succeeded,
+            "{:?}",
+            run.error
+        );
+    }
+    // the images decide demo-memes: the text+image side gains, clearly
+    let (status, v) = app
+        .get(&format!("/api/v1/studies/{id}/verdict?max_cost_ratio=1000"))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    let d = &v["datasets"][0];
+    assert_eq!(d["dataset"], "demo-memes");
+    assert_eq!(d["text_only"]["model"], "bert-tiny");
+    assert_eq!(d["text_image"]["model"], "clip-tiny");
+    assert_eq!(d["text_only"]["accuracy"]["n"], 2);
+    let gain = &d["difference"];
+    assert!(gain["low"].as_f64().unwrap() > 0.0, "{d}");
+    assert_eq!(d["outcome"], "image_helps", "{d}");
+    // the gain is the difference of the two sides' mean accuracies
+    let means = d["text_image"]["accuracy"]["mean"].as_f64().unwrap()
+        - d["text_only"]["accuracy"]["mean"].as_f64().unwrap();
+    assert!((gain["estimate"].as_f64().unwrap() - means).abs() < 1e-12);
+    assert_eq!(
+        d["text_image"]["image_reliance"][0]["probe"], "images_shuffled",
+        "{d}"
+    );
+    // the same numbers, a stricter cost rule
+    let ratio = d["cost_ratios"]["train_time"].as_f64().unwrap();
+    let (_, strict) = app
+        .get(&format!("/api/v1/studies/{id}/verdict?max_cost_ratio=1"))
+        .await;
+    let expected = if ratio > 1.0 {
+        "image_helps_at_a_cost"
+    } else {
+        "image_helps"
+    };
+    assert_eq!(strict["datasets"][0]["outcome"], expected);
+    // and a minimum gain above what was measured
+    let (_, demanding) = app
+        .get(&format!("/api/v1/studies/{id}/verdict?min_gain=1"))
+        .await;
+    assert_eq!(demanding["datasets"][0]["outcome"], "text_suffices");
+
+    // the page prints the rule and the verdict; the exports carry the same table
+    let (status, page) = app
+        .page(&format!("/studies/{id}/verdict?max_cost_ratio=1000"))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(page.contains("the image helps"), "{page}");
+    assert!(page.contains("a gain whose interval reaches zero is not evidence"));
+    let (_, md) = app
+        .get(&format!(
+            "/api/v1/studies/{id}/verdict?format=md&max_cost_ratio=1000"
+        ))
+        .await;
+    let md = md.as_str().unwrap().to_string();
+    assert!(md.starts_with("| dataset | text-only"), "{md}");
+    assert!(
+        md.contains("| demo-memes | bert-tiny") && md.contains("| the image helps |"),
+        "{md}"
+    );
+    let (_, csv) = app
+        .get(&format!("/api/v1/studies/{id}/verdict?format=csv"))
+        .await;
+    assert_eq!(csv.as_str().unwrap().lines().count(), 2, "{csv}");
+    let (status, err) = app
+        .get(&format!("/api/v1/studies/{id}/verdict?min_gain=-1"))
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(err["error"]["field"], "min_gain");
+}

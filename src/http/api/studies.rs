@@ -6,9 +6,11 @@ use crate::http::AppState;
 use crate::http::error::{ApiError, ApiResult};
 use crate::http::extract::{ApiJson, ApiQuery};
 use crate::live::LiveKind;
+use crate::models::registry::Modality;
 use crate::store::runs::Run;
 use crate::store::studies::Study;
 use crate::studies::{StudyRequest, SubmitStudyError};
+use crate::verdict::{self, StudyVerdict, Thresholds};
 use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::sse::{KeepAlive, Sse};
@@ -17,7 +19,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures_util::Stream;
 use serde::{Deserialize, Serialize};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::convert::Infallible;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::BroadcastStream;
@@ -28,6 +30,110 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/studies/{id}", get(show))
         .route("/studies/{id}/cancel", post(cancel))
         .route("/studies/{id}/events", get(events))
+        .route("/studies/{id}/verdict", get(verdict))
+}
+
+/// Query of the verdict: the rule's thresholds and the format.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VerdictQuery {
+    pub min_gain: Option<f64>,
+    pub max_cost_ratio: Option<f64>,
+    pub format: Option<String>,
+}
+
+impl VerdictQuery {
+    /// The thresholds, or a 422 naming a bad one.
+    pub fn thresholds(&self) -> Result<Thresholds, ApiError> {
+        let d = Thresholds::default();
+        let t = Thresholds {
+            min_gain: self.min_gain.unwrap_or(d.min_gain),
+            max_cost_ratio: self.max_cost_ratio.unwrap_or(d.max_cost_ratio),
+        };
+        if !(0.0..=1.0).contains(&t.min_gain) {
+            return Err(ApiError::invalid(
+                "min_gain",
+                "invalid_value",
+                format!("`min_gain` must be between 0 and 1, got {}", t.min_gain),
+            ));
+        }
+        if !(t.max_cost_ratio.is_finite() && t.max_cost_ratio >= 1.0) {
+            return Err(ApiError::invalid(
+                "max_cost_ratio",
+                "invalid_value",
+                format!(
+                    "`max_cost_ratio` must be 1 or more, got {}",
+                    t.max_cost_ratio
+                ),
+            ));
+        }
+        Ok(t)
+    }
+}
+
+/// The verdict of a study with the thresholds `t`.
+pub async fn study_verdict(
+    state: &AppState,
+    study: &Study,
+    t: Thresholds,
+) -> ApiResult<StudyVerdict> {
+    let modalities: HashMap<String, Modality> = state
+        .registry
+        .scan_async()
+        .await?
+        .into_iter()
+        .filter_map(|m| Some((m.name, m.modality?)))
+        .collect();
+    Ok(verdict::study_verdict(
+        &state.store,
+        study.id,
+        &study.name,
+        &study.spec.datasets,
+        &modalities,
+        t,
+    )
+    .await?)
+}
+
+/// `GET /api/v1/studies/{id}/verdict[?min_gain=0.01&max_cost_ratio=2&format=json|csv|md]`.
+async fn verdict(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    ApiQuery(q): ApiQuery<VerdictQuery>,
+) -> ApiResult<Response> {
+    let study = find_study(&state, &id).await?;
+    let t = q.thresholds()?;
+    let v = study_verdict(&state, &study, t).await?;
+    let file = |ext: &str| format!("attachment; filename=\"study-{}-verdict.{ext}\"", study.id);
+    Ok(match q.format.as_deref().unwrap_or("json") {
+        "json" => Json(v).into_response(),
+        "csv" => (
+            [
+                (header::CONTENT_TYPE, "text/csv; charset=utf-8".to_string()),
+                (header::CONTENT_DISPOSITION, file("csv")),
+            ],
+            verdict::csv(&v),
+        )
+            .into_response(),
+        "md" => (
+            [
+                (
+                    header::CONTENT_TYPE,
+                    "text/markdown; charset=utf-8".to_string(),
+                ),
+                (header::CONTENT_DISPOSITION, file("md")),
+            ],
+            verdict::markdown(&v),
+        )
+            .into_response(),
+        other => {
+            return Err(ApiError::invalid(
+                "format",
+                "invalid_value",
+                format!("`format` must be json, csv or md, got `{other}`"),
+            ));
+        }
+    })
 }
 
 impl From<SubmitStudyError> for ApiError {

@@ -1,15 +1,17 @@
 //! Study pages: the list, the form at `/studies/new` (the same request as
 //! `POST /api/v1/studies`), and one study's grid of models × datasets whose runs update live.
 
-use super::{PageResult, num, render, render_status, when};
+use super::{PageResult, bytes, duration, num, params, render, render_status, when};
 use crate::http::AppState;
 use crate::http::api::studies::find_study;
+use crate::http::api::studies::{VerdictQuery, study_verdict};
 use crate::http::error::ApiError;
 use crate::runs::options::Kind;
 use crate::runs::{QueueConfig, RunRequest, TrainConfig, option_values};
 use crate::store::runs::Run;
 use crate::store::studies::Study;
 use crate::studies::StudyRequest;
+use crate::verdict::{Outcome, RULE, Side};
 use askama::Template;
 use axum::Router;
 use axum::extract::{Form, Path, State};
@@ -25,6 +27,129 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/studies/new", get(new_form).post(new_submit))
         .route("/studies/{id}", get(detail))
         .route("/studies/{id}/cancel", post(cancel))
+        .route("/studies/{id}/verdict", get(verdict_page))
+}
+
+/// One side of a dataset's comparison, as the verdict page shows it.
+struct SideView {
+    config: String,
+    runs: Vec<i64>,
+    accuracy: String,
+    interval: String,
+    train_time: String,
+    samples_per_second: String,
+    memory: String,
+    parameters: String,
+    reliance: Vec<(String, String)>,
+}
+
+struct DatasetView {
+    dataset: String,
+    outcome: &'static str,
+    outcome_class: &'static str,
+    reason: String,
+    text: Option<SideView>,
+    image: Option<SideView>,
+    gain: String,
+    ratios: Vec<(&'static str, String)>,
+}
+
+#[derive(Template)]
+#[template(path = "verdict.html")]
+struct VerdictPage {
+    study_id: i64,
+    name: String,
+    rule: &'static str,
+    min_gain: f64,
+    max_cost_ratio: f64,
+    datasets: Vec<DatasetView>,
+    unfinished: i64,
+}
+
+fn side_view(s: &Side) -> SideView {
+    SideView {
+        config: s.config.clone(),
+        runs: s.runs.clone(),
+        accuracy: format!(
+            "{:.3} ± {:.3} (n = {})",
+            s.accuracy.mean, s.accuracy.std, s.accuracy.n
+        ),
+        interval: format!("{:.3} to {:.3}", s.accuracy_low, s.accuracy_high),
+        train_time: duration(Some(s.train_seconds)),
+        samples_per_second: num(Some(s.samples_per_second), 1),
+        memory: bytes(s.peak_memory_bytes.map(|b| b as i64)),
+        parameters: params(Some(s.parameters as i64)),
+        reliance: s
+            .image_reliance
+            .iter()
+            .map(|r| {
+                (
+                    r.probe.to_string(),
+                    format!("{:+.3} ({:+.3} to {:+.3})", r.drop, r.low, r.high),
+                )
+            })
+            .collect(),
+    }
+}
+
+async fn verdict_page(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    crate::http::extract::ApiQuery(q): crate::http::extract::ApiQuery<VerdictQuery>,
+) -> PageResult {
+    let study = find_study(&state, &id).await?;
+    let t = q.thresholds()?;
+    let v = study_verdict(&state, &study, t).await?;
+    let datasets = v
+        .datasets
+        .iter()
+        .map(|d| DatasetView {
+            dataset: d.dataset.clone(),
+            outcome: d.outcome.says(),
+            outcome_class: match d.outcome {
+                Outcome::ImageHelps => "helps",
+                Outcome::ImageHelpsAtACost => "cost",
+                Outcome::TextSuffices => "text",
+                Outcome::Undecided => "undecided",
+            },
+            reason: d.reason.clone(),
+            text: d.text_only.as_ref().map(side_view),
+            image: d.text_image.as_ref().map(side_view),
+            gain: d.difference.map_or("–".into(), |x| {
+                format!(
+                    "{:+.3} (95% interval {:+.3} to {:+.3}, p = {:.3})",
+                    x.interval.estimate, x.interval.low, x.interval.high, x.p_value
+                )
+            }),
+            ratios: d
+                .cost_ratios
+                .map(|c| {
+                    vec![
+                        ("training time", format!("{:.2}×", c.train_time)),
+                        (
+                            "training examples/s",
+                            format!("{:.2}×", c.samples_per_second),
+                        ),
+                        (
+                            "peak memory",
+                            c.peak_memory.map_or("–".into(), |m| format!("{m:.2}×")),
+                        ),
+                        ("parameters", format!("{:.2}×", c.parameters)),
+                        ("training FLOPs", format!("{:.2}×", c.train_flops)),
+                    ]
+                })
+                .unwrap_or_default(),
+        })
+        .collect();
+    render(&VerdictPage {
+        study_id: study.id,
+        name: study.name.clone(),
+        rule: RULE,
+        min_gain: t.min_gain,
+        max_cost_ratio: t.max_cost_ratio,
+        unfinished: study.counts.active(),
+        datasets,
+    })
 }
 
 /// A study as a row of the list.
