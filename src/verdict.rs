@@ -381,9 +381,9 @@ pub async fn study_verdict(
 
 /// The verdict as a Markdown table, ready for a paper.
 pub fn markdown(v: &StudyVerdict) -> String {
-    let mut s = format!(
+    let mut s = String::from(
         "| dataset | text-only (acc ± std, n) | text+image (acc ± std, n) | gain [95% CI] | p | images-shuffled drop | time × | memory × | params × | verdict |\n\
-         | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n"
+         | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n",
     );
     for d in &v.datasets {
         let side = |x: &Option<Side>| match x {
