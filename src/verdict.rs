@@ -15,7 +15,8 @@ use std::collections::{BTreeMap, HashMap};
 
 /// The rule, as the page prints it.
 pub const RULE: &str = "The best text+image configuration is compared with the best text-only one on \
-the same test examples (mean accuracy over seeds; paired bootstrap over examples). \
+the same test examples (mean accuracy over seeds, ties to the faster-training one; paired \
+bootstrap over examples). \
 The image helps when the gain's 95% interval lies above zero and the gain is at least the minimum \
 gain; it helps at a cost when, in addition, the text+image side trains more than the cost ratio \
 times longer. Otherwise text suffices: a gain whose interval reaches zero is not evidence.";
@@ -190,19 +191,21 @@ fn side(c: &Config, resamples: &[Vec<usize>]) -> Side {
     }
 }
 
-/// The best configuration of a modality by mean accuracy (ties: the first).
+/// The best configuration of a modality by mean accuracy; of equally accurate ones, the one
+/// that trains fastest (the cheapest way to that accuracy).
 fn best(configs: &[Config], modality: Modality) -> Option<&Config> {
-    let acc =
-        |c: &Config| {
+    let key = |c: &Config| {
+        let acc =
             mean(c.runs.iter().map(|r| {
                 r.right.iter().filter(|x| **x).count() as f64 / r.right.len().max(1) as f64
-            }))
-        };
+            }));
+        (acc, -mean(c.runs.iter().map(|r| r.train_seconds)))
+    };
     configs
         .iter()
         .filter(|c| c.modality == modality && !c.runs.is_empty())
         .fold(None, |b: Option<&Config>, c| match b {
-            Some(b) if acc(b) >= acc(c) => Some(b),
+            Some(b) if key(b) >= key(c) => Some(b),
             _ => Some(c),
         })
 }
@@ -586,5 +589,13 @@ mod tests {
         assert_eq!(v.text_only.as_ref().unwrap().accuracy.n, 2);
         let v = decide("d", &c[..2], Thresholds::default());
         assert_eq!(v.outcome, Outcome::Undecided);
+        // equally accurate: the one that trains faster is the one to beat
+        let c = [
+            config("slow-text", Modality::Text, runs(0.8, 300, 2, 4, 30.0)),
+            config("fast-text", Modality::Text, runs(0.8, 300, 2, 4, 10.0)),
+            config("image", Modality::TextImage, runs(0.81, 300, 2, 5, 10.0)),
+        ];
+        let v = decide("d", &c, Thresholds::default());
+        assert_eq!(v.text_only.as_ref().unwrap().model, "fast-text");
     }
 }
