@@ -140,6 +140,17 @@ pub struct DatasetVerdict {
     pub reason: String,
 }
 
+impl DatasetVerdict {
+    /// The text+image side's accuracy drop with its images shuffled.
+    pub fn shuffled_drop(&self) -> Option<&ProbeDrop> {
+        self.text_image
+            .as_ref()?
+            .image_reliance
+            .iter()
+            .find(|r| r.probe == Probe::ImagesShuffled)
+    }
+}
+
 fn mean(xs: impl Iterator<Item = f64>) -> f64 {
     let v: Vec<f64> = xs.collect();
     v.iter().sum::<f64>() / v.len().max(1) as f64
@@ -406,17 +417,9 @@ pub fn markdown(v: &StudyVerdict) -> String {
             ),
             None => ("–".into(), "–".into()),
         };
-        let shuffled = d
-            .text_image
-            .as_ref()
-            .and_then(|s| {
-                s.image_reliance
-                    .iter()
-                    .find(|r| r.probe == Probe::ImagesShuffled)
-            })
-            .map_or("–".into(), |r| {
-                format!("{:+.3} [{:+.3}, {:+.3}]", r.drop, r.low, r.high)
-            });
+        let shuffled = d.shuffled_drop().map_or("–".into(), |r| {
+            format!("{:+.3} [{:+.3}, {:+.3}]", r.drop, r.low, r.high)
+        });
         let ratio = |f: fn(&CostRatios) -> Option<f64>| {
             d.cost_ratios
                 .as_ref()
@@ -461,13 +464,7 @@ pub fn csv(v: &StudyVerdict) -> String {
             )
         });
         let shuffled = d
-            .text_image
-            .as_ref()
-            .and_then(|s| {
-                s.image_reliance
-                    .iter()
-                    .find(|r| r.probe == Probe::ImagesShuffled)
-            })
+            .shuffled_drop()
             .map_or(String::new(), |r| r.drop.to_string());
         let ratios = d.cost_ratios.map_or(",,,,".into(), |c| {
             format!(
