@@ -16,6 +16,8 @@ use std::collections::{BTreeMap, BTreeSet};
 pub const MAX_RUNS: usize = 500;
 /// Longest study name.
 pub const MAX_NAME: usize = 200;
+/// The run fields a study's lists set, which `base`, `per_model` and the grid may not.
+const LISTED: [&str; 3] = ["model", "dataset", "seed"];
 
 fn default_seeds() -> Vec<u64> {
     vec![0]
@@ -134,7 +136,7 @@ impl StudyRequest {
         distinct("models", &self.models)?;
         distinct("datasets", &self.datasets)?;
         distinct("seeds", &self.seeds)?;
-        for key in ["model", "dataset", "seed"] {
+        for key in LISTED {
             if self.base.contains_key(key) {
                 return Err(invalid(
                     "base",
@@ -156,9 +158,7 @@ impl StudyRequest {
                 ));
             }
             for key in options.keys() {
-                if ["model", "dataset", "seed"].contains(&key.as_str())
-                    || self.grid.contains_key(key)
-                {
+                if LISTED.contains(&key.as_str()) || self.grid.contains_key(key) {
                     return Err(invalid(
                         format!("per_model.{model}"),
                         format!("`per_model.{model}` cannot set `{key}`"),
@@ -260,7 +260,7 @@ impl StudyRequest {
 fn option_names() -> String {
     RunRequest::fields()
         .into_iter()
-        .filter(|f| !["model", "dataset", "seed"].contains(f))
+        .filter(|f| !LISTED.contains(f))
         .collect::<Vec<_>>()
         .join(", ")
 }

@@ -15,14 +15,6 @@ pub struct Slot {
 }
 
 impl Slot {
-    /// The device as the slot's worker sees it: its one GPU is `cuda:0` there.
-    pub fn job_device(&self) -> Device {
-        match self.device {
-            Device::Cuda(_) => Device::Cuda(0),
-            Device::Cpu => Device::Cpu,
-        }
-    }
-
     /// `CUDA_VISIBLE_DEVICES` for the slot's worker: its GPU, or none for a CPU worker.
     pub fn visible_devices(&self) -> String {
         match self.device {
@@ -96,7 +88,7 @@ mod tests {
         );
         assert_eq!(g[1].device, Device::Cuda(1));
         assert_eq!(
-            (g[1].job_device(), g[1].visible_devices().as_str()),
+            (job_device(&g[1..2], 0), g[1].visible_devices().as_str()),
             (Device::Cuda(0), "1"),
             "the worker sees its one GPU as cuda:0"
         );

@@ -377,7 +377,14 @@ pub fn run(spec: &JobSpec, sink: &mut dyn EventSink) -> Result<Summary> {
                 tch::manual_seed(step_seed(cfg.seed, st.step, m));
                 for (r, piece) in split_evenly(chunk, devices.len()).into_iter().enumerate() {
                     let replica = if r == 0 { &model } else { &replicas[r - 1] };
-                    let b = batcher.with_device(replica.vs.device());
+                    // a replica on another device gets its batches made there
+                    let elsewhere;
+                    let b = if replica.vs.device() == device {
+                        &batcher
+                    } else {
+                        elsewhere = batcher.with_device(replica.vs.device());
+                        &elsewhere
+                    };
                     let batch = b.batch(train, piece, prefetch.as_ref())?;
                     let rdev = replica.vs.device();
                     let (outputs, recorded) = {
