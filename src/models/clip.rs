@@ -182,6 +182,7 @@ pub static SPEC: Arch = Arch {
     modality: Modality::TextImage,
     base_prefix: "clip.",
     classifier_class: "CLIPForMultimodalClassification",
+    image_encoder: Some("clip.vision_model."),
     build,
     may_be_fresh,
     text_limits,

@@ -419,6 +419,7 @@ pub static SPEC: Arch = Arch {
     modality: Modality::TextImage,
     base_prefix: "flava.",
     classifier_class: "FlavaForMultimodalClassification",
+    image_encoder: Some("flava.image_model."),
     build,
     may_be_fresh,
     text_limits,

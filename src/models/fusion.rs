@@ -10,12 +10,18 @@
 //!
 //! The text encoder is any BERT checkpoint (`text_config` is its config.json; weights under
 //! `text_model.`), so the demo can pit a pretrained text model against the same model with an
-//! image added. The image encoder is a small CNN trained from scratch (`vision_config`
-//! `{"model_type": "cnn", "channels": [...]}`; weights under `vision_model.`): three 3x3
-//! convolutions with ReLU and 2x2 max pooling, then global average pooling.
+//! image added. The image encoder (weights under `vision_model.`) is either
+//! - torchvision's MobileNetV2 (`vision_config` `{"model_type": "torchvision_mobilenet_v2"}`),
+//!   pretrained on ImageNet, its 1280 pooled features; or
+//! - a small CNN trained from scratch (`{"model_type": "cnn", "channels": [...]}`): 3x3
+//!   convolutions with ReLU and 2x2 max pooling, then global average pooling.
+//!
+//! The image encoder can be frozen for a run (`freeze_image_encoder`): its weights keep their
+//! pretrained values and its batch normalisation its running statistics.
 
 use crate::models::bert::{self, BertModel};
 use crate::models::layers::{DECAY, Linear, NO_DECAY, dropout, param};
+use crate::models::mobilenet::{self, MobileNetV2};
 use crate::models::registry::Modality;
 use crate::models::{Arch, Batch, Head, Model, TextLimits, VocabFiles};
 use anyhow::{Context, Result, anyhow, bail};
@@ -62,6 +68,32 @@ fn default_dropout() -> f64 {
 pub enum VisionConfig {
     /// A CNN trained from scratch.
     Cnn { channels: Vec<i64> },
+    /// torchvision's MobileNetV2.
+    #[serde(rename = "torchvision_mobilenet_v2")]
+    MobileNetV2 {},
+}
+
+/// The image encoder, built.
+#[derive(Debug)]
+enum Vision {
+    Cnn(Cnn),
+    MobileNetV2(MobileNetV2),
+}
+
+impl Vision {
+    fn out_channels(&self) -> i64 {
+        match self {
+            Vision::Cnn(c) => c.out_channels,
+            Vision::MobileNetV2(_) => mobilenet::FEATURES,
+        }
+    }
+
+    fn forward(&self, pixels: &Tensor, train: bool) -> Tensor {
+        match self {
+            Vision::Cnn(c) => c.forward(pixels),
+            Vision::MobileNetV2(m) => m.features(pixels, train),
+        }
+    }
 }
 
 /// `vision_model`: 3x3 convolutions with ReLU and 2x2 max pooling, global average pooling.
@@ -122,7 +154,7 @@ enum Heads {
 #[derive(Debug)]
 pub struct FusionModel {
     text_model: BertModel,
-    vision_model: Cnn,
+    vision_model: Vision,
     heads: Option<Heads>,
     dropout: f64,
 }
@@ -130,14 +162,20 @@ pub struct FusionModel {
 impl FusionModel {
     pub fn new(p: nn::Path, c: &Config, labels: Option<i64>) -> Result<FusionModel> {
         let text = bert::config(&c.text_config).context("text_config")?;
-        let VisionConfig::Cnn { channels } = &c.vision_config;
-        if channels.is_empty() {
-            bail!("vision_config.channels is empty");
-        }
-        let vision_model = Cnn::new(&p / "vision_model", channels);
+        let vision_model = match &c.vision_config {
+            VisionConfig::Cnn { channels } => {
+                if channels.is_empty() {
+                    bail!("vision_config.channels is empty");
+                }
+                Vision::Cnn(Cnn::new(&p / "vision_model", channels))
+            }
+            VisionConfig::MobileNetV2 {} => {
+                Vision::MobileNetV2(MobileNetV2::new(&p / "vision_model", None))
+            }
+        };
         let (th, iw, std) = (
             text.hidden_size,
-            vision_model.out_channels,
+            vision_model.out_channels(),
             text.initializer_range,
         );
         let heads = labels.map(|n| match c.fusion {
@@ -176,7 +214,7 @@ impl Model for FusionModel {
             .pixel_values
             .as_ref()
             .expect("a text+image model gets pixel_values");
-        let image = self.vision_model.forward(pixels);
+        let image = self.vision_model.forward(pixels, train);
         let logits = self.heads.as_ref().map(|h| {
             let (t, i) = (
                 dropout(&pooled, self.dropout, train),
@@ -199,6 +237,12 @@ impl Model for FusionModel {
         }
         out
     }
+
+    fn freeze_image_encoder(&mut self) {
+        if let Vision::MobileNetV2(m) = &self.vision_model {
+            m.freeze();
+        }
+    }
 }
 
 /// The architecture as the service sees it.
@@ -207,6 +251,7 @@ pub static SPEC: Arch = Arch {
     modality: Modality::TextImage,
     base_prefix: "",
     classifier_class: "FusionForSequenceClassification",
+    image_encoder: Some("vision_model."),
     build,
     may_be_fresh,
     text_limits,
@@ -241,9 +286,10 @@ fn text_limits(v: &Value) -> Result<TextLimits> {
     })
 }
 
-/// config.json of a fusion model over the text checkpoint config `text_config`, with a CNN of
-/// `channels` for 64x64 images.
-pub fn preset_config(fusion: Fusion, text_config: &Value, channels: &[i64]) -> Value {
+/// config.json of a fusion model over the text checkpoint config `text_config`, with the image
+/// encoder `vision_config` (`{"model_type": "cnn", "channels": [...]}` or
+/// `{"model_type": "torchvision_mobilenet_v2"}`).
+pub fn preset_config(fusion: Fusion, text_config: &Value, vision_config: Value) -> Value {
     let mut text = text_config.clone();
     if let Some(o) = text.as_object_mut() {
         o.remove("architectures");
@@ -254,7 +300,7 @@ pub fn preset_config(fusion: Fusion, text_config: &Value, channels: &[i64]) -> V
         "architectures": ["FusionModel"],
         "fusion": match fusion { Fusion::Concat => "concat", Fusion::Late => "late" },
         "text_config": text,
-        "vision_config": {"model_type": "cnn", "channels": channels},
+        "vision_config": vision_config,
         "classifier_hidden_size": 256,
         "classifier_dropout": 0.1,
     })

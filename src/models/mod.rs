@@ -9,6 +9,7 @@ pub mod clip;
 pub mod flava;
 pub mod fusion;
 pub mod layers;
+pub mod mobilenet;
 pub mod presets;
 pub mod registry;
 pub mod roberta;
@@ -55,6 +56,10 @@ pub struct Arch {
     pub base_prefix: &'static str,
     /// Class name written to `architectures` of a fine-tuned checkpoint.
     pub classifier_class: &'static str,
+    /// Where a separate image encoder's parameters sit in the classification model
+    /// (`vision_model.`), which `freeze_image_encoder` freezes; `None` for text-only models
+    /// and single-stream ones such as ViLT, whose image enters the one transformer.
+    pub image_encoder: Option<&'static str>,
     /// Builds the model a config describes, with `head`, under `p`.
     pub build: fn(&Value, Head, nn::Path) -> Result<Box<dyn Model>>,
     /// Parameters that may keep a fresh initialisation (a new classification head).
@@ -190,6 +195,11 @@ pub fn read_config(dir: &Path) -> Result<Value> {
 pub trait Model {
     /// The outputs; `train` switches dropout on.
     fn forward(&self, batch: &Batch, train: bool) -> Vec<(String, Tensor)>;
+
+    /// Runs the image encoder as in evaluation from now on (batch normalisation on its running
+    /// statistics); the trainer also takes its parameters out of the optimisation. Only
+    /// called on architectures with an [`Arch::image_encoder`].
+    fn freeze_image_encoder(&mut self) {}
 }
 
 /// The `logits` output of a classifier's forward pass.

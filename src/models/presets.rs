@@ -175,21 +175,31 @@ fn special(token: &str) -> i64 {
         .expect("a preset special token") as i64
 }
 
-/// Name of the concatenation baseline over the real MiniLM-L6.
+/// Name of the concatenation baseline over the real MiniLM-L6 and a CNN from scratch.
 pub const FUSION_MINILM: &str = "fusion-minilm";
-/// Name of the late-fusion baseline over the real MiniLM-L6.
+/// Name of the late-fusion baseline over the real MiniLM-L6 and a CNN from scratch.
 pub const FUSION_LATE_MINILM: &str = "fusion-late-minilm";
+/// Name of the concatenation baseline over the real MiniLM-L6 and the ImageNet MobileNetV2.
+pub const FUSION_MOBILENET: &str = "fusion-mobilenet";
+/// Name of the late-fusion baseline over the real MiniLM-L6 and the ImageNet MobileNetV2.
+pub const FUSION_LATE_MOBILENET: &str = "fusion-late-mobilenet";
 /// The text checkpoint the fusion presets start from.
 const MINILM: &str = "minilm-l6";
+/// The folder of torchvision's ImageNet MobileNetV2 weights (the setup step installs them).
+pub const MOBILENET_DIR: &str = "mobilenet-v2";
+/// torchvision's file of those weights.
+pub const MOBILENET_FILE: &str = "mobilenet_v2-b0353104.pth";
+/// Side of the square images the MobileNetV2 presets take.
+pub const MOBILENET_IMAGE_SIZE: u32 = 128;
 
-/// `preprocessor_config.json` of the presets trained from scratch on small images: 64x64,
-/// bicubic, ImageNet statistics.
-fn small_image_preprocessor() -> Value {
+/// `preprocessor_config.json` of a preset: resized to `size` x `size` with Pillow filter
+/// `resample` (2 bilinear, 3 bicubic), ImageNet statistics.
+fn image_preprocessor(size: u32, resample: u8) -> Value {
     json!({
         "image_processor_type": "BaseImageProcessor",
         "do_resize": true,
-        "size": {"height": 64, "width": 64},
-        "resample": 3,
+        "size": {"height": size, "width": size},
+        "resample": resample,
         "do_rescale": true,
         "rescale_factor": 1.0 / 255.0,
         "do_normalize": true,
@@ -198,27 +208,75 @@ fn small_image_preprocessor() -> Value {
     })
 }
 
+/// The image encoder a fusion preset starts from.
+#[derive(Debug, Clone, Copy)]
+enum VisionStart {
+    /// A small CNN, randomly initialised, for 64x64 images.
+    Scratch,
+    /// torchvision's ImageNet MobileNetV2, for [`MOBILENET_IMAGE_SIZE`] images.
+    MobileNetV2,
+}
+
 /// Writes a fusion preset: the MiniLM-L6 checkpoint of `models_dir` as the text encoder (its
-/// weights under `text_model.`, its tokenizer files), a CNN from scratch as the image encoder.
-fn write_fusion(dir: &Path, models_dir: &Path, kind: fusion::Fusion) -> Result<()> {
+/// weights under `text_model.`, its tokenizer files), and as the image encoder (under
+/// `vision_model.`) a CNN from scratch or the pretrained MobileNetV2 of `models_dir`.
+fn write_fusion(
+    dir: &Path,
+    models_dir: &Path,
+    kind: fusion::Fusion,
+    vision: VisionStart,
+) -> Result<()> {
     let text_dir = models_dir.join(MINILM);
     let text_config = crate::models::read_config(&text_dir)?;
-    let config = fusion::preset_config(kind, &text_config, &[16, 32, 64]);
+    let (vision_config, preprocessor, mut pretrained) = match vision {
+        VisionStart::Scratch => (
+            json!({"model_type": "cnn", "channels": [16, 32, 64]}),
+            image_preprocessor(64, 3),
+            Vec::new(),
+        ),
+        VisionStart::MobileNetV2 => {
+            let file = models_dir.join(MOBILENET_DIR).join(MOBILENET_FILE);
+            let tensors = checkpoint::read_torch_bin(&file)?;
+            let features: Vec<(String, tch::Tensor)> = tensors
+                .into_iter()
+                .filter(|(k, _)| k.starts_with("features.") && !k.ends_with("num_batches_tracked"))
+                .map(|(k, t)| (format!("vision_model.{k}"), t))
+                .collect();
+            (
+                json!({"model_type": "torchvision_mobilenet_v2"}),
+                image_preprocessor(MOBILENET_IMAGE_SIZE, 2),
+                features,
+            )
+        }
+    };
+    let config = fusion::preset_config(kind, &text_config, vision_config);
     tch::manual_seed(0);
     let vs = VarStore::new(tch::Device::Cpu);
     let c: fusion::Config = serde_json::from_value(config.clone())?;
     let _model = fusion::FusionModel::new(vs.root(), &c, None)?;
-    let text = crate::models::checkpoint::read_tensors(&text_dir)?;
-    let mut named: Vec<(String, tch::Tensor)> = vs
-        .variables()
-        .into_iter()
-        .filter(|(k, _)| !k.starts_with("text_model."))
-        .collect();
-    named.extend(
+    let built = vs.variables();
+    for (k, t) in &pretrained {
+        match built.get(k) {
+            Some(b) if b.size() == t.size() => {}
+            Some(b) => anyhow::bail!(
+                "{k}: {:?} in the weights, {:?} in the model",
+                t.size(),
+                b.size()
+            ),
+            None => anyhow::bail!("{k} is not a parameter of the model"),
+        }
+    }
+    let text = checkpoint::read_tensors(&text_dir)?;
+    pretrained.extend(
         text.into_iter()
             .filter(|(k, _)| !k.ends_with("position_ids"))
             .map(|(k, t)| (format!("text_model.{k}"), t)),
     );
+    let mut named: Vec<(String, tch::Tensor)> = built
+        .into_iter()
+        .filter(|(k, _)| !pretrained.iter().any(|(p, _)| p == k))
+        .collect();
+    named.extend(pretrained);
     named.sort_by(|a, b| a.0.cmp(&b.0));
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     std::fs::write(
@@ -227,7 +285,7 @@ fn write_fusion(dir: &Path, models_dir: &Path, kind: fusion::Fusion) -> Result<(
     )?;
     std::fs::write(
         dir.join("preprocessor_config.json"),
-        serde_json::to_string_pretty(&small_image_preprocessor())?,
+        serde_json::to_string_pretty(&preprocessor)?,
     )?;
     for f in [
         "tokenizer.json",
@@ -243,12 +301,18 @@ fn write_fusion(dir: &Path, models_dir: &Path, kind: fusion::Fusion) -> Result<(
         .context("writing model.safetensors")
 }
 
-/// A preset: its name, the checkpoint it is built from (if any), and its writer.
+/// A preset: its name, the files of the models root it is built from (folder and file name),
+/// and its writer.
 type Writer = fn(&Path, &Path) -> Result<()>;
 
-const PRESETS: [(&str, Option<&str>, Writer); 6] = [
-    (BERT_TINY, None, |dir, _| write_bert_tiny(dir)),
-    (clip::CLIP_TINY, None, |dir, _| {
+/// The MiniLM checkpoint's weights (folder, file).
+const MINILM_WEIGHTS: (&str, &str) = (MINILM, "model.safetensors");
+/// The MobileNetV2 weights (folder, file).
+const MOBILENET_WEIGHTS: (&str, &str) = (MOBILENET_DIR, MOBILENET_FILE);
+
+const PRESETS: [(&str, &[(&str, &str)], Writer); 8] = [
+    (BERT_TINY, &[], |dir, _| write_bert_tiny(dir)),
+    (clip::CLIP_TINY, &[], |dir, _| {
         // the WordPiece vocabulary's [SEP] ends a text, so CLIP pools at it
         let config = clip::tiny_config(
             vocabulary().len() as i64,
@@ -257,29 +321,46 @@ const PRESETS: [(&str, Option<&str>, Writer); 6] = [
         );
         write_random(dir, config, Some(clip::tiny_preprocessor_config()))
     }),
-    (VILT_TINY, None, |dir, _| {
+    (VILT_TINY, &[], |dir, _| {
         write_random(
             dir,
             vilt::tiny_config(vocabulary().len() as i64),
             Some(vilt::tiny_preprocessor_config()),
         )
     }),
-    (flava::FLAVA_TINY, None, |dir, _| {
+    (flava::FLAVA_TINY, &[], |dir, _| {
         write_random(
             dir,
             flava::tiny_config(vocabulary().len() as i64),
             Some(flava::tiny_preprocessor_config()),
         )
     }),
-    (FUSION_MINILM, Some(MINILM), |dir, models| {
-        write_fusion(dir, models, fusion::Fusion::Concat)
+    (FUSION_MINILM, &[MINILM_WEIGHTS], |dir, models| {
+        write_fusion(dir, models, fusion::Fusion::Concat, VisionStart::Scratch)
     }),
-    (FUSION_LATE_MINILM, Some(MINILM), |dir, models| {
-        write_fusion(dir, models, fusion::Fusion::Late)
+    (FUSION_LATE_MINILM, &[MINILM_WEIGHTS], |dir, models| {
+        write_fusion(dir, models, fusion::Fusion::Late, VisionStart::Scratch)
     }),
+    (
+        FUSION_MOBILENET,
+        &[MINILM_WEIGHTS, MOBILENET_WEIGHTS],
+        |dir, models| {
+            write_fusion(
+                dir,
+                models,
+                fusion::Fusion::Concat,
+                VisionStart::MobileNetV2,
+            )
+        },
+    ),
+    (
+        FUSION_LATE_MOBILENET,
+        &[MINILM_WEIGHTS, MOBILENET_WEIGHTS],
+        |dir, models| write_fusion(dir, models, fusion::Fusion::Late, VisionStart::MobileNetV2),
+    ),
 ];
 
-/// Writes every preset missing from `models_dir` whose source checkpoint is there. Each is
+/// Writes every preset missing from `models_dir` whose source weights are there. Each is
 /// written to a temporary folder and renamed into place, so an interrupted write leaves
 /// nothing half-made. Returns the names written.
 pub fn ensure_presets(models_dir: &Path) -> Result<Vec<String>> {
@@ -287,7 +368,9 @@ pub fn ensure_presets(models_dir: &Path) -> Result<Vec<String>> {
     for (name, requires, write) in PRESETS {
         let dest = models_dir.join(name);
         if dest.exists()
-            || requires.is_some_and(|r| !models_dir.join(r).join("config.json").is_file())
+            || requires
+                .iter()
+                .any(|(d, f)| !models_dir.join(d).join(f).is_file())
         {
             continue;
         }

@@ -191,6 +191,7 @@ pub static SPEC: Arch = Arch {
     modality: Modality::Text,
     base_prefix: "roberta.",
     classifier_class: "RobertaForSequenceClassification",
+    image_encoder: None,
     build,
     may_be_fresh,
     text_limits,

@@ -1,6 +1,13 @@
-//! Reader for `torch.save` zip checkpoints (PyTorch >= 1.6), e.g. Hugging Face `pytorch_model.bin`:
-//! a small pickle VM rebuilds `<prefix>/data.pkl`, then tensors are copied out of the
-//! `<prefix>/data/<key>` storage entries, honouring storage offsets and strides.
+//! Reader for `torch.save` checkpoints, e.g. Hugging Face `pytorch_model.bin` or torchvision's
+//! `.pth` files: a small pickle VM rebuilds the saved object, then tensors are copied out of
+//! their storages, honouring storage offsets and strides.
+//!
+//! - The zip format (PyTorch >= 1.6): the object is `<prefix>/data.pkl`, each storage an entry
+//!   `<prefix>/data/<key>`.
+//! - The legacy format (older PyTorch, `_use_new_zipfile_serialization=False`): five pickles
+//!   in a row (magic number, protocol version 1001, system info, the object, the list of
+//!   storage keys), then each storage in that order as its element count (little-endian
+//!   `u64`) followed by its bytes.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
@@ -75,7 +82,7 @@ pub struct RawTensor {
     pub data: Vec<u8>,
 }
 
-/// Reads every tensor of a torch.save zip file holding a (possibly nested) dict of tensors,
+/// Reads every tensor of a torch.save file (zip or legacy format) holding a (possibly nested) dict of tensors,
 /// e.g. a state dict. Keys of nested dicts are joined with '.'.
 ///
 /// Lists and tuples are walked too (their indices become keys); non-tensor leaves such as
@@ -85,20 +92,24 @@ pub fn read(path: &Path) -> Result<Vec<RawTensor>> {
         .map_err(|e| anyhow!("cannot read PyTorch checkpoint {}: {e:#}", path.display()))
 }
 
+/// The first pickle of a legacy file after its PROTO opcode: the magic number
+/// `0x1950a86a20f9469cfc6c` as a LONG1, then STOP.
+const LEGACY_MAGIC: &[u8] = b"\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19.";
+
+/// The protocol version a legacy file's second pickle holds.
+const LEGACY_PROTOCOL: i64 = 1001;
+
 fn read_inner(path: &Path) -> Result<Vec<RawTensor>> {
+    let mut head = Vec::new();
+    std::fs::File::open(path)?
+        .take(2 + LEGACY_MAGIC.len() as u64)
+        .read_to_end(&mut head)?;
+    if head.len() > 2 && head[0] == 0x80 && head[2..] == *LEGACY_MAGIC {
+        return read_legacy(&std::fs::read(path)?).context("legacy torch.save format");
+    }
     let mut archive = match zip::ZipArchive::new(std::fs::File::open(path)?) {
         Ok(archive) => archive,
-        Err(err) => {
-            let mut head = Vec::new();
-            std::fs::File::open(path)?.take(2).read_to_end(&mut head)?;
-            if matches!(head[..], [0x80, 1..=5]) {
-                bail!(
-                    "legacy (non-zip) torch.save format that predates PyTorch 1.6's zip format; \
-                     re-save it with a recent PyTorch or convert it to safetensors"
-                );
-            }
-            bail!("not a zip archive (truncated or not a torch.save file): {err}");
-        }
+        Err(err) => bail!("not a zip archive (truncated or not a torch.save file): {err}"),
     };
     let pkl_name = archive
         .file_names()
@@ -135,27 +146,89 @@ fn read_inner(path: &Path) -> Result<Vec<RawTensor>> {
         .with_context(|| format!("unpickling {pkl_name}"))?;
     let mut found = Vec::new();
     collect(String::new(), root, &mut found)?;
+    materialize_all(found, |key| {
+        let entry = format!("{prefix}data/{key}");
+        read_entry(&entry)?.with_context(|| format!("missing storage entry {entry} in the archive"))
+    })
+}
 
-    // Load each storage once, materialise its tensors, then drop it.
+/// Reads the legacy format from the whole file's bytes.
+fn read_legacy(bytes: &[u8]) -> Result<Vec<RawTensor>> {
+    let mut vm = Vm::new(bytes);
+    vm.pos = 2 + LEGACY_MAGIC.len(); // checked by the caller
+    match vm.run().context("the protocol version")? {
+        Val::Int(LEGACY_PROTOCOL) => {}
+        other => bail!("unsupported protocol version {other:?} (expected {LEGACY_PROTOCOL})"),
+    }
+    let Val::Dict(info) = vm.run().context("the system info")? else {
+        bail!("the system info is not a dict");
+    };
+    let little = info
+        .iter()
+        .any(|(k, v)| matches!((k, v), (Val::Str(k), Val::Int(1)) if k == "little_endian"));
+    if !little {
+        bail!("only little-endian files are supported");
+    }
+    let root = vm.run().context("unpickling the saved object")?;
+    let Val::List(keys) = vm.run().context("the storage keys")? else {
+        bail!("the storage keys are not a list");
+    };
+    let mut found = Vec::new();
+    collect(String::new(), root, &mut found)?;
+    let dtypes: HashMap<&str, Dtype> = found
+        .iter()
+        .map(|(_, t)| (t.storage.key.as_str(), t.storage.dtype))
+        .collect();
+    // the storages follow the pickles, in the order of the key list
+    let mut at = vm.pos;
+    let mut storages: HashMap<String, &[u8]> = HashMap::new();
+    for key in keys {
+        let Val::Str(key) = key else {
+            bail!("a storage key is not a string: {key:?}");
+        };
+        let dtype = *dtypes
+            .get(key.as_str())
+            .with_context(|| format!("storage {key} is not used by any tensor"))?;
+        let truncated = || anyhow!("file truncated in storage {key}");
+        let count: [u8; 8] = bytes.get(at..at + 8).ok_or_else(truncated)?.try_into()?;
+        let len = usize::try_from(u64::from_le_bytes(count))?
+            .checked_mul(dtype.size())
+            .ok_or_else(truncated)?;
+        let start = at + 8;
+        let end = start.checked_add(len).ok_or_else(truncated)?;
+        let data = bytes.get(start..end).ok_or_else(truncated)?;
+        storages.insert(key, data);
+        at = end;
+    }
+    materialize_all(found, |key| {
+        storages
+            .get(key)
+            .map(|b| b.to_vec())
+            .with_context(|| format!("storage {key} is missing from the file"))
+    })
+}
+
+/// Copies each tensor out of its storage, reading each storage once.
+fn materialize_all(
+    found: Vec<(String, TensorRef)>,
+    mut storage: impl FnMut(&str) -> Result<Vec<u8>>,
+) -> Result<Vec<RawTensor>> {
     let mut by_key: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
     for (i, (_, t)) in found.iter().enumerate() {
         by_key.entry(t.storage.key.as_str()).or_default().push(i);
     }
     let mut out: Vec<Option<RawTensor>> = found.iter().map(|_| None).collect();
     for (key, idxs) in by_key {
-        let entry = format!("{prefix}data/{key}");
-        let bytes = read_entry(&entry)?
-            .with_context(|| format!("missing storage entry {entry} in the archive"))?;
+        let bytes = storage(key)?;
         for i in idxs {
             let (name, t) = &found[i];
             let data = t
                 .materialize(&bytes)
                 .with_context(|| format!("tensor {name}"))?;
-            let (name, dtype, shape) = (name.clone(), t.storage.dtype, t.shape.clone());
             out[i] = Some(RawTensor {
-                name,
-                dtype,
-                shape,
+                name: name.clone(),
+                dtype: t.storage.dtype,
+                shape: t.shape.clone(),
                 data,
             });
         }
@@ -404,7 +477,8 @@ impl<'a> Vm<'a> {
         self.stack.last_mut().context("pickle stack underflow")
     }
 
-    fn run(mut self) -> Result<Val> {
+    /// Runs one pickle from the current position to its STOP; `pos` is then just past it.
+    fn run(&mut self) -> Result<Val> {
         loop {
             let at = self.pos;
             let op = self.arr::<1>()?[0];
@@ -533,7 +607,8 @@ fn pairs(items: Vec<Val>) -> Result<Vec<(Val, Val)>> {
     Ok(std::iter::from_fn(|| Some((it.next()?, it.next()?))).collect())
 }
 
-/// Resolves `('storage', <storage class>, key, location, numel)`.
+/// Resolves `('storage', <storage class>, key, location, numel)`, and the legacy format's
+/// `(..., numel, None)` (a storage that is not a view of another).
 fn persistent_load(pid: Val) -> Result<Val> {
     match pid {
         Val::Tuple(items) => match items.as_slice() {
@@ -543,7 +618,11 @@ fn persistent_load(pid: Val) -> Result<Val> {
                 Val::Str(key),
                 _location,
                 numel,
-            ] if tag == "storage" => {
+                ..,
+            ] if tag == "storage"
+                && matches!(items.get(5), None | Some(Val::None))
+                && items.len() <= 6 =>
+            {
                 let dtype = Dtype::from_storage_class(module, name)?;
                 let numel = to_usize(numel, "storage numel")?;
                 let key = key.clone();
@@ -634,6 +713,30 @@ X\x01\x00\x00\x001q\x10h\x07K\x02tq\x11QK\x00K\x01K\x02\x86q\x12K\x02K\x01\x86q\
         assert_eq!(got, want);
     }
 
+    /// `torch.save(same dict, f, _use_new_zipfile_serialization=False)` by torch 2.11.
+    const LEGACY: &[u8] = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19.\x80\x02M\xe9\x03.\x80\x02}q\x00(X\x10\x00\x00\x00protocol_versionq\x01M\xe9\x03X\x0d\x00\x00\x00little_endianq\x02\x88X\x0a\x00\x00\x00type_sizesq\x03}q\x04(X\x05\x00\x00\x00shortq\x05K\x02X\x03\x00\x00\x00intq\x06K\x04X\x04\x00\x00\x00longq\x07K\x04uu.\x80\x02ccollections\x0aOrderedDict\x0aq\x00)Rq\x01(X\x01\x00\x00\x00wq\x02ctorch._utils\x0a_rebuild_tensor_v2\x0aq\x03((X\x07\x00\x00\x00storageq\x04ctorch\x0aFloatStorage\x0aq\x05X\x0e\x00\x00\x0094788052204496q\x06X\x03\x00\x00\x00cpuq\x07K\x02Ntq\x08QK\x00K\x02\x85q\x09K\x01\x85q\x0a\x89h\x00)Rq\x0btq\x0cRq\x0dX\x01\x00\x00\x00iq\x0eh\x03((h\x04ctorch\x0aLongStorage\x0aq\x0fX\x0e\x00\x00\x0094787948938656q\x10h\x07K\x02Ntq\x11QK\x00K\x01K\x02\x86q\x12K\x02K\x01\x86q\x13\x89h\x00)Rq\x14tq\x15Rq\x16u.\x80\x02]q\x00(X\x0e\x00\x00\x0094787948938656q\x01X\x0e\x00\x00\x0094788052204496q\x02e.\x02\x00\x00\x00\x00\x00\x00\x00\x03\x00\x00\x00\x00\x00\x00\x00\x04\x00\x00\x00\x00\x00\x00\x00\x02\x00\x00\x00\x00\x00\x00\x00\x00\x00\x80?\x00\x00\x00@";
+
+    #[test]
+    fn reads_the_legacy_format() {
+        let tensors = read_bytes("legacy.pt", LEGACY).expect("read legacy.pt");
+        let got: Vec<_> = tensors
+            .iter()
+            .map(|t| {
+                (
+                    t.name.as_str(),
+                    t.dtype,
+                    t.shape.as_slice(),
+                    t.data.as_slice(),
+                )
+            })
+            .collect();
+        let want: [(&str, Dtype, &[usize], &[u8]); 2] = [
+            ("w", Dtype::F32, &[2], F32S),
+            ("i", Dtype::I64, &[1, 2], I64S),
+        ];
+        assert_eq!(got, want);
+    }
+
     #[test]
     fn reports_bad_files() {
         let msg = err(read_bytes("nolong.bin", &zip_bytes(&tiny(false))));
@@ -641,9 +744,14 @@ X\x01\x00\x00\x001q\x10h\x07K\x02tq\x11QK\x00K\x01K\x02\x86q\x12K\x02K\x01\x86q\
         let cut_pickle = zip_bytes(&[("a/data.pkl", &TINY_PKL[..100])]);
         let msg = err(read_bytes("cutpkl.bin", &cut_pickle));
         assert!(msg.contains("pickle truncated"), "{msg}");
-        let legacy = b"\x80\x02\x8a\x0alw\xf9F\xf9 j\xa8P\x19.\x80\x02M\xe9\x03.";
-        let msg = err(read_bytes("legacy.bin", legacy));
-        assert!(msg.contains("predates PyTorch 1.6"), "{msg}");
+        let msg = err(read_bytes("legacy.bin", &LEGACY[..LEGACY.len() - 3]));
+        assert!(msg.contains("legacy torch.save format"), "{msg}");
+        assert!(
+            msg.contains("file truncated in storage 94788052204496"),
+            "{msg}"
+        );
+        let msg = err(read_bytes("legacy-cut.bin", &LEGACY[..40]));
+        assert!(msg.contains("pickle truncated"), "{msg}");
         let full = zip_bytes(&tiny(true));
         let msg = err(read_bytes("cutzip.bin", &full[..full.len() / 2]));
         assert!(msg.contains("not a zip archive"), "{msg}");

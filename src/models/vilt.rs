@@ -575,6 +575,7 @@ pub static SPEC: Arch = Arch {
     modality: Modality::TextImage,
     base_prefix: "vilt.",
     classifier_class: "ViltForQuestionAnswering",
+    image_encoder: None,
     build,
     may_be_fresh,
     text_limits,

@@ -111,6 +111,10 @@ declare_options! {
     /// Keep only each encoder layer's input in the forward pass and recompute the layer in
     /// the backward pass: less memory for activations, about a third more compute.
     gradient_checkpointing: bool = false, range Range::Any, unit "";
+    /// Keep the image encoder's pretrained weights (and its batch normalisation statistics)
+    /// as they are and train the rest: for text+image models with a separate image encoder
+    /// (the fusion presets, CLIP, FLAVA).
+    freeze_image_encoder: bool = false, range Range::Any, unit "";
     /// Evaluate the dev split every this many optimisation steps (and at the end).
     eval_every: Option<u32> = None, range Range::integers(1, 10_000_000), unit "steps",
         unset "every epoch";
@@ -382,6 +386,20 @@ pub fn resolve(
         }
         Some(_) => {}
         None => train.max_length = Some(TrainConfig::default().max_length.min(positions)),
+    }
+    if train.freeze_image_encoder == Some(true) {
+        let arch = model.architecture.as_deref();
+        let arch = arch.and_then(|t| crate::models::Arch::from_model_type(t).ok());
+        if arch.and_then(|a| a.image_encoder).is_none() {
+            return Err(OptionError {
+                field: "freeze_image_encoder",
+                message: format!(
+                    "model `{}` has no separate image encoder to freeze (text-only models have none; ViLT's image enters its one transformer)",
+                    model.name
+                ),
+            }
+            .into());
+        }
     }
     Ok(ResolvedRun {
         config: train.resolve()?,

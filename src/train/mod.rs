@@ -212,6 +212,9 @@ pub fn run(spec: &JobSpec, sink: &mut dyn EventSink) -> Result<Summary> {
             );
         }
     }
+    if cfg.freeze_image_encoder {
+        freeze_image_encoder(&mut model)?;
+    }
     // the tokenizer and preprocessing files come from the model as registered
     model.checkpoint.dir = spec.model.dir.clone();
     let positions = model.checkpoint.max_length()?;
@@ -227,6 +230,9 @@ pub fn run(spec: &JobSpec, sink: &mut dyn EventSink) -> Result<Summary> {
     for d in &devices[1..] {
         let mut r = models::load(&weights_dir, Some(ds.num_labels()), d.to_tch()?)?;
         r.vs.copy(&model.vs)?;
+        if cfg.freeze_image_encoder {
+            freeze_image_encoder(&mut r)?;
+        }
         replicas.push(r);
     }
 
@@ -756,6 +762,30 @@ impl Probes<'_> {
         }
         Ok(out)
     }
+}
+
+/// Freezes a loaded model's image encoder: its parameters stop requiring gradients (so the
+/// optimiser leaves them out and the backward pass never reaches them) and it runs as in
+/// evaluation.
+fn freeze_image_encoder(m: &mut models::Loaded) -> Result<()> {
+    let prefix = m.checkpoint.arch.image_encoder.with_context(|| {
+        format!(
+            "a `{}` model has no separate image encoder to freeze",
+            m.checkpoint.arch.name()
+        )
+    })?;
+    let mut frozen = 0;
+    for (name, t) in m.vs.variables() {
+        if name.starts_with(prefix) {
+            let _ = t.set_requires_grad(false);
+            frozen += 1;
+        }
+    }
+    if frozen == 0 {
+        bail!("the model has no parameters under `{prefix}` to freeze");
+    }
+    m.model.freeze_image_encoder();
+    Ok(())
 }
 
 /// A seed for the dropout masks of micro-batch `micro` of step `step`.

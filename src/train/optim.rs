@@ -44,8 +44,8 @@ pub struct AdamW {
 }
 
 impl AdamW {
-    /// The optimiser of every trainable variable of `vs`, in name order; variables in the
-    /// [`NO_DECAY`] group are not decayed.
+    /// The optimiser of every trainable variable of `vs` that requires a gradient (a frozen
+    /// one does not), in name order; variables in the [`NO_DECAY`] group are not decayed.
     pub fn new(vs: &VarStore, weight_decay: f64) -> AdamW {
         let vars = vs.variables_.lock().unwrap_or_else(|p| p.into_inner());
         let no_decay: Vec<usize> = vars
@@ -62,7 +62,7 @@ impl AdamW {
         let named: BTreeMap<&String, &Tensor> = vars.named_variables.iter().collect();
         let params = named
             .into_iter()
-            .filter(|(_, t)| trainable.contains(&(t.data_ptr() as usize)))
+            .filter(|(_, t)| t.requires_grad() && trainable.contains(&(t.data_ptr() as usize)))
             .map(|(name, t)| Param {
                 name: name.clone(),
                 tensor: t.shallow_clone(),

@@ -12,6 +12,7 @@ mod pages;
 mod parity;
 mod parity_clip;
 mod parity_flava;
+mod parity_mobilenet;
 mod parity_vilt;
 mod preprocessing;
 mod queue;
