@@ -323,6 +323,10 @@ fn train_here(a: TrainArgs) -> Result<()> {
         train: a.options,
         ..RunRequest::new(a.model, a.dataset.clone())
     };
+    // the built-in presets, as the service writes them at start-up
+    if a.settings.models_dir.is_dir() {
+        modalbench::models::presets::ensure_presets(&a.settings.models_dir)?;
+    }
     let registry = Registry::new(a.settings.models_dir.clone());
     let resolved = runs::resolve(req, &registry, dataset)?;
     if let Some(why) = train::precision::unsupported(resolved.config.mixed_precision, a.device) {

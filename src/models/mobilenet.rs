@@ -11,14 +11,23 @@
 //! normalisation (and ReLU6 except after the projection). Batch normalisation keeps running
 //! statistics (`running_mean`, `running_var`, not trained): they are updated while training
 //! and used otherwise, and always used while the encoder is frozen.
+//!
+//! A frozen encoder is a pure function of each image's pixels, so on the CPU its features are
+//! computed once per distinct image and kept (keyed by a 128-bit hash of the pixel values, up
+//! to [`CACHE_BYTES`]): later epochs, evaluations and the image-reliance probes reuse them.
 
 use crate::models::layers::{DECAY, Linear, NO_DECAY, dropout, param};
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
 use tch::Tensor;
 use tch::nn::{self, BatchNorm, Init, Module, ModuleT};
 
 /// Width of the pooled features.
 pub const FEATURES: i64 = 1280;
+
+/// The most memory the frozen encoder's feature cache takes (about 50,000 images).
+pub const CACHE_BYTES: usize = 256 << 20;
 
 /// (expansion ratio, output channels, blocks, stride of the first block), as torchvision's
 /// `inverted_residual_setting`.
@@ -106,6 +115,8 @@ pub struct MobileNetV2 {
     classifier: Option<Linear>,
     /// While frozen, batch normalisation uses its running statistics even in training.
     frozen: Cell<bool>,
+    /// Features of the images seen while frozen, by hash of their pixels.
+    cache: RefCell<HashMap<u128, Tensor>>,
 }
 
 impl MobileNetV2 {
@@ -160,6 +171,7 @@ impl MobileNetV2 {
             head,
             classifier,
             frozen: Cell::new(false),
+            cache: RefCell::default(),
         }
     }
 
@@ -170,7 +182,55 @@ impl MobileNetV2 {
 
     /// `[batch, 3, H, W]` -> the globally averaged features, `[batch, 1280]`.
     pub fn features(&self, pixels: &Tensor, train: bool) -> Tensor {
-        let train = train && !self.frozen.get();
+        if self.frozen.get() && pixels.device() == tch::Device::Cpu {
+            return self.cached_features(pixels);
+        }
+        self.compute(pixels, train && !self.frozen.get())
+    }
+
+    /// The frozen encoder's features, computed only for the images not seen before.
+    fn cached_features(&self, pixels: &Tensor) -> Tensor {
+        let n = pixels.size()[0];
+        let flat = pixels.to_kind(tch::Kind::Float).reshape([n, -1]);
+        let keys: Vec<u128> = (0..n).map(|i| pixel_hash(&flat.get(i))).collect();
+        let missing: Vec<i64> = {
+            let cache = self.cache.borrow();
+            let mut seen = std::collections::HashSet::new();
+            (0..n)
+                .filter(|&i| !cache.contains_key(&keys[i as usize]) && seen.insert(keys[i as usize]))
+                .collect()
+        };
+        let mut fresh = HashMap::new();
+        if !missing.is_empty() {
+            let index = Tensor::from_slice(&missing);
+            let computed = tch::no_grad(|| self.compute(&pixels.index_select(0, &index), false));
+            for (row, &i) in missing.iter().enumerate() {
+                fresh.insert(keys[i as usize], computed.get(row as i64).to_kind(tch::Kind::Float));
+            }
+        }
+        let mut cache = self.cache.borrow_mut();
+        let rows: Vec<Tensor> = keys
+            .iter()
+            .map(|k| {
+                fresh
+                    .get(k)
+                    .or_else(|| cache.get(k))
+                    .expect("computed above")
+                    .shallow_clone()
+            })
+            .collect();
+        let row_bytes = (FEATURES as usize) * 4;
+        for (k, t) in fresh {
+            if (cache.len() + 1) * row_bytes > CACHE_BYTES {
+                break;
+            }
+            cache.insert(k, t);
+        }
+        Tensor::stack(&rows, 0)
+    }
+
+    /// The features, computed; `train` puts batch normalisation on the batch's statistics.
+    fn compute(&self, pixels: &Tensor, train: bool) -> Tensor {
         let mut xs = self.stem.forward(pixels, train);
         for b in &self.blocks {
             let mut ys = xs.shallow_clone();
@@ -190,4 +250,17 @@ impl MobileNetV2 {
         let f = self.features(pixels, train);
         Some(c.forward(&dropout(&f, 0.2, train)))
     }
+}
+
+/// A 128-bit hash of one image's pixel values (two SipHash passes with different keys).
+fn pixel_hash(row: &Tensor) -> u128 {
+    let values = Vec::<f32>::try_from(row).expect("float pixels");
+    let bits: Vec<u32> = values.iter().map(|v| v.to_bits()).collect();
+    let half = |salt: u64| {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        salt.hash(&mut h);
+        bits.hash(&mut h);
+        h.finish()
+    };
+    (u128::from(half(0x6d6f_6269)) << 64) | u128::from(half(0x6c65_6e65))
 }

@@ -190,7 +190,7 @@ pub const MOBILENET_DIR: &str = "mobilenet-v2";
 /// torchvision's file of those weights.
 pub const MOBILENET_FILE: &str = "mobilenet_v2-b0353104.pth";
 /// Side of the square images the MobileNetV2 presets take.
-pub const MOBILENET_IMAGE_SIZE: u32 = 128;
+pub const MOBILENET_IMAGE_SIZE: u32 = 96;
 
 /// `preprocessor_config.json` of a preset: resized to `size` x `size` with Pillow filter
 /// `resample` (2 bilinear, 3 bicubic), ImageNet statistics.

@@ -99,11 +99,15 @@ fn the_imagenet_mobilenet_v2_predicts_what_torchvision_predicts() {
     let diff = max_diff(&features, &expected["train_features"]);
     eprintln!("train-mode features: max abs diff {diff:e}");
     assert!(diff < 2e-3, "train-mode features differ by {diff}");
-    // frozen, it keeps the running statistics while training
+    // frozen, it keeps the running statistics while training, and its cached features are
+    // the computed ones, in any order
+    let eval = tch::no_grad(|| model.features(pixels, false));
     model.freeze();
     let frozen = tch::no_grad(|| model.features(pixels, true));
-    let eval = tch::no_grad(|| model.features(pixels, false));
     assert_eq!(max_diff(&frozen, &eval), 0.0);
+    let order = Tensor::from_slice(&[4i64, 0, 0, 2]);
+    let again = tch::no_grad(|| model.features(&pixels.index_select(0, &order), true));
+    assert_eq!(max_diff(&again, &eval.index_select(0, &order)), 0.0);
 }
 
 #[tokio::test]

@@ -203,12 +203,12 @@ async fn the_demo_study_is_submitted_like_any_run() {
             .unwrap();
         assert_eq!(study.name, "demo");
         assert_eq!(study.counts.queued as usize, ids.len());
-        let lr = modalbench::app::DEMO_STUDY
+        let (_, lr, frozen) = modalbench::app::DEMO_STUDY
             .iter()
-            .find(|(m, _)| *m == run.model)
-            .unwrap()
-            .1;
-        assert_eq!(run.config.learning_rate, lr);
+            .find(|(m, _, _)| *m == run.model)
+            .unwrap();
+        assert_eq!(run.config.learning_rate, *lr);
+        assert_eq!(run.config.freeze_image_encoder, *frozen);
     }
     assert!(
         modalbench::app::queue_demo_study(&app.state)
