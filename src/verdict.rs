@@ -19,7 +19,10 @@ the same test examples (mean accuracy over seeds, ties to the faster-training on
 bootstrap over examples). \
 The image helps when the gain's 95% interval lies above zero and the gain is at least the minimum \
 gain; it helps at a cost when, in addition, the text+image side trains more than the cost ratio \
-times longer. Otherwise text suffices: a gain whose interval reaches zero is not evidence.";
+times longer and the text-only side is a working alternative: its accuracy's 95% interval lies \
+above the majority-class rate of the test split (a text-only model no better than always \
+answering the most frequent label is no alternative at any price). \
+Otherwise text suffices: a gain whose interval reaches zero is not evidence.";
 
 /// The thresholds of [`RULE`].
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -130,6 +133,8 @@ pub struct CostRatios {
 #[derive(Debug, Clone, Serialize)]
 pub struct DatasetVerdict {
     pub dataset: String,
+    /// Accuracy of always answering the test split's most frequent label.
+    pub majority_rate: f64,
     pub text_only: Option<Side>,
     pub text_image: Option<Side>,
     /// Text+image minus text-only mean accuracy, paired over examples.
@@ -221,8 +226,14 @@ fn best(configs: &[Config], modality: Modality) -> Option<&Config> {
         })
 }
 
-/// The verdict on `dataset` from its configurations' runs (all on the same test examples).
-pub fn decide(dataset: &str, configs: &[Config], t: Thresholds) -> DatasetVerdict {
+/// The verdict on `dataset` from its configurations' runs (all on the same test examples, whose
+/// most frequent label is `majority_rate` of them).
+pub fn decide(
+    dataset: &str,
+    majority_rate: f64,
+    configs: &[Config],
+    t: Thresholds,
+) -> DatasetVerdict {
     let n = configs
         .iter()
         .flat_map(|c| c.runs.first())
@@ -234,6 +245,7 @@ pub fn decide(dataset: &str, configs: &[Config], t: Thresholds) -> DatasetVerdic
     let image = best(configs, Modality::TextImage);
     let mut v = DatasetVerdict {
         dataset: dataset.to_string(),
+        majority_rate,
         text_only: text.map(|c| side(c, &resamples)),
         text_image: image.map(|c| side(c, &resamples)),
         difference: None,
@@ -273,21 +285,29 @@ pub fn decide(dataset: &str, configs: &[Config], t: Thresholds) -> DatasetVerdic
         "gain {gain:+.3} (95% interval {:+.3} to {:+.3}, p = {:.3})",
         d.interval.low, d.interval.high, d.p_value
     );
+    let alternative = ts.accuracy_low > majority_rate;
     (v.outcome, v.reason) = if d.interval.low > 0.0 && gain >= t.min_gain {
-        if ratios.train_time > t.max_cost_ratio {
+        let helps = format!("{ci} lies above zero and is at least {:.3}", t.min_gain);
+        let time = format!("training takes {:.1}× as long", ratios.train_time);
+        if ratios.train_time <= t.max_cost_ratio {
             (
-                Outcome::ImageHelpsAtACost,
+                Outcome::ImageHelps,
+                format!("{helps}; {time} (at most {:.1}×)", t.max_cost_ratio),
+            )
+        } else if !alternative {
+            (
+                Outcome::ImageHelps,
                 format!(
-                    "{ci} lies above zero and is at least {:.3}; training takes {:.1}× as long (more than {:.1}×)",
-                    t.min_gain, ratios.train_time, t.max_cost_ratio
+                    "{helps}; {time}, but the text-only side is no alternative: its accuracy's interval ({:.3} to {:.3}) does not lie above the majority-class rate {majority_rate:.3}",
+                    ts.accuracy_low, ts.accuracy_high
                 ),
             )
         } else {
             (
-                Outcome::ImageHelps,
+                Outcome::ImageHelpsAtACost,
                 format!(
-                    "{ci} lies above zero and is at least {:.3}; training takes {:.1}× as long (at most {:.1}×)",
-                    t.min_gain, ratios.train_time, t.max_cost_ratio
+                    "{helps}; {time} (more than {:.1}×) as the working text-only side (accuracy interval {:.3} to {:.3}, above the majority-class rate {majority_rate:.3})",
+                    t.max_cost_ratio, ts.accuracy_low, ts.accuracy_high
                 ),
             )
         }
@@ -338,6 +358,7 @@ pub async fn study_verdict(
     for dataset in datasets {
         let mut configs: BTreeMap<String, Config> = BTreeMap::new();
         let mut order: Option<Vec<String>> = None;
+        let mut majority_rate = 0.0;
         for run in runs.iter().filter(|r| &r.dataset == dataset) {
             let (Some(summary), Some(&modality)) = (&run.summary, modalities.get(&run.model))
             else {
@@ -351,7 +372,15 @@ pub async fn study_verdict(
             }
             let ids: Vec<String> = preds.iter().map(|p| p.example_id.clone()).collect();
             match &order {
-                None => order = Some(ids),
+                None => {
+                    let mut counts: HashMap<i64, usize> = HashMap::new();
+                    for p in &preds {
+                        *counts.entry(p.label.unwrap_or(-1)).or_default() += 1;
+                    }
+                    let most = counts.values().copied().max().unwrap_or(0);
+                    majority_rate = most as f64 / preds.len() as f64;
+                    order = Some(ids)
+                }
                 Some(o) if *o != ids => continue,
                 Some(_) => {}
             }
@@ -382,7 +411,7 @@ pub async fn study_verdict(
                 });
         }
         let configs: Vec<Config> = configs.into_values().collect();
-        out.push(decide(dataset, &configs, t));
+        out.push(decide(dataset, majority_rate, &configs, t));
     }
     Ok(StudyVerdict {
         study_id,
@@ -396,8 +425,8 @@ pub async fn study_verdict(
 /// The verdict as a Markdown table, ready for a paper.
 pub fn markdown(v: &StudyVerdict) -> String {
     let mut s = String::from(
-        "| dataset | text-only (acc ± std, n) | text+image (acc ± std, n) | gain [95% CI] | p | images-shuffled drop | time × | memory × | params × | verdict |\n\
-         | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n",
+        "| dataset | majority class | text-only (acc ± std, n) | text+image (acc ± std, n) | gain [95% CI] | p | images-shuffled drop | time × | memory × | params × | verdict |\n\
+         | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n",
     );
     for d in &v.datasets {
         let side = |x: &Option<Side>| match x {
@@ -427,8 +456,9 @@ pub fn markdown(v: &StudyVerdict) -> String {
                 .map_or("–".into(), |x| format!("{x:.2}"))
         };
         s.push_str(&format!(
-            "| {} | {} | {} | {gain} | {p} | {shuffled} | {} | {} | {} | {} |\n",
+            "| {} | {:.3} | {} | {} | {gain} | {p} | {shuffled} | {} | {} | {} | {} |\n",
             d.dataset,
+            d.majority_rate,
             side(&d.text_only),
             side(&d.text_image),
             ratio(|c| Some(c.train_time)),
@@ -443,7 +473,7 @@ pub fn markdown(v: &StudyVerdict) -> String {
 /// The verdict as CSV: one row per dataset.
 pub fn csv(v: &StudyVerdict) -> String {
     let mut s = String::from(
-        "dataset,text_only,text_only_accuracy,text_only_std,text_only_n,text_image,text_image_accuracy,text_image_std,text_image_n,gain,gain_low,gain_high,p_value,images_shuffled_drop,train_time_ratio,samples_per_second_ratio,peak_memory_ratio,parameters_ratio,flops_ratio,verdict\n",
+        "dataset,majority_rate,text_only,text_only_accuracy,text_only_std,text_only_n,text_image,text_image_accuracy,text_image_std,text_image_n,gain,gain_low,gain_high,p_value,images_shuffled_drop,train_time_ratio,samples_per_second_ratio,peak_memory_ratio,parameters_ratio,flops_ratio,verdict\n",
     );
     let q = |x: &str| format!("\"{}\"", x.replace('"', "\"\""));
     for d in &v.datasets {
@@ -477,8 +507,9 @@ pub fn csv(v: &StudyVerdict) -> String {
             )
         });
         s.push_str(&format!(
-            "{},{},{},{diff},{shuffled},{ratios},{}\n",
+            "{},{},{},{},{diff},{shuffled},{ratios},{}\n",
             q(&d.dataset),
+            d.majority_rate,
             side(&d.text_only),
             side(&d.text_image),
             q(d.outcome.says())
@@ -527,14 +558,25 @@ mod tests {
             config("text", Modality::Text, runs(0.6, 400, 3, 1, 10.0)),
             config("image", Modality::TextImage, runs(0.9, 400, 3, 2, 15.0)),
         ];
-        let v = decide("d", &c, t);
+        let v = decide("d", 0.5, &c, t);
         assert_eq!(v.outcome, Outcome::ImageHelps, "{}", v.reason);
         assert!((v.cost_ratios.unwrap().train_time - 1.5).abs() < 1e-12);
         let c = [
             config("text", Modality::Text, runs(0.6, 400, 3, 1, 10.0)),
             config("image", Modality::TextImage, runs(0.9, 400, 3, 2, 50.0)),
         ];
-        assert_eq!(decide("d", &c, t).outcome, Outcome::ImageHelpsAtACost);
+        assert_eq!(decide("d", 0.5, &c, t).outcome, Outcome::ImageHelpsAtACost);
+        // the same cost over a text-only side at the majority-class rate: no trade-off to make
+        let c = [
+            config("text", Modality::Text, runs(0.5, 400, 3, 1, 10.0)),
+            config("image", Modality::TextImage, runs(0.9, 400, 3, 2, 50.0)),
+        ];
+        let v = decide("d", 0.5, &c, t);
+        assert_eq!(v.outcome, Outcome::ImageHelps, "{}", v.reason);
+        assert!(v.reason.contains("no alternative"), "{}", v.reason);
+        // ... while above a lower majority-class rate it is one
+        let v = decide("d", 0.4, &c, t);
+        assert_eq!(v.outcome, Outcome::ImageHelpsAtACost, "{}", v.reason);
     }
 
     #[test]
@@ -550,7 +592,7 @@ mod tests {
                     runs(0.7, 200, 3, 50 + salt, 12.0),
                 ),
             ];
-            let v = decide("d", &c, Thresholds::default());
+            let v = decide("d", 0.5, &c, Thresholds::default());
             assert_eq!(
                 v.outcome,
                 Outcome::TextSuffices,
@@ -565,6 +607,7 @@ mod tests {
         ];
         let v = decide(
             "d",
+            0.5,
             &c,
             Thresholds {
                 min_gain: 0.05,
@@ -581,10 +624,10 @@ mod tests {
             config("text", Modality::Text, runs(0.8, 300, 2, 4, 10.0)),
             config("image", Modality::TextImage, runs(0.81, 300, 2, 5, 10.0)),
         ];
-        let v = decide("d", &c, Thresholds::default());
+        let v = decide("d", 0.5, &c, Thresholds::default());
         assert_eq!(v.text_only.as_ref().unwrap().model, "text");
         assert_eq!(v.text_only.as_ref().unwrap().accuracy.n, 2);
-        let v = decide("d", &c[..2], Thresholds::default());
+        let v = decide("d", 0.5, &c[..2], Thresholds::default());
         assert_eq!(v.outcome, Outcome::Undecided);
         // equally accurate: the one that trains faster is the one to beat
         let c = [
@@ -592,7 +635,7 @@ mod tests {
             config("fast-text", Modality::Text, runs(0.8, 300, 2, 4, 10.0)),
             config("image", Modality::TextImage, runs(0.81, 300, 2, 5, 10.0)),
         ];
-        let v = decide("d", &c, Thresholds::default());
+        let v = decide("d", 0.5, &c, Thresholds::default());
         assert_eq!(v.text_only.as_ref().unwrap().model, "fast-text");
     }
 }

@@ -197,7 +197,9 @@ impl MobileNetV2 {
             let cache = self.cache.borrow();
             let mut seen = std::collections::HashSet::new();
             (0..n)
-                .filter(|&i| !cache.contains_key(&keys[i as usize]) && seen.insert(keys[i as usize]))
+                .filter(|&i| {
+                    !cache.contains_key(&keys[i as usize]) && seen.insert(keys[i as usize])
+                })
                 .collect()
         };
         let mut fresh = HashMap::new();
@@ -205,7 +207,10 @@ impl MobileNetV2 {
             let index = Tensor::from_slice(&missing);
             let computed = tch::no_grad(|| self.compute(&pixels.index_select(0, &index), false));
             for (row, &i) in missing.iter().enumerate() {
-                fresh.insert(keys[i as usize], computed.get(row as i64).to_kind(tch::Kind::Float));
+                fresh.insert(
+                    keys[i as usize],
+                    computed.get(row as i64).to_kind(tch::Kind::Float),
+                );
             }
         }
         let mut cache = self.cache.borrow_mut();

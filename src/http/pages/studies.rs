@@ -48,6 +48,7 @@ struct DatasetView {
     outcome: &'static str,
     outcome_class: &'static str,
     reason: String,
+    majority_rate: String,
     text: Option<SideView>,
     image: Option<SideView>,
     gain: String,
@@ -113,6 +114,7 @@ async fn verdict_page(
                 Outcome::Undecided => "undecided",
             },
             reason: d.reason.clone(),
+            majority_rate: format!("{:.3}", d.majority_rate),
             text: d.text_only.as_ref().map(side_view),
             image: d.text_image.as_ref().map(side_view),
             gain: d.difference.map_or("–".into(), |x| {
