@@ -1,6 +1,6 @@
 //! The statistics against numpy, scipy and scikit-learn: bootstrap intervals of accuracy, F1
 //! and AUROC, the paired bootstrap of a difference with its p-value, McNemar's exact test and
-//! the spread across seeds, on generated cases (`tests/reference/stats_reference.py` computes
+//! the spread across seeds with the t-interval of its mean, on generated cases (`tests/reference/stats_reference.py` computes
 //! the reference from the same resamples).
 
 use crate::helpers::run_python;
@@ -153,6 +153,9 @@ fn intervals_differences_mcnemar_and_spread_match_numpy_scipy_and_sklearn() {
         close(s.mean, &r["spread"]["mean"], "mean");
         close(s.std, &r["spread"]["std"], "std");
         assert_eq!(s.n as u64, r["spread"]["n"].as_u64().unwrap());
+        let iv = stats::mean_interval(&c.seed_values).unwrap();
+        close(iv.low, &r["mean_interval"]["low"], "t-interval low");
+        close(iv.high, &r["mean_interval"]["high"], "t-interval high");
     }
     assert!(
         undefined_auroc_seen,

@@ -8,7 +8,7 @@ Prints, per case: for each run and metric the estimate and the 2.5% and 97.5% pe
 over the resamples (numpy's linear interpolation; resamples where the metric is undefined are
 left out); the paired difference a - b likewise, with its two-sided bootstrap p-value; McNemar's
 exact p-value (scipy's binomial test of the discordant pairs); the mean, sample standard
-deviation and count of `seed_values`.
+deviation and count of `seed_values`, and the 95% t-interval of their mean.
 """
 
 import json
@@ -17,7 +17,7 @@ import sys
 import warnings
 
 import numpy as np
-from scipy.stats import binomtest
+from scipy.stats import binomtest, sem, t
 
 sys.path.insert(0, os.path.dirname(__file__))
 from sklearn_metrics import metrics  # noqa: E402
@@ -69,6 +69,8 @@ def case_result(case):
     v = np.array(case["seed_values"], dtype=np.float64)
     out["spread"] = {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0,
                      "n": len(v)}
+    low, high = t.interval(0.95, len(v) - 1, loc=v.mean(), scale=sem(v))
+    out["mean_interval"] = {"low": float(low), "high": float(high)}
     return out
 
 
