@@ -2,9 +2,10 @@
 
 use crate::eval::MetricKey;
 use crate::protocol::Summary;
+use crate::runs::TrainConfig;
 use crate::store::Store;
 use crate::store::metrics::NewPoint;
-use crate::store::runs::{BoardMetric, RunStatus};
+use crate::store::runs::{BoardMetric, FinishedRun, RunStatus};
 use anyhow::Result;
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -17,7 +18,7 @@ pub async fn leaderboard(runs: usize, points_per_run: usize, repeats: usize) -> 
     let store = Store::open(&dir.join("bench.db")).await?;
     let mut rng = ChaCha8Rng::seed_from_u64(0);
     let t = Instant::now();
-    let finished: Vec<(String, String, RunStatus, Summary)> = (0..runs)
+    let finished: Vec<FinishedRun> = (0..runs)
         .map(|i| {
             let s = Summary {
                 accuracy: rng.random_range(0.5..1.0),
@@ -33,12 +34,18 @@ pub async fn leaderboard(runs: usize, points_per_run: usize, repeats: usize) -> 
             } else {
                 RunStatus::Succeeded
             };
-            (
-                format!("model-{}", i % 20),
-                format!("dataset-{}", (i / 20) % 5),
+            // three learning rates, each over many seeds
+            FinishedRun {
+                model: format!("model-{}", i % 20),
+                dataset: format!("dataset-{}", (i / 20) % 5),
                 status,
-                s,
-            )
+                config: TrainConfig {
+                    learning_rate: [2e-5, 5e-5, 1e-4][(i / 100) % 3],
+                    seed: i as u64,
+                    ..Default::default()
+                },
+                summary: s,
+            }
         })
         .collect();
     let ids = store.insert_finished_runs(&finished).await?;

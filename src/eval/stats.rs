@@ -407,7 +407,10 @@ mod tests {
         // with one degree of freedom t is Cauchy: P(T ≤ 1) = 3/4, quantile tan(π(p − 1/2))
         assert!((t_cdf(1.0, 1.0) - 0.75).abs() < 1e-13);
         let q = t_quantile(0.975, 1.0);
-        assert!((q - (std::f64::consts::PI * 0.475).tan()).abs() < 1e-9, "{q}");
+        assert!(
+            (q - (std::f64::consts::PI * 0.475).tan()).abs() < 1e-9,
+            "{q}"
+        );
         // symmetric, and the normal's 1.959964 in the limit
         assert!((t_cdf(-2.0, 7.0) + t_cdf(2.0, 7.0) - 1.0).abs() < 1e-13);
         assert!((t_quantile(0.975, 1e7) - 1.959_963_984_540_054).abs() < 1e-6);

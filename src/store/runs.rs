@@ -244,7 +244,8 @@ impl BoardMetric {
         self.metric().as_str()
     }
 
-    fn order(self) -> &'static str {
+    /// `ASC` where lower is better (the loss), else `DESC`.
+    pub fn order(self) -> &'static str {
         if self == BoardMetric::Loss {
             "ASC"
         } else {
@@ -260,25 +261,40 @@ impl FromStr for BoardMetric {
     }
 }
 
-/// One row of a leaderboard: the best succeeded run of a model on a dataset.
-#[derive(Debug, Clone, Serialize, FromRow)]
-pub struct BoardRow {
+/// One group of a leaderboard: the succeeded runs of one model with one configuration (every
+/// option but the seed) on one dataset. Each quality metric comes as its mean, sample variance
+/// (`None` below two values) and count over the runs that have it; the caller turns them into
+/// spreads and intervals.
+#[derive(Debug, Clone, FromRow)]
+pub struct BoardGroup {
     pub dataset: String,
     pub model: String,
+    /// The options without the seed, as JSON (`runs.config_key`).
+    pub config_key: Option<String>,
+    /// Succeeded runs in the group.
+    pub runs: i64,
+    /// The group's best run by the board's metric.
     pub run_id: i64,
     pub accuracy: Option<f64>,
+    pub accuracy_var: Option<f64>,
+    pub accuracy_n: i64,
     pub f1: Option<f64>,
+    pub f1_var: Option<f64>,
+    pub f1_n: i64,
     pub auroc: Option<f64>,
+    pub auroc_var: Option<f64>,
+    pub auroc_n: i64,
     pub loss: Option<f64>,
+    pub loss_var: Option<f64>,
+    pub loss_n: i64,
+    /// Means over the runs.
     pub train_seconds: Option<f64>,
     pub samples_per_second: Option<f64>,
     pub num_parameters: Option<i64>,
-    /// Peak memory of the run's worker: GPU memory where it had GPUs, else host memory.
+    /// Peak memory of the runs' workers (GPU memory where they had GPUs, else host memory).
     pub peak_memory_bytes: Option<i64>,
-    /// Wall time × devices held, in hours.
+    /// Wall time × devices held, in hours, summed over the runs.
     pub device_hours: Option<f64>,
-    /// Succeeded runs of this model on this dataset.
-    pub runs: i64,
 }
 
 impl StatusCounts {
@@ -334,6 +350,16 @@ pub(super) async fn insert_queued<'c, E: sqlx::SqliteExecutor<'c>>(
     row.try_into()
 }
 
+/// A run that ended, as [`Store::insert_finished_runs`] takes it.
+#[derive(Debug, Clone)]
+pub struct FinishedRun {
+    pub model: String,
+    pub dataset: String,
+    pub status: RunStatus,
+    pub config: TrainConfig,
+    pub summary: Summary,
+}
+
 /// Run counts per status.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct StatusCounts {
@@ -378,19 +404,23 @@ impl Store {
         row.try_into()
     }
 
-    /// Inserts finished runs in bulk, `(model, dataset, status, summary)` each, in
-    /// transactions of a thousand, with default options and no resolution: a database of many
-    /// runs for benchmarks and tests of what reads them. Returns the ids in order.
-    pub async fn insert_finished_runs(
-        &self,
-        runs: &[(String, String, RunStatus, Summary)],
-    ) -> Result<Vec<i64>> {
-        let config = serde_json::to_string(&TrainConfig::default())?;
+    /// Inserts finished runs in bulk, in transactions of a thousand, without resolution: a
+    /// database of many runs for benchmarks and tests of what reads them. Returns the ids in
+    /// order.
+    pub async fn insert_finished_runs(&self, runs: &[FinishedRun]) -> Result<Vec<i64>> {
         let mut ids = Vec::with_capacity(runs.len());
         for chunk in runs.chunks(1000) {
             let mut tx = self.pool().begin().await?;
             let time = now();
-            for (model, dataset, status, s) in chunk {
+            for FinishedRun {
+                model,
+                dataset,
+                status,
+                config,
+                summary: s,
+            } in chunk
+            {
+                let config = serde_json::to_string(config)?;
                 let (id,): (i64,) = sqlx::query_as(
                     "INSERT INTO runs (status, model, dataset, config, created_at, finished_at, \
                          progress, accuracy, f1, auroc, loss, train_seconds, samples_per_second, \
@@ -639,36 +669,50 @@ impl Store {
         Ok(ids.into_iter().map(|(id,)| id).collect())
     }
 
-    /// Best succeeded run per (dataset, model) by `metric`, best first within each dataset.
-    /// Reads only the `runs` table and its indexes: the groups from `runs_board`, each group's
-    /// best run by one search of `runs_best_<metric>`; never the metric points.
+    /// The leaderboard's groups: succeeded runs by (dataset, model, options but the seed),
+    /// each with its metrics' means, variances and counts, its cost means, and its best run by
+    /// `metric`; in no particular order. One pass over the `runs_groups` covering index,
+    /// never the table or the metric points.
     pub async fn leaderboard(
         &self,
         dataset: Option<&str>,
         metric: BoardMetric,
-    ) -> Result<Vec<BoardRow>> {
-        let (col, order) = (metric.column(), metric.order());
+    ) -> Result<Vec<BoardGroup>> {
         // a literal dataset condition (not `? IS NULL OR ...`) keeps the index usable
         let only = if dataset.is_some() {
             "AND dataset = ?"
         } else {
             ""
         };
-        // ties go to the run the index meets first; a group whose runs all lack the metric
-        // (AUROC of a one-class test split) still shows, with its newest run
+        // the one MIN/MAX aggregate makes SQLite take the bare `id` from the row it picks
+        let best = if metric.order() == "ASC" {
+            "MIN"
+        } else {
+            "MAX"
+        };
+        let stats: String = BoardMetric::ALL
+            .iter()
+            .map(|m| {
+                let c = m.column();
+                format!(
+                    "AVG({c}) AS {c}, \
+                     MAX(0.0, (SUM({c} * {c}) - SUM({c}) * SUM({c}) / COUNT({c})) \
+                         / (COUNT({c}) - 1)) AS {c}_var, \
+                     COUNT({c}) AS {c}_n, "
+                )
+            })
+            .collect();
         let sql = format!(
-            "WITH groups AS ( \
-               SELECT dataset, model, COUNT(*) AS runs FROM runs \
-               WHERE status = 'succeeded' {only} GROUP BY dataset, model) \
-             SELECT g.dataset, g.model, r.id AS run_id, r.accuracy, r.f1, r.auroc, r.loss, \
-                    r.train_seconds, r.samples_per_second, r.num_parameters, \
-                    r.peak_memory_bytes, r.device_hours, g.runs \
-             FROM groups g JOIN runs r ON r.id = COALESCE( \
-               (SELECT id FROM runs WHERE status = 'succeeded' AND dataset = g.dataset \
-                  AND model = g.model AND {col} IS NOT NULL ORDER BY {col} {order}, id {order} LIMIT 1), \
-               (SELECT MAX(id) FROM runs WHERE status = 'succeeded' AND dataset = g.dataset \
-                  AND model = g.model)) \
-             ORDER BY g.dataset, r.{col} {order} NULLS LAST, g.model"
+            "SELECT dataset, model, config_key, COUNT(*) AS runs, {best}({col}) AS best, \
+                    id AS run_id, {stats} \
+                    AVG(train_seconds) AS train_seconds, \
+                    AVG(samples_per_second) AS samples_per_second, \
+                    CAST(AVG(num_parameters) AS INTEGER) AS num_parameters, \
+                    CAST(AVG(peak_memory_bytes) AS INTEGER) AS peak_memory_bytes, \
+                    SUM(device_hours) AS device_hours \
+             FROM runs WHERE status = 'succeeded' {only} \
+             GROUP BY dataset, model, config_key",
+            col = metric.column()
         );
         let mut query = sqlx::query_as(&sql);
         if let Some(d) = dataset {

@@ -94,7 +94,7 @@ async fn minilm_fine_tunes_through_the_api_and_shows_on_the_leaderboard() {
     assert_eq!(board["boards"][0]["rows"][0]["model"], "minilm-l6");
     assert_eq!(board["boards"][0]["rows"][0]["run_id"], id);
     assert_eq!(
-        board["boards"][0]["rows"][0]["accuracy"].as_f64(),
+        board["boards"][0]["rows"][0]["accuracy"]["mean"].as_f64(),
         Some(accuracy)
     );
 

@@ -1,24 +1,200 @@
-//! `/leaderboard`: the best run of each model on each dataset.
+//! `/leaderboard`: per dataset, the succeeded runs grouped by model and configuration (every
+//! option but the seed), each group with its metrics' mean ± std over seeds, n, the 95%
+//! t-interval of the mean, its costs, and its best run. Sortable by any column, filterable by
+//! model, modality and number of runs, as JSON or CSV.
 
+use crate::eval::stats;
 use crate::http::AppState;
 use crate::http::error::{ApiError, ApiResult};
 use crate::http::extract::ApiQuery;
-use crate::store::runs::{BoardMetric, BoardRow};
+use crate::runs::TrainConfig;
+use crate::store::runs::{BoardGroup, BoardMetric};
 use axum::extract::State;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use std::cmp::Ordering;
+use std::collections::HashMap;
 
 pub(crate) fn router() -> Router<AppState> {
     Router::new().route("/leaderboard", get(leaderboard))
 }
 
-/// Query of the leaderboard: `dataset` (all if absent) and `metric` (default `auroc`).
-#[derive(Debug, Default, Deserialize)]
+/// Query of the leaderboard.
+#[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BoardQuery {
+    /// One dataset (all if absent).
     pub dataset: Option<String>,
+    /// The metric that picks each group's best run and orders the board (default `auroc`).
     pub metric: Option<String>,
+    /// Column to sort by ([`SORTABLE`]); default the metric.
+    pub sort: Option<String>,
+    /// `asc` or `desc`; default best first for metrics, descending for costs, ascending for names.
+    pub order: Option<String>,
+    /// Only models whose name contains this.
+    pub model: Option<String>,
+    /// Only `text` or `text+image` models.
+    pub modality: Option<String>,
+    /// Only groups of at least this many runs.
+    pub min_runs: Option<i64>,
+    /// `json` (default) or `csv`.
+    pub format: Option<String>,
+}
+
+/// Columns a board sorts by.
+pub const SORTABLE: [&str; 12] = [
+    "model",
+    "configuration",
+    "runs",
+    "accuracy",
+    "f1",
+    "auroc",
+    "loss",
+    "train_seconds",
+    "samples_per_second",
+    "num_parameters",
+    "peak_memory_bytes",
+    "device_hours",
+];
+
+/// A metric over a group's runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct Aggregate {
+    pub mean: Option<f64>,
+    /// Sample standard deviation over the runs; `None` below two runs.
+    pub std: Option<f64>,
+    /// Runs with the metric.
+    pub n: i64,
+    /// 95% t-interval of the mean; `None` below two runs.
+    pub ci_low: Option<f64>,
+    pub ci_high: Option<f64>,
+}
+
+impl Aggregate {
+    fn new(mean: Option<f64>, var: Option<f64>, n: i64) -> Aggregate {
+        let std = var.filter(|_| n >= 2).map(f64::sqrt);
+        let half = std.map(|s| {
+            stats::t_quantile(0.5 + stats::CONFIDENCE / 2.0, (n - 1) as f64) * s / (n as f64).sqrt()
+        });
+        Aggregate {
+            mean,
+            std,
+            n,
+            ci_low: mean.zip(half).map(|(m, h)| m - h),
+            ci_high: mean.zip(half).map(|(m, h)| m + h),
+        }
+    }
+}
+
+/// One row of a board: a model with one configuration on the dataset.
+#[derive(Debug, Clone, Serialize)]
+pub struct BoardRow {
+    pub dataset: String,
+    pub model: String,
+    /// `text` or `text+image`, from the models root (`None` for a model no longer there).
+    pub modality: Option<&'static str>,
+    /// The options that differ from their defaults, e.g. `learning_rate=1e-4, epochs=5`.
+    pub configuration: String,
+    /// Every option but the seed.
+    pub options: Map<String, Value>,
+    /// Succeeded runs (seeds) in the group.
+    pub runs: i64,
+    /// The group's best run by the board's metric.
+    pub run_id: i64,
+    pub accuracy: Aggregate,
+    pub f1: Aggregate,
+    pub auroc: Aggregate,
+    pub loss: Aggregate,
+    /// Means over the runs.
+    pub train_seconds: Option<f64>,
+    pub samples_per_second: Option<f64>,
+    pub num_parameters: Option<i64>,
+    pub peak_memory_bytes: Option<i64>,
+    /// Summed over the runs.
+    pub device_hours: Option<f64>,
+}
+
+impl BoardRow {
+    fn of(g: BoardGroup, modality: Option<&'static str>) -> BoardRow {
+        let options: Map<String, Value> = g
+            .config_key
+            .as_deref()
+            .and_then(|k| serde_json::from_str(k).ok())
+            .unwrap_or_default();
+        BoardRow {
+            configuration: configuration(&options),
+            options,
+            modality,
+            runs: g.runs,
+            run_id: g.run_id,
+            accuracy: Aggregate::new(g.accuracy, g.accuracy_var, g.accuracy_n),
+            f1: Aggregate::new(g.f1, g.f1_var, g.f1_n),
+            auroc: Aggregate::new(g.auroc, g.auroc_var, g.auroc_n),
+            loss: Aggregate::new(g.loss, g.loss_var, g.loss_n),
+            train_seconds: g.train_seconds,
+            samples_per_second: g.samples_per_second,
+            num_parameters: g.num_parameters,
+            peak_memory_bytes: g.peak_memory_bytes,
+            device_hours: g.device_hours,
+            dataset: g.dataset,
+            model: g.model,
+        }
+    }
+
+    /// The metric's aggregate.
+    pub fn metric(&self, m: BoardMetric) -> &Aggregate {
+        match m {
+            BoardMetric::Accuracy => &self.accuracy,
+            BoardMetric::F1 => &self.f1,
+            BoardMetric::Auroc => &self.auroc,
+            BoardMetric::Loss => &self.loss,
+        }
+    }
+
+    /// The value a column sorts by: a number, or text for the names.
+    fn key(&self, column: &str) -> Key<'_> {
+        let n = |v: Option<f64>| Key::Number(v);
+        match column {
+            "model" => Key::Text(&self.model),
+            "configuration" => Key::Text(&self.configuration),
+            "runs" => n(Some(self.runs as f64)),
+            "accuracy" => n(self.accuracy.mean),
+            "f1" => n(self.f1.mean),
+            "auroc" => n(self.auroc.mean),
+            "loss" => n(self.loss.mean),
+            "train_seconds" => n(self.train_seconds),
+            "samples_per_second" => n(self.samples_per_second),
+            "num_parameters" => n(self.num_parameters.map(|v| v as f64)),
+            "peak_memory_bytes" => n(self.peak_memory_bytes.map(|v| v as f64)),
+            "device_hours" => n(self.device_hours),
+            _ => Key::Number(None),
+        }
+    }
+}
+
+enum Key<'a> {
+    Text(&'a str),
+    Number(Option<f64>),
+}
+
+/// The options that differ from their defaults, as `name=value` (the seed is never there).
+fn configuration(options: &Map<String, Value>) -> String {
+    let Ok(config) = serde_json::from_value::<TrainConfig>(Value::Object(options.clone())) else {
+        return String::new();
+    };
+    let defaults = TrainConfig::default().values();
+    config
+        .values()
+        .into_iter()
+        .zip(defaults)
+        .filter(|((spec, v), (_, d))| spec.name != "seed" && v != d)
+        .map(|((spec, v), _)| format!("{}={}", spec.name, v.unwrap_or_else(|| "unset".into())))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// One dataset's board.
@@ -32,25 +208,65 @@ pub struct Board {
 #[derive(Debug, Serialize)]
 pub struct Leaderboard {
     pub metric: BoardMetric,
+    pub sort: String,
+    /// `asc` or `desc`.
+    pub order: &'static str,
     pub boards: Vec<Board>,
 }
 
-/// Builds the boards; an unknown metric or dataset is a 422 naming the parameter.
+fn invalid(field: &str, message: String) -> ApiError {
+    ApiError::invalid(field, "invalid_value", message)
+}
+
+/// Builds the boards; an unknown metric, dataset, column or filter value is a 422 naming the
+/// parameter.
 pub async fn boards(state: &AppState, q: BoardQuery) -> ApiResult<Leaderboard> {
-    let metric_name = q
-        .metric
-        .as_deref()
-        .filter(|m| !m.is_empty())
-        .unwrap_or("auroc");
-    let metric: BoardMetric = metric_name.parse().map_err(|e| {
-        ApiError::invalid(
-            "metric",
-            "invalid_value",
-            format!("query parameter `metric`: {e}"),
-        )
-    })?;
+    let given = |v: &Option<String>| v.clone().filter(|s| !s.is_empty());
+    let metric_name = given(&q.metric).unwrap_or_else(|| "auroc".into());
+    let metric: BoardMetric = metric_name
+        .parse()
+        .map_err(|e| invalid("metric", format!("query parameter `metric`: {e}")))?;
+    let sort = given(&q.sort).unwrap_or_else(|| metric.column().to_string());
+    if !SORTABLE.contains(&sort.as_str()) {
+        return Err(invalid(
+            "sort",
+            format!(
+                "unknown column `{sort}` to sort by (one of {})",
+                SORTABLE.join(", ")
+            ),
+        ));
+    }
+    let descending = match given(&q.order).as_deref() {
+        None if sort == metric.column() => metric.order() == "DESC",
+        None => !matches!(sort.as_str(), "model" | "configuration" | "loss"),
+        Some("desc") => true,
+        Some("asc") => false,
+        Some(other) => {
+            return Err(invalid(
+                "order",
+                format!("`order` must be asc or desc, got `{other}`"),
+            ));
+        }
+    };
+    let modality = given(&q.modality);
+    if let Some(m) = &modality
+        && m != "text"
+        && m != "text+image"
+    {
+        return Err(invalid(
+            "modality",
+            format!("`modality` must be text or text+image, got `{m}`"),
+        ));
+    }
+    let min_runs = q.min_runs.unwrap_or(1);
+    if min_runs < 1 {
+        return Err(invalid(
+            "min_runs",
+            format!("`min_runs` must be 1 or more, got {min_runs}"),
+        ));
+    }
     let datasets = state.store.list_datasets().await?;
-    let dataset = q.dataset.filter(|d| !d.is_empty());
+    let dataset = given(&q.dataset);
     if let Some(d) = &dataset
         && !datasets.iter().any(|r| &r.name == d)
     {
@@ -60,7 +276,44 @@ pub async fn boards(state: &AppState, q: BoardQuery) -> ApiResult<Leaderboard> {
             format!("unknown dataset `{d}`"),
         ));
     }
-    let rows = state.store.leaderboard(dataset.as_deref(), metric).await?;
+    let modalities: HashMap<String, &'static str> = state
+        .registry
+        .scan_async()
+        .await?
+        .into_iter()
+        .filter_map(|m| Some((m.name, m.modality?.as_str())))
+        .collect();
+    let model = given(&q.model).map(|m| m.to_lowercase());
+    let mut rows: Vec<BoardRow> = state
+        .store
+        .leaderboard(dataset.as_deref(), metric)
+        .await?
+        .into_iter()
+        .filter(|g| g.runs >= min_runs)
+        .filter(|g| {
+            model
+                .as_ref()
+                .is_none_or(|m| g.model.to_lowercase().contains(m))
+        })
+        .map(|g| {
+            let m = modalities.get(&g.model).copied();
+            BoardRow::of(g, m)
+        })
+        .filter(|r| modality.as_deref().is_none_or(|m| r.modality == Some(m)))
+        .collect();
+    // missing values last in either order; ties by model, then configuration
+    rows.sort_by(|a, b| {
+        let by = match (a.key(&sort), b.key(&sort)) {
+            (Key::Text(x), Key::Text(y)) => x.cmp(y),
+            (Key::Number(Some(x)), Key::Number(Some(y))) => x.total_cmp(&y),
+            (Key::Number(None), Key::Number(Some(_))) => return Ordering::Greater,
+            (Key::Number(Some(_)), Key::Number(None)) => return Ordering::Less,
+            _ => Ordering::Equal,
+        };
+        let by = if descending { by.reverse() } else { by };
+        by.then_with(|| a.model.cmp(&b.model))
+            .then_with(|| a.configuration.cmp(&b.configuration))
+    });
     let boards = datasets
         .into_iter()
         .filter(|d| dataset.as_ref().is_none_or(|want| want == &d.name))
@@ -73,12 +326,85 @@ pub async fn boards(state: &AppState, q: BoardQuery) -> ApiResult<Leaderboard> {
             dataset: d.name,
         })
         .collect();
-    Ok(Leaderboard { metric, boards })
+    Ok(Leaderboard {
+        metric,
+        sort,
+        order: if descending { "desc" } else { "asc" },
+        boards,
+    })
 }
 
+/// The boards as CSV: one line per group, the metrics as mean, std, n and interval.
+pub fn csv(lb: &Leaderboard) -> String {
+    let mut out = String::from("dataset,model,modality,configuration,runs,best_run_id");
+    for m in BoardMetric::ALL {
+        let c = m.column();
+        out.push_str(&format!(",{c}_mean,{c}_std,{c}_n,{c}_ci_low,{c}_ci_high"));
+    }
+    out.push_str(
+        ",train_seconds,samples_per_second,num_parameters,peak_memory_bytes,device_hours\n",
+    );
+    let q = |x: &str| format!("\"{}\"", x.replace('"', "\"\""));
+    let o = |v: Option<f64>| v.map_or(String::new(), |x| x.to_string());
+    for r in lb.boards.iter().flat_map(|b| &b.rows) {
+        out.push_str(&format!(
+            "{},{},{},{},{},{}",
+            q(&r.dataset),
+            q(&r.model),
+            r.modality.unwrap_or(""),
+            q(&r.configuration),
+            r.runs,
+            r.run_id
+        ));
+        for m in BoardMetric::ALL {
+            let a = r.metric(m);
+            out.push_str(&format!(
+                ",{},{},{},{},{}",
+                o(a.mean),
+                o(a.std),
+                a.n,
+                o(a.ci_low),
+                o(a.ci_high)
+            ));
+        }
+        out.push_str(&format!(
+            ",{},{},{},{},{}\n",
+            o(r.train_seconds),
+            o(r.samples_per_second),
+            r.num_parameters.map_or(String::new(), |v| v.to_string()),
+            r.peak_memory_bytes.map_or(String::new(), |v| v.to_string()),
+            o(r.device_hours)
+        ));
+    }
+    out
+}
+
+/// `GET /api/v1/leaderboard[?dataset=&metric=&sort=&order=&model=&modality=&min_runs=&format=json|csv]`.
 async fn leaderboard(
     State(state): State<AppState>,
     ApiQuery(q): ApiQuery<BoardQuery>,
-) -> ApiResult<Json<Leaderboard>> {
-    Ok(Json(boards(&state, q).await?))
+) -> ApiResult<Response> {
+    let format = q.format.clone().unwrap_or_else(|| "json".into());
+    if format != "json" && format != "csv" {
+        return Err(invalid(
+            "format",
+            format!("`format` must be json or csv, got `{format}`"),
+        ));
+    }
+    let lb = boards(&state, q).await?;
+    Ok(if format == "csv" {
+        (
+            [
+                (header::CONTENT_TYPE, "text/csv; charset=utf-8"),
+                (
+                    header::CONTENT_DISPOSITION,
+                    "attachment; filename=\"leaderboard.csv\"",
+                ),
+            ],
+            csv(&lb),
+        )
+            .into_response()
+    } else {
+        Json(lb).into_response()
+    })
 }

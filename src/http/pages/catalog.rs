@@ -121,25 +121,22 @@ async fn overview(State(state): State<AppState>) -> PageResult {
     })
 }
 
-/// A leaderboard row with bar widths (percent of the column's best) for the quality metrics.
+/// A leaderboard row with bar widths (percent) for the quality metrics.
 struct BoardRowView {
     rank: usize,
     model: String,
     /// `text` or `text+image`, from the model registry (empty for a model no longer there).
     modality: &'static str,
+    configuration: String,
     run_id: i64,
-    accuracy: String,
-    f1: String,
-    auroc: String,
-    accuracy_pct: u32,
-    f1_pct: u32,
-    auroc_pct: u32,
+    runs: i64,
+    /// `mean ± std` of each quality metric, its interval and bar width.
+    metrics: Vec<(String, String, u32)>,
     train_time: String,
     samples_per_second: String,
     params: String,
     memory: String,
     device_hours: String,
-    runs: i64,
 }
 
 struct BoardView {
@@ -147,28 +144,138 @@ struct BoardView {
     rows: Vec<BoardRowView>,
 }
 
+/// A sortable column header: its label, link and whether the board is sorted by it.
+struct Header {
+    label: &'static str,
+    title: &'static str,
+    href: String,
+    arrow: &'static str,
+    numeric: bool,
+}
+
 #[derive(Template)]
 #[template(path = "leaderboard.html")]
 struct LeaderboardPage {
     metric: &'static str,
-    metrics: [&'static str; 4],
+    metric_links: Vec<(&'static str, String)>,
+    headers: Vec<Header>,
     boards: Vec<BoardView>,
+    model: String,
+    modality: String,
+    min_runs: i64,
+    sort: String,
+    order: &'static str,
+    csv: String,
+    json: String,
+    total: usize,
 }
 
 fn pct(v: Option<f64>) -> u32 {
     (v.unwrap_or(0.0).clamp(0.0, 1.0) * 100.0).round() as u32
 }
 
+/// `/leaderboard?...` with `q`'s filters and the given overrides.
+fn board_link(path: &str, q: &BoardQuery, set: &[(&str, &str)]) -> String {
+    let mut pairs: Vec<(&str, String)> = [
+        ("metric", q.metric.clone()),
+        ("model", q.model.clone()),
+        ("modality", q.modality.clone()),
+        ("min_runs", q.min_runs.map(|n| n.to_string())),
+        ("sort", q.sort.clone()),
+        ("order", q.order.clone()),
+        ("dataset", q.dataset.clone()),
+    ]
+    .into_iter()
+    .filter_map(|(k, v)| Some((k, v.filter(|v| !v.is_empty())?)))
+    .filter(|(k, _)| !set.iter().any(|(s, _)| s == k))
+    .collect();
+    pairs.extend(
+        set.iter()
+            .filter(|(_, v)| !v.is_empty())
+            .map(|(k, v)| (*k, v.to_string())),
+    );
+    let query = serde_urlencoded::to_string(&pairs).unwrap_or_default();
+    if query.is_empty() {
+        path.to_string()
+    } else {
+        format!("{path}?{query}")
+    }
+}
+
+/// The columns of a board: (key, label, tooltip, numeric).
+const COLUMNS: [(&str, &str, &str, bool); 12] = [
+    ("model", "model", "", false),
+    (
+        "configuration",
+        "configuration",
+        "options that differ from their defaults",
+        false,
+    ),
+    ("runs", "n", "runs (seeds) in the group", true),
+    (
+        "accuracy",
+        "accuracy",
+        "mean ± std over seeds, 95% interval of the mean below",
+        true,
+    ),
+    ("f1", "F1", "macro F1, mean ± std over seeds", true),
+    ("auroc", "AUROC", "mean ± std over seeds", true),
+    ("train_seconds", "train time", "mean over seeds", true),
+    (
+        "samples_per_second",
+        "samples/s",
+        "training examples per second, mean over seeds",
+        true,
+    ),
+    ("num_parameters", "params", "", true),
+    (
+        "peak_memory_bytes",
+        "peak memory",
+        "of the worker: GPU memory where it had GPUs, else host",
+        true,
+    ),
+    ("device_hours", "device-hours", "summed over the runs", true),
+    ("loss", "loss", "test loss, mean over seeds", true),
+];
+
 async fn leaderboard(
     State(state): State<AppState>,
     ApiQuery(q): ApiQuery<BoardQuery>,
 ) -> PageResult {
-    let lb = boards(&state, q).await?;
-    let modalities: std::collections::HashMap<String, &'static str> = model_rows_raw(&state)
-        .await?
-        .into_iter()
-        .filter_map(|m| Some((m.name, m.modality?.as_str())))
+    let lb = boards(&state, q.clone()).await?;
+    let headers = COLUMNS
+        .iter()
+        .map(|&(key, label, title, numeric)| {
+            let current = lb.sort == key;
+            // a click on the sorted column flips it; on another, its natural order
+            let order = match (current, lb.order) {
+                (true, "desc") => "asc",
+                (true, _) => "desc",
+                (false, _) => "",
+            };
+            Header {
+                label,
+                title,
+                href: board_link("/leaderboard", &q, &[("sort", key), ("order", order)]),
+                arrow: match (current, lb.order) {
+                    (true, "desc") => " ▼",
+                    (true, _) => " ▲",
+                    _ => "",
+                },
+                numeric,
+            }
+        })
         .collect();
+    let shown = |a: &crate::http::api::leaderboard::Aggregate| match (a.mean, a.std) {
+        (Some(m), Some(s)) => format!("{m:.3} ± {s:.3}"),
+        (Some(m), None) => format!("{m:.3}"),
+        _ => "–".into(),
+    };
+    let interval = |a: &crate::http::api::leaderboard::Aggregate| match (a.ci_low, a.ci_high) {
+        (Some(l), Some(h)) => format!("{l:.3} to {h:.3}"),
+        _ => String::new(),
+    };
+    let mut total = 0;
     let boards = lb
         .boards
         .into_iter()
@@ -178,31 +285,55 @@ async fn leaderboard(
                 .rows
                 .into_iter()
                 .enumerate()
-                .map(|(i, r)| BoardRowView {
-                    rank: i + 1,
-                    accuracy: num(r.accuracy, 3),
-                    f1: num(r.f1, 3),
-                    auroc: num(r.auroc, 3),
-                    accuracy_pct: pct(r.accuracy),
-                    f1_pct: pct(r.f1),
-                    auroc_pct: pct(r.auroc),
-                    train_time: duration(r.train_seconds),
-                    samples_per_second: num(r.samples_per_second, 1),
-                    params: params(r.num_parameters),
-                    memory: bytes(r.peak_memory_bytes),
-                    device_hours: num(r.device_hours, 4),
-                    modality: modalities.get(&r.model).copied().unwrap_or(""),
-                    model: r.model,
-                    run_id: r.run_id,
-                    runs: r.runs,
+                .map(|(i, r)| {
+                    total += 1;
+                    BoardRowView {
+                        rank: i + 1,
+                        metrics: [&r.accuracy, &r.f1, &r.auroc]
+                            .into_iter()
+                            .map(|a| (shown(a), interval(a), pct(a.mean)))
+                            .chain(std::iter::once((shown(&r.loss), interval(&r.loss), 0)))
+                            .collect(),
+                        train_time: duration(r.train_seconds),
+                        samples_per_second: num(r.samples_per_second, 1),
+                        params: params(r.num_parameters),
+                        memory: bytes(r.peak_memory_bytes),
+                        device_hours: num(r.device_hours, 4),
+                        modality: r.modality.unwrap_or(""),
+                        configuration: r.configuration,
+                        model: r.model,
+                        run_id: r.run_id,
+                        runs: r.runs,
+                    }
                 })
                 .collect(),
         })
         .collect();
     render(&LeaderboardPage {
         metric: lb.metric.column(),
-        metrics: BoardMetric::ALL.map(BoardMetric::column),
+        metric_links: BoardMetric::ALL
+            .iter()
+            .map(|m| {
+                (
+                    m.column(),
+                    board_link(
+                        "/leaderboard",
+                        &q,
+                        &[("metric", m.column()), ("sort", ""), ("order", "")],
+                    ),
+                )
+            })
+            .collect(),
+        headers,
         boards,
+        model: q.model.clone().unwrap_or_default(),
+        modality: q.modality.clone().unwrap_or_default(),
+        min_runs: q.min_runs.unwrap_or(1),
+        sort: lb.sort.clone(),
+        order: lb.order,
+        csv: board_link("/api/v1/leaderboard", &q, &[("format", "csv")]),
+        json: board_link("/api/v1/leaderboard", &q, &[]),
+        total,
     })
 }
 
