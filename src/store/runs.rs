@@ -684,7 +684,9 @@ impl Store {
         } else {
             ""
         };
-        // the one MIN/MAX aggregate makes SQLite take the bare `id` from the row it picks
+        // the one MIN/MAX aggregate makes SQLite take the bare `id` from the row it picks;
+        // without INDEXED BY the planner prefers `runs_board` for all datasets and reads the
+        // table for every run (545 ms instead of 95 ms over 100k runs)
         let best = if metric.order() == "ASC" {
             "MIN"
         } else {
@@ -710,7 +712,7 @@ impl Store {
                     CAST(AVG(num_parameters) AS INTEGER) AS num_parameters, \
                     CAST(AVG(peak_memory_bytes) AS INTEGER) AS peak_memory_bytes, \
                     SUM(device_hours) AS device_hours \
-             FROM runs WHERE status = 'succeeded' {only} \
+             FROM runs INDEXED BY runs_groups WHERE status = 'succeeded' {only} \
              GROUP BY dataset, model, config_key",
             col = metric.column()
         );
