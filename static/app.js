@@ -154,9 +154,114 @@ function initStudyPage(root) {
   src.addEventListener("finished", () => setTimeout(() => window.location.reload(), 500));
 }
 
+// The compare page: one uPlot chart per metric key, a line per run, on the chosen x axis
+// (step, epoch or seconds since the run started); redrawn when a running run reports points.
+function initComparePage(root) {
+  const runs = JSON.parse(root.dataset.runs);
+  const box = document.getElementById("compare-charts");
+  const series = {}; // run id -> {key: [points]}
+  const charts = [];
+  const axis = () => (document.querySelector('input[name="x-axis"]:checked') || {}).value || "step";
+  const xOf = (run, p) => {
+    const a = axis();
+    if (a === "epoch") return p.epoch;
+    if (a === "time") {
+      const t0 = Date.parse(run.started || "") || Date.parse(((series[run.id] || {})._first) || "");
+      return (Date.parse(p.time) - t0) / 1000;
+    }
+    return p.step;
+  };
+  const unit = { step: "step", epoch: "epoch", time: "seconds" };
+  const draw = () => {
+    charts.splice(0).forEach((c) => c.destroy());
+    const keys = [...new Set(runs.flatMap((r) => Object.keys(series[r.id] || {})))]
+      .filter((k) => !k.startsWith("_")).sort();
+    box.replaceChildren();
+    if (!keys.length) {
+      box.innerHTML = '<p class="empty">No metric points yet.</p>';
+      return;
+    }
+    const width = Math.min(560, Math.max(320, box.clientWidth / 2 - 24));
+    for (const key of keys) {
+      const xs = new Set();
+      const per = runs.map((r) => {
+        const m = new Map();
+        for (const p of (series[r.id] || {})[key] || []) {
+          const x = xOf(r, p);
+          if (x === null || x === undefined || Number.isNaN(x)) continue;
+          m.set(x, p.value);
+          xs.add(x);
+        }
+        return m;
+      });
+      const xsSorted = [...xs].sort((a, b) => a - b);
+      const data = [xsSorted, ...per.map((m) => xsSorted.map((x) => (m.has(x) ? m.get(x) : null)))];
+      const div = document.createElement("div");
+      div.className = "chart-box";
+      div.dataset.key = key;
+      box.appendChild(div);
+      const opts = {
+        title: key,
+        width,
+        height: 260,
+        scales: { x: { time: false } },
+        axes: [{ label: unit[axis()] }, { label: key.split("/").pop() }],
+        series: [
+          { label: unit[axis()] },
+          ...runs.map((r) => ({ label: r.label, stroke: r.color, width: 2, spanGaps: true, points: { show: true, size: 4 } })),
+        ],
+      };
+      charts.push(new uPlot(opts, data, div));
+    }
+  };
+  const load = async (run) => {
+    const res = await fetch(`/api/v1/runs/${run.id}/metrics`);
+    if (!res.ok) return;
+    const { series: s } = await res.json();
+    const first = Object.values(s).flat().map((p) => p.time).sort()[0];
+    series[run.id] = { ...s, _first: first };
+  };
+  Promise.all(runs.map(load)).then(draw);
+  document.querySelectorAll('input[name="x-axis"]').forEach((i) => i.addEventListener("change", draw));
+  const toggle = document.getElementById("show-all-options");
+  if (toggle) {
+    const apply = () => root.classList.toggle("all-options", toggle.checked);
+    toggle.addEventListener("change", apply);
+    apply();
+  }
+  for (const run of runs.filter((r) => r.active)) {
+    const src = new EventSource(`/api/v1/runs/${run.id}/events`);
+    let pending = null;
+    src.addEventListener("metric", () => {
+      if (!pending) pending = setTimeout(async () => { pending = null; await load(run); draw(); }, 500);
+    });
+    src.addEventListener("status", (e) => {
+      const s = JSON.parse(e.data);
+      if (!["queued", "running", "interrupted"].includes(s.status)) {
+        src.close();
+        setTimeout(() => window.location.reload(), 300);
+      }
+    });
+  }
+}
+
+// Checkboxes of run ids (leaderboard, runs list) enable a "Compare selected" button.
+function initComparePicker(button) {
+  const picks = () => [...document.querySelectorAll("input.pick:checked")].map((i) => i.value);
+  document.querySelectorAll("input.pick").forEach((i) =>
+    i.addEventListener("change", () => { button.disabled = picks().length < 2; }));
+  button.addEventListener("click", () => {
+    window.location.href = "/compare?runs=" + [...new Set(picks())].join(",");
+  });
+}
+
 document.addEventListener("DOMContentLoaded", () => {
   const run = document.getElementById("run");
   if (run) initRunPage(run);
   const study = document.getElementById("study");
   if (study) initStudyPage(study);
+  const compare = document.getElementById("compare");
+  if (compare && window.uPlot) initComparePage(compare);
+  const picker = document.getElementById("compare-selected");
+  if (picker) initComparePicker(picker);
 });

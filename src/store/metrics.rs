@@ -21,6 +21,8 @@ pub struct Point {
     pub step: i64,
     pub epoch: Option<f64>,
     pub value: f64,
+    /// When the service stored it (RFC 3339, UTC): the wall-clock axis of curves.
+    pub time: String,
 }
 
 impl Store {
@@ -71,8 +73,8 @@ impl Store {
         key: Option<MetricKey>,
     ) -> Result<BTreeMap<MetricKey, Vec<Point>>> {
         let key = key.map(|k| k.to_string());
-        let rows: Vec<(String, i64, Option<f64>, f64)> = sqlx::query_as(
-            "SELECT key, step, epoch, value FROM metrics \
+        let rows: Vec<(String, i64, Option<f64>, f64, String)> = sqlx::query_as(
+            "SELECT key, step, epoch, value, time FROM metrics \
              WHERE run_id = ? AND (? IS NULL OR key = ?) ORDER BY key, step",
         )
         .bind(run_id)
@@ -82,13 +84,16 @@ impl Store {
         .await
         .context("reading metric series")?;
         let mut out: BTreeMap<MetricKey, Vec<Point>> = BTreeMap::new();
-        for (key, step, epoch, value) in rows {
+        for (key, step, epoch, value, time) in rows {
             let key = key
                 .parse()
                 .with_context(|| format!("run {run_id}: stored metric key"))?;
-            out.entry(key)
-                .or_default()
-                .push(Point { step, epoch, value });
+            out.entry(key).or_default().push(Point {
+                step,
+                epoch,
+                value,
+                time,
+            });
         }
         Ok(out)
     }

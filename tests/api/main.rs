@@ -1,6 +1,7 @@
 //! Integration tests, one binary so the crate links once.
 
 mod checkpoints;
+mod compare;
 mod dataset_pages;
 mod datasets_api;
 mod end_to_end;

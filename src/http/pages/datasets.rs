@@ -73,7 +73,7 @@ async fn list(State(state): State<AppState>) -> PageResult {
     render(&ListPage { datasets })
 }
 
-async fn find(state: &AppState, name: &str) -> Result<DatasetRecord, PageError> {
+pub(super) async fn find(state: &AppState, name: &str) -> Result<DatasetRecord, PageError> {
     Ok(state
         .store
         .get_dataset(name)
@@ -82,7 +82,7 @@ async fn find(state: &AppState, name: &str) -> Result<DatasetRecord, PageError> 
 }
 
 /// The dataset's files as read now, or a clear error saying why they cannot be.
-async fn loaded(
+pub(super) async fn loaded(
     state: &AppState,
     record: &DatasetRecord,
 ) -> Result<std::sync::Arc<cache::Loaded>, PageError> {

@@ -1,6 +1,7 @@
 //! HTML pages (askama templates in `templates/`, autoescaped) and the static assets they use.
 
 mod catalog;
+pub(crate) mod compare;
 mod datasets;
 mod runs;
 mod studies;
@@ -20,6 +21,7 @@ pub(crate) fn router() -> Router<AppState> {
         .merge(runs::router())
         .merge(studies::router())
         .merge(catalog::router())
+        .merge(compare::router())
         .merge(datasets::router())
         .route(
             "/static/style.css",
@@ -28,6 +30,24 @@ pub(crate) fn router() -> Router<AppState> {
         .route(
             "/static/app.js",
             get(|| asset("text/javascript", include_str!("../../../static/app.js"))),
+        )
+        .route(
+            "/static/vendor/uplot/uPlot.iife.min.js",
+            get(|| {
+                asset(
+                    "text/javascript",
+                    include_str!("../../../static/vendor/uplot/uPlot.iife.min.js"),
+                )
+            }),
+        )
+        .route(
+            "/static/vendor/uplot/uPlot.min.css",
+            get(|| {
+                asset(
+                    "text/css",
+                    include_str!("../../../static/vendor/uplot/uPlot.min.css"),
+                )
+            }),
         )
 }
 

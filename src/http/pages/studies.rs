@@ -49,6 +49,8 @@ struct DatasetView {
     outcome_class: &'static str,
     reason: String,
     majority_rate: String,
+    /// `/compare?runs=...` of both sides' runs (empty without both).
+    compare: String,
     text: Option<SideView>,
     image: Option<SideView>,
     gain: String,
@@ -115,6 +117,20 @@ async fn verdict_page(
             },
             reason: d.reason.clone(),
             majority_rate: format!("{:.3}", d.majority_rate),
+            compare: match (&d.text_only, &d.text_image) {
+                (Some(t), Some(i)) => {
+                    let half = crate::http::pages::compare::MAX_RUNS / 2;
+                    let ids: Vec<String> = t
+                        .runs
+                        .iter()
+                        .take(half)
+                        .chain(i.runs.iter().take(half))
+                        .map(i64::to_string)
+                        .collect();
+                    format!("/compare?runs={}", ids.join(","))
+                }
+                _ => String::new(),
+            },
             text: d.text_only.as_ref().map(side_view),
             image: d.text_image.as_ref().map(side_view),
             gain: d.difference.map_or("–".into(), |x| {

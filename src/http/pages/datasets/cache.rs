@@ -22,7 +22,7 @@ const MAX_BINS: usize = 24;
 const CAPACITY: usize = 4;
 
 /// A dataset as read now, and what the page shows about it.
-pub(super) struct Loaded {
+pub(in crate::http::pages) struct Loaded {
     pub ds: Dataset,
     /// Per split, in `train`, `dev`, `test` order.
     pub balances: [Balance; 3],
