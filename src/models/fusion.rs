@@ -77,7 +77,7 @@ pub enum VisionConfig {
 #[derive(Debug)]
 enum Vision {
     Cnn(Cnn),
-    MobileNetV2(MobileNetV2),
+    MobileNetV2(Box<MobileNetV2>),
 }
 
 impl Vision {
@@ -170,7 +170,7 @@ impl FusionModel {
                 Vision::Cnn(Cnn::new(&p / "vision_model", channels))
             }
             VisionConfig::MobileNetV2 {} => {
-                Vision::MobileNetV2(MobileNetV2::new(&p / "vision_model", None))
+                Vision::MobileNetV2(Box::new(MobileNetV2::new(&p / "vision_model", None)))
             }
         };
         let (th, iw, std) = (

@@ -54,6 +54,7 @@ struct ConvBn {
 
 impl ConvBn {
     /// `conv` and `bn` are the paths of the convolution and the normalisation.
+    #[allow(clippy::too_many_arguments)] // torchvision's Conv2dNormActivation arguments
     fn new(
         conv: nn::Path,
         bn: nn::Path,
@@ -80,7 +81,7 @@ impl ConvBn {
             stride,
             groups,
             padding: (kernel - 1) / 2,
-            bn: nn::batch_norm2d(&bn.set_group(NO_DECAY), c_out, Default::default()),
+            bn: nn::batch_norm2d(bn.set_group(NO_DECAY), c_out, Default::default()),
             relu6,
         }
     }

@@ -310,7 +310,10 @@ const MINILM_WEIGHTS: (&str, &str) = (MINILM, "model.safetensors");
 /// The MobileNetV2 weights (folder, file).
 const MOBILENET_WEIGHTS: (&str, &str) = (MOBILENET_DIR, MOBILENET_FILE);
 
-const PRESETS: [(&str, &[(&str, &str)], Writer); 8] = [
+/// Files (folder, file name) of the models root.
+type Files = &'static [(&'static str, &'static str)];
+
+const PRESETS: [(&str, Files, Writer); 8] = [
     (BERT_TINY, &[], |dir, _| write_bert_tiny(dir)),
     (clip::CLIP_TINY, &[], |dir, _| {
         // the WordPiece vocabulary's [SEP] ends a text, so CLIP pools at it

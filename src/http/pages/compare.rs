@@ -317,6 +317,9 @@ fn urlencoding(s: &str) -> String {
         .collect()
 }
 
+/// A figure of a run's summary.
+type SummaryFigure = fn(&crate::protocol::Summary) -> Option<f64>;
+
 /// The summary rows: quality metrics with paired intervals where the examples are the same,
 /// then the costs as ratios to the first run.
 async fn metric_rows(
@@ -374,7 +377,7 @@ async fn metric_rows(
         } else {
             Vec::new()
         };
-    let quality: [(&'static str, fn(&crate::protocol::Summary) -> Option<f64>); 3] = [
+    let quality: [(&'static str, SummaryFigure); 3] = [
         ("test accuracy", |s| Some(s.accuracy)),
         ("test macro F1", |s| Some(s.f1)),
         ("test AUROC", |s| s.auroc),
