@@ -13,8 +13,9 @@ use std::collections::BTreeSet;
 use std::process::Command;
 
 /// Options whose allowed values depend on the worker pool (a CPU pool refuses `fp16`, and
-/// `gpus` is bounded by its slots): tested on their own, kept at their defaults here.
-const POOL_BOUND: [&str; 2] = ["mixed_precision", "gpus"];
+/// `gpus` is bounded by its slots) or on the model (`bert-tiny` has no image encoder to
+/// freeze): tested on their own, kept at their defaults here.
+const POOL_BOUND: [&str; 3] = ["mixed_precision", "gpus", "freeze_image_encoder"];
 
 /// Every declared option with an allowed value other than its default, picked from the
 /// declaration (so a new option is covered without editing this test).
