@@ -324,6 +324,16 @@ async fn the_verdict_of_a_study_compares_the_best_of_each_side_by_the_printed_ru
     assert_eq!(status, StatusCode::OK);
     assert!(page.contains("the image helps"), "{page}");
     assert!(page.contains("a gain whose interval reaches zero is not evidence"));
+    // the interval plot: the gain and the probes' drops, each with its hover text
+    let gain_hover = format!(
+        "<title>gain of the image: {:+.3} (95% interval {:+.3} to {:+.3})</title>",
+        gain["estimate"].as_f64().unwrap(),
+        gain["low"].as_f64().unwrap(),
+        gain["high"].as_f64().unwrap()
+    );
+    assert!(page.contains(r#"<svg class="interval-plot""#), "{page}");
+    assert!(page.contains(&gain_hover), "{gain_hover} not in {page}");
+    assert!(page.contains("<title>drop, images shuffled: "), "{page}");
     let (_, md) = app
         .get(&format!(
             "/api/v1/studies/{id}/verdict?format=md&max_cost_ratio=1000"

@@ -43,7 +43,83 @@ struct SideView {
     reliance: Vec<(String, String)>,
 }
 
+/// An interval plot (SVG drawn on the server): each row an estimate with its 95% interval on a
+/// shared accuracy-difference axis, zero and the minimum gain marked.
+struct IntervalPlot {
+    width: i64,
+    height: i64,
+    /// Left edge and width of the plotting area.
+    left: i64,
+    right: i64,
+    bottom: i64,
+    zero: f64,
+    min_gain: f64,
+    ticks: Vec<(f64, String)>,
+    /// label, y, x of the low end, the estimate and the high end, and the hover text.
+    rows: Vec<(String, i64, f64, f64, f64, String)>,
+}
+
+impl IntervalPlot {
+    /// Rows of (label, estimate, low, high), all accuracy differences.
+    fn new(rows: &[(String, f64, f64, f64)], min_gain: f64) -> Option<IntervalPlot> {
+        if rows.is_empty() {
+            return None;
+        }
+        let lo = rows.iter().map(|r| r.2).fold(-0.05f64, f64::min).min(0.0);
+        let hi = rows
+            .iter()
+            .map(|r| r.3)
+            .fold(0.05f64, f64::max)
+            .max(min_gain);
+        // round the axis out to tenths (or hundredths for narrow ranges)
+        let step = if hi - lo > 0.4 {
+            0.1
+        } else if hi - lo > 0.1 {
+            0.05
+        } else {
+            0.01
+        };
+        let (lo, hi) = ((lo / step).floor() * step, (hi / step).ceil() * step);
+        let (left, right, width) = (190, 24, 640);
+        let row_height = 30;
+        let height = 34 + row_height * rows.len() as i64 + 30;
+        let bottom = height - 30;
+        let x = |v: f64| left as f64 + (v - lo) / (hi - lo) * (width - left - right) as f64;
+        let mut ticks = Vec::new();
+        let mut v = lo;
+        while v <= hi + step / 2.0 {
+            ticks.push((x(v), format!("{v:+.2}")));
+            v += step;
+        }
+        Some(IntervalPlot {
+            width,
+            height,
+            left,
+            right: width - right,
+            bottom,
+            zero: x(0.0),
+            min_gain: x(min_gain),
+            ticks,
+            rows: rows
+                .iter()
+                .enumerate()
+                .map(|(i, (label, est, l, h))| {
+                    (
+                        label.clone(),
+                        24 + row_height * i as i64,
+                        x(*l),
+                        x(*est),
+                        x(*h),
+                        format!("{label}: {est:+.3} (95% interval {l:+.3} to {h:+.3})"),
+                    )
+                })
+                .collect(),
+        })
+    }
+}
+
 struct DatasetView {
+    plot: Option<IntervalPlot>,
     dataset: String,
     outcome: &'static str,
     outcome_class: &'static str,
@@ -114,6 +190,21 @@ async fn verdict_page(
                 Outcome::ImageHelpsAtACost => "cost",
                 Outcome::TextSuffices => "text",
                 Outcome::Undecided => "undecided",
+            },
+            plot: {
+                let mut rows = Vec::new();
+                if let Some(x) = d.difference {
+                    rows.push((
+                        "gain of the image".to_string(),
+                        x.interval.estimate,
+                        x.interval.low,
+                        x.interval.high,
+                    ));
+                }
+                for r in d.text_image.iter().flat_map(|s| &s.image_reliance) {
+                    rows.push((format!("drop, {}", r.probe), r.drop, r.low, r.high));
+                }
+                IntervalPlot::new(&rows, t.min_gain)
             },
             reason: d.reason.clone(),
             majority_rate: format!("{:.3}", d.majority_rate),
