@@ -9,6 +9,7 @@ pub mod demo;
 pub mod formats;
 pub mod image;
 pub mod loader;
+pub mod paths;
 pub mod resize;
 
 use anyhow::{Context, Result, bail};
@@ -500,7 +501,11 @@ fn check_images(ds: &mut Dataset, problems: &mut Problems) {
     ] {
         let missing: Vec<bool> = examples
             .par_iter()
-            .map(|e| e.image.as_ref().is_some_and(|p| !dir.join(p).is_file()))
+            .map(|e| {
+                e.image
+                    .as_ref()
+                    .is_some_and(|p| !paths::is_file_inside(&root, &dir.join(p)))
+            })
             .collect();
         if !missing.contains(&true) {
             continue;
@@ -509,11 +514,15 @@ fn check_images(ds: &mut Dataset, problems: &mut Problems) {
         for (e, gone) in examples.drain(..).zip(missing) {
             if gone {
                 let path = dir.join(e.image.as_ref().expect("checked"));
+                // one message for a missing file and for one outside the folder
                 problems.push(
                     &root,
                     &path,
                     None,
-                    format!("{split} example `{}`: image not found", e.id),
+                    format!(
+                        "{split} example `{}`: image not found in the dataset folder",
+                        e.id
+                    ),
                 );
             } else {
                 keep.push(e);
@@ -554,6 +563,9 @@ pub fn inspect(name: &str, source: &Source, check: Check) -> Result<DatasetInfo>
         signature: String::new(),
     })
 }
+
+/// The most classes a dataset may have (an integer label must be below it).
+pub const MAX_LABELS: usize = 10_000;
 
 /// Label names for integer labels `0..n` (the values themselves), unless `names` are given.
 pub fn integer_label_names(max_label: Option<usize>, names: Option<&Vec<String>>) -> Vec<String> {

@@ -179,7 +179,7 @@ async fn a_strict_registration_lists_the_problems_and_stores_nothing_and_report_
         "{msg}"
     );
     assert!(
-        msg.contains("img/gone.png: train example `91`: image not found"),
+        msg.contains("img/gone.png: train example `91`: image not found in the dataset folder"),
         "{msg}"
     );
     assert_eq!(
@@ -295,5 +295,125 @@ async fn a_restart_reads_a_dataset_folder_again_only_when_its_files_changed() {
         app.get("/api/v1/datasets/memes").await.0,
         StatusCode::NOT_FOUND,
         "read again, now broken"
+    );
+}
+
+#[tokio::test]
+async fn paths_inside_dataset_files_and_options_stay_in_the_folder_and_reads_are_bounded() {
+    let app = TestApp::new().await;
+    let data = app.dir.path().join("data");
+    let secret_dir = tempfile::tempdir().unwrap();
+    let secret = secret_dir.path().join("secret.png");
+    image::RgbImage::from_pixel(4, 4, image::Rgb([1, 2, 3]))
+        .save(&secret)
+        .unwrap();
+    let register = |name: &str, path: &Path, options: Value| {
+        let body =
+            json!({"name": name, "path": path, "format": "hateful_memes", "options": options});
+        let app = &app;
+        async move { app.post("/api/v1/datasets", body).await }
+    };
+
+    // split files named in the options: a device, an absolute path, `..`
+    let root = data.join("opts");
+    memes_folder(&root, false);
+    for (file, why) in [
+        ("/dev/zero", "not inside the dataset folder"),
+        ("/etc/passwd", "not inside the dataset folder"),
+        (
+            "../../../../../../etc/passwd",
+            "not inside the dataset folder",
+        ),
+        ("/no/such/file", "not inside the dataset folder"),
+    ] {
+        let (status, err) = register("opts", &root, json!({"splits": {"train": file}})).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{file}: {err}");
+        let msg = err["error"]["message"].as_str().unwrap();
+        assert!(msg.contains(why), "{file}: {msg}");
+        assert!(
+            !msg.contains("No such file"),
+            "{file}: existence leaked: {msg}"
+        );
+    }
+    let (status, err) = register("opts", &root, json!({"images": "../.."})).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{err}");
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("options.images"),
+        "{err}"
+    );
+
+    // image paths inside the JSONL file, and a symlink out of the folder
+    let root = data.join("escape");
+    memes_folder(&root, false);
+    std::os::unix::fs::symlink(&secret, root.join("img/link.png")).unwrap();
+    let mut lines: Vec<String> = std::fs::read_to_string(root.join("train.jsonl"))
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    let ups = "../".repeat(root.components().count());
+    for (i, img) in [
+        secret.display().to_string(),
+        format!("{ups}{}", secret.strip_prefix("/").unwrap().display()),
+        "img/link.png".to_string(),
+        "/no/such/picture.png".to_string(),
+    ]
+    .iter()
+    .enumerate()
+    {
+        lines.push(json!({"id": 100 + i, "img": img, "text": "t", "label": 0}).to_string());
+    }
+    // and a label that would make a million classes
+    lines.push(json!({"id": 200, "img": "img/0.png", "text": "t", "label": 1_000_000}).to_string());
+    std::fs::write(root.join("train.jsonl"), lines.join("\n")).unwrap();
+    let (status, err) = register("escape", &root, json!({})).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{err}");
+    let msg = err["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("5 problems"), "{msg}");
+    for id in 100..104 {
+        assert!(
+            msg.contains(&format!(
+                "example `{id}`: image not found in the dataset folder"
+            )),
+            "{id}: {msg}"
+        );
+    }
+    assert!(
+        msg.contains("must be an integer from 0 to 9999, found 1000000"),
+        "{msg}"
+    );
+    // reported, the escaping examples are dropped and nothing outside is ever read
+    let (status, body) = app
+        .post(
+            "/api/v1/datasets",
+            json!({"name": "escape", "path": root, "format": "hateful_memes", "check": "report"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["info"]["splits"]["train"]["examples"], 6, "{body}");
+    assert_eq!(body["num_labels"], 2, "{body}");
+
+    // a registration `path` outside the roots: the same answer whether or not it exists
+    let (_, a) = app
+        .post(
+            "/api/v1/datasets",
+            json!({"name": "x", "path": secret_dir.path()}),
+        )
+        .await;
+    let (_, b) = app
+        .post(
+            "/api/v1/datasets",
+            json!({"name": "x", "path": "/no/such/folder"}),
+        )
+        .await;
+    assert_eq!(a["error"]["code"], "outside_data_roots");
+    assert_eq!(b["error"]["code"], "outside_data_roots");
+    let strip = |v: &Value, p: &str| v["error"]["message"].as_str().unwrap().replace(p, "P");
+    assert_eq!(
+        strip(&a, &secret_dir.path().display().to_string()),
+        strip(&b, "/no/such/folder")
     );
 }

@@ -9,7 +9,6 @@ use super::{Format, LineError, relative};
 use crate::data::{Example, Problems, Source, Split, Splits, Task, integer_label_names};
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 
 /// The layout.
@@ -114,11 +113,12 @@ pub fn read_file(
     unlabeled_ok: bool,
     problems: &mut Problems,
 ) -> Result<Vec<Example>> {
-    let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let name = relative(root, path);
+    let file = crate::data::paths::open(root, path).with_context(|| format!("opening {name}"))?;
     let mut out = Vec::new();
     let mut missing_label = Vec::new();
-    for (i, line) in BufReader::new(file).lines().enumerate() {
-        let line = line.with_context(|| format!("reading {}", path.display()))?;
+    for (i, line) in crate::data::paths::lines(file).enumerate() {
+        let line = line.with_context(|| format!("reading {name}"))?;
         if line.trim().is_empty() {
             continue;
         }
@@ -165,12 +165,18 @@ fn parse_line(line: &str) -> Result<Example, LineError> {
         .to_string();
     let label = match v.get("label") {
         None | Some(Value::Null) => None,
-        Some(l) => Some(l.as_u64().ok_or_else(|| {
-            LineError::invalid(
-                "label",
-                format!("field `label` must be a non-negative integer, found {l}"),
-            )
-        })? as usize),
+        Some(l) => match l.as_u64() {
+            Some(n) if (n as usize) < crate::data::MAX_LABELS => Some(n as usize),
+            _ => {
+                return Err(LineError::invalid(
+                    "label",
+                    format!(
+                        "field `label` must be an integer from 0 to {}, found {l}",
+                        crate::data::MAX_LABELS - 1
+                    ),
+                ));
+            }
+        },
     };
     let image = match v.get("img") {
         None | Some(Value::Null) => None,

@@ -26,8 +26,8 @@ pub fn read(root: &Path) -> Result<Option<Source>> {
     if !path.is_file() {
         return Ok(None);
     }
-    let text =
-        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let text = std::io::read_to_string(crate::data::paths::open(root, &path)?)
+        .with_context(|| format!("reading {}", path.display()))?;
     Ok(Some(
         parse(&text, root).with_context(|| format!("{}", path.display()))?,
     ))

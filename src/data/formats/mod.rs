@@ -84,6 +84,18 @@ pub fn by_name(name: &str) -> Result<&'static Format> {
 
 /// Reads a dataset with its source's format.
 pub fn read(source: &Source, problems: &mut Problems) -> Result<Splits> {
+    let o = &source.options;
+    if let Some(images) = &o.images {
+        let dir = crate::data::paths::inside(&source.root, images)
+            .map_err(|e| anyhow::anyhow!("options.images: {e}"))?;
+        if !dir.is_dir() {
+            anyhow::bail!("options.images: `{}` is not a folder", images.display());
+        }
+    }
+    for (split, file) in o.splits.iter().flatten() {
+        crate::data::paths::inside(&source.root, Path::new(file))
+            .map_err(|e| anyhow::anyhow!("options.splits.{split}: {e}"))?;
+    }
     (by_name(&source.format)?.read)(source, problems)
 }
 

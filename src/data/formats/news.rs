@@ -18,7 +18,6 @@ use crate::data::{Columns, Example, Problems, Source, Split, Splits, Task};
 use anyhow::{Context, Result, bail};
 use serde_json::{Map, Value};
 use std::collections::{BTreeSet, HashMap};
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use table::{Table, is_csv, read_table};
 
@@ -43,17 +42,18 @@ fn detect(root: &Path) -> bool {
     let Some(train) = find(root, SPLIT_FILES[0]) else {
         return false;
     };
+    let Ok(file) = crate::data::paths::open(root, &train) else {
+        return false;
+    };
     let columns = if is_csv(&train) {
-        csv::Reader::from_path(&train)
-            .and_then(|mut r| Ok(r.headers()?.iter().map(str::to_string).collect()))
+        csv::Reader::from_reader(file)
+            .headers()
+            .map(|h| h.iter().map(str::to_string).collect())
             .unwrap_or_default()
     } else {
-        let first = std::fs::File::open(&train).ok().and_then(|f| {
-            let mut lines = BufReader::new(f).lines();
-            lines
-                .find(|l| l.as_ref().map_or(true, |l| !l.trim().is_empty()))?
-                .ok()
-        });
+        let first = crate::data::paths::lines(file)
+            .find(|l| l.as_ref().map_or(true, |l| !l.trim().is_empty()))
+            .and_then(Result::ok);
         match first.and_then(|l| serde_json::from_str::<Map<String, Value>>(&l).ok()) {
             Some(object) => object.keys().cloned().collect(),
             None => Vec::new(),
@@ -302,6 +302,13 @@ fn read(source: &Source, problems: &mut Problems) -> Result<Splits> {
             train.into_iter().cloned().collect()
         }
     };
+    if label_names.len() > crate::data::MAX_LABELS {
+        anyhow::bail!(
+            "{} distinct labels, more than the {} classes a dataset may have",
+            label_names.len(),
+            crate::data::MAX_LABELS
+        );
+    }
     let index: HashMap<&str, usize> = label_names
         .iter()
         .enumerate()

@@ -10,7 +10,6 @@ use super::{Format, LineError, relative};
 use crate::data::{Example, Problems, Source, Split, Splits, Task};
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 
 /// The layout.
@@ -81,10 +80,10 @@ fn read_file(
     problems: &mut Problems,
 ) -> Result<Vec<Example>> {
     let name = relative(root, path);
-    let file = std::fs::File::open(path).with_context(|| format!("opening {name}"))?;
+    let file = crate::data::paths::open(root, path).with_context(|| format!("opening {name}"))?;
     let mut out = Vec::new();
     let mut unlabeled = Vec::new();
-    for (i, line) in BufReader::new(file).lines().enumerate() {
+    for (i, line) in crate::data::paths::lines(file).enumerate() {
         let line = line.with_context(|| format!("reading {name}"))?;
         if line.trim().is_empty() {
             continue;

@@ -96,37 +96,43 @@ fn valid_name(name: &str) -> bool {
 }
 
 /// The folder `path` names, resolved (`..` and symlinks followed), if it lies inside one of
-/// `roots` (resolved the same way).
+/// `roots` (resolved the same way). A path outside the roots gets the same answer whether or
+/// not something is there.
 pub fn confine(path: &std::path::Path, roots: &[PathBuf]) -> Result<PathBuf, ApiError> {
-    let real = std::fs::canonicalize(path).map_err(|e| {
+    let real_roots: Vec<PathBuf> = roots
+        .iter()
+        .filter_map(|r| std::fs::canonicalize(r).ok())
+        .collect();
+    let within = |p: &std::path::Path| real_roots.iter().any(|r| p.starts_with(r));
+    let outside = || {
+        let shown: Vec<String> = roots.iter().map(|r| r.display().to_string()).collect();
         ApiError::invalid(
             "path",
-            "invalid_value",
-            format!("`path` {}: {e}", path.display()),
+            "outside_data_roots",
+            format!(
+                "`path` {} is not inside the data roots ({}); start the service with --data-root to allow another folder",
+                path.display(),
+                shown.join(", ")
+            ),
         )
-    })?;
+    };
+    let real = match std::fs::canonicalize(path) {
+        Ok(real) if within(&real) => real,
+        Ok(_) => return Err(outside()),
+        Err(_) if !within(&crate::data::paths::normalise(path)) => return Err(outside()),
+        Err(_) => {
+            return Err(ApiError::invalid(
+                "path",
+                "invalid_value",
+                format!("`path` {} does not exist", path.display()),
+            ));
+        }
+    };
     if !real.is_dir() {
         return Err(ApiError::invalid(
             "path",
             "invalid_value",
             format!("`path` {} is not a folder", path.display()),
-        ));
-    }
-    let inside = roots
-        .iter()
-        .filter_map(|r| std::fs::canonicalize(r).ok())
-        .any(|r| real.starts_with(&r));
-    if !inside {
-        let shown: Vec<String> = roots.iter().map(|r| r.display().to_string()).collect();
-        return Err(ApiError::invalid(
-            "path",
-            "outside_data_roots",
-            format!(
-                "`path` {} resolves to {}, which is outside the data roots ({}); start the service with --data-root to allow another folder",
-                path.display(),
-                real.display(),
-                shown.join(", ")
-            ),
         ));
     }
     Ok(real)

@@ -5,7 +5,6 @@ use crate::data::formats::relative;
 use anyhow::{Context, Result};
 use serde_json::{Map, Value};
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 
 /// Whether a file is CSV (else JSON lines), by its extension.
@@ -30,10 +29,8 @@ pub fn read_table(root: &Path, file: &Path, problems: &mut Problems) -> Result<T
         rows: Vec::new(),
     };
     if is_csv(file) {
-        let mut r = csv::ReaderBuilder::new()
-            .flexible(true)
-            .from_path(file)
-            .with_context(|| format!("opening {name}"))?;
+        let f = crate::data::paths::open(root, file).with_context(|| format!("opening {name}"))?;
+        let mut r = csv::ReaderBuilder::new().flexible(true).from_reader(f);
         let header = r.headers().with_context(|| format!("reading {name}"))?;
         table.columns = header.iter().map(|h| h.trim().to_string()).collect();
         for record in r.records() {
@@ -63,10 +60,10 @@ pub fn read_table(root: &Path, file: &Path, problems: &mut Problems) -> Result<T
             table.rows.push((line, fields));
         }
     } else {
-        let f = std::fs::File::open(file).with_context(|| format!("opening {name}"))?;
+        let f = crate::data::paths::open(root, file).with_context(|| format!("opening {name}"))?;
         let mut index: HashMap<String, usize> = HashMap::new();
         let mut objects = Vec::new();
-        for (i, line) in BufReader::new(f).lines().enumerate() {
+        for (i, line) in crate::data::paths::lines(f).enumerate() {
             let line = line.with_context(|| format!("reading {name}"))?;
             if line.trim().is_empty() {
                 continue;

@@ -17,7 +17,12 @@ pub fn read_array(
     each: &mut dyn FnMut(usize, Value),
 ) -> Result<Option<String>> {
     let name = relative(root, file);
-    let bytes = std::fs::read(file).with_context(|| format!("reading {name}"))?;
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(
+        &mut crate::data::paths::open(root, file).with_context(|| format!("opening {name}"))?,
+        &mut bytes,
+    )
+    .with_context(|| format!("reading {name}"))?;
     let mut de = serde_json::Deserializer::from_slice(&bytes);
     let (found, subtype) = de
         .deserialize_map(Object { key, each })
