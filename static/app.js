@@ -255,6 +255,16 @@ function initComparePicker(button) {
   });
 }
 
+// Marks each thumbnail once the page has loaded: data-loaded="true" when it decoded, and the
+// class `broken` (a placeholder style) when it did not.
+window.addEventListener("load", () => {
+  for (const img of document.querySelectorAll("img.thumb")) {
+    const ok = img.complete && img.naturalWidth > 0;
+    img.dataset.loaded = ok;
+    img.classList.toggle("broken", !ok);
+  }
+});
+
 document.addEventListener("DOMContentLoaded", () => {
   const run = document.getElementById("run");
   if (run) initRunPage(run);

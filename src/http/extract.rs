@@ -16,19 +16,38 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        if let Some(ct) = req.headers().get(header::CONTENT_TYPE) {
-            let ct = ct.to_str().unwrap_or("");
-            if !ct.starts_with("application/json") && !ct.contains("+json") {
+        // a body without a JSON content type is refused: it is what a cross-site `no-cors`
+        // fetch sends
+        let ct = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .map(|ct| ct.to_str().unwrap_or("").to_string());
+        match ct {
+            Some(ct) if ct.starts_with("application/json") || ct.contains("+json") => {}
+            Some(ct) => {
                 return Err(ApiError::new(
                     StatusCode::UNSUPPORTED_MEDIA_TYPE,
                     "unsupported_media_type",
                     format!("expected an application/json body, got `{ct}`"),
                 ));
             }
+            None => {
+                return Err(ApiError::new(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    "unsupported_media_type",
+                    "expected an application/json body (set `Content-Type: application/json`)",
+                ));
+            }
         }
-        let bytes = Bytes::from_request(req, state)
-            .await
-            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_body", e.body_text()))?;
+        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
+            let status = e.status();
+            let code = if status == StatusCode::PAYLOAD_TOO_LARGE {
+                "payload_too_large"
+            } else {
+                "invalid_body"
+            };
+            ApiError::new(status, code, e.body_text())
+        })?;
         parse_json(&bytes).map(ApiJson)
     }
 }

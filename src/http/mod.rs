@@ -3,6 +3,7 @@
 pub mod api;
 pub mod error;
 pub mod extract;
+mod guard;
 pub mod pages;
 
 use crate::config::Settings;
@@ -62,13 +63,15 @@ impl Deref for AppState {
 /// Largest request body accepted (run submissions and registrations are small).
 const BODY_LIMIT: usize = 1 << 20;
 
-/// The whole application: API, pages, assets, with tracing, compression and a body limit.
+/// The whole application: API, pages, assets, with tracing, compression, a body limit and
+/// the [`guard`] (cross-site writes refused, security headers, JSON errors on the API).
 pub fn router(state: AppState) -> Router {
     Router::new()
         .nest("/api/v1", api::router())
         .merge(pages::router())
         .fallback(pages::not_found)
         .layer(RequestBodyLimitLayer::new(BODY_LIMIT))
+        .layer(axum::middleware::from_fn(guard::guard))
         .layer(CompressionLayer::new())
         .layer(TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
             tracing::info_span!("http", method = %req.method(), path = %req.uri().path())

@@ -180,3 +180,106 @@ async fn a_running_run_streams_progress_and_metrics_as_server_sent_events() {
     assert!(seen.contains("started"), "{seen:?}");
     app.state.scheduler.cancel(id).await.unwrap();
 }
+
+#[tokio::test]
+async fn writes_from_other_sites_are_refused_and_responses_carry_security_headers() {
+    use axum::body::Body;
+    use axum::http::{Request, header};
+    let app = TestApp::new().await;
+    let form = "model=bert-tiny&dataset=demo-news&epochs=1";
+    let post = |extra: &[(&str, &str)]| {
+        let mut req = Request::post("/runs/new")
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .header(header::HOST, "127.0.0.1:8080");
+        for (k, v) in extra {
+            req = req.header(*k, *v);
+        }
+        req.body(Body::from(form)).unwrap()
+    };
+    // a form on another site, as a browser sends it
+    for headers in [
+        vec![
+            ("sec-fetch-site", "cross-site"),
+            ("origin", "http://evil.example"),
+        ],
+        vec![("origin", "http://evil.example")],
+        vec![("origin", "null")],
+    ] {
+        let (status, page) = app.send(post(&headers)).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{headers:?}: {page}");
+    }
+    assert!(
+        app.state
+            .store
+            .list_runs(&Default::default())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // the same form from this site
+    let (status, _) = app
+        .send(post(&[
+            ("sec-fetch-site", "same-origin"),
+            ("origin", "http://127.0.0.1:8080"),
+        ]))
+        .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    // a cross-site API call and a body without a JSON content type
+    let req = Request::post("/api/v1/runs")
+        .header("sec-fetch-site", "cross-site")
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(
+            r#"{"model": "bert-tiny", "dataset": "demo-news"}"#,
+        ))
+        .unwrap();
+    let (status, body) = app.send(req).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert!(body.contains(r#""code":"cross_site""#), "{body}");
+    let req = Request::post("/api/v1/runs")
+        .body(Body::from(
+            r#"{"model": "bert-tiny", "dataset": "demo-news"}"#,
+        ))
+        .unwrap();
+    let (status, body) = app.send(req).await;
+    assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{body}");
+    assert!(
+        body.contains(r#""code":"unsupported_media_type""#),
+        "{body}"
+    );
+    // framework answers on the API are JSON too
+    let req = Request::delete("/api/v1/runs").body(Body::empty()).unwrap();
+    let res = tower::ServiceExt::oneshot(app.router.clone(), req)
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::METHOD_NOT_ALLOWED);
+    let body = http_body_util::BodyExt::collect(res.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["error"]["code"], "method_not_allowed", "{v}");
+    let big = "x".repeat(2 << 20);
+    let req = Request::post("/api/v1/runs")
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(big))
+        .unwrap();
+    let (status, body) = app.send(req).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
+    assert!(body.contains(r#""code":"payload_too_large""#), "{body}");
+    // every response keeps out of frames and to this origin's scripts
+    let res = tower::ServiceExt::oneshot(
+        app.router.clone(),
+        Request::get("/leaderboard").body(Body::empty()).unwrap(),
+    )
+    .await
+    .unwrap();
+    let h = res.headers();
+    assert_eq!(h["x-frame-options"], "DENY");
+    assert_eq!(h["x-content-type-options"], "nosniff");
+    assert!(
+        h["content-security-policy"]
+            .to_str()
+            .unwrap()
+            .contains("frame-ancestors 'none'")
+    );
+}
