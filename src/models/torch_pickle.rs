@@ -691,10 +691,8 @@ X\x01\x00\x00\x001q\x10h\x07K\x02tq\x11QK\x00K\x01K\x02\x86q\x12K\x02K\x01\x86q\
         format!("{:#}", result.expect_err("expected an error"))
     }
 
-    #[test]
-    fn reads_torch_written_state_dict() {
-        assert_eq!(TINY_PKL.len(), 246);
-        let tensors = read_bytes("tiny.bin", &zip_bytes(&tiny(true))).expect("read tiny.bin");
+    /// `OrderedDict(w=torch.tensor([1.0, 2.0]), i=torch.tensor([[3, 4]]))`, as read.
+    fn assert_is_the_tiny_dict(tensors: &[RawTensor]) {
         let got: Vec<_> = tensors
             .iter()
             .map(|t| {
@@ -713,28 +711,20 @@ X\x01\x00\x00\x001q\x10h\x07K\x02tq\x11QK\x00K\x01K\x02\x86q\x12K\x02K\x01\x86q\
         assert_eq!(got, want);
     }
 
+    #[test]
+    fn reads_torch_written_state_dict() {
+        assert_eq!(TINY_PKL.len(), 246);
+        let tensors = read_bytes("tiny.bin", &zip_bytes(&tiny(true))).expect("read tiny.bin");
+        assert_is_the_tiny_dict(&tensors);
+    }
+
     /// `torch.save(same dict, f, _use_new_zipfile_serialization=False)` by torch 2.11.
     const LEGACY: &[u8] = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19.\x80\x02M\xe9\x03.\x80\x02}q\x00(X\x10\x00\x00\x00protocol_versionq\x01M\xe9\x03X\x0d\x00\x00\x00little_endianq\x02\x88X\x0a\x00\x00\x00type_sizesq\x03}q\x04(X\x05\x00\x00\x00shortq\x05K\x02X\x03\x00\x00\x00intq\x06K\x04X\x04\x00\x00\x00longq\x07K\x04uu.\x80\x02ccollections\x0aOrderedDict\x0aq\x00)Rq\x01(X\x01\x00\x00\x00wq\x02ctorch._utils\x0a_rebuild_tensor_v2\x0aq\x03((X\x07\x00\x00\x00storageq\x04ctorch\x0aFloatStorage\x0aq\x05X\x0e\x00\x00\x0094788052204496q\x06X\x03\x00\x00\x00cpuq\x07K\x02Ntq\x08QK\x00K\x02\x85q\x09K\x01\x85q\x0a\x89h\x00)Rq\x0btq\x0cRq\x0dX\x01\x00\x00\x00iq\x0eh\x03((h\x04ctorch\x0aLongStorage\x0aq\x0fX\x0e\x00\x00\x0094787948938656q\x10h\x07K\x02Ntq\x11QK\x00K\x01K\x02\x86q\x12K\x02K\x01\x86q\x13\x89h\x00)Rq\x14tq\x15Rq\x16u.\x80\x02]q\x00(X\x0e\x00\x00\x0094787948938656q\x01X\x0e\x00\x00\x0094788052204496q\x02e.\x02\x00\x00\x00\x00\x00\x00\x00\x03\x00\x00\x00\x00\x00\x00\x00\x04\x00\x00\x00\x00\x00\x00\x00\x02\x00\x00\x00\x00\x00\x00\x00\x00\x00\x80?\x00\x00\x00@";
 
     #[test]
     fn reads_the_legacy_format() {
         let tensors = read_bytes("legacy.pt", LEGACY).expect("read legacy.pt");
-        let got: Vec<_> = tensors
-            .iter()
-            .map(|t| {
-                (
-                    t.name.as_str(),
-                    t.dtype,
-                    t.shape.as_slice(),
-                    t.data.as_slice(),
-                )
-            })
-            .collect();
-        let want: [(&str, Dtype, &[usize], &[u8]); 2] = [
-            ("w", Dtype::F32, &[2], F32S),
-            ("i", Dtype::I64, &[1, 2], I64S),
-        ];
-        assert_eq!(got, want);
+        assert_is_the_tiny_dict(&tensors);
     }
 
     #[test]

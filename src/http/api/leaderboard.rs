@@ -31,7 +31,7 @@ pub struct BoardQuery {
     pub dataset: Option<String>,
     /// The metric that picks each group's best run and orders the board (default `auroc`).
     pub metric: Option<String>,
-    /// Column to sort by ([`SORTABLE`]); default the metric.
+    /// Column to sort by (a key of [`COLUMNS`]); default the metric.
     pub sort: Option<String>,
     /// `asc` or `desc`; default best first for metrics, descending for costs, ascending for names.
     pub order: Option<String>,
@@ -45,20 +45,40 @@ pub struct BoardQuery {
     pub format: Option<String>,
 }
 
-/// Columns a board sorts by.
-pub const SORTABLE: [&str; 12] = [
-    "model",
-    "configuration",
-    "runs",
-    "accuracy",
-    "f1",
-    "auroc",
-    "loss",
-    "train_seconds",
-    "samples_per_second",
-    "num_parameters",
-    "peak_memory_bytes",
-    "device_hours",
+/// The columns of a board, each sortable: (key, label on the page, tooltip, numeric).
+pub const COLUMNS: [(&str, &str, &str, bool); 12] = [
+    ("model", "model", "", false),
+    (
+        "configuration",
+        "configuration",
+        "options that differ from their defaults",
+        false,
+    ),
+    ("runs", "n", "runs (seeds) in the group", true),
+    (
+        "accuracy",
+        "accuracy",
+        "mean ± std over seeds, 95% interval of the mean below",
+        true,
+    ),
+    ("f1", "F1", "macro F1, mean ± std over seeds", true),
+    ("auroc", "AUROC", "mean ± std over seeds", true),
+    ("train_seconds", "train time", "mean over seeds", true),
+    (
+        "samples_per_second",
+        "samples/s",
+        "training examples per second, mean over seeds",
+        true,
+    ),
+    ("num_parameters", "params", "", true),
+    (
+        "peak_memory_bytes",
+        "peak memory",
+        "of the worker: GPU memory where it had GPUs, else host",
+        true,
+    ),
+    ("device_hours", "device-hours", "summed over the runs", true),
+    ("loss", "loss", "test loss, mean over seeds", true),
 ];
 
 /// A metric over a group's runs.
@@ -227,12 +247,13 @@ pub async fn boards(state: &AppState, q: BoardQuery) -> ApiResult<Leaderboard> {
         .parse()
         .map_err(|e| invalid("metric", format!("query parameter `metric`: {e}")))?;
     let sort = given(&q.sort).unwrap_or_else(|| metric.column().to_string());
-    if !SORTABLE.contains(&sort.as_str()) {
+    if !COLUMNS.iter().any(|c| c.0 == sort) {
+        let keys: Vec<&str> = COLUMNS.iter().map(|c| c.0).collect();
         return Err(invalid(
             "sort",
             format!(
                 "unknown column `{sort}` to sort by (one of {})",
-                SORTABLE.join(", ")
+                keys.join(", ")
             ),
         ));
     }

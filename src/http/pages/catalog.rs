@@ -202,48 +202,12 @@ fn board_link(path: &str, q: &BoardQuery, set: &[(&str, &str)]) -> String {
     }
 }
 
-/// The columns of a board: (key, label, tooltip, numeric).
-const COLUMNS: [(&str, &str, &str, bool); 12] = [
-    ("model", "model", "", false),
-    (
-        "configuration",
-        "configuration",
-        "options that differ from their defaults",
-        false,
-    ),
-    ("runs", "n", "runs (seeds) in the group", true),
-    (
-        "accuracy",
-        "accuracy",
-        "mean ± std over seeds, 95% interval of the mean below",
-        true,
-    ),
-    ("f1", "F1", "macro F1, mean ± std over seeds", true),
-    ("auroc", "AUROC", "mean ± std over seeds", true),
-    ("train_seconds", "train time", "mean over seeds", true),
-    (
-        "samples_per_second",
-        "samples/s",
-        "training examples per second, mean over seeds",
-        true,
-    ),
-    ("num_parameters", "params", "", true),
-    (
-        "peak_memory_bytes",
-        "peak memory",
-        "of the worker: GPU memory where it had GPUs, else host",
-        true,
-    ),
-    ("device_hours", "device-hours", "summed over the runs", true),
-    ("loss", "loss", "test loss, mean over seeds", true),
-];
-
 async fn leaderboard(
     State(state): State<AppState>,
     ApiQuery(q): ApiQuery<BoardQuery>,
 ) -> PageResult {
     let lb = boards(&state, q.clone()).await?;
-    let headers = COLUMNS
+    let headers = crate::http::api::leaderboard::COLUMNS
         .iter()
         .map(|&(key, label, title, numeric)| {
             let current = lb.sort == key;
