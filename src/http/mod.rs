@@ -60,6 +60,28 @@ impl Deref for AppState {
     }
 }
 
+/// `GET /healthz`: the process answers.
+async fn healthz() -> axum::Json<serde_json::Value> {
+    axum::Json(serde_json::json!({"status": "ok"}))
+}
+
+/// `GET /readyz`: the service can take work: its database answers (503 otherwise).
+async fn readyz(
+    axum::extract::State(state): axum::extract::State<AppState>,
+) -> Result<axum::Json<serde_json::Value>, error::ApiError> {
+    state.store.ping().await.map_err(|e| {
+        error::ApiError::new(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "not_ready",
+            format!("{e:#}"),
+        )
+    })?;
+    Ok(axum::Json(serde_json::json!({
+        "status": "ready",
+        "slots": state.scheduler.slots().len(),
+    })))
+}
+
 /// Largest request body accepted (run submissions and registrations are small).
 const BODY_LIMIT: usize = 1 << 20;
 
@@ -68,6 +90,8 @@ const BODY_LIMIT: usize = 1 << 20;
 pub fn router(state: AppState) -> Router {
     Router::new()
         .nest("/api/v1", api::router())
+        .route("/healthz", axum::routing::get(healthz))
+        .route("/readyz", axum::routing::get(readyz))
         .merge(pages::router())
         .fallback(pages::not_found)
         .layer(RequestBodyLimitLayer::new(BODY_LIMIT))

@@ -422,3 +422,20 @@ async fn the_form_offers_the_known_models_and_datasets() {
     assert!(html.contains("bert-tiny (bert, text, "));
     assert!(html.contains(r#"<option value="demo-news""#));
 }
+
+#[tokio::test]
+async fn health_and_readiness_answer() {
+    let app = TestApp::new().await;
+    let (status, body) = app.get("/healthz").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["status"], "ok");
+    let (status, body) = app.get("/readyz").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["status"], "ready");
+    assert_eq!(body["slots"], app.state.scheduler.slots().len());
+    // with the database gone, not ready, and still JSON
+    app.state.store.pool().close().await;
+    let (status, body) = app.get("/readyz").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["error"]["code"], "not_ready", "{body}");
+}
