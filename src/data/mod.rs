@@ -494,6 +494,8 @@ pub fn load(name: &str, source: &Source, check: Check) -> Result<Dataset> {
 fn check_images(ds: &mut Dataset, problems: &mut Problems) {
     let dir = ds.source.image_dir();
     let root = ds.source.root.clone();
+    // the folder resolved once; every image path is checked against it
+    let folder = paths::Folder::new(&root).ok();
     for (split, examples) in [
         (Split::Train, &mut ds.train),
         (Split::Dev, &mut ds.dev),
@@ -504,7 +506,7 @@ fn check_images(ds: &mut Dataset, problems: &mut Problems) {
             .map(|e| {
                 e.image
                     .as_ref()
-                    .is_some_and(|p| !paths::is_file_inside(&root, &dir.join(p)))
+                    .is_some_and(|p| !folder.as_ref().is_some_and(|f| f.is_file(&dir.join(p))))
             })
             .collect();
         if !missing.contains(&true) {

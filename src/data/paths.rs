@@ -21,25 +21,50 @@ pub const MAX_LINE_BYTES: usize = 16 << 20;
 /// `path` (absolute, or relative to `root`) resolved, if it lies inside `root`. The error says
 /// only that the path is not inside the dataset folder, never whether something is there.
 pub fn inside(root: &Path, path: &Path) -> Result<PathBuf> {
-    let outside = || anyhow::anyhow!("`{}` is not inside the dataset folder", path.display());
-    let real_root = std::fs::canonicalize(root)?;
-    let joined = if path.is_absolute() {
-        path.to_path_buf()
-    } else {
-        root.join(path)
-    };
-    match std::fs::canonicalize(&joined) {
-        Ok(real) if real.starts_with(&real_root) => Ok(real),
-        Ok(_) => Err(outside()),
-        // it does not exist: whether it would be inside is decided on the words alone
-        Err(_) => {
-            let lexical = normalise(&joined);
-            if lexical.starts_with(&real_root) || lexical.starts_with(normalise(root)) {
-                Ok(lexical)
-            } else {
-                Err(outside())
+    Folder::new(root)?.inside(path)
+}
+
+/// A dataset folder with its resolved path, for checking many paths against it.
+pub struct Folder {
+    root: PathBuf,
+    real: PathBuf,
+}
+
+impl Folder {
+    /// The folder `root` (which must exist).
+    pub fn new(root: &Path) -> Result<Folder> {
+        Ok(Folder {
+            root: root.to_path_buf(),
+            real: std::fs::canonicalize(root)?,
+        })
+    }
+
+    /// `path` (absolute, or relative to the folder) resolved, if it lies inside the folder.
+    pub fn inside(&self, path: &Path) -> Result<PathBuf> {
+        let outside = || anyhow::anyhow!("`{}` is not inside the dataset folder", path.display());
+        let joined = if path.is_absolute() {
+            path.to_path_buf()
+        } else {
+            self.root.join(path)
+        };
+        match std::fs::canonicalize(&joined) {
+            Ok(real) if real.starts_with(&self.real) => Ok(real),
+            Ok(_) => Err(outside()),
+            // it does not exist: whether it would be inside is decided on the words alone
+            Err(_) => {
+                let lexical = normalise(&joined);
+                if lexical.starts_with(&self.real) || lexical.starts_with(normalise(&self.root)) {
+                    Ok(lexical)
+                } else {
+                    Err(outside())
+                }
             }
         }
+    }
+
+    /// Whether `path` is a regular file inside the folder.
+    pub fn is_file(&self, path: &Path) -> bool {
+        self.inside(path).is_ok_and(|p| p.is_file())
     }
 }
 
@@ -75,11 +100,6 @@ pub fn open(root: &Path, path: &Path) -> Result<std::io::Take<File>> {
         );
     }
     Ok(File::open(&real)?.take(MAX_FILE_BYTES))
-}
-
-/// Whether `path` (absolute, or relative to `root`) is a regular file inside `root`.
-pub fn is_file_inside(root: &Path, path: &Path) -> bool {
-    inside(root, path).is_ok_and(|p| p.is_file())
 }
 
 /// The lines of a reader, each at most [`MAX_LINE_BYTES`] (a longer one is an error naming
@@ -149,8 +169,9 @@ mod tests {
                 .contains("not a regular file")
         );
         assert!(open(&root, Path::new("img")).is_err());
-        assert!(is_file_inside(&root, Path::new("img/a.png")));
-        assert!(!is_file_inside(&root, Path::new("link.txt")));
+        let folder = Folder::new(&root).unwrap();
+        assert!(folder.is_file(Path::new("img/a.png")));
+        assert!(!folder.is_file(Path::new("link.txt")));
     }
 
     #[test]

@@ -45,40 +45,111 @@ pub struct BoardQuery {
     pub format: Option<String>,
 }
 
-/// The columns of a board, each sortable: (key, label on the page, tooltip, numeric).
-pub const COLUMNS: [(&str, &str, &str, bool); 12] = [
-    ("model", "model", "", false),
-    (
+/// A column of a board: its key (`?sort=`), its label and tooltip on the page, and its value.
+pub struct Column {
+    pub key: &'static str,
+    pub label: &'static str,
+    pub title: &'static str,
+    pub value: Cell,
+}
+
+/// What a column holds, read from a row; text sorts as text, numbers as numbers.
+#[derive(Clone, Copy)]
+pub enum Cell {
+    Text(fn(&BoardRow) -> &str),
+    Number(fn(&BoardRow) -> Option<f64>),
+}
+
+impl Column {
+    /// Whether it holds numbers.
+    pub fn numeric(&self) -> bool {
+        matches!(self.value, Cell::Number(_))
+    }
+}
+
+const fn column(
+    key: &'static str,
+    label: &'static str,
+    title: &'static str,
+    value: Cell,
+) -> Column {
+    Column {
+        key,
+        label,
+        title,
+        value,
+    }
+}
+
+/// The columns of a board, each sortable, in the page's order.
+pub const COLUMNS: [Column; 12] = [
+    column("model", "model", "", Cell::Text(|r| &r.model)),
+    column(
         "configuration",
         "configuration",
         "options that differ from their defaults",
-        false,
+        Cell::Text(|r| &r.configuration),
     ),
-    ("runs", "n", "runs (seeds) in the group", true),
-    (
+    column(
+        "runs",
+        "n",
+        "runs (seeds) in the group",
+        Cell::Number(|r| Some(r.runs as f64)),
+    ),
+    column(
         "accuracy",
         "accuracy",
         "mean ± std over seeds, 95% interval of the mean below",
-        true,
+        Cell::Number(|r| r.accuracy.mean),
     ),
-    ("f1", "F1", "macro F1, mean ± std over seeds", true),
-    ("auroc", "AUROC", "mean ± std over seeds", true),
-    ("train_seconds", "train time", "mean over seeds", true),
-    (
+    column(
+        "f1",
+        "F1",
+        "macro F1, mean ± std over seeds",
+        Cell::Number(|r| r.f1.mean),
+    ),
+    column(
+        "auroc",
+        "AUROC",
+        "mean ± std over seeds",
+        Cell::Number(|r| r.auroc.mean),
+    ),
+    column(
+        "train_seconds",
+        "train time",
+        "mean over seeds",
+        Cell::Number(|r| r.train_seconds),
+    ),
+    column(
         "samples_per_second",
         "samples/s",
         "training examples per second, mean over seeds",
-        true,
+        Cell::Number(|r| r.samples_per_second),
     ),
-    ("num_parameters", "params", "", true),
-    (
+    column(
+        "num_parameters",
+        "params",
+        "",
+        Cell::Number(|r| r.num_parameters.map(|v| v as f64)),
+    ),
+    column(
         "peak_memory_bytes",
         "peak memory",
         "of the worker: GPU memory where it had GPUs, else host",
-        true,
+        Cell::Number(|r| r.peak_memory_bytes.map(|v| v as f64)),
     ),
-    ("device_hours", "device-hours", "summed over the runs", true),
-    ("loss", "loss", "test loss, mean over seeds", true),
+    column(
+        "device_hours",
+        "device-hours",
+        "summed over the runs",
+        Cell::Number(|r| r.device_hours),
+    ),
+    column(
+        "loss",
+        "loss",
+        "test loss, mean over seeds",
+        Cell::Number(|r| r.loss.mean),
+    ),
 ];
 
 /// A metric over a group's runs.
@@ -174,31 +245,6 @@ impl BoardRow {
             BoardMetric::Loss => &self.loss,
         }
     }
-
-    /// The value a column sorts by: a number, or text for the names.
-    fn key(&self, column: &str) -> Key<'_> {
-        let n = |v: Option<f64>| Key::Number(v);
-        match column {
-            "model" => Key::Text(&self.model),
-            "configuration" => Key::Text(&self.configuration),
-            "runs" => n(Some(self.runs as f64)),
-            "accuracy" => n(self.accuracy.mean),
-            "f1" => n(self.f1.mean),
-            "auroc" => n(self.auroc.mean),
-            "loss" => n(self.loss.mean),
-            "train_seconds" => n(self.train_seconds),
-            "samples_per_second" => n(self.samples_per_second),
-            "num_parameters" => n(self.num_parameters.map(|v| v as f64)),
-            "peak_memory_bytes" => n(self.peak_memory_bytes.map(|v| v as f64)),
-            "device_hours" => n(self.device_hours),
-            _ => Key::Number(None),
-        }
-    }
-}
-
-enum Key<'a> {
-    Text(&'a str),
-    Number(Option<f64>),
 }
 
 /// The options that differ from their defaults, as `name=value` (the seed is never there).
@@ -247,8 +293,8 @@ pub async fn boards(state: &AppState, q: BoardQuery) -> ApiResult<Leaderboard> {
         .parse()
         .map_err(|e| invalid("metric", format!("query parameter `metric`: {e}")))?;
     let sort = given(&q.sort).unwrap_or_else(|| metric.column().to_string());
-    if !COLUMNS.iter().any(|c| c.0 == sort) {
-        let keys: Vec<&str> = COLUMNS.iter().map(|c| c.0).collect();
+    let Some(column) = COLUMNS.iter().find(|c| c.key == sort) else {
+        let keys: Vec<&str> = COLUMNS.iter().map(|c| c.key).collect();
         return Err(invalid(
             "sort",
             format!(
@@ -256,10 +302,10 @@ pub async fn boards(state: &AppState, q: BoardQuery) -> ApiResult<Leaderboard> {
                 keys.join(", ")
             ),
         ));
-    }
+    };
     let descending = match given(&q.order).as_deref() {
         None if sort == metric.column() => metric.order() == "DESC",
-        None => !matches!(sort.as_str(), "model" | "configuration" | "loss"),
+        None => column.numeric() && sort != "loss",
         Some("desc") => true,
         Some("asc") => false,
         Some(other) => {
@@ -324,12 +370,14 @@ pub async fn boards(state: &AppState, q: BoardQuery) -> ApiResult<Leaderboard> {
         .collect();
     // missing values last in either order; ties by model, then configuration
     rows.sort_by(|a, b| {
-        let by = match (a.key(&sort), b.key(&sort)) {
-            (Key::Text(x), Key::Text(y)) => x.cmp(y),
-            (Key::Number(Some(x)), Key::Number(Some(y))) => x.total_cmp(&y),
-            (Key::Number(None), Key::Number(Some(_))) => return Ordering::Greater,
-            (Key::Number(Some(_)), Key::Number(None)) => return Ordering::Less,
-            _ => Ordering::Equal,
+        let by = match column.value {
+            Cell::Text(f) => f(a).cmp(f(b)),
+            Cell::Number(f) => match (f(a), f(b)) {
+                (Some(x), Some(y)) => x.total_cmp(&y),
+                (None, Some(_)) => return Ordering::Greater,
+                (Some(_), None) => return Ordering::Less,
+                (None, None) => Ordering::Equal,
+            },
         };
         let by = if descending { by.reverse() } else { by };
         by.then_with(|| a.model.cmp(&b.model))

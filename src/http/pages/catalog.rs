@@ -209,8 +209,8 @@ async fn leaderboard(
     let lb = boards(&state, q.clone()).await?;
     let headers = crate::http::api::leaderboard::COLUMNS
         .iter()
-        .map(|&(key, label, title, numeric)| {
-            let current = lb.sort == key;
+        .map(|c| {
+            let current = lb.sort == c.key;
             // a click on the sorted column flips it; on another, its natural order
             let order = match (current, lb.order) {
                 (true, "desc") => "asc",
@@ -218,15 +218,15 @@ async fn leaderboard(
                 (false, _) => "",
             };
             Header {
-                label,
-                title,
-                href: board_link("/leaderboard", &q, &[("sort", key), ("order", order)]),
+                label: c.label,
+                title: c.title,
+                href: board_link("/leaderboard", &q, &[("sort", c.key), ("order", order)]),
                 arrow: match (current, lb.order) {
                     (true, "desc") => " ▼",
                     (true, _) => " ▲",
                     _ => "",
                 },
-                numeric,
+                numeric: c.numeric(),
             }
         })
         .collect();

@@ -4,7 +4,7 @@
 //! by the vendored uPlot, live while runs train); and the test examples on which the runs'
 //! predictions disagree, with their text and picture.
 
-use super::datasets::{find, loaded};
+use super::datasets::{find, loaded, shorten, thumbnail_url};
 use super::{PageError, PageResult, bytes, duration, num, params, render};
 use crate::data::Split;
 use crate::eval::stats::{self, Scored, Statistic};
@@ -269,25 +269,15 @@ async fn compare(State(state): State<AppState>, ApiQuery(q): ApiQuery<CompareQue
             let truth = preds[0][i].label.unwrap_or(-1);
             disagreements.push(Disagreement {
                 id: id.clone(),
-                text: found.map_or(String::new(), |(_, e)| {
-                    let t: String = e.text.chars().take(TEXT_CHARS).collect();
-                    if e.text.chars().count() > TEXT_CHARS {
-                        format!("{t}…")
-                    } else {
-                        t
-                    }
-                }),
+                text: found.map_or(String::new(), |(_, e)| shorten(&e.text, TEXT_CHARS)),
                 label: label(truth),
                 preds: preds
                     .iter()
                     .map(|p| (label(p[i].pred), p[i].label == Some(p[i].pred)))
                     .collect(),
-                thumbnail: found.filter(|(_, e)| e.image.is_some()).map(|(at, _)| {
-                    format!(
-                        "/datasets/{}/thumbnail/test/{at}",
-                        urlencoding(&runs[0].dataset)
-                    )
-                }),
+                thumbnail: found
+                    .filter(|(_, e)| e.image.is_some())
+                    .map(|(at, _)| thumbnail_url(&runs[0].dataset, Split::Test, at)),
             });
         }
     }
@@ -303,18 +293,6 @@ async fn compare(State(state): State<AppState>, ApiQuery(q): ApiQuery<CompareQue
         disagreeing,
         examples,
     })
-}
-
-/// A dataset name as a path segment.
-fn urlencoding(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 /// A figure of a run's summary.

@@ -21,7 +21,8 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use serde::Deserialize;
 use thumbnail::ThumbError;
-use view::{BalanceView, HistogramSvg, ImageView, segment, shorten, split_note, thousands};
+pub(super) use view::shorten;
+use view::{BalanceView, HistogramSvg, ImageView, segment, split_note, thousands};
 
 pub(crate) fn router() -> Router<AppState> {
     Router::new()
@@ -71,6 +72,11 @@ async fn list(State(state): State<AppState>) -> PageResult {
         })
         .collect();
     render(&ListPage { datasets })
+}
+
+/// The page address of the thumbnail of example `index` of `split` of dataset `name`.
+pub(super) fn thumbnail_url(name: &str, split: Split, index: usize) -> String {
+    format!("/datasets/{}/thumbnail/{split}/{index}", segment(name))
 }
 
 pub(super) async fn find(state: &AppState, name: &str) -> Result<DatasetRecord, PageError> {
@@ -254,12 +260,10 @@ async fn detail(
                     .unwrap_or_else(|| format!("#{i}")),
                 None => "unlabeled".into(),
             },
-            thumb: e.image.as_ref().map(|_| {
-                format!(
-                    "/datasets/{}/thumbnail/{split}/{index}",
-                    segment(&record.name)
-                )
-            }),
+            thumb: e
+                .image
+                .as_ref()
+                .map(|_| thumbnail_url(&record.name, split, index)),
         })
         .collect::<Vec<_>>();
     let splits = ds

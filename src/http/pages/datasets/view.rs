@@ -41,7 +41,7 @@ pub(super) fn segment(s: &str) -> String {
 }
 
 /// The first `max` characters of `s`, with an ellipsis if it was longer.
-pub(super) fn shorten(s: &str, max: usize) -> String {
+pub(in crate::http::pages) fn shorten(s: &str, max: usize) -> String {
     match s.char_indices().nth(max) {
         Some((i, _)) => format!("{}…", &s[..i]),
         None => s.to_string(),
