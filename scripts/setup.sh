@@ -81,7 +81,7 @@ say "mobilenet-v2 in $MODELS_DIR/mobilenet-v2"
 
 # --- test requirements ----------------------------------------------------------------------
 if [ "$want_test" = 1 ]; then
-  if ! .venv/bin/python -c "import sklearn, transformers, safetensors, numpy, PIL, torchvision" 2>/dev/null; then
+  if ! .venv/bin/python -c "import sklearn, transformers, safetensors, numpy, PIL, torchvision, mlflow, pandas, matplotlib, requests" 2>/dev/null; then
     say "installing the test requirements (tests/requirements.txt)"
     .venv/bin/python -m pip install --quiet -r tests/requirements.txt
   fi

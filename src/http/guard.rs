@@ -37,7 +37,9 @@ fn cross_site(headers: &HeaderMap) -> bool {
 
 /// The middleware.
 pub async fn guard(req: Request, next: Next) -> Response {
-    let api = req.uri().path().starts_with("/api/");
+    let path = req.uri().path();
+    let mlflow = path.starts_with("/api/2.0/") || path.starts_with("/ajax-api/");
+    let api = path.starts_with("/api/") || mlflow;
     let writes = !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
     let mut response = if writes && cross_site(req.headers()) {
         let e = ApiError::new(
@@ -54,7 +56,7 @@ pub async fn guard(req: Request, next: Next) -> Response {
         next.run(req).await
     };
     if api {
-        response = json_errors(response).await;
+        response = json_errors(response, mlflow).await;
     }
     let h = response.headers_mut();
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
@@ -73,8 +75,9 @@ pub async fn guard(req: Request, next: Next) -> Response {
     response
 }
 
-/// An API error answered by the framework (plain text or an empty body) as the API's JSON.
-async fn json_errors(response: Response) -> Response {
+/// An API error answered by the framework (plain text or an empty body) as the API's JSON,
+/// in MLflow's shape on the MLflow-compatible routes.
+async fn json_errors(response: Response, mlflow: bool) -> Response {
     let status = response.status();
     let is_json = response
         .headers()
@@ -115,7 +118,20 @@ async fn json_errors(response: Response) -> Response {
     } else {
         message
     };
-    let mut out = ApiError::new(status, code, message).into_response();
+    let mut out = if mlflow {
+        let code = if status.is_server_error() {
+            "INTERNAL_ERROR"
+        } else {
+            "BAD_REQUEST"
+        };
+        (
+            status,
+            axum::Json(serde_json::json!({"error_code": code, "message": message})),
+        )
+            .into_response()
+    } else {
+        ApiError::new(status, code, message).into_response()
+    };
     if let Some(a) = allow {
         out.headers_mut().insert(header::ALLOW, a);
     }

@@ -4,6 +4,7 @@ pub mod api;
 pub mod error;
 pub mod extract;
 mod guard;
+pub mod mlflow;
 pub mod pages;
 
 use crate::config::Settings;
@@ -90,6 +91,7 @@ const BODY_LIMIT: usize = 1 << 20;
 pub fn router(state: AppState) -> Router {
     Router::new()
         .nest("/api/v1", api::router())
+        .merge(mlflow::router())
         .route("/healthz", axum::routing::get(healthz))
         .route("/readyz", axum::routing::get(readyz))
         .merge(pages::router())

@@ -12,7 +12,7 @@ use crate::protocol::Device;
 use crate::runs::options::OptionError;
 use crate::runs::{self, DatasetLookup, DatasetRef, ResolvedRun, RunRequest, SubmitError};
 use crate::store::Store;
-use crate::store::runs::{Run, RunStatus};
+use crate::store::runs::{Run, RunSource, RunStatus};
 use crate::store::studies::Study;
 use crate::studies::{StudyError, StudyRequest, SubmitStudyError};
 use crate::train::precision;
@@ -293,7 +293,8 @@ impl Scheduler {
             let Some(run) = claimed else {
                 break;
             };
-            let held = &free[..run.config.gpus.max(1) as usize];
+            let gpus = run.train_config().map_or(1, |c| c.gpus);
+            let held = &free[..gpus.max(1) as usize];
             let slot: Vec<Slot> = held.iter().map(|&i| slots[i].clone()).collect();
             let cancel = Arc::new(Notify::new());
             {
@@ -366,6 +367,26 @@ impl Scheduler {
                 None => return Ok(CancelOutcome::NotFound),
                 Some(r) if !r.status.is_active() => {
                     return Ok(CancelOutcome::AlreadyEnded(r.status));
+                }
+                // an external run has no worker here: it is marked killed, as MLflow would
+                Some(r) if r.source == RunSource::External => {
+                    self.inner
+                        .store
+                        .update_external_run(id, Some(RunStatus::Cancelled), None, None)
+                        .await
+                        .map_err(anyhow::Error::from)?;
+                    self.inner.hub.send(
+                        id,
+                        LiveKind::Status {
+                            status: RunStatus::Cancelled,
+                            error: None,
+                        },
+                    );
+                    let run = self.inner.store.get_run(id).await?;
+                    return Ok(match run {
+                        Some(run) => CancelOutcome::Cancelled(Box::new(run)),
+                        None => CancelOutcome::NotFound,
+                    });
                 }
                 Some(_) => {}
             }

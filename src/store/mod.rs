@@ -7,6 +7,7 @@ pub mod metrics;
 pub mod predictions;
 pub mod runs;
 pub mod studies;
+pub mod tracking;
 
 use anyhow::{Context, Result};
 use sqlx::SqlitePool;

@@ -8,6 +8,7 @@ use crate::runs::{DatasetRef, ModelRef, QueueConfig, ResolvedRun, TrainConfig};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use sqlx::FromRow;
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -75,14 +76,71 @@ impl FromStr for RunStatus {
     }
 }
 
+/// Where a run was trained.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunSource {
+    /// Queued here and trained by this service's workers.
+    Native,
+    /// Trained elsewhere and logged here (the MLflow-compatible API, the metric batch
+    /// endpoint); never claimed by the scheduler.
+    External,
+}
+
+impl FromStr for RunSource {
+    type Err = crate::data::UnknownName;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        crate::data::UnknownName::find(s, "run source", &RunSource::ALL, RunSource::as_str)
+    }
+}
+
+impl RunSource {
+    /// Both sources.
+    pub const ALL: [RunSource; 2] = [RunSource::Native, RunSource::External];
+
+    /// The name stored in `runs.source`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunSource::Native => "native",
+            RunSource::External => "external",
+        }
+    }
+}
+
+/// A run's configuration: the options of a native run, the logged parameters of an
+/// external one.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum RunConfig {
+    Native(TrainConfig),
+    External(BTreeMap<String, String>),
+}
+
+impl RunConfig {
+    /// The training options, for a native run.
+    pub fn native(&self) -> Option<&TrainConfig> {
+        match self {
+            RunConfig::Native(c) => Some(c),
+            RunConfig::External(_) => None,
+        }
+    }
+}
+
 /// A run as the API shows it.
 #[derive(Debug, Clone, Serialize)]
 pub struct Run {
     pub id: i64,
     pub status: RunStatus,
+    /// `native` (trained here) or `external` (logged here).
+    pub source: RunSource,
     pub model: String,
     pub dataset: String,
-    pub config: TrainConfig,
+    pub config: RunConfig,
+    /// The MLflow experiment and run name of an external run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub experiment_id: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub run_name: Option<String>,
     pub priority: i64,
     pub attempts: i64,
     pub device: Option<String>,
@@ -111,10 +169,16 @@ pub struct Resolution {
 }
 
 impl Run {
+    /// The training options of a native run.
+    pub fn train_config(&self) -> Option<&TrainConfig> {
+        self.config.native()
+    }
+
     /// The run as it was resolved when submitted; `None` for a run queued before runs kept
-    /// their resolution.
+    /// their resolution, and for external runs.
     pub fn resolved(&self) -> Option<ResolvedRun> {
         let r = self.resolution.as_ref()?;
+        let config = self.train_config()?.clone();
         Some(ResolvedRun {
             model: ModelRef {
                 name: self.model.clone(),
@@ -124,7 +188,7 @@ impl Run {
                 name: self.dataset.clone(),
                 source: r.dataset.clone(),
             },
-            config: self.config.clone(),
+            config,
             queue: QueueConfig {
                 priority: self.priority,
             },
@@ -151,6 +215,9 @@ pub(super) struct RunRow {
     resolved: Option<String>,
     study_id: Option<i64>,
     grid: Option<String>,
+    source: String,
+    experiment_id: Option<i64>,
+    run_name: Option<String>,
 }
 
 impl TryFrom<RunRow> for Run {
@@ -166,8 +233,23 @@ impl TryFrom<RunRow> for Run {
                 ),
                 None => None,
             },
-            config: serde_json::from_str(&r.config)
-                .with_context(|| format!("run {}: stored config", r.id))?,
+            source: match r.source.as_str() {
+                "external" => RunSource::External,
+                _ => RunSource::Native,
+            },
+            config: if r.source == "external" {
+                RunConfig::External(
+                    serde_json::from_str(&r.config)
+                        .with_context(|| format!("run {}: stored parameters", r.id))?,
+                )
+            } else {
+                RunConfig::Native(
+                    serde_json::from_str(&r.config)
+                        .with_context(|| format!("run {}: stored config", r.id))?,
+                )
+            },
+            experiment_id: r.experiment_id,
+            run_name: r.run_name,
             summary: match r.summary {
                 Some(s) => Some(
                     serde_json::from_str(&s)
@@ -198,7 +280,8 @@ impl TryFrom<RunRow> for Run {
 }
 
 pub(super) const RUN_COLUMNS: &str = "id, status, model, dataset, config, priority, attempts, device, \
-     progress, summary, created_at, started_at, finished_at, error, resolved, study_id, grid";
+     progress, summary, created_at, started_at, finished_at, error, resolved, study_id, grid, source, \
+     experiment_id, run_name";
 
 /// Filters of the run listing; `None` matches everything.
 #[derive(Debug, Clone, Default)]
@@ -206,6 +289,7 @@ pub struct RunFilter {
     pub dataset: Option<String>,
     pub model: Option<String>,
     pub status: Option<RunStatus>,
+    pub source: Option<RunSource>,
     pub limit: i64,
     pub offset: i64,
 }
@@ -470,7 +554,8 @@ impl Store {
         let rows: Vec<RunRow> = sqlx::query_as(&format!(
             "SELECT {RUN_COLUMNS} FROM runs \
              WHERE (? IS NULL OR dataset = ?) AND (? IS NULL OR model = ?) \
-               AND (? IS NULL OR status = ?) \
+               AND (? IS NULL OR status = ?) AND (? IS NULL OR source = ?) \
+               AND lifecycle_stage = 'active' \
              ORDER BY id DESC LIMIT ? OFFSET ?"
         ))
         .bind(&f.dataset)
@@ -479,6 +564,8 @@ impl Store {
         .bind(&f.model)
         .bind(f.status.map(RunStatus::as_str))
         .bind(f.status.map(RunStatus::as_str))
+        .bind(f.source.map(RunSource::as_str))
+        .bind(f.source.map(RunSource::as_str))
         .bind(if f.limit > 0 { f.limit } else { 100 })
         .bind(f.offset.max(0))
         .fetch_all(self.pool())
@@ -514,7 +601,8 @@ impl Store {
         let mut tx = self.pool().begin().await?;
         let next: Option<(i64, Option<i64>)> = sqlx::query_as(
             "SELECT id, json_extract(config, '$.gpus') FROM runs \
-             WHERE status IN ('queued', 'interrupted') ORDER BY priority DESC, id LIMIT 1",
+             WHERE status IN ('queued', 'interrupted') AND source = 'native' \
+             ORDER BY priority DESC, id LIMIT 1",
         )
         .fetch_optional(&mut *tx)
         .await
@@ -645,7 +733,8 @@ impl Store {
         }
         let ids: Vec<(i64,)> = sqlx::query_as(
             "UPDATE runs SET status = 'interrupted' \
-             WHERE status = 'running' AND (device IS NULL OR device NOT LIKE 'cli:%') RETURNING id",
+             WHERE status = 'running' AND source = 'native' \
+                 AND (device IS NULL OR device NOT LIKE 'cli:%') RETURNING id",
         )
         .fetch_all(self.pool())
         .await
@@ -712,7 +801,8 @@ impl Store {
                     CAST(AVG(num_parameters) AS INTEGER) AS num_parameters, \
                     CAST(AVG(peak_memory_bytes) AS INTEGER) AS peak_memory_bytes, \
                     SUM(device_hours) AS device_hours \
-             FROM runs INDEXED BY runs_groups WHERE status = 'succeeded' {only} \
+             FROM runs INDEXED BY runs_groups \
+             WHERE status = 'succeeded' AND lifecycle_stage = 'active' {only} \
              GROUP BY dataset, model, config_key",
             col = metric.column()
         );

@@ -104,6 +104,17 @@ impl TestApp {
         }
     }
 
+    /// Serves the app on a loopback port, for clients outside the process (the `mlflow`
+    /// client, the Python client); returns its base URL. The server lives as long as the
+    /// test's runtime.
+    pub async fn listen(&self) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let router = self.router.clone();
+        tokio::spawn(async move { axum::serve(listener, router).await });
+        url
+    }
+
     /// Writes a text-only dataset in the Hateful Memes layout and registers it. `rows` are
     /// (text, label) per split, in train/dev/test order.
     pub async fn add_dataset(&self, name: &str, splits: [&[(&str, u32)]; 3]) {

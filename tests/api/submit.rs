@@ -91,14 +91,14 @@ async fn the_form_offers_every_declared_option_and_stores_what_the_api_stores() 
     assert_eq!(by_form.config, api.config);
     assert_eq!(by_form.priority, api.priority);
     assert_ne!(
-        api.config,
+        *api.train_config().unwrap(),
         TrainConfig::default(),
         "the options were read, not defaulted"
     );
     // every option as given, stored and listed on the run page
     let page = app.page(&format!("/runs/{}", by_form.id)).await.1;
     let stored = option_values(
-        &api.config,
+        api.train_config().unwrap(),
         &QueueConfig {
             priority: api.priority,
         },
@@ -193,7 +193,13 @@ async fn the_demo_study_is_submitted_like_any_run() {
             app.state.settings.models_dir.join(&run.model)
         );
         assert_eq!(resolved.dataset.name, run.dataset);
-        assert_eq!((run.config.epochs, run.config.max_length), (3, 48));
+        assert_eq!(
+            (
+                run.train_config().unwrap().epochs,
+                run.train_config().unwrap().max_length
+            ),
+            (3, 48)
+        );
         // one study, each model with its own learning rate
         let study = app
             .state
@@ -208,8 +214,8 @@ async fn the_demo_study_is_submitted_like_any_run() {
             .iter()
             .find(|(m, _, _)| *m == run.model)
             .unwrap();
-        assert_eq!(run.config.learning_rate, *lr);
-        assert_eq!(run.config.freeze_image_encoder, *frozen);
+        assert_eq!(run.train_config().unwrap().learning_rate, *lr);
+        assert_eq!(run.train_config().unwrap().freeze_image_encoder, *frozen);
     }
     assert!(
         modalbench::app::queue_demo_study(&app.state)
@@ -325,8 +331,11 @@ async fn modalbench_train_reads_the_same_options_and_refuses_the_same_values() {
         .unwrap_or_else(|| panic!("no run id in {err}"));
     let run = app.state.store.get_run(id).await.unwrap().unwrap();
     assert_eq!(run.status, RunStatus::Succeeded, "{:?}", run.error);
-    assert!(run.device.unwrap().starts_with("cli:"));
-    assert!(run.config.gradient_checkpointing && run.config.epochs == 1);
+    assert!(run.device.as_deref().unwrap().starts_with("cli:"));
+    assert!(
+        run.train_config().unwrap().gradient_checkpointing
+            && run.train_config().unwrap().epochs == 1
+    );
     let s = run.summary.unwrap();
     assert!(
         (printed_accuracy(&out.stdout) - s.accuracy).abs() < 5e-5,

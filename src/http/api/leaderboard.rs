@@ -250,7 +250,15 @@ impl BoardRow {
 /// The options that differ from their defaults, as `name=value` (the seed is never there).
 fn configuration(options: &Map<String, Value>) -> String {
     let Ok(config) = serde_json::from_value::<TrainConfig>(Value::Object(options.clone())) else {
-        return String::new();
+        // an external run's logged parameters, all of them
+        return options
+            .iter()
+            .map(|(k, v)| match v {
+                Value::String(s) => format!("{k}={s}"),
+                other => format!("{k}={other}"),
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
     };
     let defaults = TrainConfig::default().values();
     config

@@ -2,6 +2,7 @@
 
 mod catalog;
 mod checkpoints;
+mod external;
 pub mod leaderboard;
 pub mod runs;
 pub mod studies;
@@ -14,6 +15,7 @@ use axum::Router;
 pub fn router() -> Router<AppState> {
     Router::new()
         .merge(runs::router())
+        .merge(external::router())
         .merge(checkpoints::router())
         .merge(catalog::router())
         .merge(leaderboard::router())

@@ -12,7 +12,7 @@ use crate::runs::RunRequest;
 use crate::store::logs::LogLine;
 use crate::store::metrics::Point;
 use crate::store::predictions::StoredPrediction;
-use crate::store::runs::{Run, RunFilter, RunStatus};
+use crate::store::runs::{Run, RunFilter, RunSource, RunStatus};
 use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::sse::{KeepAlive, Sse};
@@ -30,7 +30,10 @@ pub(crate) fn router() -> Router<AppState> {
     Router::new()
         .route("/runs", post(create).get(list))
         .route("/runs/{id}", get(show))
-        .route("/runs/{id}/metrics", get(metrics))
+        .route(
+            "/runs/{id}/metrics",
+            get(metrics).post(super::external::log_points),
+        )
         .route("/runs/{id}/logs", get(logs))
         .route("/runs/{id}/predictions", get(predictions))
         .route("/runs/{id}/events", get(events))
@@ -72,6 +75,8 @@ pub struct ListQuery {
     pub dataset: Option<String>,
     pub model: Option<String>,
     pub status: Option<String>,
+    /// `native` or `external`.
+    pub source: Option<String>,
     pub limit: Option<i64>,
     pub offset: Option<i64>,
 }
@@ -89,10 +94,21 @@ impl ListQuery {
                 )
             })?),
         };
+        let source = match self.source.as_deref().filter(|s| !s.is_empty()) {
+            None => None,
+            Some(s) => Some(s.parse::<RunSource>().map_err(|e| {
+                ApiError::invalid(
+                    "source",
+                    "invalid_value",
+                    format!("query parameter `source`: {e}"),
+                )
+            })?),
+        };
         Ok(RunFilter {
             dataset: self.dataset.filter(|s| !s.is_empty()),
             model: self.model.filter(|s| !s.is_empty()),
             status,
+            source,
             limit: int_in("limit", self.limit.unwrap_or(100), 1, 1000)?,
             offset: int_in("offset", self.offset.unwrap_or(0), 0, i64::MAX)?,
         })
@@ -131,12 +147,50 @@ async fn show(State(state): State<AppState>, Path(id): Path<String>) -> ApiResul
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct MetricsQuery {
-    key: Option<MetricKey>,
+    key: Option<String>,
 }
 
 #[derive(Serialize)]
-struct Series {
-    series: BTreeMap<MetricKey, Vec<Point>>,
+pub(crate) struct Series {
+    pub series: BTreeMap<String, Vec<Point>>,
+}
+
+/// A run's metric series by key: a native run's typed keys (`train/loss`, ...; an unknown
+/// `key` is a 422), an external run's logged names (its points' own timestamps as `time`).
+pub(crate) async fn series_of(
+    state: &AppState,
+    run: &Run,
+    key: Option<&str>,
+) -> ApiResult<BTreeMap<String, Vec<Point>>> {
+    if run.source == RunSource::External {
+        let series = state.store.external_series(run.id, key).await?;
+        return Ok(series
+            .into_iter()
+            .map(|(k, points)| {
+                let points = points
+                    .into_iter()
+                    .map(|p| Point {
+                        step: p.step,
+                        epoch: None,
+                        value: p.value,
+                        time: crate::store::tracking::millis_time(p.timestamp),
+                    })
+                    .collect();
+                (k, points)
+            })
+            .collect());
+    }
+    let key = key
+        .map(|k| {
+            k.parse::<MetricKey>()
+                .map_err(|e| ApiError::invalid("key", "invalid_value", e.to_string()))
+        })
+        .transpose()?;
+    let series = state.store.metric_series(run.id, key).await?;
+    Ok(series
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect())
 }
 
 async fn metrics(
@@ -145,7 +199,7 @@ async fn metrics(
     ApiQuery(q): ApiQuery<MetricsQuery>,
 ) -> ApiResult<Json<Series>> {
     let run = find_run(&state, &id).await?;
-    let series = state.store.metric_series(run.id, q.key).await?;
+    let series = series_of(&state, &run, q.key.as_deref()).await?;
     Ok(Json(Series { series }))
 }
 

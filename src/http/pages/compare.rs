@@ -13,7 +13,7 @@ use crate::http::error::ApiError;
 use crate::http::extract::ApiQuery;
 use crate::runs::{QueueConfig, option_values};
 use crate::store::predictions::StoredPrediction;
-use crate::store::runs::Run;
+use crate::store::runs::{Run, RunConfig};
 use askama::Template;
 use axum::Router;
 use axum::extract::State;
@@ -50,7 +50,7 @@ struct Head {
 }
 
 struct OptionRow {
-    name: &'static str,
+    name: String,
     values: Vec<String>,
     differs: bool,
 }
@@ -169,37 +169,54 @@ async fn compare(State(state): State<AppState>, ApiQuery(q): ApiQuery<CompareQue
     )
     .map_err(anyhow::Error::from)?;
 
-    // options: the training options, then the queue's, as the run page shows them
-    let per_run: Vec<Vec<(&'static str, String)>> = runs
+    // options: the training options, then the queue's, as the run page shows them; an
+    // external run's logged parameters; a name a run lacks shows as "–"
+    let per_run: Vec<Vec<(String, String)>> = runs
         .iter()
-        .map(|r| {
-            option_values(
-                &r.config,
+        .map(|r| match &r.config {
+            RunConfig::Native(c) => option_values(
+                c,
                 &QueueConfig {
                     priority: r.priority,
                 },
             )
             .into_iter()
-            .map(|(spec, v)| (spec.name, v.unwrap_or_else(|| "unset".into())))
-            .collect()
+            .map(|(spec, v)| (spec.name.to_string(), v.unwrap_or_else(|| "unset".into())))
+            .collect(),
+            RunConfig::External(params) => {
+                params.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+            }
         })
         .collect();
     let mut options = vec![
         OptionRow {
-            name: "model",
+            name: "model".into(),
             values: runs.iter().map(|r| r.model.clone()).collect(),
             differs: false,
         },
         OptionRow {
-            name: "dataset",
+            name: "dataset".into(),
             values: runs.iter().map(|r| r.dataset.clone()).collect(),
             differs: false,
         },
     ];
-    for (i, (name, _)) in per_run.first().into_iter().flatten().enumerate() {
+    let mut names: Vec<&str> = Vec::new();
+    for (name, _) in per_run.iter().flatten() {
+        if !names.contains(&name.as_str()) {
+            names.push(name);
+        }
+    }
+    for name in names {
         options.push(OptionRow {
-            name,
-            values: per_run.iter().map(|o| o[i].1.clone()).collect(),
+            name: name.to_string(),
+            values: per_run
+                .iter()
+                .map(|o| {
+                    o.iter()
+                        .find(|(n, _)| n == name)
+                        .map_or_else(|| "–".to_string(), |(_, v)| v.clone())
+                })
+                .collect(),
             differs: false,
         });
     }

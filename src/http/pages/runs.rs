@@ -9,7 +9,7 @@ use crate::http::extract::{ApiQuery, parse_form};
 use crate::queue::CancelOutcome;
 use crate::runs::options::{Kind, OptionSpec};
 use crate::runs::{QueueConfig, RunRequest, TrainConfig, option_values};
-use crate::store::runs::{Run, RunStatus};
+use crate::store::runs::{Run, RunConfig, RunSource, RunStatus};
 use askama::Template;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -38,6 +38,8 @@ pub(crate) struct RunRow {
     pub auroc: String,
     pub train_time: String,
     pub created: String,
+    /// Trained elsewhere and logged here.
+    pub external: bool,
 }
 
 impl From<&Run> for RunRow {
@@ -54,6 +56,7 @@ impl From<&Run> for RunRow {
             auroc: num(s.and_then(|s| s.auroc), 3),
             train_time: duration(s.map(|s| s.train_seconds)),
             created: when(Some(&r.created_at)),
+            external: r.source == RunSource::External,
         }
     }
 }
@@ -99,8 +102,10 @@ struct RunPage {
     finished: String,
     error: Option<String>,
     config: Vec<ConfigRow>,
-    summary: Vec<(&'static str, String)>,
+    summary: Vec<(String, String)>,
     charts: Vec<Chart>,
+    /// Trained elsewhere and logged here.
+    external: bool,
     eval_keys: String,
     eval_headers: Vec<&'static str>,
     eval_rows: Vec<EvalRow>,
@@ -114,7 +119,7 @@ struct RunPage {
 
 /// A chart of metric series, drawn in the browser from `/api/v1/runs/{id}/metrics`.
 struct Chart {
-    caption: &'static str,
+    caption: String,
     /// Metric keys, comma-separated.
     keys: String,
     /// Fixed y range (`0,1`), if the metrics have one.
@@ -126,12 +131,12 @@ fn charts() -> Vec<Chart> {
     let keys = |ks: &[MetricKey]| joined(ks.iter().copied());
     vec![
         Chart {
-            caption: "Loss",
+            caption: "Loss".into(),
             keys: keys(&[MetricKey::TRAIN_LOSS, MetricKey::eval(Metric::Loss)]),
             range: None,
         },
         Chart {
-            caption: "Dev metrics",
+            caption: "Dev metrics".into(),
             keys: keys(&[
                 MetricKey::eval(Metric::Accuracy),
                 MetricKey::eval(Metric::F1),
@@ -164,18 +169,32 @@ const EVAL_METRICS: [(Metric, &str); 4] = [
 
 /// One option of a run's configuration table.
 struct ConfigRow {
-    name: &'static str,
+    name: String,
     value: String,
     unit: &'static str,
     help: String,
 }
 
 /// Every option of a run with its value, in declaration order, the queue's last.
-fn config_rows(c: &TrainConfig, priority: i64) -> Vec<ConfigRow> {
+fn config_rows(config: &RunConfig, priority: i64) -> Vec<ConfigRow> {
+    let c = match config {
+        RunConfig::Native(c) => c,
+        RunConfig::External(params) => {
+            return params
+                .iter()
+                .map(|(k, v)| ConfigRow {
+                    name: k.clone(),
+                    value: v.clone(),
+                    unit: "",
+                    help: "a parameter the run logged".into(),
+                })
+                .collect();
+        }
+    };
     option_values(c, &QueueConfig { priority })
         .into_iter()
         .map(|(spec, value)| ConfigRow {
-            name: spec.name,
+            name: spec.name.to_string(),
             value: match value {
                 Some(v) => v,
                 None if !spec.unset.is_empty() => format!("– ({})", spec.unset),
@@ -214,7 +233,31 @@ async fn detail(State(state): State<AppState>, Path(id): Path<String>) -> PageRe
                 .collect(),
         })
         .collect();
-    let summary = match &run.summary {
+    let external = run.source == RunSource::External;
+    let mut charts = charts();
+    let summary: Vec<(String, String)> = match &run.summary {
+        // an external run: the latest value of each metric it logged, a chart per metric
+        None if external => {
+            let logged = state
+                .store
+                .external_run(run.id)
+                .await
+                .map_err(ApiError::from)?;
+            charts = logged
+                .metrics
+                .iter()
+                .map(|m| Chart {
+                    caption: m.key.clone(),
+                    keys: m.key.clone(),
+                    range: None,
+                })
+                .collect();
+            logged
+                .metrics
+                .iter()
+                .map(|m| (m.key.clone(), num(Some(m.value), 4)))
+                .collect()
+        }
         None => Vec::new(),
         Some(s) => vec![
             ("test accuracy", num(Some(s.accuracy), 4)),
@@ -252,7 +295,10 @@ async fn detail(State(state): State<AppState>, Path(id): Path<String>) -> PageRe
             ),
             ("devices", s.cost.devices.to_string()),
             ("device-hours", num(Some(s.cost.device_hours), 4)),
-        ],
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect(),
     };
     let dir = state.settings.run_dir(run.id).join("checkpoint");
     let mut checkpoints = Vec::new();
@@ -279,7 +325,8 @@ async fn detail(State(state): State<AppState>, Path(id): Path<String>) -> PageRe
         finished: when(run.finished_at.as_deref()),
         error: run.error.clone(),
         config: config_rows(&run.config, run.priority),
-        charts: charts(),
+        charts,
+        external,
         eval_keys: joined(EVAL_METRICS.iter().map(|(m, _)| MetricKey::eval(*m))),
         eval_headers: EVAL_METRICS.iter().map(|(_, h)| *h).collect(),
         summary,

@@ -331,7 +331,10 @@ struct StudyPage {
 }
 
 fn cell_run(r: &Run) -> CellRun {
-    let mut label = format!("seed {}", r.config.seed);
+    let mut label = match r.train_config() {
+        Some(c) => format!("seed {}", c.seed),
+        None => "external".to_string(),
+    };
     if let Some(grid) = &r.grid {
         for (k, v) in grid {
             label.push_str(&format!(", {k}={v}"));

@@ -1,0 +1,823 @@
+//! Experiments and external runs: runs trained elsewhere and logged here, through the
+//! MLflow-compatible API (`http::mlflow`) or the native metric batch endpoint. An external run
+//! is a row of `runs` (`source = 'external'`) whose `config` holds its parameters; its tags are
+//! in `run_tags`, its metric points in `external_metrics` with the latest of each key in
+//! `external_latest`.
+
+use super::runs::RunStatus;
+use super::{Store, format_time, now, parse_time};
+use sqlx::{QueryBuilder, Sqlite, Transaction};
+use std::collections::BTreeMap;
+use time::OffsetDateTime;
+
+/// What a tracking call can fail with; the HTTP layers map each to their error shapes.
+#[derive(Debug, thiserror::Error)]
+pub enum TrackingError {
+    #[error("{0} does not exist")]
+    NotFound(String),
+    #[error("{0} already exists")]
+    AlreadyExists(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+    #[error(transparent)]
+    Other(#[from] anyhow::Error),
+}
+
+pub type TrackingResult<T> = Result<T, TrackingError>;
+
+/// An experiment: a named group of external runs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Experiment {
+    pub id: i64,
+    pub name: String,
+    pub artifact_location: String,
+    pub lifecycle_stage: String,
+    pub creation_time: i64,
+    pub last_update_time: i64,
+    pub tags: BTreeMap<String, String>,
+}
+
+/// One metric point as MLflow carries it; `value` NaN is allowed.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LoggedPoint<'a> {
+    pub key: &'a str,
+    pub value: f64,
+    /// Milliseconds since the Unix epoch.
+    pub timestamp: i64,
+    pub step: i64,
+}
+
+/// A stored metric point of an external run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MetricPoint {
+    pub key: String,
+    pub value: f64,
+    pub timestamp: i64,
+    pub step: i64,
+}
+
+/// An external run with everything MLflow shows of it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExternalRun {
+    pub id: i64,
+    pub experiment_id: i64,
+    pub run_name: String,
+    pub user_id: String,
+    pub status: RunStatus,
+    pub start_time: Option<i64>,
+    pub end_time: Option<i64>,
+    pub lifecycle_stage: String,
+    pub params: BTreeMap<String, String>,
+    pub tags: BTreeMap<String, String>,
+    /// The latest point of each metric.
+    pub metrics: Vec<MetricPoint>,
+}
+
+/// A run to create.
+#[derive(Debug, Clone, Default)]
+pub struct NewExternalRun {
+    pub experiment_id: i64,
+    pub run_name: Option<String>,
+    pub user_id: Option<String>,
+    /// Milliseconds since the Unix epoch; now if absent.
+    pub start_time: Option<i64>,
+    pub tags: BTreeMap<String, String>,
+    pub params: BTreeMap<String, String>,
+}
+
+/// The parameter or tag that names an external run's model on leaderboards (else "external").
+pub const MODEL_KEYS: [&str; 3] = ["modalbench.model", "model", "model_name"];
+/// The parameter or tag that names its dataset (else the experiment's name).
+pub const DATASET_KEYS: [&str; 3] = ["modalbench.dataset", "dataset", "dataset_name"];
+
+/// The metric keys whose latest value becomes a finished external run's leaderboard column,
+/// first present wins: the test split's score, then the evaluation's, then the bare name, as
+/// training scripts (and the transformers `Trainer`, `eval_accuracy`) name them.
+fn summary_keys(column: &str) -> [String; 5] {
+    [
+        format!("test/{column}"),
+        format!("test_{column}"),
+        format!("eval/{column}"),
+        format!("eval_{column}"),
+        column.to_string(),
+    ]
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn millis_now() -> i64 {
+    (OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
+}
+
+/// A point's timestamp as the stored `time` columns write times (RFC 3339); the epoch when
+/// out of range.
+pub fn millis_time(ms: i64) -> String {
+    from_millis(ms).unwrap_or_else(|_| format_time(OffsetDateTime::UNIX_EPOCH))
+}
+
+fn from_millis(ms: i64) -> TrackingResult<String> {
+    let t = OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
+        .map_err(|_| TrackingError::Invalid(format!("timestamp {ms} ms is out of range")))?;
+    Ok(format_time(t))
+}
+
+fn to_millis(s: &str) -> Option<i64> {
+    parse_time(s).map(|t| (t.unix_timestamp_nanos() / 1_000_000) as i64)
+}
+
+/// NaN is stored as NULL (SQLite has no NaN).
+fn stored(v: f64) -> Option<f64> {
+    (!v.is_nan()).then_some(v)
+}
+
+type ExperimentRow = (i64, String, String, String, i64, i64);
+
+impl Store {
+    /// Creates an experiment; its name must be new.
+    pub async fn create_experiment(
+        &self,
+        name: &str,
+        artifact_location: Option<&str>,
+        tags: &BTreeMap<String, String>,
+    ) -> TrackingResult<i64> {
+        let mut tx = self.pool().begin().await?;
+        let taken: Option<(i64,)> = sqlx::query_as("SELECT id FROM experiments WHERE name = ?")
+            .bind(name)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if taken.is_some() {
+            return Err(TrackingError::AlreadyExists(format!("experiment '{name}'")));
+        }
+        let t = millis_now();
+        let (id,): (i64,) = sqlx::query_as(
+            "INSERT INTO experiments (name, artifact_location, creation_time, last_update_time) \
+             VALUES (?, '', ?, ?) RETURNING id",
+        )
+        .bind(name)
+        .bind(t)
+        .bind(t)
+        .fetch_one(&mut *tx)
+        .await?;
+        let location = artifact_location
+            .filter(|l| !l.is_empty())
+            .map_or_else(|| format!("mlflow-artifacts:/{id}"), str::to_string);
+        sqlx::query("UPDATE experiments SET artifact_location = ? WHERE id = ?")
+            .bind(location)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        for (k, v) in tags {
+            set_experiment_tag(&mut tx, id, k, v).await?;
+        }
+        tx.commit().await?;
+        Ok(id)
+    }
+
+    /// Every experiment (the caller filters, orders and pages).
+    pub async fn experiments(&self) -> TrackingResult<Vec<Experiment>> {
+        let rows: Vec<ExperimentRow> = sqlx::query_as(
+            "SELECT id, name, artifact_location, lifecycle_stage, creation_time, \
+                 last_update_time FROM experiments ORDER BY id",
+        )
+        .fetch_all(self.pool())
+        .await?;
+        let tags: Vec<(i64, String, String)> =
+            sqlx::query_as("SELECT experiment_id, key, value FROM experiment_tags")
+                .fetch_all(self.pool())
+                .await?;
+        let mut by_id: BTreeMap<i64, BTreeMap<String, String>> = BTreeMap::new();
+        for (id, k, v) in tags {
+            by_id.entry(id).or_default().insert(k, v);
+        }
+        Ok(rows
+            .into_iter()
+            .map(|r| {
+                let tags = by_id.remove(&r.0).unwrap_or_default();
+                experiment(r, tags)
+            })
+            .collect())
+    }
+
+    /// One experiment by id.
+    pub async fn experiment(&self, id: i64) -> TrackingResult<Experiment> {
+        self.experiment_where("id = ?", id.to_string())
+            .await?
+            .ok_or_else(|| TrackingError::NotFound(format!("experiment with id '{id}'")))
+    }
+
+    /// One experiment by name.
+    pub async fn experiment_by_name(&self, name: &str) -> TrackingResult<Experiment> {
+        self.experiment_where("name = ?", name.to_string())
+            .await?
+            .ok_or_else(|| TrackingError::NotFound(format!("experiment '{name}'")))
+    }
+
+    async fn experiment_where(
+        &self,
+        condition: &str,
+        value: String,
+    ) -> TrackingResult<Option<Experiment>> {
+        let row: Option<ExperimentRow> = sqlx::query_as(&format!(
+            "SELECT id, name, artifact_location, lifecycle_stage, creation_time, \
+                 last_update_time FROM experiments WHERE {condition}"
+        ))
+        .bind(value)
+        .fetch_optional(self.pool())
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let tags: Vec<(String, String)> =
+            sqlx::query_as("SELECT key, value FROM experiment_tags WHERE experiment_id = ?")
+                .bind(row.0)
+                .fetch_all(self.pool())
+                .await?;
+        Ok(Some(experiment(row, tags.into_iter().collect())))
+    }
+
+    /// Renames an experiment (to a name no other has).
+    pub async fn rename_experiment(&self, id: i64, name: &str) -> TrackingResult<()> {
+        self.experiment(id).await?;
+        let taken: Option<(i64,)> =
+            sqlx::query_as("SELECT id FROM experiments WHERE name = ? AND id != ?")
+                .bind(name)
+                .bind(id)
+                .fetch_optional(self.pool())
+                .await?;
+        if taken.is_some() {
+            return Err(TrackingError::AlreadyExists(format!("experiment '{name}'")));
+        }
+        sqlx::query("UPDATE experiments SET name = ?, last_update_time = ? WHERE id = ?")
+            .bind(name)
+            .bind(millis_now())
+            .bind(id)
+            .execute(self.pool())
+            .await?;
+        Ok(())
+    }
+
+    /// Marks an experiment deleted or active again (MLflow's soft deletion), with its runs.
+    pub async fn set_experiment_stage(&self, id: i64, active: bool) -> TrackingResult<()> {
+        if id == 0 && !active {
+            return Err(TrackingError::Invalid(
+                "the default experiment (id 0) cannot be deleted".into(),
+            ));
+        }
+        self.experiment(id).await?;
+        let stage = if active { "active" } else { "deleted" };
+        let mut tx = self.pool().begin().await?;
+        sqlx::query(
+            "UPDATE experiments SET lifecycle_stage = ?, last_update_time = ? WHERE id = ?",
+        )
+        .bind(stage)
+        .bind(millis_now())
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("UPDATE runs SET lifecycle_stage = ? WHERE experiment_id = ?")
+            .bind(stage)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Sets one tag of an experiment.
+    pub async fn set_experiment_tag(&self, id: i64, key: &str, value: &str) -> TrackingResult<()> {
+        self.experiment(id).await?;
+        let mut tx = self.pool().begin().await?;
+        set_experiment_tag(&mut tx, id, key, value).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Creates an external run, `running` from its start time.
+    pub async fn create_external_run(&self, run: &NewExternalRun) -> TrackingResult<i64> {
+        let exp = self.experiment(run.experiment_id).await?;
+        if exp.lifecycle_stage != "active" {
+            return Err(TrackingError::Invalid(format!(
+                "experiment {} is deleted",
+                exp.id
+            )));
+        }
+        let start = from_millis(run.start_time.unwrap_or_else(millis_now))?;
+        let mut tx = self.pool().begin().await?;
+        let (id,): (i64,) = sqlx::query_as(
+            "INSERT INTO runs (status, source, model, dataset, config, created_at, started_at, \
+                 experiment_id, run_name, user_id, progress) \
+             VALUES ('running', 'external', 'external', ?, '{}', ?, ?, ?, ?, ?, NULL) \
+             RETURNING id",
+        )
+        .bind(&exp.name)
+        .bind(now())
+        .bind(&start)
+        .bind(exp.id)
+        .bind(run.run_name.as_deref().unwrap_or(""))
+        .bind(run.user_id.as_deref().unwrap_or(""))
+        .fetch_one(&mut *tx)
+        .await?;
+        if run.run_name.as_deref().unwrap_or("").is_empty() {
+            // MLflow names unnamed runs; a stable readable name from the id
+            sqlx::query("UPDATE runs SET run_name = ? WHERE id = ?")
+                .bind(format!("run-{id}"))
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        log_in(&mut tx, id, &[], &run.params, &run.tags).await?;
+        refresh_names(&mut tx, id).await?;
+        tx.commit().await?;
+        Ok(id)
+    }
+
+    /// The id of an external run, checked to exist (deleted ones too when `deleted_ok`).
+    async fn external_run_id(&self, id: i64, deleted_ok: bool) -> TrackingResult<i64> {
+        let row: Option<(String, String)> =
+            sqlx::query_as("SELECT source, lifecycle_stage FROM runs WHERE id = ?")
+                .bind(id)
+                .fetch_optional(self.pool())
+                .await?;
+        match row {
+            None => Err(TrackingError::NotFound(format!("run with id '{id}'"))),
+            Some((source, _)) if source != "external" => Err(TrackingError::Invalid(format!(
+                "run {id} was trained by modalbench itself; only external runs take logged data"
+            ))),
+            Some((_, stage)) if stage != "active" && !deleted_ok => Err(TrackingError::Invalid(
+                format!("run {id} is deleted; restore it first"),
+            )),
+            Some(_) => Ok(id),
+        }
+    }
+
+    /// One external run with its parameters, tags and latest metrics.
+    pub async fn external_run(&self, id: i64) -> TrackingResult<ExternalRun> {
+        self.external_run_id(id, true).await?;
+        Ok(self
+            .external_runs_where("id = ?", &[id])
+            .await?
+            .pop()
+            .expect("the run exists"))
+    }
+
+    /// The external runs of some experiments, with their data (the caller filters, orders
+    /// and pages).
+    pub async fn external_runs_in(&self, experiments: &[i64]) -> TrackingResult<Vec<ExternalRun>> {
+        if experiments.is_empty() {
+            return Ok(Vec::new());
+        }
+        let marks = vec!["?"; experiments.len()].join(", ");
+        self.external_runs_where(
+            &format!("source = 'external' AND experiment_id IN ({marks})"),
+            experiments,
+        )
+        .await
+    }
+
+    async fn external_runs_where(
+        &self,
+        condition: &str,
+        binds: &[i64],
+    ) -> TrackingResult<Vec<ExternalRun>> {
+        type Row = (
+            i64,
+            Option<i64>,
+            Option<String>,
+            Option<String>,
+            String,
+            Option<String>,
+            Option<String>,
+            String,
+            String,
+        );
+        let sql = format!(
+            "SELECT id, experiment_id, run_name, user_id, status, started_at, finished_at, \
+                 lifecycle_stage, config FROM runs WHERE {condition} ORDER BY id"
+        );
+        let mut q = sqlx::query_as::<_, Row>(&sql);
+        for b in binds {
+            q = q.bind(b);
+        }
+        let rows = q.fetch_all(self.pool()).await?;
+        if rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (lo, hi) = (rows[0].0, rows[rows.len() - 1].0);
+        let tags: Vec<(i64, String, String)> =
+            sqlx::query_as("SELECT run_id, key, value FROM run_tags WHERE run_id BETWEEN ? AND ?")
+                .bind(lo)
+                .bind(hi)
+                .fetch_all(self.pool())
+                .await?;
+        let latest: Vec<(i64, String, Option<f64>, i64, i64)> = sqlx::query_as(
+            "SELECT run_id, key, value, timestamp, step FROM external_latest \
+             WHERE run_id BETWEEN ? AND ? ORDER BY run_id, key",
+        )
+        .bind(lo)
+        .bind(hi)
+        .fetch_all(self.pool())
+        .await?;
+        let mut tags_of: BTreeMap<i64, BTreeMap<String, String>> = BTreeMap::new();
+        for (id, k, v) in tags {
+            tags_of.entry(id).or_default().insert(k, v);
+        }
+        let mut metrics_of: BTreeMap<i64, Vec<MetricPoint>> = BTreeMap::new();
+        for (id, key, value, timestamp, step) in latest {
+            metrics_of.entry(id).or_default().push(MetricPoint {
+                key,
+                value: value.unwrap_or(f64::NAN),
+                timestamp,
+                step,
+            });
+        }
+        rows.into_iter()
+            .map(
+                |(id, exp, name, user, status, started, finished, stage, config)| {
+                    Ok(ExternalRun {
+                        id,
+                        experiment_id: exp.unwrap_or(0),
+                        run_name: name.unwrap_or_default(),
+                        user_id: user.unwrap_or_default(),
+                        status: status.parse().map_err(anyhow::Error::from)?,
+                        start_time: started.as_deref().and_then(to_millis),
+                        end_time: finished.as_deref().and_then(to_millis),
+                        lifecycle_stage: stage,
+                        params: serde_json::from_str(&config).map_err(anyhow::Error::from)?,
+                        tags: tags_of.remove(&id).unwrap_or_default(),
+                        metrics: metrics_of.remove(&id).unwrap_or_default(),
+                    })
+                },
+            )
+            .collect()
+    }
+
+    /// Updates an external run's status, end time and name. A run that ends gets its
+    /// leaderboard columns from its latest metrics (see [`summary_keys`]).
+    pub async fn update_external_run(
+        &self,
+        id: i64,
+        status: Option<RunStatus>,
+        end_time: Option<i64>,
+        run_name: Option<&str>,
+    ) -> TrackingResult<()> {
+        self.external_run_id(id, false).await?;
+        let mut tx = self.pool().begin().await?;
+        if let Some(name) = run_name.filter(|n| !n.is_empty()) {
+            sqlx::query("UPDATE runs SET run_name = ? WHERE id = ?")
+                .bind(name)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            // MLflow keeps the name as the `mlflow.runName` tag too
+            upsert_tag(&mut tx, id, "mlflow.runName", name).await?;
+        }
+        if let Some(status) = status {
+            let ended = !status.is_active();
+            let finished = match (ended, end_time) {
+                (false, _) => None,
+                (true, Some(ms)) => Some(from_millis(ms)?),
+                (true, None) => Some(now()),
+            };
+            sqlx::query(
+                "UPDATE runs SET status = ?, finished_at = ?, \
+                     progress = CASE WHEN ? = 'succeeded' THEN 1.0 ELSE NULL END \
+                 WHERE id = ?",
+            )
+            .bind(status.as_str())
+            .bind(&finished)
+            .bind(status.as_str())
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+            if ended {
+                summarise(&mut tx, id).await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Logs metric points, parameters and tags of an external run in one transaction.
+    /// Parameters cannot change once logged (as in MLflow); logging the same value again is
+    /// fine.
+    pub async fn log_external(
+        &self,
+        id: i64,
+        metrics: &[LoggedPoint<'_>],
+        params: &BTreeMap<String, String>,
+        tags: &BTreeMap<String, String>,
+    ) -> TrackingResult<()> {
+        self.external_run_id(id, false).await?;
+        let mut tx = self.pool().begin().await?;
+        log_in(&mut tx, id, metrics, params, tags).await?;
+        if !params.is_empty() || !tags.is_empty() {
+            refresh_names(&mut tx, id).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Deletes one tag of an external run.
+    pub async fn delete_run_tag(&self, id: i64, key: &str) -> TrackingResult<()> {
+        self.external_run_id(id, false).await?;
+        let done = sqlx::query("DELETE FROM run_tags WHERE run_id = ? AND key = ?")
+            .bind(id)
+            .bind(key)
+            .execute(self.pool())
+            .await?;
+        if done.rows_affected() == 0 {
+            return Err(TrackingError::NotFound(format!(
+                "tag '{key}' of run '{id}'"
+            )));
+        }
+        let mut tx = self.pool().begin().await?;
+        refresh_names(&mut tx, id).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Marks an external run deleted or active again.
+    pub async fn set_external_run_stage(&self, id: i64, active: bool) -> TrackingResult<()> {
+        self.external_run_id(id, true).await?;
+        sqlx::query("UPDATE runs SET lifecycle_stage = ? WHERE id = ?")
+            .bind(if active { "active" } else { "deleted" })
+            .bind(id)
+            .execute(self.pool())
+            .await?;
+        Ok(())
+    }
+
+    /// The points of one metric of an external run in (step, timestamp) order, from
+    /// `offset`, at most `limit`.
+    pub async fn external_history(
+        &self,
+        id: i64,
+        key: &str,
+        offset: i64,
+        limit: i64,
+    ) -> TrackingResult<Vec<MetricPoint>> {
+        self.external_run_id(id, true).await?;
+        let rows: Vec<(Option<f64>, i64, i64)> = sqlx::query_as(
+            "SELECT value, timestamp, step FROM external_metrics WHERE run_id = ? AND key = ? \
+             ORDER BY step, timestamp, id LIMIT ? OFFSET ?",
+        )
+        .bind(id)
+        .bind(key)
+        .bind(limit)
+        .bind(offset)
+        .fetch_all(self.pool())
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(value, timestamp, step)| MetricPoint {
+                key: key.to_string(),
+                value: value.unwrap_or(f64::NAN),
+                timestamp,
+                step,
+            })
+            .collect())
+    }
+
+    /// Every point of an external run by key (one key if given), in (step, timestamp) order.
+    pub async fn external_series(
+        &self,
+        id: i64,
+        key: Option<&str>,
+    ) -> anyhow::Result<BTreeMap<String, Vec<MetricPoint>>> {
+        let rows: Vec<(String, Option<f64>, i64, i64)> = sqlx::query_as(
+            "SELECT key, value, timestamp, step FROM external_metrics \
+             WHERE run_id = ? AND (? IS NULL OR key = ?) ORDER BY key, step, timestamp, id",
+        )
+        .bind(id)
+        .bind(key)
+        .bind(key)
+        .fetch_all(self.pool())
+        .await?;
+        let mut out: BTreeMap<String, Vec<MetricPoint>> = BTreeMap::new();
+        for (key, value, timestamp, step) in rows {
+            out.entry(key.clone()).or_default().push(MetricPoint {
+                key,
+                value: value.unwrap_or(f64::NAN),
+                timestamp,
+                step,
+            });
+        }
+        Ok(out)
+    }
+}
+
+fn experiment(r: ExperimentRow, tags: BTreeMap<String, String>) -> Experiment {
+    let (id, name, artifact_location, lifecycle_stage, creation_time, last_update_time) = r;
+    Experiment {
+        id,
+        name,
+        artifact_location,
+        lifecycle_stage,
+        creation_time,
+        last_update_time,
+        tags,
+    }
+}
+
+async fn set_experiment_tag(
+    tx: &mut Transaction<'_, Sqlite>,
+    id: i64,
+    key: &str,
+    value: &str,
+) -> TrackingResult<()> {
+    sqlx::query(
+        "INSERT INTO experiment_tags (experiment_id, key, value) VALUES (?, ?, ?) \
+         ON CONFLICT (experiment_id, key) DO UPDATE SET value = excluded.value",
+    )
+    .bind(id)
+    .bind(key)
+    .bind(value)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+async fn upsert_tag(
+    tx: &mut Transaction<'_, Sqlite>,
+    id: i64,
+    key: &str,
+    value: &str,
+) -> TrackingResult<()> {
+    sqlx::query(
+        "INSERT INTO run_tags (run_id, key, value) VALUES (?, ?, ?) \
+         ON CONFLICT (run_id, key) DO UPDATE SET value = excluded.value",
+    )
+    .bind(id)
+    .bind(key)
+    .bind(value)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Rows of metric points per INSERT statement (5 parameters each).
+const POINTS_PER_STATEMENT: usize = 200;
+
+async fn log_in(
+    tx: &mut Transaction<'_, Sqlite>,
+    id: i64,
+    metrics: &[LoggedPoint<'_>],
+    params: &BTreeMap<String, String>,
+    tags: &BTreeMap<String, String>,
+) -> TrackingResult<()> {
+    if !params.is_empty() {
+        let (config,): (String,) = sqlx::query_as("SELECT config FROM runs WHERE id = ?")
+            .bind(id)
+            .fetch_one(&mut **tx)
+            .await?;
+        let mut stored: BTreeMap<String, String> =
+            serde_json::from_str(&config).map_err(anyhow::Error::from)?;
+        for (k, v) in params {
+            match stored.get(k) {
+                Some(old) if old != v => {
+                    return Err(TrackingError::Invalid(format!(
+                        "Changing param values is not allowed. Param with key='{k}' was already \
+                         logged with value='{old}' for run ID='{id}'. Attempted logging new \
+                         value '{v}'."
+                    )));
+                }
+                _ => {
+                    stored.insert(k.clone(), v.clone());
+                }
+            }
+        }
+        sqlx::query("UPDATE runs SET config = ? WHERE id = ?")
+            .bind(serde_json::to_string(&stored).map_err(anyhow::Error::from)?)
+            .bind(id)
+            .execute(&mut **tx)
+            .await?;
+    }
+    for (k, v) in tags {
+        upsert_tag(tx, id, k, v).await?;
+        if k == "mlflow.runName" {
+            sqlx::query("UPDATE runs SET run_name = ? WHERE id = ?")
+                .bind(v)
+                .bind(id)
+                .execute(&mut **tx)
+                .await?;
+        }
+    }
+    for chunk in metrics.chunks(POINTS_PER_STATEMENT) {
+        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
+            "INSERT INTO external_metrics (run_id, key, value, timestamp, step) ",
+        );
+        q.push_values(chunk, |mut row, p| {
+            row.push_bind(id)
+                .push_bind(p.key)
+                .push_bind(stored(p.value))
+                .push_bind(p.timestamp)
+                .push_bind(p.step);
+        });
+        q.build().execute(&mut **tx).await?;
+    }
+    // the latest point of each key in this batch, against the stored latest
+    let mut latest: BTreeMap<&str, &LoggedPoint> = BTreeMap::new();
+    for p in metrics {
+        let e = latest.entry(p.key).or_insert(p);
+        if (p.step, p.timestamp) >= (e.step, e.timestamp) {
+            *e = p;
+        }
+    }
+    for p in latest.values() {
+        sqlx::query(
+            "INSERT INTO external_latest (run_id, key, value, timestamp, step) \
+             VALUES (?, ?, ?, ?, ?) \
+             ON CONFLICT (run_id, key) DO UPDATE SET value = excluded.value, \
+                 timestamp = excluded.timestamp, step = excluded.step \
+             WHERE excluded.step > external_latest.step OR (excluded.step = external_latest.step \
+                 AND excluded.timestamp >= external_latest.timestamp)",
+        )
+        .bind(id)
+        .bind(p.key)
+        .bind(stored(p.value))
+        .bind(p.timestamp)
+        .bind(p.step)
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
+}
+
+/// Sets an external run's model and dataset names from its parameters and tags
+/// ([`MODEL_KEYS`], [`DATASET_KEYS`]; tags first).
+async fn refresh_names(tx: &mut Transaction<'_, Sqlite>, id: i64) -> TrackingResult<()> {
+    let (config, exp_name): (String, String) = sqlx::query_as(
+        "SELECT r.config, e.name FROM runs r JOIN experiments e ON e.id = r.experiment_id \
+         WHERE r.id = ?",
+    )
+    .bind(id)
+    .fetch_one(&mut **tx)
+    .await?;
+    let params: BTreeMap<String, String> =
+        serde_json::from_str(&config).map_err(anyhow::Error::from)?;
+    let tags: BTreeMap<String, String> =
+        sqlx::query_as::<_, (String, String)>("SELECT key, value FROM run_tags WHERE run_id = ?")
+            .bind(id)
+            .fetch_all(&mut **tx)
+            .await?
+            .into_iter()
+            .collect();
+    let pick = |keys: &[&str]| {
+        keys.iter()
+            .find_map(|k| tags.get(*k).or_else(|| params.get(*k)))
+            .filter(|v| !v.is_empty())
+            .cloned()
+    };
+    let model = pick(&MODEL_KEYS).unwrap_or_else(|| "external".into());
+    let dataset = pick(&DATASET_KEYS).unwrap_or(exp_name);
+    sqlx::query("UPDATE runs SET model = ?, dataset = ? WHERE id = ?")
+        .bind(model)
+        .bind(dataset)
+        .bind(id)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// Fills a finished external run's leaderboard columns from its latest metrics, and its
+/// training time from its start and end.
+async fn summarise(tx: &mut Transaction<'_, Sqlite>, id: i64) -> TrackingResult<()> {
+    let latest: BTreeMap<String, Option<f64>> = sqlx::query_as::<_, (String, Option<f64>)>(
+        "SELECT key, value FROM external_latest WHERE run_id = ?",
+    )
+    .bind(id)
+    .fetch_all(&mut **tx)
+    .await?
+    .into_iter()
+    .collect();
+    let column = |c: &str| {
+        summary_keys(c)
+            .iter()
+            .find_map(|k| latest.get(k).copied())
+            .flatten()
+    };
+    let (started, finished): (Option<String>, Option<String>) =
+        sqlx::query_as("SELECT started_at, finished_at FROM runs WHERE id = ?")
+            .bind(id)
+            .fetch_one(&mut **tx)
+            .await?;
+    let seconds = match (
+        started.as_deref().and_then(to_millis),
+        finished.as_deref().and_then(to_millis),
+    ) {
+        (Some(a), Some(b)) if b >= a => Some((b - a) as f64 / 1000.0),
+        _ => None,
+    };
+    sqlx::query(
+        "UPDATE runs SET accuracy = ?, f1 = ?, auroc = ?, loss = ?, train_seconds = ? \
+         WHERE id = ?",
+    )
+    .bind(column("accuracy"))
+    .bind(column("f1"))
+    .bind(column("auroc"))
+    .bind(column("loss"))
+    .bind(seconds)
+    .bind(id)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
