@@ -11,7 +11,7 @@ CARGO_TARGET_DIR ?= $(CURDIR)/target
 export CARGO_TARGET_DIR
 ADDR ?= 127.0.0.1:8080
 
-.PHONY: demo setup build test fmt lint
+.PHONY: demo setup build test fuzz fmt lint
 
 ## Set everything up, build, and serve with the demo study queued (prints the URL).
 demo: setup build
@@ -27,6 +27,10 @@ build:
 test:
 	bash scripts/setup.sh --test
 	cargo test --all-targets
+
+## Fuzz the JSON API against its OpenAPI document with schemathesis (minutes; not in `test`).
+fuzz: setup
+	bash scripts/fuzz.sh
 
 fmt:
 	cargo fmt

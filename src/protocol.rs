@@ -166,7 +166,7 @@ pub struct Prediction {
 }
 
 /// Final numbers of a successful run: test-split metrics and cost.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Summary {
     /// The split the metrics are from: `test`, or `dev` when the test split has no labels.
     #[serde(default)]
@@ -204,7 +204,7 @@ pub struct Summary {
 }
 
 /// How the test split was altered for an image-reliance probe.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Probe {
     /// Images shuffled among the examples.
@@ -226,7 +226,7 @@ impl std::fmt::Display for Probe {
 }
 
 /// The test scores under one probe, and the accuracy it costs against the intact inputs.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Reliance {
     pub probe: Probe,
     pub accuracy: f64,
@@ -239,7 +239,7 @@ pub struct Reliance {
 }
 
 /// What a run cost: the inputs of the "is the image worth it?" comparison.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(default)]
 pub struct Cost {
     /// Mean wall time of a full epoch, evaluation included.

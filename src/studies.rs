@@ -24,26 +24,95 @@ fn default_seeds() -> Vec<u64> {
 }
 
 /// A request for a study.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StudyRequest {
+    /// 1 to 200 characters (surrounding spaces aside).
+    #[schema(min_length = 1, max_length = 200, pattern = r"\S")]
     pub name: String,
     /// Models by name.
+    #[schema(schema_with = names_schema)]
     pub models: Vec<String>,
     /// Datasets by name.
+    #[schema(schema_with = names_schema)]
     pub datasets: Vec<String>,
     /// A run per seed in every cell; `[0]` if left out.
     #[serde(default = "default_seeds")]
+    #[schema(schema_with = seeds_schema)]
     pub seeds: Vec<u64>,
     /// Options to vary: each name with its values; every combination is a cell.
     #[serde(default)]
+    #[schema(schema_with = grid_schema)]
     pub grid: BTreeMap<String, Vec<Value>>,
     /// Options every run takes (those the grid does not set).
     #[serde(default)]
+    #[schema(schema_with = options_schema)]
     pub base: Map<String, Value>,
     /// Options for the runs of one model, over `base` (a learning rate that suits it, say).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schema(schema_with = per_model_schema)]
     pub per_model: BTreeMap<String, Map<String, Value>>,
+}
+
+/// The options a study's `base`, `per_model` and grid may set, with their schemas: a run's,
+/// but those its lists set.
+fn settable_options() -> impl Iterator<Item = (&'static str, utoipa::openapi::schema::Schema)> {
+    crate::runs::request_option_schemas()
+        .into_iter()
+        .filter(|(name, _)| !LISTED.contains(name))
+}
+
+/// A list of at least one item, none twice (see [`distinct`]).
+fn distinct_schema(item: utoipa::openapi::schema::Schema) -> utoipa::openapi::schema::ArrayBuilder {
+    utoipa::openapi::schema::ArrayBuilder::new()
+        .items(utoipa::openapi::RefOr::T(item))
+        .min_items(Some(1))
+        .unique_items(true)
+}
+
+fn names_schema() -> utoipa::openapi::schema::Array {
+    distinct_schema(
+        utoipa::openapi::schema::Object::with_type(utoipa::openapi::schema::Type::String).into(),
+    )
+    .build()
+}
+
+fn seeds_schema() -> utoipa::openapi::schema::Array {
+    let spec = crate::runs::RunRequest::spec("seed").expect("`seed` is an option");
+    let seed = spec.schema(None, crate::runs::options::SchemaUse::Config);
+    distinct_schema(seed)
+        .default(serde_json::to_value(default_seeds()).ok())
+        .build()
+}
+
+fn options_schema() -> utoipa::openapi::schema::Object {
+    let usage = crate::runs::options::SchemaUse::Request;
+    crate::runs::options::object_schema(settable_options().collect(), usage)
+}
+
+fn per_model_schema() -> utoipa::openapi::schema::Object {
+    use utoipa::openapi::schema::{AdditionalProperties, ObjectBuilder};
+    ObjectBuilder::new()
+        .additional_properties(Some(AdditionalProperties::RefOr(options_schema().into())))
+        .build()
+}
+
+fn grid_schema() -> utoipa::openapi::schema::Object {
+    use utoipa::openapi::schema::ArrayBuilder;
+    let usage = crate::runs::options::SchemaUse::Request;
+    let lists = settable_options()
+        .map(|(name, schema)| {
+            (
+                name,
+                ArrayBuilder::new()
+                    .items(utoipa::openapi::RefOr::T(schema))
+                    .min_items(Some(1))
+                    .build()
+                    .into(),
+            )
+        })
+        .collect();
+    crate::runs::options::object_schema(lists, usage)
 }
 
 /// Why a study request cannot be queued; names the request field at fault.

@@ -25,7 +25,7 @@ answering the most frequent label is no alternative at any price). \
 Otherwise text suffices: a gain whose interval reaches zero is not evidence.";
 
 /// The thresholds of [`RULE`].
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Thresholds {
     /// Smallest accuracy gain that counts (absolute, 0.01 = one point).
     pub min_gain: f64,
@@ -43,7 +43,7 @@ impl Default for Thresholds {
 }
 
 /// The verdict on one dataset.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
     ImageHelps,
@@ -90,7 +90,7 @@ pub struct Config {
 }
 
 /// A probe's drop, averaged over a configuration's seeds.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct ProbeDrop {
     pub probe: Probe,
     /// Mean over seeds of the accuracy drop, and of its interval's ends.
@@ -100,7 +100,7 @@ pub struct ProbeDrop {
 }
 
 /// One side of the comparison.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Side {
     pub config: String,
     pub model: String,
@@ -119,7 +119,7 @@ pub struct Side {
 }
 
 /// Text+image over text-only.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct CostRatios {
     pub train_time: f64,
     /// Training examples per second (below 1: slower).
@@ -130,7 +130,7 @@ pub struct CostRatios {
 }
 
 /// The verdict on one dataset with its evidence.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct DatasetVerdict {
     pub dataset: String,
     /// Accuracy of always answering the test split's most frequent label.
@@ -329,7 +329,7 @@ pub fn decide(
 }
 
 /// The verdict of a study: one per dataset.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct StudyVerdict {
     pub study_id: i64,
     pub name: String,

@@ -19,7 +19,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// What a model is trained to predict.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Task {
     /// One label per example; softmax cross-entropy.
@@ -67,7 +67,7 @@ impl Example {
 }
 
 /// Column names of tabular formats (the news layout).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Columns {
     /// Column(s) whose values, joined with a space, are the text: `"text"` or
@@ -87,7 +87,7 @@ pub struct Columns {
 }
 
 /// A string or a list of strings.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(untagged)]
 pub enum OneOrMany {
     One(String),
@@ -105,12 +105,13 @@ impl OneOrMany {
 }
 
 /// Format options, as `modalbench.toml` or a registration request gives them.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Options {
     /// Folder image paths are relative to (SNLI-VE's Flickr30k folder, VQA's COCO folder);
     /// relative to the dataset root; default: the dataset root.
     #[serde(default)]
+    #[schema(value_type = Option<String>)]
     pub images: Option<PathBuf>,
     /// Tabular formats: which column is what.
     #[serde(default)]
@@ -128,11 +129,12 @@ pub struct Options {
 }
 
 /// Where a dataset is and how to read it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Source {
     /// Format name, e.g. `hateful_memes`.
     pub format: String,
     /// The dataset folder.
+    #[schema(value_type = String)]
     pub root: PathBuf,
     #[serde(default)]
     pub options: Options,
@@ -149,7 +151,7 @@ impl Source {
 }
 
 /// Something wrong in a dataset's files.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Problem {
     /// The file, relative to the dataset root where possible.
     pub file: String,
@@ -196,7 +198,7 @@ impl Problems {
 }
 
 /// How a read treats bad lines.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Check {
     /// Any problem fails the read, naming the first 20.
@@ -222,7 +224,18 @@ pub struct Splits {
 /// The role of a split: what a run trains on, selects on, and is finally scored on. Named
 /// `train`, `dev` and `test` everywhere (files, metric keys, predictions, query parameters).
 #[derive(
-    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
 )]
 #[serde(rename_all = "snake_case", try_from = "String")]
 pub enum Split {
@@ -362,7 +375,7 @@ impl Dataset {
 }
 
 /// What registration learned about a dataset: stored as JSON in `datasets.info`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DatasetInfo {
     pub source: Source,
     pub task: Task,
@@ -403,7 +416,7 @@ pub fn folder_signature(root: &Path) -> String {
 }
 
 /// One split's file and counts.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SplitInfo {
     /// File name, relative to the dataset root.
     pub file: String,

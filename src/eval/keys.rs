@@ -157,6 +157,25 @@ impl FromStr for MetricKey {
     }
 }
 
+// By hand, as its serde: a key is written `scope/metric`, one of [`MetricKey::all`].
+impl utoipa::PartialSchema for MetricKey {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, Type};
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .description(Some(
+                "A native run's metric key, `scope/metric`: `train/` (during training), `eval/` \
+                 (dev evaluations during training), `test/` (the final scores) or `dev/` (the \
+                 final scores when the test split has no labels).",
+            ))
+            .enum_values(Some(MetricKey::all().map(|k| k.to_string())))
+            .build()
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for MetricKey {}
+
 impl TryFrom<String> for MetricKey {
     type Error = UnknownName;
     fn try_from(s: String) -> Result<MetricKey, UnknownName> {

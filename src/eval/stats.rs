@@ -24,7 +24,7 @@ pub const SEED: u64 = 20_211_101;
 const TIE: f64 = 1e-12;
 
 /// A figure with its interval.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct Interval {
     /// The figure on all the examples.
     pub estimate: f64,
@@ -119,7 +119,7 @@ pub fn interval(stat: Statistic, s: Scored, resamples: &[Vec<usize>]) -> Option<
 
 /// The difference `a − b` of two runs scored on the same examples (same order), with its
 /// paired interval and two-sided p-value.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct Difference {
     #[serde(flatten)]
     pub interval: Interval,
@@ -252,7 +252,7 @@ pub fn right(s: Scored) -> Vec<bool> {
 }
 
 /// A figure across seeds.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Spread {
     pub mean: f64,
     /// Sample standard deviation (n − 1); 0 for a single value.

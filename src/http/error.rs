@@ -17,15 +17,26 @@ pub struct ApiError {
     pub field: Option<String>,
 }
 
-#[derive(Serialize)]
-struct Body<'a> {
+/// The body of every API error (the `Error` schema of the OpenAPI document).
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = Error)]
+pub(crate) struct Body<'a> {
     error: Inner<'a>,
 }
 
-#[derive(Serialize)]
-struct Inner<'a> {
+/// [`Body`] as the OpenAPI document's paths name it.
+pub(crate) type ErrorBody = Body<'static>;
+
+/// What went wrong.
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = ErrorDetail)]
+pub(crate) struct Inner<'a> {
+    /// Stable machine-readable code: `invalid_json`, `invalid_value`, `unknown_field`,
+    /// `not_found`, `conflict`, `unsupported_media_type`, `payload_too_large`, ...
     code: &'a str,
+    /// For people.
     message: &'a str,
+    /// The request field at fault (`learning_rate`, `points[3].key`, a query parameter).
     #[serde(skip_serializing_if = "Option::is_none")]
     field: Option<&'a str>,
 }

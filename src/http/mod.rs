@@ -61,15 +61,51 @@ impl Deref for AppState {
     }
 }
 
+/// The answer of `GET /healthz`.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct Health {
+    /// `ok`.
+    status: &'static str,
+}
+
+/// The answer of `GET /readyz`.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct Ready {
+    /// `ready`.
+    status: &'static str,
+    /// The worker slots.
+    slots: usize,
+}
+
 /// `GET /healthz`: the process answers.
-async fn healthz() -> axum::Json<serde_json::Value> {
-    axum::Json(serde_json::json!({"status": "ok"}))
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    operation_id = "healthz",
+    tag = "service",
+    summary = "The process answers",
+    responses((status = 200, description = "`{\"status\": \"ok\"}`.", body = Health)),
+)]
+pub(crate) async fn healthz() -> axum::Json<Health> {
+    axum::Json(Health { status: "ok" })
 }
 
 /// `GET /readyz`: the service can take work: its database answers (503 otherwise).
-async fn readyz(
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    operation_id = "readyz",
+    tag = "service",
+    summary = "The service can take work",
+    responses(
+        (status = 200, description = "The database answers.", body = Ready),
+        (status = 503, description = "The database does not answer (`not_ready`).",
+            body = error::ErrorBody),
+    ),
+)]
+pub(crate) async fn readyz(
     axum::extract::State(state): axum::extract::State<AppState>,
-) -> Result<axum::Json<serde_json::Value>, error::ApiError> {
+) -> Result<axum::Json<Ready>, error::ApiError> {
     state.store.ping().await.map_err(|e| {
         error::ApiError::new(
             axum::http::StatusCode::SERVICE_UNAVAILABLE,
@@ -77,10 +113,10 @@ async fn readyz(
             format!("{e:#}"),
         )
     })?;
-    Ok(axum::Json(serde_json::json!({
-        "status": "ready",
-        "slots": state.scheduler.slots().len(),
-    })))
+    Ok(axum::Json(Ready {
+        status: "ready",
+        slots: state.scheduler.slots().len(),
+    }))
 }
 
 /// Largest request body accepted (run submissions and registrations are small).
@@ -94,6 +130,7 @@ pub fn router(state: AppState) -> Router {
         .merge(mlflow::router())
         .route("/healthz", axum::routing::get(healthz))
         .route("/readyz", axum::routing::get(readyz))
+        .merge(api::openapi::pages())
         .merge(pages::router())
         .fallback(pages::not_found)
         .layer(RequestBodyLimitLayer::new(BODY_LIMIT))

@@ -228,6 +228,52 @@ impl<'de> Deserialize<'de> for RunRequest {
     }
 }
 
+/// Every option's JSON Schema as a request gives it (each may be left out), the training
+/// options then the queue's: the fields of a run request beside `model` and `dataset`, and of
+/// a study's `base`.
+pub fn request_option_schemas() -> Vec<(&'static str, utoipa::openapi::schema::Schema)> {
+    let usage = options::SchemaUse::Request;
+    let mut properties = TrainConfig::schema_properties(usage);
+    properties.extend(QueueConfig::schema_properties(usage));
+    properties
+}
+
+// By hand, as its `Deserialize`: the options' schemas come from their declarations.
+impl utoipa::PartialSchema for RunRequest {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, Type};
+        let name = |what: &str| {
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .description(Some(what))
+                .build()
+                .into()
+        };
+        let mut properties = vec![
+            (
+                "model",
+                name("A model under the models root, by folder name (`GET /api/v1/models`)."),
+            ),
+            (
+                "dataset",
+                name("A registered dataset, by name (`GET /api/v1/datasets`)."),
+            ),
+        ];
+        properties.extend(request_option_schemas());
+        let mut schema = options::object_schema(properties, options::SchemaUse::Request);
+        schema.required = vec!["model".into(), "dataset".into()];
+        schema.description = Some(
+            "A run: a model and a dataset by name, and any options beside them (the others take \
+             their defaults). An unknown field, or a value of the wrong kind or out of its range, \
+             is a 422 naming the field."
+                .into(),
+        );
+        schema.into()
+    }
+}
+
+impl utoipa::ToSchema for RunRequest {}
+
 /// The options as a Markdown table (name, kind, default, allowed values, unit, help), for the
 /// README: the table there is this one, checked by a test.
 pub fn options_table() -> String {

@@ -171,6 +171,8 @@ pub struct OptionSpec {
     /// Whether the option may be left unset (its value is then `None`).
     pub optional: bool,
     pub range: Range,
+    /// The whole numbers the value's type can hold (integers only).
+    pub limits: Option<(i128, i128)>,
     /// Unit of the value, if it has one (`tokens`, `examples`).
     pub unit: &'static str,
     /// What leaving an optional option unset means (`all epochs`).
@@ -213,6 +215,116 @@ impl OptionSpec {
     }
 }
 
+/// What an option's JSON Schema describes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SchemaUse {
+    /// A request: the option may be left out or `null`, both meaning its default.
+    Request,
+    /// A stored configuration (a run's `config`): the option is always there, `null` only
+    /// when an optional option is unset.
+    Config,
+}
+
+impl OptionSpec {
+    /// The JSON Schema of the option's value, for the API's OpenAPI document: its kind, its
+    /// range (within what its type can hold), its names, its help, its default. Made from the
+    /// declaration, so that the document accepts what the service accepts.
+    pub fn schema(
+        &self,
+        default: Option<serde_json::Value>,
+        usage: SchemaUse,
+    ) -> utoipa::openapi::schema::Schema {
+        use utoipa::openapi::schema::{ObjectBuilder, SchemaFormat, SchemaType, Type};
+        let nullable = usage == SchemaUse::Request || self.optional;
+        let ty = match self.kind {
+            Kind::Integer => Type::Integer,
+            Kind::Number => Type::Number,
+            Kind::Choice => Type::String,
+            Kind::Boolean => Type::Boolean,
+        };
+        let ty = if nullable {
+            SchemaType::from_iter([ty, Type::Null])
+        } else {
+            SchemaType::new(ty)
+        };
+        let mut description = self.help();
+        if !self.unit.is_empty() {
+            description.push_str(&format!(" Unit: {}.", self.unit));
+        }
+        match (self.optional, usage) {
+            (true, _) => description.push_str(&format!(" `null`: {}.", self.unset)),
+            (false, SchemaUse::Request) => description.push_str(" `null`: the default."),
+            (false, SchemaUse::Config) => {}
+        }
+        let mut b = ObjectBuilder::new()
+            .schema_type(ty)
+            .description(Some(description))
+            .default(default);
+        match (self.kind, self.range) {
+            (Kind::Integer, range) => {
+                let (mut lo, mut hi) = self.limits.unwrap_or((i128::MIN, i128::MAX));
+                if let Range::Integers { min, max } = range {
+                    (lo, hi) = (lo.max(min), hi.min(max));
+                }
+                b = b.minimum(Some(number(lo))).maximum(Some(number(hi)));
+            }
+            (Kind::Number, range) => {
+                b = b.format(Some(SchemaFormat::KnownFormat(
+                    utoipa::openapi::schema::KnownFormat::Double,
+                )));
+                if let Range::Numbers { min, max } = range {
+                    b = match min {
+                        Bound::Closed(v) => b.minimum(Some(v)),
+                        Bound::Open(v) => b.exclusive_minimum(Some(v)),
+                    };
+                    b = match max {
+                        Bound::Closed(v) => b.maximum(Some(v)),
+                        Bound::Open(v) => b.exclusive_maximum(Some(v)),
+                    };
+                }
+            }
+            (Kind::Choice, range) => {
+                let mut names: Vec<serde_json::Value> =
+                    range.choices().iter().map(|&n| n.into()).collect();
+                if nullable {
+                    names.push(serde_json::Value::Null);
+                }
+                b = b.enum_values(Some(names));
+            }
+            (Kind::Boolean, _) => {}
+        }
+        b.build().into()
+    }
+}
+
+/// A whole number as a schema's bound.
+fn number(v: i128) -> utoipa::Number {
+    match usize::try_from(v) {
+        Ok(u) => utoipa::Number::UInt(u),
+        Err(_) => utoipa::Number::Int(isize::try_from(v).unwrap_or(isize::MIN)),
+    }
+}
+
+/// The JSON Schema of a set of options as an object of `properties`: a request's (unknown
+/// fields refused, none required) or a stored configuration's (all of them there).
+pub fn object_schema(
+    properties: Vec<(&'static str, utoipa::openapi::schema::Schema)>,
+    usage: SchemaUse,
+) -> utoipa::openapi::schema::Object {
+    use utoipa::openapi::schema::{AdditionalProperties, ObjectBuilder};
+    let mut b = ObjectBuilder::new();
+    for (name, schema) in properties {
+        b = b.property(name, schema);
+        if usage == SchemaUse::Config {
+            b = b.required(name);
+        }
+    }
+    if usage == SchemaUse::Request {
+        b = b.additional_properties(Some(AdditionalProperties::FreeForm(false)));
+    }
+    b.build()
+}
+
 /// A value an option does not allow; names the option.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("{message}")]
@@ -228,6 +340,9 @@ pub trait OptionValue:
 {
     /// Its kind.
     const KIND: Kind;
+    /// The whole numbers the type can hold (`None` for other kinds): a value outside them is
+    /// refused before any range is checked, so the schema of the option says so too.
+    const LIMITS: Option<(i128, i128)> = None;
     /// Whether `range` allows it.
     fn within(self, range: &Range) -> bool;
     /// As a form field and the configuration table show it (and as it reads back).
@@ -238,6 +353,7 @@ macro_rules! integer_values {
     ($($t:ty),*) => {$(
         impl OptionValue for $t {
             const KIND: Kind = Kind::Integer;
+            const LIMITS: Option<(i128, i128)> = Some((<$t>::MIN as i128, <$t>::MAX as i128));
             fn within(self, range: &Range) -> bool {
                 range.contains_integer(self as i128)
             }
@@ -509,6 +625,38 @@ macro_rules! declare_options {
             }
         }
 
+        impl $Config {
+            /// Every option's JSON Schema, in declaration order, with its default.
+            pub fn schema_properties(
+                usage: $crate::runs::options::SchemaUse,
+            ) -> Vec<(&'static str, utoipa::openapi::schema::Schema)> {
+                let defaults = serde_json::to_value(Self::default()).unwrap_or_default();
+                $Options::SPECS
+                    .iter()
+                    .map(|s| (s.name, s.schema(defaults.get(s.name).cloned(), usage)))
+                    .collect()
+            }
+        }
+
+        impl utoipa::PartialSchema for $Config {
+            fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+                let usage = $crate::runs::options::SchemaUse::Config;
+                $crate::runs::options::object_schema(Self::schema_properties(usage), usage).into()
+            }
+        }
+
+        impl utoipa::ToSchema for $Config {}
+
+        impl utoipa::PartialSchema for $Options {
+            fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+                let usage = $crate::runs::options::SchemaUse::Request;
+                $crate::runs::options::object_schema($Config::schema_properties(usage), usage)
+                    .into()
+            }
+        }
+
+        impl utoipa::ToSchema for $Options {}
+
         $(#[$ometa])*
         #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
         #[serde(deny_unknown_fields)]
@@ -530,6 +678,8 @@ macro_rules! declare_options {
                         as $crate::runs::options::OptionValue>::KIND,
                     optional: <$ty as $crate::runs::options::OptionField>::OPTIONAL,
                     range: $range,
+                    limits: <<$ty as $crate::runs::options::OptionField>::Value
+                        as $crate::runs::options::OptionValue>::LIMITS,
                     unit: $unit,
                     unset: [$($unset,)? ""][0],
                 },

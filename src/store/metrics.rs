@@ -16,7 +16,7 @@ pub struct NewPoint {
 }
 
 /// A stored point as the API returns it.
-#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct Point {
     pub step: i64,
     pub epoch: Option<f64>,

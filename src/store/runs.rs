@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 
 /// Life cycle of a run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RunStatus {
     /// Waiting for a free slot.
@@ -77,7 +77,7 @@ impl FromStr for RunStatus {
 }
 
 /// Where a run was trained.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RunSource {
     /// Queued here and trained by this service's workers.
@@ -109,7 +109,7 @@ impl RunSource {
 
 /// A run's configuration: the options of a native run, the logged parameters of an
 /// external one.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 #[serde(untagged)]
 pub enum RunConfig {
     Native(TrainConfig),
@@ -127,7 +127,7 @@ impl RunConfig {
 }
 
 /// A run as the API shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Run {
     pub id: i64,
     pub status: RunStatus,
@@ -295,7 +295,7 @@ pub struct RunFilter {
 }
 
 /// Metrics a leaderboard can rank by: the summary columns of `runs`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum BoardMetric {
     Accuracy,
@@ -445,7 +445,7 @@ pub struct FinishedRun {
 }
 
 /// Run counts per status.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
 pub struct StatusCounts {
     pub queued: i64,
     pub running: i64,

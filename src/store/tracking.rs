@@ -116,6 +116,11 @@ pub fn millis_time(ms: i64) -> String {
     from_millis(ms).unwrap_or_else(|_| format_time(OffsetDateTime::UNIX_EPOCH))
 }
 
+/// Whether `ms` (milliseconds since 1970) is a time the store can write (years -9999 to 9999).
+pub fn millis_in_range(ms: i64) -> bool {
+    from_millis(ms).is_ok()
+}
+
 fn from_millis(ms: i64) -> TrackingResult<String> {
     let t = OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
         .map_err(|_| TrackingError::Invalid(format!("timestamp {ms} ms is out of range")))?;

@@ -10,6 +10,7 @@ mod helpers;
 mod leaderboard;
 mod metrics;
 mod mlflow;
+mod openapi;
 mod pages;
 mod parity;
 mod parity_clip;

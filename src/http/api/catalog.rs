@@ -2,37 +2,76 @@
 
 use crate::data::{self, Check, Options, Source};
 use crate::http::AppState;
-use crate::http::error::{ApiError, ApiResult};
+use crate::http::error::{ApiError, ApiResult, ErrorBody};
 use crate::http::extract::ApiJson;
 use crate::models::registry::ModelInfo;
 use crate::store::datasets::DatasetRecord;
+use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-pub(crate) fn router() -> Router<AppState> {
-    Router::new()
-        .route("/models", get(models))
-        .route("/models/{name}", get(model))
-        .route("/datasets", get(datasets).post(register))
-        .route("/datasets/{name}", get(dataset))
+pub(crate) fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(models))
+        .routes(routes!(model))
+        .routes(routes!(datasets, register))
+        .routes(routes!(dataset))
 }
 
-#[derive(Serialize)]
+/// The checkpoints under the models root.
+#[derive(Serialize, utoipa::ToSchema)]
 struct Models {
     models: Vec<ModelInfo>,
 }
 
+/// The `{name}` of a model's path.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)] // declared for the document
+struct ModelName {
+    /// The model's folder name.
+    name: String,
+}
+
+/// The `{name}` of a dataset's path.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)] // declared for the document
+struct DatasetName {
+    /// The dataset's registered name.
+    name: String,
+}
+
+#[utoipa::path(
+    get,
+    path = "/models",
+    operation_id = "list_models",
+    tag = "catalog",
+    summary = "List models",
+    description = "The checkpoints under the models root: architecture, modality, parameters, \
+        longest input, usable or why not.",
+    responses((status = 200, description = "The models.", body = Models)),
+)]
 async fn models(State(state): State<AppState>) -> ApiResult<Json<Models>> {
     Ok(Json(Models {
         models: state.registry.scan_async().await?,
     }))
 }
 
+#[utoipa::path(
+    get,
+    path = "/models/{name}",
+    operation_id = "get_model",
+    tag = "catalog",
+    summary = "One model",
+    params(ModelName),
+    responses((status = 200, description = "The model.", body = ModelInfo)),
+)]
 async fn model(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -45,17 +84,37 @@ async fn model(
         .ok_or_else(|| ApiError::not_found(format!("model `{name}`")))
 }
 
-#[derive(Serialize)]
+/// The registered datasets.
+#[derive(Serialize, utoipa::ToSchema)]
 struct Datasets {
     datasets: Vec<DatasetRecord>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/datasets",
+    operation_id = "list_datasets",
+    tag = "catalog",
+    summary = "List datasets",
+    description = "The registered datasets: format and options, task, label names, splits with \
+        their example, labeled and per-label counts, problems.",
+    responses((status = 200, description = "The datasets.", body = Datasets)),
+)]
 async fn datasets(State(state): State<AppState>) -> ApiResult<Json<Datasets>> {
     Ok(Json(Datasets {
         datasets: state.store.list_datasets().await?,
     }))
 }
 
+#[utoipa::path(
+    get,
+    path = "/datasets/{name}",
+    operation_id = "get_dataset",
+    tag = "catalog",
+    summary = "One dataset",
+    params(DatasetName),
+    responses((status = 200, description = "The dataset.", body = DatasetRecord)),
+)]
 async fn dataset(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -69,12 +128,16 @@ async fn dataset(
 }
 
 /// Body of `POST /api/v1/datasets`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = RegisterDataset)]
 pub struct RegisterRequest {
-    /// Name runs will use: letters, digits, `-`, `_`, `.`; not starting with `.`.
+    /// Name runs will use: 1 to 64 letters, digits, `-`, `_`, `.`; not starting with `.` (see
+    /// `valid_name`).
+    #[schema(pattern = r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}$")]
     pub name: String,
     /// The dataset folder; must be inside one of the data roots.
+    #[schema(value_type = String)]
     pub path: PathBuf,
     /// Format name; recognised from the folder (or its `modalbench.toml`) if absent.
     pub format: Option<String>,
@@ -140,6 +203,26 @@ pub fn confine(path: &std::path::Path, roots: &[PathBuf]) -> Result<PathBuf, Api
 
 /// Registers a dataset folder: checks the name, confines the path, reads and checks every
 /// split (images included), then stores it. Nothing is stored when any check fails.
+#[utoipa::path(
+    post,
+    path = "/datasets",
+    operation_id = "register_dataset",
+    tag = "catalog",
+    summary = "Register a dataset",
+    description = "Registers a folder inside the data roots: its format is recognised (or \
+        named), every split read and checked, images included; nothing is stored when a check \
+        fails. Registering the same name and folder again reads it again.",
+    request_body = RegisterRequest,
+    responses(
+        (status = 201, description = "The dataset, registered.", body = DatasetRecord,
+            headers(("Location" = String, description = "`/api/v1/datasets/{name}`"))),
+        (status = 409, description = "The name is registered from another folder (`conflict`).",
+            body = ErrorBody),
+        (status = 422, description = "A bad name, a path outside the data roots \
+            (`outside_data_roots`) or not a folder, an unknown format (`unknown_format`), or \
+            files that do not read as the format (`invalid_dataset`).", body = ErrorBody),
+    ),
+)]
 async fn register(
     State(state): State<AppState>,
     ApiJson(req): ApiJson<RegisterRequest>,

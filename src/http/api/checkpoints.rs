@@ -3,30 +3,32 @@
 //! state and `trainer_state.json`), and `POST /api/v1/runs/{id}/register` copies the best
 //! checkpoint under the models root as a new model, to fine-tune again.
 
+use super::RunId;
 use super::runs::find_run;
 use crate::http::AppState;
+use crate::http::error::ErrorBody;
 use crate::http::error::{ApiError, ApiResult};
 use crate::http::extract::{ApiJson, ApiQuery};
 use crate::store::runs::Run;
 use crate::train::state::{BEST, LAST};
-use axum::Router;
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
 use std::io::Read;
 use std::path::PathBuf;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-pub(crate) fn router() -> Router<AppState> {
-    Router::new()
-        .route("/runs/{id}/checkpoint", get(download))
-        .route("/runs/{id}/register", post(register))
+pub(crate) fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(download))
+        .routes(routes!(register))
 }
 
 /// Which of a run's checkpoints.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 enum Which {
     /// The best by the dev split's primary metric (the one the summary scores).
@@ -36,9 +38,12 @@ enum Which {
     Last,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct CheckpointQuery {
+    /// `best` (by the dev split) or `last` (with the state to resume from).
+    #[param(inline, default = "best")]
     which: Option<Which>,
 }
 
@@ -77,6 +82,24 @@ fn tar_header(name: &str, size: u64) -> [u8; 512] {
     h
 }
 
+#[utoipa::path(
+    get,
+    path = "/runs/{id}/checkpoint",
+    operation_id = "download_checkpoint",
+    tag = "checkpoints",
+    summary = "Download a run's checkpoint",
+    description = "The best (by the dev split) or last checkpoint as a streamed tar archive of a \
+        Hugging Face folder (`run-7-best/config.json`, `model.safetensors`, tokenizer and \
+        preprocessor files; `last` adds `optimizer.safetensors` and `trainer_state.json`).",
+    params(RunId, CheckpointQuery),
+    responses(
+        (status = 200, description = "The archive.", content_type = "application/x-tar",
+            body = Vec<u8>,
+            headers(("Content-Disposition" = String, description = "`attachment; filename=\"run-7-best.tar\"`"))),
+        (status = 404, description = "No such run, or the checkpoint is not written yet \
+            (`not_found`).", body = ErrorBody),
+    ),
+)]
 async fn download(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -149,14 +172,19 @@ async fn download(
         .into_response())
 }
 
-#[derive(Debug, Deserialize)]
+/// A name for a run's best checkpoint as a model.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = RegisterModel)]
 struct RegisterRequest {
-    /// The new model's name: its folder under the models root.
+    /// The new model's name, its folder under the models root (see [`valid_model_name`]).
+    #[schema(pattern = r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}$")]
     name: String,
 }
 
-#[derive(Serialize)]
+/// The model a run's checkpoint became.
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = RegisteredModel)]
 struct Registered {
     name: String,
     from_run: i64,
@@ -173,6 +201,26 @@ fn valid_model_name(name: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
 }
 
+#[utoipa::path(
+    post,
+    path = "/runs/{id}/register",
+    operation_id = "register_checkpoint",
+    tag = "checkpoints",
+    summary = "Register a run's checkpoint as a model",
+    description = "Copies the run's best checkpoint under the models root as a new model, to \
+        fine-tune again.",
+    params(RunId),
+    request_body = RegisterRequest,
+    responses(
+        (status = 201, description = "The model, registered.", body = Registered),
+        (status = 404, description = "No such run, or its best checkpoint is not written yet \
+            (`not_found`).", body = ErrorBody),
+        (status = 409, description = "A model of that name exists (`conflict`).",
+            body = ErrorBody),
+        (status = 422, description = "The name is not 1 to 100 letters, digits, `.`, `_` or \
+            `-`, not starting with `.`.", body = ErrorBody),
+    ),
+)]
 async fn register(
     State(state): State<AppState>,
     Path(id): Path<String>,

@@ -3,19 +3,23 @@
 //! points in batches (the fastest way in), `POST /runs/{id}/end` closes it. The
 //! MLflow-compatible API (`http::mlflow`) writes the same runs.
 
-use super::parse_id;
+use super::{RunId, parse_id};
 use crate::http::AppState;
+use crate::http::error::ErrorBody;
 use crate::http::error::{ApiError, ApiResult};
 use crate::http::extract::ApiJson;
 use crate::store::runs::{Run, RunStatus};
-use crate::store::tracking::{LoggedPoint, NewExternalRun, TrackingError, millis_now};
+use crate::store::tracking::{
+    LoggedPoint, NewExternalRun, TrackingError, millis_in_range, millis_now,
+};
+use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
-use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 /// Most points one batch request may carry.
 pub const MAX_POINTS_PER_BATCH: usize = 10_000;
@@ -23,10 +27,11 @@ pub const MAX_POINTS_PER_BATCH: usize = 10_000;
 const MAX_KEY: usize = 250;
 const MAX_VALUE: usize = 6000;
 
-pub(crate) fn router() -> Router<AppState> {
-    Router::new()
-        .route("/runs/external", post(create))
-        .route("/runs/{id}/end", post(end))
+// `POST /runs/{id}/metrics` ([`log_points`]) is routed with the runs' `GET` of the same path.
+pub(crate) fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(create))
+        .routes(routes!(end))
 }
 
 impl From<TrackingError> for ApiError {
@@ -42,20 +47,45 @@ impl From<TrackingError> for ApiError {
 }
 
 /// `POST /api/v1/runs/external`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct NewRun {
     /// The experiment (by name) to file it under, created if new; MLflow's "Default" if
     /// absent.
     experiment: Option<String>,
+    /// The run's name.
     name: Option<String>,
-    /// The model and dataset names it is shown under on leaderboards.
+    /// The model name it is shown under on leaderboards.
     model: Option<String>,
+    /// The dataset name it is shown under on leaderboards.
     dataset: Option<String>,
+    /// Its parameters (shown as its `config`).
     #[serde(default)]
+    #[schema(schema_with = names_schema)]
     params: BTreeMap<String, String>,
+    /// Its tags.
     #[serde(default)]
+    #[schema(schema_with = names_schema)]
     tags: BTreeMap<String, String>,
+}
+
+/// Names of 1 to [`MAX_KEY`] characters with text values of at most [`MAX_VALUE`] (see
+/// [`check_names`]).
+fn names_schema() -> utoipa::openapi::schema::Object {
+    use utoipa::openapi::schema::{AdditionalProperties, ObjectBuilder, Type};
+    let text = |min: Option<usize>, max: usize| {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .min_length(min)
+            .max_length(Some(max))
+            .build()
+    };
+    ObjectBuilder::new()
+        .property_names(Some(text(Some(1), MAX_KEY)))
+        .additional_properties(Some(AdditionalProperties::RefOr(
+            text(None, MAX_VALUE).into(),
+        )))
+        .build()
 }
 
 fn check_names(field: &str, map: &BTreeMap<String, String>) -> ApiResult<()> {
@@ -74,6 +104,21 @@ fn check_names(field: &str, map: &BTreeMap<String, String>) -> ApiResult<()> {
     Ok(())
 }
 
+#[utoipa::path(
+    post,
+    path = "/runs/external",
+    operation_id = "open_external_run",
+    tag = "external runs",
+    summary = "Open an external run",
+    description = "A run trained elsewhere, logged here beside the native runs (`running` \
+        until it is ended).",
+    request_body = NewRun,
+    responses(
+        (status = 201, description = "The run, opened.", body = Run,
+            headers(("Location" = String, description = "The run's URL, `/api/v1/runs/{id}`."))),
+        (status = 409, description = "The experiment is deleted (`conflict`).", body = ErrorBody),
+    ),
+)]
 async fn create(
     State(state): State<AppState>,
     ApiJson(req): ApiJson<NewRun>,
@@ -137,29 +182,54 @@ async fn found(state: &AppState, id: i64) -> ApiResult<Run> {
 }
 
 /// One point of a batch; the step defaults to 0 and the timestamp (ms) to now.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = LoggedPoint)]
 pub(crate) struct Point {
+    /// The series' name: 1 to 250 characters.
+    #[schema(min_length = 1, max_length = 250)]
     key: String,
     value: f64,
     #[serde(default)]
+    #[schema(default = 0)]
     step: i64,
+    /// Milliseconds since 1970 (UTC); now if absent.
     timestamp: Option<i64>,
 }
 
-#[derive(Debug, Deserialize)]
+/// A batch of metric points.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = PointBatch)]
 pub(crate) struct Batch {
+    /// At most 10,000.
+    #[schema(max_items = 10000)]
     points: Vec<Point>,
 }
 
-#[derive(Serialize)]
+/// How many points were stored.
+#[derive(Serialize, utoipa::ToSchema)]
 pub(crate) struct Logged {
     logged: usize,
 }
 
 /// `POST /api/v1/runs/{id}/metrics`: `{"points": [{"key", "value", "step"?, "timestamp"?}]}`,
 /// at most [`MAX_POINTS_PER_BATCH`], all stored or none.
+#[utoipa::path(
+    post,
+    path = "/runs/{id}/metrics",
+    operation_id = "log_run_metrics",
+    tag = "external runs",
+    summary = "Log an external run's metric points",
+    description = "Up to 10,000 points a request, all stored or none.",
+    params(RunId),
+    request_body = Batch,
+    responses(
+        (status = 200, description = "The points, stored.", body = Logged),
+        (status = 409, description = "The run is native, or has ended (`conflict`).",
+            body = ErrorBody),
+    ),
+)]
 pub(crate) async fn log_points(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -186,6 +256,17 @@ pub(crate) async fn log_points(
                 format!("`points[{i}].key` must have 1 to {MAX_KEY} characters"),
             ));
         }
+        // a bad value of the request's, not a conflict with the run's state
+        if let Some(t) = p.timestamp.filter(|&t| !millis_in_range(t)) {
+            return Err(ApiError::invalid(
+                &format!("points[{i}].timestamp"),
+                "invalid_value",
+                format!(
+                    "`points[{i}].timestamp` {t} is out of range (milliseconds since 1970, \
+                     years -9999 to 9999)"
+                ),
+            ));
+        }
         points.push(LoggedPoint {
             key: &p.key,
             value: p.value,
@@ -202,15 +283,49 @@ pub(crate) async fn log_points(
     }))
 }
 
-#[derive(Debug, Deserialize)]
+/// How an external run ended.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = EndRun)]
 struct End {
     /// `succeeded` (default), `failed` or `cancelled`.
+    #[schema(schema_with = ended_schema)]
     status: Option<RunStatus>,
+}
+
+/// The statuses a run can end with (not the active ones).
+fn ended_schema() -> utoipa::openapi::schema::Object {
+    use utoipa::openapi::schema::{ObjectBuilder, SchemaType, Type};
+    let mut names: Vec<serde_json::Value> = RunStatus::ALL
+        .into_iter()
+        .filter(|s| !s.is_active())
+        .map(|s| s.as_str().into())
+        .collect();
+    names.push(serde_json::Value::Null);
+    ObjectBuilder::new()
+        .schema_type(SchemaType::from_iter([Type::String, Type::Null]))
+        .enum_values(Some(names))
+        .default(Some(RunStatus::Succeeded.as_str().into()))
+        .build()
 }
 
 /// `POST /api/v1/runs/{id}/end`: the run ended; its leaderboard scores come from its latest
 /// `test/…`, `eval/…` or bare `accuracy`, `f1`, `auroc`, `loss` points.
+#[utoipa::path(
+    post,
+    path = "/runs/{id}/end",
+    operation_id = "end_external_run",
+    tag = "external runs",
+    summary = "End an external run",
+    description = "Its leaderboard scores are its latest `test/…`, `test_…`, `eval/…`, \
+        `eval_…` or bare `accuracy`, `f1`, `auroc`, `loss` points.",
+    params(RunId),
+    request_body = End,
+    responses(
+        (status = 200, description = "The run, ended.", body = Run),
+        (status = 409, description = "The run is native (`conflict`).", body = ErrorBody),
+    ),
+)]
 async fn end(
     State(state): State<AppState>,
     Path(id): Path<String>,

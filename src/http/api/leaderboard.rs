@@ -7,42 +7,90 @@ use crate::eval::stats;
 use crate::http::AppState;
 use crate::http::error::{ApiError, ApiResult};
 use crate::http::extract::ApiQuery;
+use crate::models::registry::Modality;
 use crate::runs::TrainConfig;
 use crate::store::runs::{BoardGroup, BoardMetric};
+use axum::Json;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::cmp::Ordering;
 use std::collections::HashMap;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-pub(crate) fn router() -> Router<AppState> {
-    Router::new().route("/leaderboard", get(leaderboard))
+pub(crate) fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(leaderboard))
 }
 
 /// Query of the leaderboard.
-#[derive(Debug, Default, Clone, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct BoardQuery {
     /// One dataset (all if absent).
     pub dataset: Option<String>,
     /// The metric that picks each group's best run and orders the board (default `auroc`).
+    #[param(schema_with = metric_names)]
     pub metric: Option<String>,
     /// Column to sort by (a key of [`COLUMNS`]); default the metric.
+    #[param(schema_with = sort_names)]
     pub sort: Option<String>,
     /// `asc` or `desc`; default best first for metrics, descending for costs, ascending for names.
+    #[param(schema_with = order_names)]
     pub order: Option<String>,
     /// Only models whose name contains this.
     pub model: Option<String>,
     /// Only `text` or `text+image` models.
+    #[param(schema_with = modality_names)]
     pub modality: Option<String>,
     /// Only groups of at least this many runs.
+    #[param(minimum = 1, default = 1)]
     pub min_runs: Option<i64>,
     /// `json` (default) or `csv`.
+    #[param(schema_with = format_schema)]
     pub format: Option<String>,
+}
+
+/// A string, one of `names`.
+fn one_of(names: &[&str]) -> utoipa::openapi::schema::Object {
+    utoipa::openapi::schema::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .enum_values(Some(names.iter().copied()))
+        .build()
+}
+
+/// The orders a board can be sorted in.
+const ORDERS: [&str; 2] = ["asc", "desc"];
+
+fn sort_schema() -> utoipa::openapi::schema::Object {
+    one_of(&COLUMNS.map(|c| c.key))
+}
+
+fn order_schema() -> utoipa::openapi::schema::Object {
+    one_of(&ORDERS)
+}
+
+fn metric_names() -> utoipa::openapi::schema::Object {
+    super::query_names(BoardMetric::ALL.map(BoardMetric::column))
+}
+
+fn sort_names() -> utoipa::openapi::schema::Object {
+    super::query_names(COLUMNS.map(|c| c.key))
+}
+
+fn order_names() -> utoipa::openapi::schema::Object {
+    super::query_names(ORDERS)
+}
+
+fn modality_names() -> utoipa::openapi::schema::Object {
+    super::query_names([Modality::Text, Modality::TextImage].map(Modality::as_str))
+}
+
+fn format_schema() -> utoipa::openapi::schema::Object {
+    one_of(&["json", "csv"])
 }
 
 /// A column of a board: its key (`?sort=`), its label and tooltip on the page, and its value.
@@ -152,8 +200,9 @@ pub const COLUMNS: [Column; 12] = [
     ),
 ];
 
-/// A metric over a group's runs.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+/// A metric over a group's runs: mean ± std over seeds, their count, the 95% t-interval of
+/// the mean.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Aggregate {
     pub mean: Option<f64>,
     /// Sample standard deviation over the runs; `None` below two runs.
@@ -182,11 +231,12 @@ impl Aggregate {
 }
 
 /// One row of a board: a model with one configuration on the dataset.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct BoardRow {
     pub dataset: String,
     pub model: String,
     /// `text` or `text+image`, from the models root (`None` for a model no longer there).
+    #[schema(value_type = Option<Modality>)]
     pub modality: Option<&'static str>,
     /// The options that differ from their defaults, e.g. `learning_rate=1e-4, epochs=5`.
     pub configuration: String,
@@ -272,18 +322,21 @@ fn configuration(options: &Map<String, Value>) -> String {
 }
 
 /// One dataset's board.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Board {
     pub dataset: String,
     pub rows: Vec<BoardRow>,
 }
 
 /// The leaderboard answer.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Leaderboard {
     pub metric: BoardMetric,
+    /// The column sorted by.
+    #[schema(schema_with = sort_schema)]
     pub sort: String,
     /// `asc` or `desc`.
+    #[schema(schema_with = order_schema)]
     pub order: &'static str,
     pub boards: Vec<Board>,
 }
@@ -457,6 +510,27 @@ pub fn csv(lb: &Leaderboard) -> String {
 }
 
 /// `GET /api/v1/leaderboard[?dataset=&metric=&sort=&order=&model=&modality=&min_runs=&format=json|csv]`.
+#[utoipa::path(
+    get,
+    path = "/leaderboard",
+    operation_id = "get_leaderboard",
+    tag = "leaderboard",
+    summary = "The leaderboard",
+    description = "Succeeded runs grouped by dataset, model and options but the seed: per group \
+        its runs, its best run (`run_id`) by the metric, `accuracy`, `f1`, `auroc` and `loss` as \
+        mean ± std with n and the 95% t-interval of the mean, and the cost means; one board per \
+        dataset, sorted by `sort` (default the metric). `format=csv` gives one line per group.",
+    params(BoardQuery),
+    responses(
+        (status = 200, description = "The boards.", content(
+            (Leaderboard = "application/json"),
+            (String = "text/csv"),
+        )),
+        (status = 422, description = "An unknown dataset (`unknown_dataset`), metric, column, \
+            order, modality or format, or `min_runs` below 1; `field` names it.",
+            body = crate::http::error::ErrorBody),
+    ),
+)]
 async fn leaderboard(
     State(state): State<AppState>,
     ApiQuery(q): ApiQuery<BoardQuery>,

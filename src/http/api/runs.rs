@@ -1,9 +1,10 @@
 //! `/runs`: submit, list, read, follow and cancel fine-tuning runs.
 
-use super::parse_id;
+use super::{RunId, parse_id};
 use crate::data::Split;
 use crate::eval::MetricKey;
 use crate::http::AppState;
+use crate::http::error::ErrorBody;
 use crate::http::error::{ApiError, ApiResult};
 use crate::http::extract::{ApiJson, ApiQuery};
 use crate::live::LiveKind;
@@ -13,31 +14,29 @@ use crate::store::logs::LogLine;
 use crate::store::metrics::Point;
 use crate::store::predictions::StoredPrediction;
 use crate::store::runs::{Run, RunFilter, RunSource, RunStatus};
+use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::sse::{KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
 use futures_util::Stream;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::BroadcastStream;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-pub(crate) fn router() -> Router<AppState> {
-    Router::new()
-        .route("/runs", post(create).get(list))
-        .route("/runs/{id}", get(show))
-        .route(
-            "/runs/{id}/metrics",
-            get(metrics).post(super::external::log_points),
-        )
-        .route("/runs/{id}/logs", get(logs))
-        .route("/runs/{id}/predictions", get(predictions))
-        .route("/runs/{id}/events", get(events))
-        .route("/runs/{id}/cancel", post(cancel))
+pub(crate) fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(create, list))
+        .routes(routes!(show))
+        .routes(routes!(metrics, super::external::log_points))
+        .routes(routes!(logs))
+        .routes(routes!(predictions))
+        .routes(routes!(events))
+        .routes(routes!(cancel))
 }
 
 /// Checks that an integer query parameter lies in `lo..=hi`.
@@ -54,6 +53,22 @@ fn int_in(field: &str, v: i64, lo: i64, hi: i64) -> Result<i64, ApiError> {
 }
 
 /// `POST /api/v1/runs`: a [`RunRequest`] (`model`, `dataset`, any options).
+#[utoipa::path(
+    post,
+    path = "/runs",
+    operation_id = "create_run",
+    tag = "runs",
+    summary = "Queue a run",
+    request_body = RunRequest,
+    responses(
+        (status = 201, description = "The run, queued.", body = Run,
+            headers(("Location" = String, description = "The run's URL, `/api/v1/runs/{id}`."))),
+        (status = 422, body = ErrorBody, description = "An unknown or unusable model, an unknown \
+            dataset, an unknown field, an option of the wrong kind or out of its range, or one \
+            the service's devices cannot honour (`fp16` without CUDA, `gpus` beyond its slots); \
+            `field` names it."),
+    )
+)]
 async fn create(
     State(state): State<AppState>,
     ApiJson(req): ApiJson<RunRequest>,
@@ -69,16 +84,34 @@ async fn create(
 }
 
 /// Query of `GET /api/v1/runs`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
+    /// Only runs on this dataset.
     pub dataset: Option<String>,
+    /// Only runs of this model.
     pub model: Option<String>,
+    /// Only runs in this status.
+    #[param(schema_with = status_names)]
     pub status: Option<String>,
-    /// `native` or `external`.
+    /// Only runs trained here (`native`) or logged here (`external`).
+    #[param(schema_with = source_names)]
     pub source: Option<String>,
+    /// Most runs to list.
+    #[param(minimum = 1, maximum = 1000, default = 100)]
     pub limit: Option<i64>,
+    /// Runs to skip, newest first.
+    #[param(minimum = 0, default = 0)]
     pub offset: Option<i64>,
+}
+
+fn status_names() -> utoipa::openapi::schema::Object {
+    super::query_names(RunStatus::ALL.map(RunStatus::as_str))
+}
+
+fn source_names() -> utoipa::openapi::schema::Object {
+    super::query_names(RunSource::ALL.map(RunSource::as_str))
 }
 
 impl ListQuery {
@@ -115,11 +148,23 @@ impl ListQuery {
     }
 }
 
-#[derive(Serialize)]
+/// Runs, newest first.
+#[derive(Serialize, utoipa::ToSchema)]
 struct RunList {
     runs: Vec<Run>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/runs",
+    operation_id = "list_runs",
+    tag = "runs",
+    summary = "List runs",
+    description = "Runs, newest first, native and external, filtered by dataset, model, status \
+        and source.",
+    params(ListQuery),
+    responses((status = 200, description = "The runs.", body = RunList)),
+)]
 async fn list(
     State(state): State<AppState>,
     ApiQuery(q): ApiQuery<ListQuery>,
@@ -140,18 +185,47 @@ pub async fn find_run(state: &AppState, raw: &str) -> ApiResult<Run> {
         .ok_or_else(|| ApiError::not_found(format!("run {id}")))
 }
 
+#[utoipa::path(
+    get,
+    path = "/runs/{id}",
+    operation_id = "get_run",
+    tag = "runs",
+    summary = "One run",
+    description = "Its status, options (`config`: an external run's logged parameters), \
+        progress and, once it succeeded, its test summary and costs.",
+    params(RunId),
+    responses((status = 200, description = "The run.", body = Run)),
+)]
 async fn show(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Run>> {
     Ok(Json(find_run(&state, &id).await?))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct MetricsQuery {
+    /// Only this series: a native run's key (`eval/f1`; another is a 422) or a name an
+    /// external run logged.
+    #[param(schema_with = series_key_schema)]
     key: Option<String>,
 }
 
-#[derive(Serialize)]
+/// A native run's [`MetricKey`], or any name an external run logged.
+fn series_key_schema() -> utoipa::openapi::schema::Schema {
+    use utoipa::openapi::schema::{AnyOfBuilder, Object, Type};
+    AnyOfBuilder::new()
+        .item(utoipa::openapi::Ref::from_schema_name(
+            <MetricKey as utoipa::ToSchema>::name(),
+        ))
+        .item(Object::with_type(Type::String))
+        .build()
+        .into()
+}
+
+/// Metric series by key.
+#[derive(Serialize, utoipa::ToSchema)]
 pub(crate) struct Series {
+    /// Each series' points in step order.
     pub series: BTreeMap<String, Vec<Point>>,
 }
 
@@ -193,6 +267,19 @@ pub(crate) async fn series_of(
         .collect())
 }
 
+#[utoipa::path(
+    get,
+    path = "/runs/{id}/metrics",
+    operation_id = "get_run_metrics",
+    tag = "runs",
+    summary = "A run's metric series",
+    description = "A native run's keys are `scope/metric`: `train/loss`, `train/learning_rate`, \
+        `train/grad_norm`, and `loss`, `accuracy`, `f1`, `auroc`, `vqa_accuracy` under `eval/` \
+        (dev evaluations during training), `test/` (the final scores) or `dev/` (when the test \
+        split has no labels); an external run's are the names it logged.",
+    params(RunId, MetricsQuery),
+    responses((status = 200, description = "The series.", body = Series)),
+)]
 async fn metrics(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -203,17 +290,30 @@ async fn metrics(
     Ok(Json(Series { series }))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct LogsQuery {
+    /// The last this many lines.
+    #[param(minimum = 1, maximum = 100000, default = 200)]
     tail: Option<i64>,
 }
 
-#[derive(Serialize)]
+/// A run's log lines, oldest first.
+#[derive(Serialize, utoipa::ToSchema)]
 struct Logs {
     lines: Vec<LogLine>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/runs/{id}/logs",
+    operation_id = "get_run_logs",
+    tag = "runs",
+    summary = "A run's log",
+    params(RunId, LogsQuery),
+    responses((status = 200, description = "The log's last lines.", body = Logs)),
+)]
 async fn logs(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -226,20 +326,39 @@ async fn logs(
     }))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct PredictionsQuery {
+    /// The split scored.
+    #[param(inline, default = "test")]
     split: Option<Split>,
+    /// Most predictions to list.
+    #[param(minimum = 1, maximum = 100000, default = 1000)]
     limit: Option<i64>,
+    /// Predictions to skip.
+    #[param(minimum = 0, default = 0)]
     offset: Option<i64>,
 }
 
-#[derive(Serialize)]
+/// Per-example outputs on one split.
+#[derive(Serialize, utoipa::ToSchema)]
 struct Predictions {
     split: Split,
     predictions: Vec<StoredPrediction>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/runs/{id}/predictions",
+    operation_id = "get_run_predictions",
+    tag = "runs",
+    summary = "A run's predictions",
+    description = "Per example of a split: the gold `label` (absent without labels), the \
+        predicted `pred` and the probabilities per label.",
+    params(RunId, PredictionsQuery),
+    responses((status = 200, description = "The predictions.", body = Predictions)),
+)]
 async fn predictions(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -258,6 +377,19 @@ async fn predictions(
 
 /// Server-Sent Events of one run: `status`, `started`, `progress`, `metric`, `log`,
 /// `checkpoint`, `finished`, `failed`; the data is the event as JSON.
+#[utoipa::path(
+    get,
+    path = "/runs/{id}/events",
+    operation_id = "follow_run",
+    tag = "runs",
+    summary = "Follow a run live",
+    description = "Server-Sent Events from now on, while the connection stays open: `status` \
+        (`{\"status\", \"error\"}`), and the worker's `started`, `progress`, `metric`, `log`, \
+        `checkpoint`, `finished` and `failed`, each with its data as JSON.",
+    params(RunId),
+    responses((status = 200, description = "The event stream.", content_type = "text/event-stream",
+        body = String)),
+)]
 async fn events(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -279,6 +411,19 @@ async fn events(
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }
 
+#[utoipa::path(
+    post,
+    path = "/runs/{id}/cancel",
+    operation_id = "cancel_run",
+    tag = "runs",
+    summary = "Cancel a run",
+    description = "Cancels a queued or running run; its worker is killed.",
+    params(RunId),
+    responses(
+        (status = 200, description = "The run, cancelled.", body = Run),
+        (status = 409, description = "The run already ended (`conflict`).", body = ErrorBody),
+    ),
+)]
 async fn cancel(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Run>> {
     let id = parse_id("run", &id)?;
     match state.scheduler.cancel(id).await? {

@@ -1,8 +1,9 @@
 //! Studies over the API: queue one (`POST /api/v1/studies`), list them, read one with its
 //! runs, follow its runs live (Server-Sent Events), cancel it as a whole.
 
-use super::parse_id;
+use super::{StudyId, parse_id};
 use crate::http::AppState;
+use crate::http::error::ErrorBody;
 use crate::http::error::{ApiError, ApiResult};
 use crate::http::extract::{ApiJson, ApiQuery};
 use crate::live::LiveKind;
@@ -11,35 +12,50 @@ use crate::store::runs::Run;
 use crate::store::studies::Study;
 use crate::studies::{StudyRequest, SubmitStudyError};
 use crate::verdict::{self, StudyVerdict, Thresholds};
+use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::sse::{KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
 use futures_util::Stream;
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
 use std::convert::Infallible;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::BroadcastStream;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-pub(crate) fn router() -> Router<AppState> {
-    Router::new()
-        .route("/studies", post(create).get(list))
-        .route("/studies/{id}", get(show))
-        .route("/studies/{id}/cancel", post(cancel))
-        .route("/studies/{id}/events", get(events))
-        .route("/studies/{id}/verdict", get(verdict))
+pub(crate) fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(create, list))
+        .routes(routes!(show))
+        .routes(routes!(cancel))
+        .routes(routes!(events))
+        .routes(routes!(verdict))
 }
 
 /// Query of the verdict: the rule's thresholds and the format.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct VerdictQuery {
+    /// Smallest accuracy gain that counts (absolute: 0.01 is one point).
+    #[param(minimum = 0, maximum = 1, default = 0.01)]
     pub min_gain: Option<f64>,
+    /// Training-time ratio above which a gain comes "at a cost".
+    #[param(minimum = 1, default = 2)]
     pub max_cost_ratio: Option<f64>,
+    /// `json` (default), `csv`, or `md` (a Markdown table).
+    #[param(schema_with = verdict_format_schema)]
     pub format: Option<String>,
+}
+
+fn verdict_format_schema() -> utoipa::openapi::schema::Object {
+    utoipa::openapi::schema::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .enum_values(Some(["json", "csv", "md"]))
+        .build()
 }
 
 impl VerdictQuery {
@@ -96,6 +112,26 @@ pub async fn study_verdict(
 }
 
 /// `GET /api/v1/studies/{id}/verdict[?min_gain=0.01&max_cost_ratio=2&format=json|csv|md]`.
+#[utoipa::path(
+    get,
+    path = "/studies/{id}/verdict",
+    operation_id = "get_study_verdict",
+    tag = "studies",
+    summary = "Does the image help? The study's verdict",
+    description = "Per dataset of the study: the best text-only and text+image configurations, \
+        the gain with its interval and p-value, how much the image is used, the cost ratios, \
+        the verdict and the rule's clause that gave it.",
+    params(StudyId, VerdictQuery),
+    responses(
+        (status = 200, description = "The verdict.", content(
+            (StudyVerdict = "application/json"),
+            (String = "text/csv"),
+            (String = "text/markdown"),
+        )),
+        (status = 422, description = "A threshold out of its range, or an unknown format.",
+            body = ErrorBody),
+    ),
+)]
 async fn verdict(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -145,8 +181,8 @@ impl From<SubmitStudyError> for ApiError {
     }
 }
 
-/// A study with its runs.
-#[derive(Serialize)]
+/// A study with its runs (each with `study_id` and its cell's `grid` values).
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct StudyWithRuns {
     #[serde(flatten)]
     pub study: Study,
@@ -154,6 +190,24 @@ pub struct StudyWithRuns {
 }
 
 /// `POST /api/v1/studies`: a [`StudyRequest`].
+#[utoipa::path(
+    post,
+    path = "/studies",
+    operation_id = "create_study",
+    tag = "studies",
+    summary = "Queue a study",
+    description = "A run for every model × dataset × grid combination × seed (at most 500), \
+        each with the `base` options (and its model's `per_model` ones); stored only when every \
+        run resolves.",
+    request_body = StudyRequest,
+    responses(
+        (status = 201, description = "The study with its runs, queued.", body = StudyWithRuns,
+            headers(("Location" = String, description = "`/api/v1/studies/{id}`"))),
+        (status = 422, description = "A bad list, grid or option, or a run that cannot be \
+            queued; `field` names the study's field (`models`, `grid.learning_rate`, \
+            `base.epochs`, ...).", body = ErrorBody),
+    ),
+)]
 async fn create(
     State(state): State<AppState>,
     ApiJson(req): ApiJson<StudyRequest>,
@@ -168,18 +222,33 @@ async fn create(
         .into_response())
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct ListQuery {
+    /// Most studies to list.
+    #[param(minimum = 1, maximum = 1000, default = 100)]
     limit: Option<i64>,
+    /// Studies to skip.
+    #[param(minimum = 0, default = 0)]
     offset: Option<i64>,
 }
 
-#[derive(Serialize)]
+/// Studies with their runs per status.
+#[derive(Serialize, utoipa::ToSchema)]
 struct StudyList {
     studies: Vec<Study>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/studies",
+    operation_id = "list_studies",
+    tag = "studies",
+    summary = "List studies",
+    params(ListQuery),
+    responses((status = 200, description = "The studies.", body = StudyList)),
+)]
 async fn list(
     State(state): State<AppState>,
     ApiQuery(q): ApiQuery<ListQuery>,
@@ -215,6 +284,15 @@ pub async fn find_study(state: &AppState, raw: &str) -> ApiResult<Study> {
         .ok_or_else(|| ApiError::not_found(format!("study {id}")))
 }
 
+#[utoipa::path(
+    get,
+    path = "/studies/{id}",
+    operation_id = "get_study",
+    tag = "studies",
+    summary = "One study",
+    params(StudyId),
+    responses((status = 200, description = "The study with its runs.", body = StudyWithRuns)),
+)]
 async fn show(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -224,6 +302,16 @@ async fn show(
     Ok(Json(StudyWithRuns { study, runs }))
 }
 
+#[utoipa::path(
+    post,
+    path = "/studies/{id}/cancel",
+    operation_id = "cancel_study",
+    tag = "studies",
+    summary = "Cancel a study",
+    description = "Cancels every run of the study that has not ended.",
+    params(StudyId),
+    responses((status = 200, description = "The study.", body = Study)),
+)]
 async fn cancel(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Study>> {
     let id = parse_id("study", &id)?;
     match state.scheduler.cancel_study(id).await? {
@@ -234,6 +322,18 @@ async fn cancel(State(state): State<AppState>, Path(id): Path<String>) -> ApiRes
 
 /// Server-Sent Events of a study's runs: `status` (with the run's id), `progress` and
 /// `finished`, each as JSON with a `run_id`.
+#[utoipa::path(
+    get,
+    path = "/studies/{id}/events",
+    operation_id = "follow_study",
+    tag = "studies",
+    summary = "Follow a study live",
+    description = "Server-Sent Events of the study's runs from now on: `status`, `progress` \
+        and `finished`, each with its data as JSON with the run's `run_id`.",
+    params(StudyId),
+    responses((status = 200, description = "The event stream.", content_type = "text/event-stream",
+        body = String)),
+)]
 async fn events(
     State(state): State<AppState>,
     Path(id): Path<String>,
