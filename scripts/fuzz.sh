@@ -112,7 +112,7 @@ rc=$?
 set -e
 "$VENV/bin/python" - "$REPORT" <<'PY'
 import glob, json, sys
-cases = operations = 0
+cases = 0
 for path in glob.glob(sys.argv[1] + "/*.ndjson"):
     for line in open(path):
         event = json.loads(line)

@@ -26,6 +26,11 @@ fn default_seeds() -> Vec<u64> {
 /// A request for a study.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({
+    "name": "does the image help?", "models": ["bert-tiny", "clip-tiny"],
+    "datasets": ["demo-news"], "seeds": [0, 1], "grid": {"learning_rate": [1e-4, 5e-4]},
+    "base": {"epochs": 1}
+}))]
 pub struct StudyRequest {
     /// 1 to 200 characters (surrounding spaces aside).
     #[schema(min_length = 1, max_length = 200, pattern = r"\S")]

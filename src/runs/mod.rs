@@ -268,6 +268,10 @@ impl utoipa::PartialSchema for RunRequest {
              is a 422 naming the field."
                 .into(),
         );
+        // a built-in preset on a demo dataset: there wherever the service runs
+        schema.example = Some(serde_json::json!(
+            {"model": "bert-tiny", "dataset": "demo-news", "epochs": 1, "learning_rate": 1e-4}
+        ));
         schema.into()
     }
 }

@@ -44,7 +44,7 @@ impl Store {
             return Ok(());
         }
         let time = now();
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.write().await?;
         for p in points {
             sqlx::query(
                 "INSERT INTO metrics (run_id, key, step, epoch, value, time) \

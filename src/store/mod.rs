@@ -62,6 +62,14 @@ impl Store {
     pub fn pool(&self) -> &SqlitePool {
         &self.pool
     }
+
+    /// A transaction that writes: `BEGIN IMMEDIATE` takes the write lock at its start (waiting
+    /// out the busy timeout while another connection writes). A deferred transaction that
+    /// reads first and writes later is refused at once ("database is locked", no waiting) when
+    /// another writer committed in between, which concurrent requests make likely.
+    pub async fn write(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, sqlx::Error> {
+        self.pool.begin_with("BEGIN IMMEDIATE").await
+    }
 }
 
 /// Current UTC time as stored in every `*_at`/`time` column: fixed-width RFC 3339 with

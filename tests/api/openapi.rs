@@ -688,3 +688,32 @@ async fn an_external_point_with_a_timestamp_out_of_range_is_a_422_naming_it() {
     let (_, series) = app.get(&format!("/api/v1/runs/{id}/metrics")).await;
     assert_eq!(series["series"], json!({}), "nothing stored: {series}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_writes_to_new_experiments_all_succeed() {
+    // each request reads (is the experiment there?) then writes in one transaction; SQLite
+    // refuses to upgrade a reader whose snapshot another writer has moved on ("database is
+    // locked", at once, whatever the busy timeout): it was a 500
+    let app = TestApp::new().await;
+    let mut tasks = Vec::new();
+    for i in 0..24 {
+        let router = app.router.clone();
+        tasks.push(tokio::spawn(async move {
+            let body = json!({"experiment": format!("e{i}"), "params": {"i": i.to_string()}});
+            let req = Request::post("/api/v1/runs/external")
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Body::from(body.to_string()))
+                .unwrap();
+            let res = router.oneshot(req).await.unwrap();
+            let status = res.status();
+            let bytes = res.into_body().collect().await.unwrap().to_bytes();
+            (status, String::from_utf8_lossy(&bytes).into_owned())
+        }));
+    }
+    for t in tasks {
+        let (status, text) = t.await.unwrap();
+        assert_eq!(status, StatusCode::CREATED, "{text}");
+    }
+    let (_, runs) = app.get("/api/v1/runs?source=external").await;
+    assert_eq!(runs["runs"].as_array().unwrap().len(), 24);
+}

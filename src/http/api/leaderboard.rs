@@ -32,32 +32,33 @@ pub(crate) fn router() -> OpenApiRouter<AppState> {
 pub struct BoardQuery {
     /// One dataset (all if absent).
     pub dataset: Option<String>,
-    /// The metric that picks each group's best run and orders the board (default `auroc`).
+    // described in its schema: utoipa drops a doc comment beside `schema_with`
     #[param(schema_with = metric_names)]
     pub metric: Option<String>,
-    /// Column to sort by (a key of [`COLUMNS`]); default the metric.
+    // described in its schema: utoipa drops a doc comment beside `schema_with`
     #[param(schema_with = sort_names)]
     pub sort: Option<String>,
-    /// `asc` or `desc`; default best first for metrics, descending for costs, ascending for names.
+    // described in its schema: utoipa drops a doc comment beside `schema_with`
     #[param(schema_with = order_names)]
     pub order: Option<String>,
     /// Only models whose name contains this.
     pub model: Option<String>,
-    /// Only `text` or `text+image` models.
+    // described in its schema: utoipa drops a doc comment beside `schema_with`
     #[param(schema_with = modality_names)]
     pub modality: Option<String>,
     /// Only groups of at least this many runs.
     #[param(minimum = 1, default = 1)]
     pub min_runs: Option<i64>,
-    /// `json` (default) or `csv`.
+    // described in its schema: utoipa drops a doc comment beside `schema_with`
     #[param(schema_with = format_schema)]
     pub format: Option<String>,
 }
 
 /// A string, one of `names`.
-fn one_of(names: &[&str]) -> utoipa::openapi::schema::Object {
+fn one_of(description: &str, names: &[&str]) -> utoipa::openapi::schema::Object {
     utoipa::openapi::schema::ObjectBuilder::new()
         .schema_type(utoipa::openapi::schema::Type::String)
+        .description(Some(description))
         .enum_values(Some(names.iter().copied()))
         .build()
 }
@@ -66,31 +67,44 @@ fn one_of(names: &[&str]) -> utoipa::openapi::schema::Object {
 const ORDERS: [&str; 2] = ["asc", "desc"];
 
 fn sort_schema() -> utoipa::openapi::schema::Object {
-    one_of(&COLUMNS.map(|c| c.key))
+    one_of("The column sorted by.", &COLUMNS.map(|c| c.key))
 }
 
 fn order_schema() -> utoipa::openapi::schema::Object {
-    one_of(&ORDERS)
+    one_of("`asc` or `desc`.", &ORDERS)
 }
 
 fn metric_names() -> utoipa::openapi::schema::Object {
-    super::query_names(BoardMetric::ALL.map(BoardMetric::column))
+    super::query_names(
+        "The metric that picks each group's best run and orders the board (default `auroc`).",
+        BoardMetric::ALL.map(BoardMetric::column),
+    )
 }
 
 fn sort_names() -> utoipa::openapi::schema::Object {
-    super::query_names(COLUMNS.map(|c| c.key))
+    super::query_names(
+        "The column to sort by; default the metric.",
+        COLUMNS.map(|c| c.key),
+    )
 }
 
 fn order_names() -> utoipa::openapi::schema::Object {
-    super::query_names(ORDERS)
+    super::query_names(
+        "`asc` or `desc`; default best first for metrics, descending for costs, ascending for \
+         names.",
+        ORDERS,
+    )
 }
 
 fn modality_names() -> utoipa::openapi::schema::Object {
-    super::query_names([Modality::Text, Modality::TextImage].map(Modality::as_str))
+    super::query_names(
+        "Only models of this modality.",
+        [Modality::Text, Modality::TextImage].map(Modality::as_str),
+    )
 }
 
 fn format_schema() -> utoipa::openapi::schema::Object {
-    one_of(&["json", "csv"])
+    one_of("`json` (default) or `csv`.", &["json", "csv"])
 }
 
 /// A column of a board: its key (`?sort=`), its label and tooltip on the page, and its value.

@@ -44,10 +44,12 @@ pub(crate) fn parse_id(kind: &str, raw: &str) -> Result<i64, ApiError> {
 /// The schema of a query parameter that names one of `names`; empty counts as left out (as
 /// an HTML form sends a field left unset), so the empty name is allowed too.
 pub(crate) fn query_names<'a>(
+    description: &str,
     names: impl IntoIterator<Item = &'a str>,
 ) -> utoipa::openapi::schema::Object {
     utoipa::openapi::schema::ObjectBuilder::new()
         .schema_type(utoipa::openapi::schema::Type::String)
+        .description(Some(format!("{description} Empty: as if left out.")))
         .enum_values(Some(names.into_iter().chain([""])))
         .build()
 }

@@ -433,7 +433,10 @@ fn docs_view(doc: &Value) -> DocsPage {
                     place: text(p, "in"),
                     ty: type_view(&p["schema"]),
                     required: p["required"].as_bool().unwrap_or(false),
-                    description: text(p, "description"),
+                    // a parameter's schema may carry its description
+                    description: Some(text(p, "description"))
+                        .filter(|d| !d.is_empty())
+                        .unwrap_or_else(|| text(&p["schema"], "description")),
                     constraints: constraints(&p["schema"]),
                 })
                 .collect();

@@ -92,10 +92,10 @@ pub struct ListQuery {
     pub dataset: Option<String>,
     /// Only runs of this model.
     pub model: Option<String>,
-    /// Only runs in this status.
+    // described in its schema: utoipa drops a doc comment beside `schema_with`
     #[param(schema_with = status_names)]
     pub status: Option<String>,
-    /// Only runs trained here (`native`) or logged here (`external`).
+    // described in its schema: utoipa drops a doc comment beside `schema_with`
     #[param(schema_with = source_names)]
     pub source: Option<String>,
     /// Most runs to list.
@@ -107,11 +107,17 @@ pub struct ListQuery {
 }
 
 fn status_names() -> utoipa::openapi::schema::Object {
-    super::query_names(RunStatus::ALL.map(RunStatus::as_str))
+    super::query_names(
+        "Only runs in this status.",
+        RunStatus::ALL.map(RunStatus::as_str),
+    )
 }
 
 fn source_names() -> utoipa::openapi::schema::Object {
-    super::query_names(RunSource::ALL.map(RunSource::as_str))
+    super::query_names(
+        "Only runs trained here (`native`) or logged here (`external`).",
+        RunSource::ALL.map(RunSource::as_str),
+    )
 }
 
 impl ListQuery {
@@ -204,8 +210,7 @@ async fn show(State(state): State<AppState>, Path(id): Path<String>) -> ApiResul
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 struct MetricsQuery {
-    /// Only this series: a native run's key (`eval/f1`; another is a 422) or a name an
-    /// external run logged.
+    // described in its schema: utoipa drops a doc comment beside `schema_with`
     #[param(schema_with = series_key_schema)]
     key: Option<String>,
 }
@@ -214,6 +219,10 @@ struct MetricsQuery {
 fn series_key_schema() -> utoipa::openapi::schema::Schema {
     use utoipa::openapi::schema::{AnyOfBuilder, Object, Type};
     AnyOfBuilder::new()
+        .description(Some(
+            "Only this series: a native run's key (`eval/f1`; another is a 422) or a name an \
+             external run logged.",
+        ))
         .item(utoipa::openapi::Ref::from_schema_name(
             <MetricKey as utoipa::ToSchema>::name(),
         ))

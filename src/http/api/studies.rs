@@ -46,7 +46,7 @@ pub struct VerdictQuery {
     /// Training-time ratio above which a gain comes "at a cost".
     #[param(minimum = 1, default = 2)]
     pub max_cost_ratio: Option<f64>,
-    /// `json` (default), `csv`, or `md` (a Markdown table).
+    // described in its schema: utoipa drops a doc comment beside `schema_with`
     #[param(schema_with = verdict_format_schema)]
     pub format: Option<String>,
 }
@@ -54,6 +54,7 @@ pub struct VerdictQuery {
 fn verdict_format_schema() -> utoipa::openapi::schema::Object {
     utoipa::openapi::schema::ObjectBuilder::new()
         .schema_type(utoipa::openapi::schema::Type::String)
+        .description(Some("`json` (default), `csv`, or `md` (a Markdown table)."))
         .enum_values(Some(["json", "csv", "md"]))
         .build()
 }
