@@ -717,3 +717,30 @@ async fn concurrent_writes_to_new_experiments_all_succeed() {
     let (_, runs) = app.get("/api/v1/runs?source=external").await;
     assert_eq!(runs["runs"].as_array().unwrap().len(), 24);
 }
+
+#[tokio::test]
+async fn registering_the_checkpoint_of_a_run_that_has_none_yet_is_a_conflict_not_a_404() {
+    // schemathesis' check that a resource just created is found: the run is there, its
+    // checkpoint not yet
+    let app = TestApp::new().await;
+    let id = app
+        .submit(json!({"model": "bert-tiny", "dataset": "demo-news"}))
+        .await;
+    let (status, err) = app
+        .post(
+            &format!("/api/v1/runs/{id}/register"),
+            json!({"name": "early"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{err}");
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("no best checkpoint yet")
+    );
+    let (status, _) = app
+        .post("/api/v1/runs/999999/register", json!({"name": "early"}))
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "no such run");
+}

@@ -213,10 +213,8 @@ fn valid_model_name(name: &str) -> bool {
     request_body = RegisterRequest,
     responses(
         (status = 201, description = "The model, registered.", body = Registered),
-        (status = 404, description = "No such run, or its best checkpoint is not written yet \
-            (`not_found`).", body = ErrorBody),
-        (status = 409, description = "A model of that name exists (`conflict`).",
-            body = ErrorBody),
+        (status = 409, description = "A model of that name exists, or the run has no best \
+            checkpoint yet (`conflict`).", body = ErrorBody),
         (status = 422, description = "The name is not 1 to 100 letters, digits, `.`, `_` or \
             `-`, not starting with `.`.", body = ErrorBody),
     ),
@@ -237,7 +235,13 @@ async fn register(
             ),
         ));
     }
-    let from = checkpoint_dir(&state, &run, Which::Best)?;
+    // the run is there; its state is not ready (a 404 would say the run is not)
+    let from = checkpoint_dir(&state, &run, Which::Best).map_err(|_| {
+        ApiError::conflict(format!(
+            "run {} has no best checkpoint yet (it is written during training)",
+            run.id
+        ))
+    })?;
     let root = state.settings.models_dir.clone();
     let name = req.name.clone();
     let copied = tokio::task::spawn_blocking(move || -> Result<bool, std::io::Error> {
