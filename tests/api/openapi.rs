@@ -298,8 +298,15 @@ async fn every_route_the_router_serves_is_documented_with_the_methods_it_serves(
     // and no route of the API is registered but through its documented declaration
     // (`routes!` over a handler's `#[utoipa::path]`): the API's modules call no `.route(`
     // but the page's, outside `/api/v1`
-    for entry in std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/src/http/api")).unwrap() {
-        let path = entry.unwrap().path();
+    let mut files = vec![std::path::PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/src/http/api"
+    ))];
+    while let Some(path) = files.pop() {
+        if path.is_dir() {
+            files.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+            continue;
+        }
         let source = std::fs::read_to_string(&path).unwrap();
         for line in source.lines().filter(|l| !l.trim_start().starts_with("//")) {
             // (a plain router nested would need a `.route(` of its own)

@@ -6,8 +6,7 @@
 use super::RunId;
 use super::runs::find_run;
 use crate::http::AppState;
-use crate::http::error::ErrorBody;
-use crate::http::error::{ApiError, ApiResult};
+use crate::http::error::{ApiError, ApiResult, ErrorBody};
 use crate::http::extract::{ApiJson, ApiQuery};
 use crate::store::runs::Run;
 use crate::train::state::{BEST, LAST};

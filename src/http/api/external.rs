@@ -5,8 +5,7 @@
 
 use super::{RunId, parse_id};
 use crate::http::AppState;
-use crate::http::error::ErrorBody;
-use crate::http::error::{ApiError, ApiResult};
+use crate::http::error::{ApiError, ApiResult, ErrorBody};
 use crate::http::extract::ApiJson;
 use crate::store::runs::{Run, RunStatus};
 use crate::store::tracking::{

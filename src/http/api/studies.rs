@@ -3,8 +3,7 @@
 
 use super::{StudyId, parse_id};
 use crate::http::AppState;
-use crate::http::error::ErrorBody;
-use crate::http::error::{ApiError, ApiResult};
+use crate::http::error::{ApiError, ApiResult, ErrorBody};
 use crate::http::extract::{ApiJson, ApiQuery};
 use crate::live::LiveKind;
 use crate::models::registry::Modality;
