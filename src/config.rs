@@ -73,6 +73,14 @@ pub struct ServeArgs {
     /// Queue the demo study when the service starts (only if no run exists yet).
     #[arg(long)]
     pub demo: bool,
+    /// Token every write must carry (`Authorization: Bearer <token>`, or a browser session
+    /// from /login); reads stay open. Required to listen beyond loopback.
+    #[arg(long, env = "MODALBENCH_API_TOKEN", hide_env_values = true)]
+    pub api_token: Option<String>,
+    /// Listen on a non-loopback address without an API token (anyone who can reach the port
+    /// can then queue and cancel runs).
+    #[arg(long)]
+    pub insecure: bool,
     #[command(flatten)]
     pub settings: Settings,
 }

@@ -251,6 +251,13 @@ fn main() {
 }
 
 fn serve(args: ServeArgs) -> Result<()> {
+    let token = args.api_token.clone().filter(|t| !t.is_empty());
+    if !args.addr.ip().is_loopback() && token.is_none() && !args.insecure {
+        anyhow::bail!(
+            "refusing to serve on {} without an API token: anyone who can reach it could queue              and cancel runs. Give --api-token (or MODALBENCH_API_TOKEN), or --insecure to              serve it open anyway",
+            args.addr
+        );
+    }
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?
@@ -271,7 +278,7 @@ fn serve(args: ServeArgs) -> Result<()> {
             println!(
                 "modalbench is serving on http://{addr}/  (leaderboard: http://{addr}/leaderboard)"
             );
-            axum::serve(listener, http::router(state))
+            axum::serve(listener, http::secured(state, http::auth::Auth::new(token)))
                 .with_graceful_shutdown(async {
                     let _ = tokio::signal::ctrl_c().await;
                 })

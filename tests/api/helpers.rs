@@ -44,6 +44,28 @@ pub fn minilm_dir() -> PathBuf {
     dir
 }
 
+/// The CSRF token the test "browser" holds: its `mb_csrf` cookie, and the hidden field of
+/// the forms it posts.
+pub const CSRF: &str = "0123456789abcdef0123456789abcdef";
+
+/// A form post as a browser sends it from one of the service's pages: the page's CSRF cookie,
+/// and the same token in the form's hidden field.
+pub fn form_post(uri: &str, body: &str) -> axum::http::Request<axum::body::Body> {
+    let body = if body.is_empty() {
+        format!("csrf={CSRF}")
+    } else {
+        format!("{body}&csrf={CSRF}")
+    };
+    axum::http::Request::post(uri)
+        .header(
+            axum::http::header::CONTENT_TYPE,
+            "application/x-www-form-urlencoded",
+        )
+        .header(axum::http::header::COOKIE, format!("mb_csrf={CSRF}"))
+        .body(axum::body::Body::from(body))
+        .unwrap()
+}
+
 pub struct TestApp {
     pub state: AppState,
     pub router: Router,

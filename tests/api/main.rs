@@ -1,5 +1,6 @@
 //! Integration tests, one binary so the crate links once.
 
+mod auth;
 mod checkpoints;
 mod compare;
 mod dataset_pages;

@@ -369,12 +369,7 @@ async fn leaderboard_parameters_are_checked() {
 #[tokio::test]
 async fn the_form_rerenders_with_the_message_on_bad_input_and_redirects_on_success() {
     let app = TestApp::new().await;
-    let form = |body: &str| {
-        Request::post("/runs/new")
-            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
-            .body(Body::from(body.to_string()))
-            .unwrap()
-    };
+    let form = |body: &str| crate::helpers::form_post("/runs/new", body);
     let (status, html) = app
         .send(form(
             "model=bert-tiny&dataset=demo-news&epochs=1&learning_rate=-0.5",
