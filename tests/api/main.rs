@@ -25,3 +25,4 @@ mod stats;
 mod studies;
 mod submit;
 mod training;
+mod xss;
