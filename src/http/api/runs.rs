@@ -1,6 +1,6 @@
 //! `/runs`: submit, list, read, follow and cancel fine-tuning runs.
 
-use super::parse_id;
+use super::{int_in, parse_id};
 use crate::data::Split;
 use crate::eval::MetricKey;
 use crate::http::AppState;
@@ -38,19 +38,6 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/runs/{id}/predictions", get(predictions))
         .route("/runs/{id}/events", get(events))
         .route("/runs/{id}/cancel", post(cancel))
-}
-
-/// Checks that an integer query parameter lies in `lo..=hi`.
-fn int_in(field: &str, v: i64, lo: i64, hi: i64) -> Result<i64, ApiError> {
-    if (lo..=hi).contains(&v) {
-        Ok(v)
-    } else {
-        Err(ApiError::invalid(
-            field,
-            "invalid_value",
-            format!("`{field}` must be between {lo} and {hi}, got {v}"),
-        ))
-    }
 }
 
 /// `POST /api/v1/runs`: a [`RunRequest`] (`model`, `dataset`, any options).

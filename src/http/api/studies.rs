@@ -184,22 +184,8 @@ async fn list(
     State(state): State<AppState>,
     ApiQuery(q): ApiQuery<ListQuery>,
 ) -> ApiResult<Json<StudyList>> {
-    let limit = q.limit.unwrap_or(100);
-    if !(1..=1000).contains(&limit) {
-        return Err(ApiError::invalid(
-            "limit",
-            "invalid_value",
-            format!("`limit` must be between 1 and 1000, got {limit}"),
-        ));
-    }
-    let offset = q.offset.unwrap_or(0);
-    if offset < 0 {
-        return Err(ApiError::invalid(
-            "offset",
-            "invalid_value",
-            format!("`offset` must be 0 or more, got {offset}"),
-        ));
-    }
+    let limit = super::int_in("limit", q.limit.unwrap_or(100), 1, 1000)?;
+    let offset = super::int_in("offset", q.offset.unwrap_or(0), 0, i64::MAX)?;
     Ok(Json(StudyList {
         studies: state.store.list_studies(limit, offset).await?,
     }))
