@@ -278,12 +278,32 @@ fn serve(args: ServeArgs) -> Result<()> {
             println!(
                 "modalbench is serving on http://{addr}/  (leaderboard: http://{addr}/leaderboard)"
             );
-            axum::serve(listener, http::secured(state, http::auth::Auth::new(token)))
-                .with_graceful_shutdown(async {
-                    let _ = tokio::signal::ctrl_c().await;
-                })
+            let router = http::secured(state.clone(), http::auth::Auth::new(token));
+            // SIGTERM (service managers, `docker stop`) or SIGINT (Ctrl-C): stop taking
+            // requests and work, end the event streams, let running runs checkpoint and stop
+            let signalled = async {
+                let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("installing the SIGTERM handler");
+                tokio::select! {
+                    _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+                    _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+                }
+            };
+            let hub = state.hub.clone();
+            let scheduler = state.scheduler.clone();
+            let stopping = async move {
+                signalled.await;
+                hub.close();
+                let stopped = scheduler.shutdown().await;
+                if !stopped.is_empty() {
+                    tracing::info!(runs = ?stopped, "stopped running runs; they resume from their checkpoints at the next start");
+                }
+            };
+            http::serve::serve(listener, router, stopping)
                 .await
-                .context("serving HTTP")
+                .context("serving HTTP")?;
+            println!("modalbench stopped");
+            Ok(())
         })
 }
 

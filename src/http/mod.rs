@@ -7,6 +7,7 @@ pub mod extract;
 mod guard;
 pub mod mlflow;
 pub mod pages;
+pub mod serve;
 
 use crate::config::Settings;
 use crate::live::Hub;

@@ -5,6 +5,8 @@
 pub mod slots;
 mod supervisor;
 
+pub use supervisor::SHUTDOWN_GRACE;
+
 use crate::config::Settings;
 use crate::live::{Hub, LiveKind};
 use crate::models::registry::Registry;
@@ -42,6 +44,9 @@ struct Inner {
     /// Serialises claiming, so two ticks never fill the same slot.
     claim: tokio::sync::Mutex<()>,
     wake: Notify,
+    /// Set when the service shuts down: nothing more is claimed, running workers are asked
+    /// to checkpoint and stop.
+    draining: tokio::sync::watch::Sender<bool>,
 }
 
 #[derive(Default)]
@@ -91,6 +96,7 @@ impl Scheduler {
                 state: Mutex::new(state),
                 claim: tokio::sync::Mutex::new(()),
                 wake: Notify::new(),
+                draining: tokio::sync::watch::Sender::new(false),
             }),
         }
     }
@@ -258,6 +264,9 @@ impl Scheduler {
     /// started.
     pub async fn tick(&self) -> Result<Vec<i64>> {
         let _claiming = self.inner.claim.lock().await;
+        if *self.inner.draining.borrow() {
+            return Ok(Vec::new());
+        }
         for id in self.inner.store.fail_exhausted_runs(MAX_ATTEMPTS).await? {
             self.inner.hub.send(
                 id,
@@ -351,6 +360,28 @@ impl Scheduler {
                 }
             }
         })
+    }
+
+    /// Shuts the pool down: claims nothing more, asks every running worker to write its
+    /// checkpoint and stop (SIGTERM; killed after [`SHUTDOWN_GRACE`]), and waits for them.
+    /// Their runs end `interrupted` and resume from that checkpoint when the service starts
+    /// again. Returns the runs that were stopped.
+    pub async fn shutdown(&self) -> Vec<i64> {
+        let stopped = {
+            let _claiming = self.inner.claim.lock().await;
+            self.inner.draining.send_replace(true);
+            self.running()
+        };
+        let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE + Duration::from_secs(5);
+        while !self.running().is_empty() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        stopped
+    }
+
+    /// A receiver that sees `true` once the service shuts down.
+    pub(crate) fn draining(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.inner.draining.subscribe()
     }
 
     /// Asks the loop to look at the queue now.

@@ -22,6 +22,9 @@ use tokio::sync::{Notify, mpsc};
 
 /// Lines of stderr kept for the error message of a crashed worker.
 const STDERR_TAIL: usize = 20;
+/// How long a worker may take to checkpoint and stop when the service shuts down, before it
+/// is killed.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(60);
 /// How often buffered metric points and log lines are written.
 const FLUSH_EVERY: Duration = Duration::from_millis(300);
 /// Waits before the retries of a failed write to the store (about 4 s in all).
@@ -209,9 +212,17 @@ async fn execute(s: &Scheduler, run: &Run, slots: &[Slot], cancel: &Notify) -> R
         }
     });
 
-    let mut sink = Persist::new(s, run.id);
+    let mut sink = Persist::new(s, run.id, run.attempts.max(1));
     let mut cancelled = false;
     let mut stopping = false;
+    // the service shutting down: the worker checkpoints and stops (SIGTERM), or is killed
+    // after the grace period
+    let mut draining = s.draining();
+    // a shutdown that began before this subscription is seen too
+    draining.mark_changed();
+    let mut shutting_down = false;
+    let kill_at = tokio::time::sleep(Duration::from_secs(86_400 * 365));
+    tokio::pin!(kill_at);
     let mut flush = tokio::time::interval(FLUSH_EVERY);
     loop {
         tokio::select! {
@@ -223,6 +234,26 @@ async fn execute(s: &Scheduler, run: &Run, slots: &[Slot], cancel: &Notify) -> R
                 cancelled = true;
                 let _ = child.start_kill();
                 sink.logs.push(("system", "cancel requested: stopping the worker".into()));
+            }
+            _ = draining.changed(), if !shutting_down && !cancelled => {
+                let down = *draining.borrow_and_update();
+                if !down {
+                    continue;
+                }
+                shutting_down = true;
+                if let Some(pid) = child.id() {
+                    // SAFETY: signalling our own child process by its pid.
+                    unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+                }
+                kill_at.as_mut().reset(tokio::time::Instant::now() + SHUTDOWN_GRACE);
+                sink.logs.push((
+                    "system",
+                    "the server is shutting down: the worker checkpoints and stops".into(),
+                ));
+            }
+            _ = &mut kill_at, if shutting_down => {
+                let _ = child.start_kill();
+                kill_at.as_mut().reset(tokio::time::Instant::now() + Duration::from_secs(86_400));
             }
             _ = flush.tick() => sink.flush().await,
         }
@@ -242,6 +273,15 @@ async fn execute(s: &Scheduler, run: &Run, slots: &[Slot], cancel: &Notify) -> R
             "the run's events could not be stored; the run is failed"
         );
         Outcome::failed(lost)
+    } else if shutting_down && sink.finished.is_none() {
+        Outcome {
+            status: RunStatus::Interrupted,
+            error: Some(format!(
+                "the server shut down; the run resumes from its last checkpoint (worker {})",
+                describe(exit)
+            )),
+            summary: None,
+        }
     } else if cancelled {
         Outcome {
             status: RunStatus::Cancelled,
@@ -293,6 +333,8 @@ fn describe(status: ExitStatus) -> String {
 struct Persist<'a> {
     s: &'a Scheduler,
     run_id: i64,
+    /// The run's attempt this worker is: its metric points are filed under it.
+    attempt: i64,
     points: Vec<NewPoint>,
     logs: Vec<(&'static str, String)>,
     progress: Option<f64>,
@@ -304,10 +346,11 @@ struct Persist<'a> {
 }
 
 impl<'a> Persist<'a> {
-    fn new(s: &'a Scheduler, run_id: i64) -> Self {
+    fn new(s: &'a Scheduler, run_id: i64, attempt: i64) -> Self {
         Persist {
             s,
             run_id,
+            attempt,
             points: Vec::new(),
             logs: Vec::new(),
             progress: None,
@@ -353,17 +396,16 @@ impl<'a> Persist<'a> {
                         self.logs.push(("worker", format!(
                             "started on {device}: {num_parameters} parameters, {train_examples} training examples, {total_steps} steps"
                         )));
-                        // points an earlier attempt reported past where this one starts
-                        let after = resumed_from.unwrap_or(0) as i64;
-                        let store = &self.s.inner.store;
-                        let run_id = self.run_id;
-                        let cleared =
-                            with_retries(run_id, "clearing an earlier attempt's points", || {
-                                store.delete_metrics_after(run_id, after)
-                            })
-                            .await;
-                        if let Err(e) = cleared {
-                            self.lose("metric points", e);
+                        // the points an earlier attempt reported past where this one starts stay,
+                        // as that attempt's; this attempt's points of the same steps are read
+                        if let Some(step) = resumed_from {
+                            self.logs.push((
+                                "system",
+                                format!(
+                                    "attempt {} resumes from the checkpoint of step {step}",
+                                    self.attempt
+                                ),
+                            ));
                         }
                     }
                     Event::Progress {
@@ -421,12 +463,12 @@ impl<'a> Persist<'a> {
         let logs = std::mem::take(&mut self.logs);
         let progress = self.progress.take();
         if self.lost.is_some() {
-            let _ = store.insert_metric_points(id, &points).await;
+            let _ = store.insert_metric_points(id, self.attempt, &points).await;
             let _ = store.append_logs(id, &logs).await;
             return;
         }
         if let Err(e) = with_retries(id, "storing metric points", || {
-            store.insert_metric_points(id, &points)
+            store.insert_metric_points(id, self.attempt, &points)
         })
         .await
         {

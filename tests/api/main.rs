@@ -9,6 +9,7 @@ mod end_to_end;
 mod formats;
 mod helpers;
 mod leaderboard;
+mod lifecycle;
 mod metrics;
 mod mlflow;
 mod pages;

@@ -380,6 +380,7 @@ async fn an_interrupted_run_resumes_from_its_last_checkpoint_keeping_the_earlier
         .store
         .insert_metric_points(
             id,
+            1,
             &[
                 modalbench::store::metrics::NewPoint {
                     key: modalbench::eval::MetricKey::TRAIN_LOSS,
@@ -423,12 +424,40 @@ async fn an_interrupted_run_resumes_from_its_last_checkpoint_keeping_the_earlier
         values.contains(&123.0),
         "the point before the checkpoint is kept"
     );
-    assert!(
-        !values.contains(&456.0),
-        "the point after it is reported again, not kept twice"
-    );
     let steps: Vec<i64> = points.iter().map(|p| p["step"].as_i64().unwrap()).collect();
-    assert!(steps.windows(2).all(|w| w[0] < w[1]), "{steps:?}");
+    assert!(
+        steps.windows(2).all(|w| w[0] < w[1]),
+        "one point a step: {steps:?}"
+    );
+    // the second attempt's points are the ones read for the steps it reported again, the
+    // first attempt's stay as its history
+    let (_, all) = app
+        .get(&format!(
+            "/api/v1/runs/{id}/metrics?key=train/loss&all_attempts=true"
+        ))
+        .await;
+    let all = all["series"]["train/loss"].as_array().unwrap();
+    let of = |attempt: i64| -> Vec<(i64, f64)> {
+        all.iter()
+            .filter(|p| p["attempt"] == attempt)
+            .map(|p| (p["step"].as_i64().unwrap(), p["value"].as_f64().unwrap()))
+            .collect()
+    };
+    assert!(of(1).contains(&(resumed_at + 1, 456.0)), "{all:?}");
+    let second = of(2);
+    assert!(
+        !second.is_empty() && second.iter().all(|(s, _)| *s > resumed_at),
+        "{second:?}"
+    );
+    for p in points {
+        let step = p["step"].as_i64().unwrap();
+        if let Some((_, v)) = second.iter().find(|(s, _)| *s == step) {
+            assert_eq!(p["attempt"], 2, "{p}");
+            assert_eq!(p["value"].as_f64().unwrap(), *v);
+        } else {
+            assert_eq!(p["attempt"], 1, "{p}");
+        }
+    }
 }
 
 #[tokio::test]

@@ -214,7 +214,7 @@ async fn detail(
     Path(id): Path<String>,
 ) -> PageResult {
     let run = find_run(&state, &id).await?;
-    let series = state.store.metric_series(run.id, None).await?;
+    let series = state.store.metric_series(run.id, None, false).await?;
     let mut steps: Vec<(i64, Option<f64>)> = series
         .get(&MetricKey::eval(Metric::Loss))
         .map(|pts| pts.iter().map(|p| (p.step, p.epoch)).collect())
