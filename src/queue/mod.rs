@@ -70,6 +70,8 @@ pub enum CancelOutcome {
     AlreadyEnded(RunStatus),
     /// No such run.
     NotFound,
+    /// Another process trains it (`modalbench train`, named by its device `cli:<pid>`).
+    Elsewhere(String),
 }
 
 impl Scheduler {
@@ -124,6 +126,9 @@ impl Scheduler {
     async fn resolve(&self, req: RunRequest) -> Result<ResolvedRun, SubmitError> {
         let store = &self.inner.store;
         let dataset = match store.get_dataset(&req.dataset).await? {
+            Some(d) if !tokio::fs::try_exists(&d.info.source.root).await.unwrap_or(false) => {
+                return Err(SubmitError::MissingDataset { name: d.name });
+            }
             Some(d) => DatasetLookup::Found(Box::new(DatasetRef {
                 name: d.name,
                 source: d.info.source,
@@ -392,8 +397,11 @@ impl Scheduler {
     /// Cancels a run: a waiting run is cancelled in the database, a running one has its worker
     /// killed. Returns once the run is cancelled.
     pub async fn cancel(&self, id: i64) -> Result<CancelOutcome> {
-        let notify = {
-            let _claiming = self.inner.claim.lock().await;
+        // without the claim lock (a tick holding it while it starts workers made cancels wait):
+        // the store's conditional updates settle a race with a claim, and a run claimed but
+        // not yet registered as running here is looked at again a moment later
+        let mut tries = 0;
+        let notify = loop {
             match self.inner.store.get_run(id).await? {
                 None => return Ok(CancelOutcome::NotFound),
                 Some(r) if !r.status.is_active() => {
@@ -419,6 +427,9 @@ impl Scheduler {
                         None => CancelOutcome::NotFound,
                     });
                 }
+                Some(r) if r.device.as_deref().is_some_and(|d| d.starts_with("cli:")) => {
+                    return Ok(CancelOutcome::Elsewhere(r.device.unwrap_or_default()));
+                }
                 Some(_) => {}
             }
             if self.inner.store.cancel_waiting_run(id).await? {
@@ -429,10 +440,16 @@ impl Scheduler {
                         error: None,
                     },
                 );
-                None
-            } else {
-                self.lock().active.get(&id).map(|a| a.cancel.clone())
+                break None;
             }
+            if let Some(n) = self.lock().active.get(&id).map(|a| a.cancel.clone()) {
+                break Some(n);
+            }
+            tries += 1;
+            if tries > 500 {
+                anyhow::bail!("run {id} is running but no worker of this service holds it");
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
         };
         if let Some(n) = notify {
             let waiting = self.wait_finished(id, Duration::from_secs(30));

@@ -327,5 +327,8 @@ async fn cancel(State(state): State<AppState>, Path(id): Path<String>) -> ApiRes
             "run {id} already ended: {status}"
         ))),
         CancelOutcome::NotFound => Err(ApiError::not_found(format!("run {id}"))),
+        CancelOutcome::Elsewhere(device) => Err(ApiError::conflict(format!(
+            "run {id} is trained by another process ({device}, `modalbench train`); stop it there"
+        ))),
     }
 }

@@ -92,6 +92,18 @@ pub(super) async fn loaded(
     state: &AppState,
     record: &DatasetRecord,
 ) -> Result<std::sync::Arc<cache::Loaded>, PageError> {
+    let root = std::path::PathBuf::from(&record.root);
+    if !tokio::fs::try_exists(&root).await.unwrap_or(false) {
+        return Err(PageError(ApiError::new(
+            StatusCode::GONE,
+            "dataset_missing",
+            format!(
+                "the folder of dataset `{}` is gone; put it back, or register the dataset again \
+                 from where it is now",
+                record.name
+            ),
+        )));
+    }
     state.dataset_pages.loaded(record).await.map_err(|e| {
         tracing::error!(
             dataset = record.name,

@@ -506,6 +506,11 @@ async fn cancel(State(state): State<AppState>, Path(id): Path<String>) -> PageRe
     let run = find_run(&state, &id).await?;
     match state.scheduler.cancel(run.id).await? {
         CancelOutcome::NotFound => Err(ApiError::not_found(format!("run {}", run.id)).into()),
+        CancelOutcome::Elsewhere(device) => Err(ApiError::conflict(format!(
+            "run {} is trained by another process ({device}, `modalbench train`); stop it there",
+            run.id
+        ))
+        .into()),
         _ => Ok(Redirect::to(&format!("/runs/{}", run.id)).into_response()),
     }
 }
