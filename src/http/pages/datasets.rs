@@ -11,7 +11,6 @@ use super::{PageError, PageResult, render, when};
 use crate::data::{Source, Split};
 use crate::http::AppState;
 use crate::http::error::ApiError;
-use crate::http::extract::ApiQuery;
 use crate::store::datasets::DatasetRecord;
 use askama::Template;
 use axum::Router;
@@ -220,7 +219,7 @@ fn source_rows(s: &Source, image_dir: String) -> Vec<(&'static str, String)> {
 async fn detail(
     State(state): State<AppState>,
     Path(name): Path<String>,
-    ApiQuery(q): ApiQuery<DetailQuery>,
+    super::PageQuery(q): super::PageQuery<DetailQuery>,
 ) -> PageResult {
     let record = find(&state, &name).await?;
     let split = q.split.unwrap_or(Split::Train);

@@ -6,7 +6,7 @@ use crate::http::AppState;
 use crate::http::api::runs::{ListQuery, find_run};
 use crate::http::auth::{self, Csrf};
 use crate::http::error::ApiError;
-use crate::http::extract::{ApiQuery, parse_form};
+use crate::http::extract::parse_form;
 use crate::queue::CancelOutcome;
 use crate::runs::options::{Kind, OptionSpec};
 use crate::runs::{QueueConfig, RunRequest, TrainConfig, option_values};
@@ -73,7 +73,7 @@ struct RunsPage {
     any_active: bool,
 }
 
-async fn list(State(state): State<AppState>, ApiQuery(q): ApiQuery<ListQuery>) -> PageResult {
+async fn list(State(state): State<AppState>, super::PageQuery(q): super::PageQuery<ListQuery>) -> PageResult {
     let (status, model, dataset) = (
         q.status.clone().unwrap_or_default(),
         q.model.clone().unwrap_or_default(),

@@ -175,7 +175,7 @@ fn side_view(s: &Side) -> SideView {
 async fn verdict_page(
     State(state): State<AppState>,
     Path(id): Path<String>,
-    crate::http::extract::ApiQuery(q): crate::http::extract::ApiQuery<VerdictQuery>,
+    super::PageQuery(q): super::PageQuery<VerdictQuery>,
 ) -> PageResult {
     let study = find_study(&state, &id).await?;
     let t = q.thresholds()?;
