@@ -89,6 +89,11 @@ impl Hub {
         self.streams.clone().try_acquire_owned().ok()
     }
 
+    /// Event streams open now.
+    pub fn open_streams(&self) -> usize {
+        MAX_STREAMS - self.streams.available_permits()
+    }
+
     /// Ends every event stream (the service is shutting down).
     pub fn close(&self) {
         self.closing.send_replace(true);

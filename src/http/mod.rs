@@ -8,6 +8,7 @@ mod guard;
 pub mod mlflow;
 pub mod pages;
 pub mod serve;
+pub mod telemetry;
 
 use crate::config::Settings;
 use crate::live::Hub;
@@ -38,6 +39,8 @@ pub struct AppInner {
     pub hub: Hub,
     /// Datasets read for their pages, with their statistics.
     pub dataset_pages: pages::DatasetPageCache,
+    /// Request counts and latencies for `/metrics`.
+    pub telemetry: telemetry::Telemetry,
 }
 
 impl AppState {
@@ -51,6 +54,7 @@ impl AppState {
                 scheduler,
                 hub,
                 dataset_pages: Default::default(),
+                telemetry: Default::default(),
             }),
         }
     }
@@ -103,12 +107,17 @@ pub fn secured(state: AppState, auth: auth::Auth) -> Router {
         .merge(mlflow::router())
         .route("/healthz", axum::routing::get(healthz))
         .route("/readyz", axum::routing::get(readyz))
+        .route("/metrics", axum::routing::get(telemetry::metrics))
         .merge(pages::router())
         .merge(auth::router(auth.clone()))
         .fallback(pages::not_found)
         .layer(RequestBodyLimitLayer::new(BODY_LIMIT))
         .layer(axum::middleware::from_fn_with_state(auth, auth::layer))
         .layer(axum::middleware::from_fn(guard::guard))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            telemetry::layer,
+        ))
         .layer(CompressionLayer::new())
         .layer(TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
             tracing::info_span!("http", method = %req.method(), path = %req.uri().path())

@@ -126,7 +126,11 @@ impl Scheduler {
     async fn resolve(&self, req: RunRequest) -> Result<ResolvedRun, SubmitError> {
         let store = &self.inner.store;
         let dataset = match store.get_dataset(&req.dataset).await? {
-            Some(d) if !tokio::fs::try_exists(&d.info.source.root).await.unwrap_or(false) => {
+            Some(d)
+                if !tokio::fs::try_exists(&d.info.source.root)
+                    .await
+                    .unwrap_or(false) =>
+            {
                 return Err(SubmitError::MissingDataset { name: d.name });
             }
             Some(d) => DatasetLookup::Found(Box::new(DatasetRef {
@@ -497,7 +501,15 @@ impl Scheduler {
 
     /// Runs currently executing.
     pub fn running(&self) -> Vec<i64> {
-        self.lock().busy.iter().flatten().copied().collect()
+        let mut ids: Vec<i64> = self.lock().busy.iter().flatten().copied().collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    }
+
+    /// Slots in use (a data-parallel run holds several).
+    pub fn busy_slots(&self) -> usize {
+        self.lock().busy.iter().flatten().count()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {

@@ -60,6 +60,7 @@ impl Store {
             .context("storing metric points")?;
         }
         tx.commit().await?;
+        self.count_points(false, points.len());
         Ok(())
     }
 

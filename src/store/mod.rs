@@ -21,6 +21,8 @@ use time::macros::format_description;
 #[derive(Debug, Clone)]
 pub struct Store {
     pool: SqlitePool,
+    /// Metric points stored since the store was opened: native runs', external runs'.
+    written: std::sync::Arc<[std::sync::atomic::AtomicU64; 2]>,
 }
 
 impl Store {
@@ -46,7 +48,10 @@ impl Store {
             .run(&pool)
             .await
             .context("applying database migrations")?;
-        Ok(Store { pool })
+        Ok(Store {
+            pool,
+            written: Default::default(),
+        })
     }
 
     /// The connection pool, for the table modules.
@@ -57,6 +62,18 @@ impl Store {
             .await
             .context("the database does not answer")?;
         Ok(())
+    }
+
+    /// Metric points stored since the store was opened: (native runs', external runs').
+    pub fn points_written(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (self.written[0].load(Relaxed), self.written[1].load(Relaxed))
+    }
+
+    /// Counts stored points (`external` for external runs').
+    pub(crate) fn count_points(&self, external: bool, n: usize) {
+        self.written[usize::from(external)]
+            .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
     }
 
     pub fn pool(&self) -> &SqlitePool {

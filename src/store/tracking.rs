@@ -513,6 +513,7 @@ impl Store {
             refresh_names(&mut tx, id).await?;
         }
         tx.commit().await?;
+        self.count_points(true, metrics.len());
         Ok(())
     }
 

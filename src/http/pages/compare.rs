@@ -134,7 +134,10 @@ fn scored<'a>(labels: &'a [usize], probs: &'a [Vec<f32>], num_labels: usize) -> 
     }
 }
 
-async fn compare(State(state): State<AppState>, super::PageQuery(q): super::PageQuery<CompareQuery>) -> PageResult {
+async fn compare(
+    State(state): State<AppState>,
+    super::PageQuery(q): super::PageQuery<CompareQuery>,
+) -> PageResult {
     let ids = run_ids(&q)?;
     let mut runs: Vec<Run> = Vec::new();
     for id in &ids {

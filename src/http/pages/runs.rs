@@ -73,7 +73,10 @@ struct RunsPage {
     any_active: bool,
 }
 
-async fn list(State(state): State<AppState>, super::PageQuery(q): super::PageQuery<ListQuery>) -> PageResult {
+async fn list(
+    State(state): State<AppState>,
+    super::PageQuery(q): super::PageQuery<ListQuery>,
+) -> PageResult {
     let (status, model, dataset) = (
         q.status.clone().unwrap_or_default(),
         q.model.clone().unwrap_or_default(),
