@@ -66,6 +66,37 @@ enum Msg {
     Event(Event),
     Stdout(String),
     Stderr(String),
+    /// A line longer than [`MAX_LINE`] on this stream: the worker is stopped.
+    TooLong(&'static str),
+}
+
+/// Longest line read from a worker (a `predictions` event of a large split is the longest).
+const MAX_LINE: usize = 64 << 20;
+
+enum Line {
+    Text(String),
+    TooLong,
+    End,
+}
+
+/// The next line of a worker's output, read at most [`MAX_LINE`] bytes at a time.
+async fn bounded_line<R: tokio::io::AsyncBufRead + Unpin>(reader: &mut R) -> Line {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::new();
+    match (&mut *reader)
+        .take(MAX_LINE as u64 + 1)
+        .read_until(b'\n', &mut buf)
+        .await
+    {
+        Ok(0) | Err(_) => Line::End,
+        Ok(_) if buf.len() > MAX_LINE => Line::TooLong,
+        Ok(_) => {
+            if buf.ends_with(b"\n") {
+                buf.pop();
+            }
+            Line::Text(String::from_utf8_lossy(&buf).into_owned())
+        }
+    }
 }
 
 /// How a run ended.
@@ -165,6 +196,8 @@ async fn execute(s: &Scheduler, run: &Run, slots: &[Slot], cancel: &Notify) -> R
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
+        // its own process group, so that whatever it starts is stopped with it
+        .process_group(0)
         // pin the worker to its GPU, or hide GPUs from a CPU worker
         .env("CUDA_VISIBLE_DEVICES", slots::visible_devices(slots));
     #[cfg(target_os = "linux")]
@@ -192,21 +225,32 @@ async fn execute(s: &Scheduler, run: &Run, slots: &[Slot], cancel: &Notify) -> R
     let stderr = child.stderr.take().context("worker stderr")?;
     let tx_out = tx.clone();
     tokio::spawn(async move {
-        let mut lines = BufReader::new(stdout).lines();
-        while let Ok(Some(l)) = lines.next_line().await {
-            let msg = match serde_json::from_str::<Event>(&l) {
-                Ok(ev) => Msg::Event(ev),
-                Err(_) => Msg::Stdout(l),
+        let mut reader = BufReader::new(stdout);
+        loop {
+            let msg = match bounded_line(&mut reader).await {
+                Line::End => break,
+                Line::TooLong => Msg::TooLong("stdout"),
+                Line::Text(l) => match serde_json::from_str::<Event>(&l) {
+                    Ok(ev) => Msg::Event(ev),
+                    Err(_) => Msg::Stdout(l),
+                },
             };
-            if tx_out.send(msg).await.is_err() {
+            let stop = matches!(msg, Msg::TooLong(_));
+            if tx_out.send(msg).await.is_err() || stop {
                 break;
             }
         }
     });
     tokio::spawn(async move {
-        let mut lines = BufReader::new(stderr).lines();
-        while let Ok(Some(l)) = lines.next_line().await {
-            if tx.send(Msg::Stderr(l)).await.is_err() {
+        let mut reader = BufReader::new(stderr);
+        loop {
+            let msg = match bounded_line(&mut reader).await {
+                Line::End => break,
+                Line::TooLong => Msg::TooLong("stderr"),
+                Line::Text(l) => Msg::Stderr(l),
+            };
+            let stop = matches!(msg, Msg::TooLong(_));
+            if tx.send(msg).await.is_err() || stop {
                 break;
             }
         }
@@ -224,15 +268,39 @@ async fn execute(s: &Scheduler, run: &Run, slots: &[Slot], cancel: &Notify) -> R
     let kill_at = tokio::time::sleep(Duration::from_secs(86_400 * 365));
     tokio::pin!(kill_at);
     let mut flush = tokio::time::interval(FLUSH_EVERY);
+    // a worker silent for longer than the timeout is taken for hung and stopped
+    let silence = Duration::from_secs(settings.worker_timeout.max(1));
+    let watchdog = tokio::time::sleep(silence);
+    tokio::pin!(watchdog);
+    let mut hung = false;
+    // once the worker is killed, its output is read for a little longer, not forever (a
+    // process that escaped its group could hold the pipes open)
+    let give_up = tokio::time::sleep(Duration::from_secs(86_400 * 365));
+    tokio::pin!(give_up);
+    let mut killed = false;
     loop {
+        if !killed && (hung || cancelled || stopping) {
+            killed = true;
+            give_up
+                .as_mut()
+                .reset(tokio::time::Instant::now() + Duration::from_secs(10));
+        }
         tokio::select! {
+            _ = &mut give_up, if killed => break,
             msg = rx.recv() => match msg {
-                Some(m) => sink.handle(m).await,
+                Some(m) => {
+                    watchdog.as_mut().reset(tokio::time::Instant::now() + silence);
+                    sink.handle(m).await
+                }
                 None => break,
             },
+            _ = &mut watchdog, if !hung => {
+                hung = true;
+                kill_group(&mut child);
+            }
             _ = cancel.notified(), if !cancelled => {
                 cancelled = true;
-                let _ = child.start_kill();
+                kill_group(&mut child);
                 sink.logs.push(("system", "cancel requested: stopping the worker".into()));
             }
             _ = draining.changed(), if !shutting_down && !cancelled => {
@@ -252,15 +320,19 @@ async fn execute(s: &Scheduler, run: &Run, slots: &[Slot], cancel: &Notify) -> R
                 ));
             }
             _ = &mut kill_at, if shutting_down => {
-                let _ = child.start_kill();
+                kill_group(&mut child);
                 kill_at.as_mut().reset(tokio::time::Instant::now() + Duration::from_secs(86_400));
             }
             _ = flush.tick() => sink.flush().await,
         }
+        if sink.too_long.is_some() && !stopping {
+            stopping = true;
+            kill_group(&mut child);
+        }
         if sink.lost.is_some() && !stopping {
             // what the worker reports can no longer be kept: stop it rather than train blind
             stopping = true;
-            let _ = child.start_kill();
+            kill_group(&mut child);
         }
     }
     let exit = child.wait().await.context("waiting for the worker")?;
@@ -273,6 +345,16 @@ async fn execute(s: &Scheduler, run: &Run, slots: &[Slot], cancel: &Notify) -> R
             "the run's events could not be stored; the run is failed"
         );
         Outcome::failed(lost)
+    } else if hung {
+        Outcome::failed(format!(
+            "the worker reported nothing for {} s (--worker-timeout) and was stopped",
+            silence.as_secs()
+        ))
+    } else if let Some(stream) = sink.too_long {
+        Outcome::failed(format!(
+            "the worker wrote a line longer than {} MiB on its {stream} and was stopped",
+            MAX_LINE >> 20
+        ))
     } else if shutting_down && sink.finished.is_none() {
         Outcome {
             status: RunStatus::Interrupted,
@@ -299,12 +381,27 @@ async fn execute(s: &Scheduler, run: &Run, slots: &[Slot], cancel: &Notify) -> R
     } else {
         let tail: Vec<String> = sink.stderr_tail.into_iter().collect();
         let mut msg = format!("worker {}", describe(exit));
+        if sink.not_events > 0 {
+            msg.push_str(&format!(
+                "; it wrote {} line(s) on stdout that are not events (see the run's log)",
+                sink.not_events
+            ));
+        }
         if !tail.is_empty() {
             msg.push_str("; last stderr lines:\n");
             msg.push_str(&tail.join("\n"));
         }
         Outcome::failed(msg)
     })
+}
+
+/// Kills the worker and every process in its group (what it started).
+fn kill_group(child: &mut tokio::process::Child) {
+    if let Some(pid) = child.id() {
+        // SAFETY: signalling the process group our own child leads.
+        unsafe { libc::kill(-(pid as libc::pid_t), libc::SIGKILL) };
+    }
+    let _ = child.start_kill();
 }
 
 /// "exited with code 101", "was killed by signal 9 (SIGKILL)".
@@ -343,6 +440,10 @@ struct Persist<'a> {
     failed: Option<String>,
     /// Why what the worker reported could not be stored, once a write failed for good.
     lost: Option<String>,
+    /// Lines on stdout that were not events.
+    not_events: usize,
+    /// The stream on which the worker wrote a line too long to read.
+    too_long: Option<&'static str>,
 }
 
 impl<'a> Persist<'a> {
@@ -358,6 +459,8 @@ impl<'a> Persist<'a> {
             finished: None,
             failed: None,
             lost: None,
+            not_events: 0,
+            too_long: None,
         }
     }
 
@@ -375,7 +478,13 @@ impl<'a> Persist<'a> {
 
     async fn handle(&mut self, msg: Msg) {
         match msg {
-            Msg::Stdout(l) => self.logs.push(("stdout", l)),
+            Msg::Stdout(l) => {
+                self.not_events += 1;
+                self.logs.push(("stdout", l));
+            }
+            Msg::TooLong(stream) => {
+                self.too_long = Some(stream);
+            }
             Msg::Stderr(l) => {
                 if self.stderr_tail.len() == STDERR_TAIL {
                     self.stderr_tail.pop_front();

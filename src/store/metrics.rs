@@ -40,7 +40,7 @@ impl Store {
             return Ok(());
         }
         let time = now();
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.write_tx().await?;
         for p in points {
             sqlx::query(
                 "INSERT INTO metrics (run_id, key, step, attempt, epoch, value, time) \

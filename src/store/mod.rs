@@ -76,6 +76,14 @@ impl Store {
             .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
     }
 
+    /// A transaction that writes: `BEGIN IMMEDIATE` takes the write lock at once, waiting
+    /// for it up to the busy timeout, so that it never has to upgrade a read lock later (an
+    /// upgrade that fails at once with "database is locked" when another writer committed
+    /// in between).
+    pub(crate) async fn write_tx(&self) -> sqlx::Result<sqlx::Transaction<'static, sqlx::Sqlite>> {
+        self.pool.begin_with("BEGIN IMMEDIATE").await
+    }
+
     pub fn pool(&self) -> &SqlitePool {
         &self.pool
     }

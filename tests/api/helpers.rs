@@ -114,8 +114,22 @@ impl TestApp {
 
     /// An app over an existing folder with `n` CPU slots.
     pub async fn open_with_slots(dir: TempDir, n: usize) -> TestApp {
+        Self::open_with(dir, n, |_| {}).await
+    }
+
+    /// Like [`TestApp::new`], with settings changed by `tweak` (another worker program, a
+    /// shorter worker timeout).
+    pub async fn with_settings(tweak: impl FnOnce(&mut Settings)) -> TestApp {
+        let app = Self::new().await;
+        let dir = app.dir;
+        drop(app.state);
+        Self::open_with(dir, 1, tweak).await
+    }
+
+    async fn open_with(dir: TempDir, n: usize, tweak: impl FnOnce(&mut Settings)) -> TestApp {
         let mut settings = Settings::new(dir.path().join("data"), dir.path().join("models"));
         settings.worker_exe = Some(PathBuf::from(env!("CARGO_BIN_EXE_modalbench")));
+        tweak(&mut settings);
         let state = modalbench::app::build(settings, slots::plan(0, n, 2))
             .await
             .unwrap();
