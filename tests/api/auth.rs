@@ -262,3 +262,41 @@ fn serving_beyond_loopback_without_a_token_is_refused() {
         "refused before touching anything"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_mlflow_client_logs_with_its_tracking_token() {
+    let app = TestApp::new().await;
+    let router = modalbench::http::secured(app.state.clone(), Auth::new(Some(TOKEN.into())));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    let script = "import mlflow\n\
+                  mlflow.set_experiment('with-token')\n\
+                  with mlflow.start_run():\n    mlflow.log_metric('loss', 0.5)\n";
+    let run = |token: Option<&str>| {
+        let mut cmd = tokio::process::Command::new(crate::helpers::python());
+        cmd.args(["-c", script])
+            .env("MLFLOW_TRACKING_URI", &url)
+            .env("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+            .env_remove("MLFLOW_TRACKING_TOKEN");
+        if let Some(t) = token {
+            cmd.env("MLFLOW_TRACKING_TOKEN", t);
+        }
+        cmd.output()
+    };
+    let refused = run(None).await.unwrap();
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("UNAUTHENTICATED"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    let logged = run(Some(TOKEN)).await.unwrap();
+    assert!(
+        logged.status.success(),
+        "{}",
+        String::from_utf8_lossy(&logged.stderr)
+    );
+    let (_, runs) = app.get("/api/v1/runs?source=external").await;
+    assert_eq!(runs["runs"].as_array().unwrap().len(), 1, "{runs}");
+}
