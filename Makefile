@@ -11,7 +11,7 @@ CARGO_TARGET_DIR ?= $(CURDIR)/target
 export CARGO_TARGET_DIR
 ADDR ?= 127.0.0.1:8080
 
-.PHONY: demo setup build test fuzz fmt lint
+.PHONY: demo setup build test fuzz fmt lint load
 
 ## Set everything up, build, and serve with the demo study queued (prints the URL).
 demo: setup build
@@ -38,3 +38,7 @@ fmt:
 lint:
 	cargo fmt --check
 	cargo clippy --all-targets -- -D warnings
+
+## Load test: 50 clients for 60 s against a fresh release server (figures in BENCHMARKS.md).
+load: build
+	.venv/bin/python scripts/load.py --clients 50 --seconds 60

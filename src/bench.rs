@@ -58,7 +58,7 @@ pub async fn leaderboard(runs: usize, points_per_run: usize, repeats: usize) -> 
         })
         .collect();
     for &id in &ids {
-        store.insert_metric_points(id, &points).await?;
+        store.insert_metric_points(id, 1, &points).await?;
     }
     println!(
         "filled {} runs and {} metric points in {:.1}s",

@@ -24,6 +24,10 @@ pub struct Settings {
         value_delimiter = ':'
     )]
     pub data_roots: Vec<PathBuf>,
+    /// Seconds a worker may go without reporting anything before it is taken for hung,
+    /// stopped, and its run failed.
+    #[arg(long, env = "MODALBENCH_WORKER_TIMEOUT", default_value_t = 1800)]
+    pub worker_timeout: u64,
     /// Program started for each run (defaults to this binary's own `worker` subcommand).
     #[arg(long, env = "MODALBENCH_WORKER_EXE", hide = true)]
     pub worker_exe: Option<PathBuf>,
@@ -37,6 +41,7 @@ impl Settings {
             models_dir: models_dir.into(),
             cpu_slots: 1,
             data_roots: Vec::new(),
+            worker_timeout: 1800,
             worker_exe: None,
         }
     }
@@ -73,6 +78,14 @@ pub struct ServeArgs {
     /// Queue the demo study when the service starts (only if no run exists yet).
     #[arg(long)]
     pub demo: bool,
+    /// Token every write must carry (`Authorization: Bearer <token>`, or a browser session
+    /// from /login); reads stay open. Required to listen beyond loopback.
+    #[arg(long, env = "MODALBENCH_API_TOKEN", hide_env_values = true)]
+    pub api_token: Option<String>,
+    /// Listen on a non-loopback address without an API token (anyone who can reach the port
+    /// can then queue and cancel runs).
+    #[arg(long)]
+    pub insecure: bool,
     #[command(flatten)]
     pub settings: Settings,
 }

@@ -4,7 +4,11 @@
 use crate::protocol::Event;
 use crate::store::runs::RunStatus;
 use serde::Serialize;
-use tokio::sync::broadcast;
+use std::sync::Arc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast, watch};
+
+/// Most Server-Sent Event streams open at once; more are answered 503.
+pub const MAX_STREAMS: usize = 256;
 
 /// Something that happened to a run.
 #[derive(Debug, Clone, Serialize)]
@@ -46,16 +50,21 @@ impl LiveEvent {
 }
 
 /// Broadcast channel of [`LiveEvent`]s; cheap to clone. Slow receivers miss events rather
-/// than slow the sender down.
+/// than slow the sender down. It also bounds the event streams open at once and ends them
+/// all when the service shuts down.
 #[derive(Debug, Clone)]
 pub struct Hub {
     tx: broadcast::Sender<LiveEvent>,
+    streams: Arc<Semaphore>,
+    closing: Arc<watch::Sender<bool>>,
 }
 
 impl Default for Hub {
     fn default() -> Self {
         Hub {
             tx: broadcast::channel(4096).0,
+            streams: Arc::new(Semaphore::new(MAX_STREAMS)),
+            closing: Arc::new(watch::Sender::new(false)),
         }
     }
 }
@@ -69,5 +78,32 @@ impl Hub {
     /// Receives events sent from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<LiveEvent> {
         self.tx.subscribe()
+    }
+
+    /// A place for one more event stream, held as long as the stream lives; `None` when
+    /// [`MAX_STREAMS`] are open or the service is shutting down.
+    pub fn stream_permit(&self) -> Option<OwnedSemaphorePermit> {
+        if *self.closing.borrow() {
+            return None;
+        }
+        self.streams.clone().try_acquire_owned().ok()
+    }
+
+    /// Event streams open now.
+    pub fn open_streams(&self) -> usize {
+        MAX_STREAMS - self.streams.available_permits()
+    }
+
+    /// Ends every event stream (the service is shutting down).
+    pub fn close(&self) {
+        self.closing.send_replace(true);
+    }
+
+    /// Completes when [`Hub::close`] is called.
+    pub fn closed(&self) -> impl std::future::Future<Output = ()> + Send + use<> {
+        let mut rx = self.closing.subscribe();
+        async move {
+            let _ = rx.wait_for(|c| *c).await;
+        }
     }
 }

@@ -152,12 +152,18 @@ struct TrainArgs {
 
 fn main() {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    // `RUST_LOG` filters; `MODALBENCH_LOG_FORMAT=json` writes one JSON object a line (for log
+    // collectors), otherwise readable text
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if std::env::var("MODALBENCH_LOG_FORMAT").is_ok_and(|f| f == "json") {
+        logs.json().with_current_span(true).init();
+    } else {
+        logs.init();
+    }
     let result = match cli.command {
         Command::Worker => std::process::exit(worker::main()),
         Command::Serve(args) => serve(args),
@@ -251,6 +257,13 @@ fn main() {
 }
 
 fn serve(args: ServeArgs) -> Result<()> {
+    let token = args.api_token.clone().filter(|t| !t.is_empty());
+    if !args.addr.ip().is_loopback() && token.is_none() && !args.insecure {
+        anyhow::bail!(
+            "refusing to serve on {} without an API token: anyone who can reach it could queue              and cancel runs. Give --api-token (or MODALBENCH_API_TOKEN), or --insecure to              serve it open anyway",
+            args.addr
+        );
+    }
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?
@@ -271,12 +284,32 @@ fn serve(args: ServeArgs) -> Result<()> {
             println!(
                 "modalbench is serving on http://{addr}/  (leaderboard: http://{addr}/leaderboard)"
             );
-            axum::serve(listener, http::router(state))
-                .with_graceful_shutdown(async {
-                    let _ = tokio::signal::ctrl_c().await;
-                })
+            let router = http::secured(state.clone(), http::auth::Auth::new(token));
+            // SIGTERM (service managers, `docker stop`) or SIGINT (Ctrl-C): stop taking
+            // requests and work, end the event streams, let running runs checkpoint and stop
+            let signalled = async {
+                let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("installing the SIGTERM handler");
+                tokio::select! {
+                    _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+                    _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+                }
+            };
+            let hub = state.hub.clone();
+            let scheduler = state.scheduler.clone();
+            let stopping = async move {
+                signalled.await;
+                hub.close();
+                let stopped = scheduler.shutdown().await;
+                if !stopped.is_empty() {
+                    tracing::info!(runs = ?stopped, "stopped running runs; they resume from their checkpoints at the next start");
+                }
+            };
+            http::serve::serve(listener, router, stopping)
                 .await
-                .context("serving HTTP")
+                .context("serving HTTP")?;
+            println!("modalbench stopped");
+            Ok(())
         })
 }
 

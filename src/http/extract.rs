@@ -52,9 +52,48 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     }
 }
 
+/// Deepest nesting of arrays and objects a JSON body may have (the deepest request the API
+/// takes, a study's grid, is 3).
+pub const MAX_JSON_DEPTH: usize = 32;
+
+/// The nesting depth of a JSON text's arrays and objects, counted outside strings.
+pub fn json_depth(bytes: &[u8]) -> usize {
+    let (mut depth, mut deepest, mut in_string, mut escaped) = (0usize, 0usize, false, false);
+    for &b in bytes {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
+}
+
 /// Parses a JSON document into `T` with errors that name the field at fault: a body that is
-/// not JSON is a 400 `invalid_json`; valid JSON that does not fit is a 422.
+/// not JSON, or nested deeper than [`MAX_JSON_DEPTH`], is a 400 `invalid_json`; valid JSON
+/// that does not fit is a 422.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let depth = json_depth(bytes);
+    if depth > MAX_JSON_DEPTH {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+            format!("the body nests {depth} levels deep; at most {MAX_JSON_DEPTH} are accepted"),
+        ));
+    }
     let not_json = |e: &serde_json::Error| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -199,5 +238,16 @@ mod tests {
         assert_eq!((e.status.as_u16(), e.field.as_deref()), (422, Some("lr")));
         let e = parse_json::<Req>(br#"{"model": "m"} x"#).unwrap_err();
         assert_eq!((e.status.as_u16(), e.code), (400, "invalid_json"));
+        let deep = format!("{}1{}", "[".repeat(33), "]".repeat(33));
+        let e = parse_json::<Req>(deep.as_bytes()).unwrap_err();
+        assert_eq!((e.status.as_u16(), e.code), (400, "invalid_json"));
+        assert!(e.message.contains("33 levels"), "{}", e.message);
+    }
+
+    #[test]
+    fn depth_counts_brackets_outside_strings() {
+        assert_eq!(json_depth(br#"{"a": [1, {"b": []}]}"#), 4);
+        assert_eq!(json_depth(br#"{"a": "[[[[\"]]]"}"#), 1);
+        assert_eq!(json_depth(b"17"), 0);
     }
 }

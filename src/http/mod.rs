@@ -1,11 +1,14 @@
 //! The HTTP service: JSON API under `/api/v1`, HTML pages, static assets.
 
 pub mod api;
+pub mod auth;
 pub mod error;
 pub mod extract;
 mod guard;
 pub mod mlflow;
 pub mod pages;
+pub mod serve;
+pub mod telemetry;
 
 use crate::config::Settings;
 use crate::live::Hub;
@@ -36,6 +39,8 @@ pub struct AppInner {
     pub hub: Hub,
     /// Datasets read for their pages, with their statistics.
     pub dataset_pages: pages::DatasetPageCache,
+    /// Request counts and latencies for `/metrics`.
+    pub telemetry: telemetry::Telemetry,
 }
 
 impl AppState {
@@ -49,6 +54,7 @@ impl AppState {
                 scheduler,
                 hub,
                 dataset_pages: Default::default(),
+                telemetry: Default::default(),
             }),
         }
     }
@@ -122,19 +128,33 @@ pub(crate) async fn readyz(
 /// Largest request body accepted (run submissions and registrations are small).
 const BODY_LIMIT: usize = 1 << 20;
 
-/// The whole application: API, pages, assets, with tracing, compression, a body limit and
-/// the [`guard`] (cross-site writes refused, security headers, JSON errors on the API).
+/// The whole application with writes open to anyone on the machine's network who can reach
+/// it (forms still need their CSRF tokens): [`secured`] without a token.
 pub fn router(state: AppState) -> Router {
+    secured(state, auth::Auth::new(None))
+}
+
+/// The whole application: API, pages, assets, with tracing, compression, a body limit, the
+/// [`guard`] (cross-site writes refused, security headers, JSON errors on the API) and the
+/// [`auth`] layer (CSRF tokens of forms; with a token, credentials for every write).
+pub fn secured(state: AppState, auth: auth::Auth) -> Router {
     Router::new()
         .nest("/api/v1", api::router())
         .merge(mlflow::router())
         .route("/healthz", axum::routing::get(healthz))
         .route("/readyz", axum::routing::get(readyz))
+        .route("/metrics", axum::routing::get(telemetry::metrics))
         .merge(api::openapi::pages())
         .merge(pages::router())
+        .merge(auth::router(auth.clone()))
         .fallback(pages::not_found)
         .layer(RequestBodyLimitLayer::new(BODY_LIMIT))
+        .layer(axum::middleware::from_fn_with_state(auth, auth::layer))
         .layer(axum::middleware::from_fn(guard::guard))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            telemetry::layer,
+        ))
         .layer(CompressionLayer::new())
         .layer(TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
             tracing::info_span!("http", method = %req.method(), path = %req.uri().path())

@@ -5,6 +5,8 @@
 pub mod slots;
 mod supervisor;
 
+pub use supervisor::SHUTDOWN_GRACE;
+
 use crate::config::Settings;
 use crate::live::{Hub, LiveKind};
 use crate::models::registry::Registry;
@@ -42,6 +44,9 @@ struct Inner {
     /// Serialises claiming, so two ticks never fill the same slot.
     claim: tokio::sync::Mutex<()>,
     wake: Notify,
+    /// Set when the service shuts down: nothing more is claimed, running workers are asked
+    /// to checkpoint and stop.
+    draining: tokio::sync::watch::Sender<bool>,
 }
 
 #[derive(Default)]
@@ -65,6 +70,8 @@ pub enum CancelOutcome {
     AlreadyEnded(RunStatus),
     /// No such run.
     NotFound,
+    /// Another process trains it (`modalbench train`, named by its device `cli:<pid>`).
+    Elsewhere(String),
 }
 
 impl Scheduler {
@@ -91,6 +98,7 @@ impl Scheduler {
                 state: Mutex::new(state),
                 claim: tokio::sync::Mutex::new(()),
                 wake: Notify::new(),
+                draining: tokio::sync::watch::Sender::new(false),
             }),
         }
     }
@@ -118,6 +126,13 @@ impl Scheduler {
     async fn resolve(&self, req: RunRequest) -> Result<ResolvedRun, SubmitError> {
         let store = &self.inner.store;
         let dataset = match store.get_dataset(&req.dataset).await? {
+            Some(d)
+                if !tokio::fs::try_exists(&d.info.source.root)
+                    .await
+                    .unwrap_or(false) =>
+            {
+                return Err(SubmitError::MissingDataset { name: d.name });
+            }
             Some(d) => DatasetLookup::Found(Box::new(DatasetRef {
                 name: d.name,
                 source: d.info.source,
@@ -258,6 +273,9 @@ impl Scheduler {
     /// started.
     pub async fn tick(&self) -> Result<Vec<i64>> {
         let _claiming = self.inner.claim.lock().await;
+        if *self.inner.draining.borrow() {
+            return Ok(Vec::new());
+        }
         for id in self.inner.store.fail_exhausted_runs(MAX_ATTEMPTS).await? {
             self.inner.hub.send(
                 id,
@@ -353,6 +371,28 @@ impl Scheduler {
         })
     }
 
+    /// Shuts the pool down: claims nothing more, asks every running worker to write its
+    /// checkpoint and stop (SIGTERM; killed after [`SHUTDOWN_GRACE`]), and waits for them.
+    /// Their runs end `interrupted` and resume from that checkpoint when the service starts
+    /// again. Returns the runs that were stopped.
+    pub async fn shutdown(&self) -> Vec<i64> {
+        let stopped = {
+            let _claiming = self.inner.claim.lock().await;
+            self.inner.draining.send_replace(true);
+            self.running()
+        };
+        let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE + Duration::from_secs(5);
+        while !self.running().is_empty() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        stopped
+    }
+
+    /// A receiver that sees `true` once the service shuts down.
+    pub(crate) fn draining(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.inner.draining.subscribe()
+    }
+
     /// Asks the loop to look at the queue now.
     pub fn wake(&self) {
         self.inner.wake.notify_one();
@@ -361,8 +401,11 @@ impl Scheduler {
     /// Cancels a run: a waiting run is cancelled in the database, a running one has its worker
     /// killed. Returns once the run is cancelled.
     pub async fn cancel(&self, id: i64) -> Result<CancelOutcome> {
-        let notify = {
-            let _claiming = self.inner.claim.lock().await;
+        // without the claim lock (a tick holding it while it starts workers made cancels wait):
+        // the store's conditional updates settle a race with a claim, and a run claimed but
+        // not yet registered as running here is looked at again a moment later
+        let mut tries = 0;
+        let notify = loop {
             match self.inner.store.get_run(id).await? {
                 None => return Ok(CancelOutcome::NotFound),
                 Some(r) if !r.status.is_active() => {
@@ -388,6 +431,9 @@ impl Scheduler {
                         None => CancelOutcome::NotFound,
                     });
                 }
+                Some(r) if r.device.as_deref().is_some_and(|d| d.starts_with("cli:")) => {
+                    return Ok(CancelOutcome::Elsewhere(r.device.unwrap_or_default()));
+                }
                 Some(_) => {}
             }
             if self.inner.store.cancel_waiting_run(id).await? {
@@ -398,10 +444,16 @@ impl Scheduler {
                         error: None,
                     },
                 );
-                None
-            } else {
-                self.lock().active.get(&id).map(|a| a.cancel.clone())
+                break None;
             }
+            if let Some(n) = self.lock().active.get(&id).map(|a| a.cancel.clone()) {
+                break Some(n);
+            }
+            tries += 1;
+            if tries > 500 {
+                anyhow::bail!("run {id} is running but no worker of this service holds it");
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
         };
         if let Some(n) = notify {
             let waiting = self.wait_finished(id, Duration::from_secs(30));
@@ -449,7 +501,15 @@ impl Scheduler {
 
     /// Runs currently executing.
     pub fn running(&self) -> Vec<i64> {
-        self.lock().busy.iter().flatten().copied().collect()
+        let mut ids: Vec<i64> = self.lock().busy.iter().flatten().copied().collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    }
+
+    /// Slots in use (a data-parallel run holds several).
+    pub fn busy_slots(&self) -> usize {
+        self.lock().busy.iter().flatten().count()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {

@@ -22,6 +22,9 @@ use tokio::sync::{Notify, mpsc};
 
 /// Lines of stderr kept for the error message of a crashed worker.
 const STDERR_TAIL: usize = 20;
+/// How long a worker may take to checkpoint and stop when the service shuts down, before it
+/// is killed.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(60);
 /// How often buffered metric points and log lines are written.
 const FLUSH_EVERY: Duration = Duration::from_millis(300);
 /// Waits before the retries of a failed write to the store (about 4 s in all).
@@ -63,6 +66,37 @@ enum Msg {
     Event(Event),
     Stdout(String),
     Stderr(String),
+    /// A line longer than [`MAX_LINE`] on this stream: the worker is stopped.
+    TooLong(&'static str),
+}
+
+/// Longest line read from a worker (a `predictions` event of a large split is the longest).
+const MAX_LINE: usize = 64 << 20;
+
+enum Line {
+    Text(String),
+    TooLong,
+    End,
+}
+
+/// The next line of a worker's output, read at most [`MAX_LINE`] bytes at a time.
+async fn bounded_line<R: tokio::io::AsyncBufRead + Unpin>(reader: &mut R) -> Line {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::new();
+    match (&mut *reader)
+        .take(MAX_LINE as u64 + 1)
+        .read_until(b'\n', &mut buf)
+        .await
+    {
+        Ok(0) | Err(_) => Line::End,
+        Ok(_) if buf.len() > MAX_LINE => Line::TooLong,
+        Ok(_) => {
+            if buf.ends_with(b"\n") {
+                buf.pop();
+            }
+            Line::Text(String::from_utf8_lossy(&buf).into_owned())
+        }
+    }
 }
 
 /// How a run ended.
@@ -162,6 +196,8 @@ async fn execute(s: &Scheduler, run: &Run, slots: &[Slot], cancel: &Notify) -> R
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
+        // its own process group, so that whatever it starts is stopped with it
+        .process_group(0)
         // pin the worker to its GPU, or hide GPUs from a CPU worker
         .env("CUDA_VISIBLE_DEVICES", slots::visible_devices(slots));
     #[cfg(target_os = "linux")]
@@ -189,47 +225,114 @@ async fn execute(s: &Scheduler, run: &Run, slots: &[Slot], cancel: &Notify) -> R
     let stderr = child.stderr.take().context("worker stderr")?;
     let tx_out = tx.clone();
     tokio::spawn(async move {
-        let mut lines = BufReader::new(stdout).lines();
-        while let Ok(Some(l)) = lines.next_line().await {
-            let msg = match serde_json::from_str::<Event>(&l) {
-                Ok(ev) => Msg::Event(ev),
-                Err(_) => Msg::Stdout(l),
+        let mut reader = BufReader::new(stdout);
+        loop {
+            let msg = match bounded_line(&mut reader).await {
+                Line::End => break,
+                Line::TooLong => Msg::TooLong("stdout"),
+                Line::Text(l) => match serde_json::from_str::<Event>(&l) {
+                    Ok(ev) => Msg::Event(ev),
+                    Err(_) => Msg::Stdout(l),
+                },
             };
-            if tx_out.send(msg).await.is_err() {
+            let stop = matches!(msg, Msg::TooLong(_));
+            if tx_out.send(msg).await.is_err() || stop {
                 break;
             }
         }
     });
     tokio::spawn(async move {
-        let mut lines = BufReader::new(stderr).lines();
-        while let Ok(Some(l)) = lines.next_line().await {
-            if tx.send(Msg::Stderr(l)).await.is_err() {
+        let mut reader = BufReader::new(stderr);
+        loop {
+            let msg = match bounded_line(&mut reader).await {
+                Line::End => break,
+                Line::TooLong => Msg::TooLong("stderr"),
+                Line::Text(l) => Msg::Stderr(l),
+            };
+            let stop = matches!(msg, Msg::TooLong(_));
+            if tx.send(msg).await.is_err() || stop {
                 break;
             }
         }
     });
 
-    let mut sink = Persist::new(s, run.id);
+    let mut sink = Persist::new(s, run.id, run.attempts.max(1));
     let mut cancelled = false;
     let mut stopping = false;
+    // the service shutting down: the worker checkpoints and stops (SIGTERM), or is killed
+    // after the grace period
+    let mut draining = s.draining();
+    // a shutdown that began before this subscription is seen too
+    draining.mark_changed();
+    let mut shutting_down = false;
+    let kill_at = tokio::time::sleep(Duration::from_secs(86_400 * 365));
+    tokio::pin!(kill_at);
     let mut flush = tokio::time::interval(FLUSH_EVERY);
+    // a worker silent for longer than the timeout is taken for hung and stopped
+    let silence = Duration::from_secs(settings.worker_timeout.max(1));
+    let watchdog = tokio::time::sleep(silence);
+    tokio::pin!(watchdog);
+    let mut hung = false;
+    // once the worker is killed, its output is read for a little longer, not forever (a
+    // process that escaped its group could hold the pipes open)
+    let give_up = tokio::time::sleep(Duration::from_secs(86_400 * 365));
+    tokio::pin!(give_up);
+    let mut killed = false;
     loop {
+        if !killed && (hung || cancelled || stopping) {
+            killed = true;
+            give_up
+                .as_mut()
+                .reset(tokio::time::Instant::now() + Duration::from_secs(10));
+        }
         tokio::select! {
+            _ = &mut give_up, if killed => break,
             msg = rx.recv() => match msg {
-                Some(m) => sink.handle(m).await,
+                Some(m) => {
+                    watchdog.as_mut().reset(tokio::time::Instant::now() + silence);
+                    sink.handle(m).await
+                }
                 None => break,
             },
+            _ = &mut watchdog, if !hung => {
+                hung = true;
+                kill_group(&mut child);
+            }
             _ = cancel.notified(), if !cancelled => {
                 cancelled = true;
-                let _ = child.start_kill();
+                kill_group(&mut child);
                 sink.logs.push(("system", "cancel requested: stopping the worker".into()));
             }
+            _ = draining.changed(), if !shutting_down && !cancelled => {
+                let down = *draining.borrow_and_update();
+                if !down {
+                    continue;
+                }
+                shutting_down = true;
+                if let Some(pid) = child.id() {
+                    // SAFETY: signalling our own child process by its pid.
+                    unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+                }
+                kill_at.as_mut().reset(tokio::time::Instant::now() + SHUTDOWN_GRACE);
+                sink.logs.push((
+                    "system",
+                    "the server is shutting down: the worker checkpoints and stops".into(),
+                ));
+            }
+            _ = &mut kill_at, if shutting_down => {
+                kill_group(&mut child);
+                kill_at.as_mut().reset(tokio::time::Instant::now() + Duration::from_secs(86_400));
+            }
             _ = flush.tick() => sink.flush().await,
+        }
+        if sink.too_long.is_some() && !stopping {
+            stopping = true;
+            kill_group(&mut child);
         }
         if sink.lost.is_some() && !stopping {
             // what the worker reports can no longer be kept: stop it rather than train blind
             stopping = true;
-            let _ = child.start_kill();
+            kill_group(&mut child);
         }
     }
     let exit = child.wait().await.context("waiting for the worker")?;
@@ -242,6 +345,25 @@ async fn execute(s: &Scheduler, run: &Run, slots: &[Slot], cancel: &Notify) -> R
             "the run's events could not be stored; the run is failed"
         );
         Outcome::failed(lost)
+    } else if hung {
+        Outcome::failed(format!(
+            "the worker reported nothing for {} s (--worker-timeout) and was stopped",
+            silence.as_secs()
+        ))
+    } else if let Some(stream) = sink.too_long {
+        Outcome::failed(format!(
+            "the worker wrote a line longer than {} MiB on its {stream} and was stopped",
+            MAX_LINE >> 20
+        ))
+    } else if shutting_down && sink.finished.is_none() {
+        Outcome {
+            status: RunStatus::Interrupted,
+            error: Some(format!(
+                "the server shut down; the run resumes from its last checkpoint (worker {})",
+                describe(exit)
+            )),
+            summary: None,
+        }
     } else if cancelled {
         Outcome {
             status: RunStatus::Cancelled,
@@ -259,12 +381,27 @@ async fn execute(s: &Scheduler, run: &Run, slots: &[Slot], cancel: &Notify) -> R
     } else {
         let tail: Vec<String> = sink.stderr_tail.into_iter().collect();
         let mut msg = format!("worker {}", describe(exit));
+        if sink.not_events > 0 {
+            msg.push_str(&format!(
+                "; it wrote {} line(s) on stdout that are not events (see the run's log)",
+                sink.not_events
+            ));
+        }
         if !tail.is_empty() {
             msg.push_str("; last stderr lines:\n");
             msg.push_str(&tail.join("\n"));
         }
         Outcome::failed(msg)
     })
+}
+
+/// Kills the worker and every process in its group (what it started).
+fn kill_group(child: &mut tokio::process::Child) {
+    if let Some(pid) = child.id() {
+        // SAFETY: signalling the process group our own child leads.
+        unsafe { libc::kill(-(pid as libc::pid_t), libc::SIGKILL) };
+    }
+    let _ = child.start_kill();
 }
 
 /// "exited with code 101", "was killed by signal 9 (SIGKILL)".
@@ -293,6 +430,8 @@ fn describe(status: ExitStatus) -> String {
 struct Persist<'a> {
     s: &'a Scheduler,
     run_id: i64,
+    /// The run's attempt this worker is: its metric points are filed under it.
+    attempt: i64,
     points: Vec<NewPoint>,
     logs: Vec<(&'static str, String)>,
     progress: Option<f64>,
@@ -301,13 +440,18 @@ struct Persist<'a> {
     failed: Option<String>,
     /// Why what the worker reported could not be stored, once a write failed for good.
     lost: Option<String>,
+    /// Lines on stdout that were not events.
+    not_events: usize,
+    /// The stream on which the worker wrote a line too long to read.
+    too_long: Option<&'static str>,
 }
 
 impl<'a> Persist<'a> {
-    fn new(s: &'a Scheduler, run_id: i64) -> Self {
+    fn new(s: &'a Scheduler, run_id: i64, attempt: i64) -> Self {
         Persist {
             s,
             run_id,
+            attempt,
             points: Vec::new(),
             logs: Vec::new(),
             progress: None,
@@ -315,6 +459,8 @@ impl<'a> Persist<'a> {
             finished: None,
             failed: None,
             lost: None,
+            not_events: 0,
+            too_long: None,
         }
     }
 
@@ -332,7 +478,13 @@ impl<'a> Persist<'a> {
 
     async fn handle(&mut self, msg: Msg) {
         match msg {
-            Msg::Stdout(l) => self.logs.push(("stdout", l)),
+            Msg::Stdout(l) => {
+                self.not_events += 1;
+                self.logs.push(("stdout", l));
+            }
+            Msg::TooLong(stream) => {
+                self.too_long = Some(stream);
+            }
             Msg::Stderr(l) => {
                 if self.stderr_tail.len() == STDERR_TAIL {
                     self.stderr_tail.pop_front();
@@ -353,17 +505,16 @@ impl<'a> Persist<'a> {
                         self.logs.push(("worker", format!(
                             "started on {device}: {num_parameters} parameters, {train_examples} training examples, {total_steps} steps"
                         )));
-                        // points an earlier attempt reported past where this one starts
-                        let after = resumed_from.unwrap_or(0) as i64;
-                        let store = &self.s.inner.store;
-                        let run_id = self.run_id;
-                        let cleared =
-                            with_retries(run_id, "clearing an earlier attempt's points", || {
-                                store.delete_metrics_after(run_id, after)
-                            })
-                            .await;
-                        if let Err(e) = cleared {
-                            self.lose("metric points", e);
+                        // the points an earlier attempt reported past where this one starts stay,
+                        // as that attempt's; this attempt's points of the same steps are read
+                        if let Some(step) = resumed_from {
+                            self.logs.push((
+                                "system",
+                                format!(
+                                    "attempt {} resumes from the checkpoint of step {step}",
+                                    self.attempt
+                                ),
+                            ));
                         }
                     }
                     Event::Progress {
@@ -421,12 +572,12 @@ impl<'a> Persist<'a> {
         let logs = std::mem::take(&mut self.logs);
         let progress = self.progress.take();
         if self.lost.is_some() {
-            let _ = store.insert_metric_points(id, &points).await;
+            let _ = store.insert_metric_points(id, self.attempt, &points).await;
             let _ = store.append_logs(id, &logs).await;
             return;
         }
         if let Err(e) = with_retries(id, "storing metric points", || {
-            store.insert_metric_points(id, &points)
+            store.insert_metric_points(id, self.attempt, &points)
         })
         .await
         {

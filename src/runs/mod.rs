@@ -359,6 +359,10 @@ pub enum SubmitError {
     UnusableModel { name: String, problem: String },
     #[error("unknown dataset `{name}` (known: {})", known.join(", "))]
     UnknownDataset { name: String, known: Vec<String> },
+    #[error(
+        "dataset `{name}` is registered but its folder is gone; put it back, or register it again"
+    )]
+    MissingDataset { name: String },
     #[error(transparent)]
     Option(#[from] OptionError),
     /// Something on the service's side (the store, a blocking task).
@@ -371,7 +375,9 @@ impl SubmitError {
     pub fn field(&self) -> Option<&str> {
         match self {
             SubmitError::UnknownModel { .. } | SubmitError::UnusableModel { .. } => Some("model"),
-            SubmitError::UnknownDataset { .. } => Some("dataset"),
+            SubmitError::UnknownDataset { .. } | SubmitError::MissingDataset { .. } => {
+                Some("dataset")
+            }
             SubmitError::Option(e) => Some(e.field),
             SubmitError::Internal(_) => None,
         }
@@ -384,6 +390,7 @@ impl SubmitError {
             SubmitError::UnknownModel { .. } => "unknown_model",
             SubmitError::UnusableModel { .. } => "unusable_model",
             SubmitError::UnknownDataset { .. } => "unknown_dataset",
+            SubmitError::MissingDataset { .. } => "dataset_missing",
             SubmitError::Option(_) => "invalid_value",
             SubmitError::Internal(_) => "internal",
         }

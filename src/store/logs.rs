@@ -21,7 +21,7 @@ impl Store {
             return Ok(());
         }
         let time = now();
-        let mut tx = self.write().await?;
+        let mut tx = self.write_tx().await?;
         for (stream, line) in lines {
             sqlx::query("INSERT INTO run_logs (run_id, time, stream, line) VALUES (?, ?, ?, ?)")
                 .bind(run_id)

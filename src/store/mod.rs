@@ -21,6 +21,8 @@ use time::macros::format_description;
 #[derive(Debug, Clone)]
 pub struct Store {
     pool: SqlitePool,
+    /// Metric points stored since the store was opened: native runs', external runs'.
+    written: std::sync::Arc<[std::sync::atomic::AtomicU64; 2]>,
 }
 
 impl Store {
@@ -46,7 +48,10 @@ impl Store {
             .run(&pool)
             .await
             .context("applying database migrations")?;
-        Ok(Store { pool })
+        Ok(Store {
+            pool,
+            written: Default::default(),
+        })
     }
 
     /// The connection pool, for the table modules.
@@ -59,16 +64,28 @@ impl Store {
         Ok(())
     }
 
-    pub fn pool(&self) -> &SqlitePool {
-        &self.pool
+    /// Metric points stored since the store was opened: (native runs', external runs').
+    pub fn points_written(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (self.written[0].load(Relaxed), self.written[1].load(Relaxed))
     }
 
-    /// A transaction that writes: `BEGIN IMMEDIATE` takes the write lock at its start (waiting
-    /// out the busy timeout while another connection writes). A deferred transaction that
-    /// reads first and writes later is refused at once ("database is locked", no waiting) when
-    /// another writer committed in between, which concurrent requests make likely.
-    pub async fn write(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, sqlx::Error> {
+    /// Counts stored points (`external` for external runs').
+    pub(crate) fn count_points(&self, external: bool, n: usize) {
+        self.written[usize::from(external)]
+            .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// A transaction that writes: `BEGIN IMMEDIATE` takes the write lock at once, waiting
+    /// for it up to the busy timeout, so that it never has to upgrade a read lock later (an
+    /// upgrade that fails at once with "database is locked" when another writer committed
+    /// in between).
+    pub(crate) async fn write_tx(&self) -> sqlx::Result<sqlx::Transaction<'static, sqlx::Sqlite>> {
         self.pool.begin_with("BEGIN IMMEDIATE").await
+    }
+
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
     }
 }
 

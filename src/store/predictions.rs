@@ -24,7 +24,7 @@ impl Store {
         split: Split,
         rows: &[Prediction],
     ) -> Result<()> {
-        let mut tx = self.write().await?;
+        let mut tx = self.write_tx().await?;
         for p in rows {
             sqlx::query(
                 "INSERT INTO predictions (run_id, split, example_id, label, pred, probs) \

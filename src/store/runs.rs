@@ -494,7 +494,7 @@ impl Store {
     pub async fn insert_finished_runs(&self, runs: &[FinishedRun]) -> Result<Vec<i64>> {
         let mut ids = Vec::with_capacity(runs.len());
         for chunk in runs.chunks(1000) {
-            let mut tx = self.write().await?;
+            let mut tx = self.write_tx().await?;
             let time = now();
             for FinishedRun {
                 model,
@@ -598,7 +598,7 @@ impl Store {
         free: usize,
         device: impl Fn(usize) -> String,
     ) -> Result<Option<Run>> {
-        let mut tx = self.write().await?;
+        let mut tx = self.write_tx().await?;
         let next: Option<(i64, Option<i64>)> = sqlx::query_as(
             "SELECT id, json_extract(config, '$.gpus') FROM runs \
              WHERE status IN ('queued', 'interrupted') AND source = 'native' \

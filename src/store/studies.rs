@@ -38,7 +38,7 @@ impl Store {
         spec: &StudyRequest,
         runs: &[(ResolvedRun, Map<String, Value>)],
     ) -> Result<(Study, Vec<Run>)> {
-        let mut tx = self.write().await?;
+        let mut tx = self.write_tx().await?;
         let (id,): (i64,) = sqlx::query_as(
             "INSERT INTO studies (name, spec, created_at) VALUES (?, ?, ?) RETURNING id",
         )

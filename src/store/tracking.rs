@@ -146,7 +146,7 @@ impl Store {
         artifact_location: Option<&str>,
         tags: &BTreeMap<String, String>,
     ) -> TrackingResult<i64> {
-        let mut tx = self.write().await?;
+        let mut tx = self.write_tx().await?;
         let taken: Option<(i64,)> = sqlx::query_as("SELECT id FROM experiments WHERE name = ?")
             .bind(name)
             .fetch_optional(&mut *tx)
@@ -269,7 +269,7 @@ impl Store {
         }
         self.experiment(id).await?;
         let stage = if active { "active" } else { "deleted" };
-        let mut tx = self.write().await?;
+        let mut tx = self.write_tx().await?;
         sqlx::query(
             "UPDATE experiments SET lifecycle_stage = ?, last_update_time = ? WHERE id = ?",
         )
@@ -290,7 +290,7 @@ impl Store {
     /// Sets one tag of an experiment.
     pub async fn set_experiment_tag(&self, id: i64, key: &str, value: &str) -> TrackingResult<()> {
         self.experiment(id).await?;
-        let mut tx = self.write().await?;
+        let mut tx = self.write_tx().await?;
         set_experiment_tag(&mut tx, id, key, value).await?;
         tx.commit().await?;
         Ok(())
@@ -306,7 +306,7 @@ impl Store {
             )));
         }
         let start = from_millis(run.start_time.unwrap_or_else(millis_now))?;
-        let mut tx = self.write().await?;
+        let mut tx = self.write_tx().await?;
         let (id,): (i64,) = sqlx::query_as(
             "INSERT INTO runs (status, source, model, dataset, config, created_at, started_at, \
                  experiment_id, run_name, user_id, progress) \
@@ -465,7 +465,7 @@ impl Store {
         run_name: Option<&str>,
     ) -> TrackingResult<()> {
         self.external_run_id(id, false).await?;
-        let mut tx = self.write().await?;
+        let mut tx = self.write_tx().await?;
         if let Some(name) = run_name.filter(|n| !n.is_empty()) {
             sqlx::query("UPDATE runs SET run_name = ? WHERE id = ?")
                 .bind(name)
@@ -512,12 +512,13 @@ impl Store {
         tags: &BTreeMap<String, String>,
     ) -> TrackingResult<()> {
         self.external_run_id(id, false).await?;
-        let mut tx = self.write().await?;
+        let mut tx = self.write_tx().await?;
         log_in(&mut tx, id, metrics, params, tags).await?;
         if !params.is_empty() || !tags.is_empty() {
             refresh_names(&mut tx, id).await?;
         }
         tx.commit().await?;
+        self.count_points(true, metrics.len());
         Ok(())
     }
 
@@ -534,7 +535,7 @@ impl Store {
                 "tag '{key}' of run '{id}'"
             )));
         }
-        let mut tx = self.write().await?;
+        let mut tx = self.write_tx().await?;
         refresh_names(&mut tx, id).await?;
         tx.commit().await?;
         Ok(())

@@ -162,6 +162,27 @@ impl<'a> Batcher<'a> {
 /// Runs one fine-tuning job to the end, reporting through `sink`; returns its summary. A job
 /// whose output folder holds the last checkpoint of an earlier attempt at the same
 /// configuration resumes from it.
+/// Set when the process is asked to stop (the worker's SIGTERM): training writes its `last`
+/// checkpoint after the step in progress and ends with [`Stopped`].
+static STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Asks the training in this process to stop at its next step boundary, checkpointed. Only
+/// stores a flag: safe to call from a signal handler.
+pub fn request_stop() {
+    STOP.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
+fn stop_requested() -> bool {
+    STOP.load(std::sync::atomic::Ordering::SeqCst)
+}
+
+/// Training stopped as asked, after writing its checkpoint: a resumed run goes on from `step`.
+#[derive(Debug, thiserror::Error)]
+#[error("stopped at step {step} as asked; the checkpoint of that step is written")]
+pub struct Stopped {
+    pub step: i64,
+}
+
 pub fn run(spec: &JobSpec, sink: &mut dyn EventSink) -> Result<Summary> {
     let started = Instant::now();
     let cfg = &spec.config;
@@ -527,13 +548,21 @@ pub fn run(spec: &JobSpec, sink: &mut dyn EventSink) -> Result<Summary> {
                 st.windows_done = 0;
                 epoch_seconds.push(epoch_started.elapsed().as_secs_f64());
             }
-            if saved || epoch_end || step == total_steps || stop_early {
+            let stopping = stop_requested() && !(stop_early || step == total_steps);
+            if saved || epoch_end || step == total_steps || stop_early || stopping {
                 st.optimizer_steps = opt.step;
                 st.scaler = scaler.clone();
                 state::save_last(&model, &opt, &st, cfg, &spec.output_dir, &ds.label_names)?;
                 sink.emit(Event::Checkpoint {
                     path: spec.output_dir.clone(),
                 });
+            }
+            if stopping {
+                log(
+                    sink,
+                    format!("stopping after step {step} as asked; the run resumes from here"),
+                );
+                return Err(Stopped { step: step as i64 }.into());
             }
             if stop_early || step == total_steps {
                 break 'epochs;

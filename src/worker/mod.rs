@@ -71,8 +71,22 @@ fn report_panics() {
     }));
 }
 
-/// Runs the worker: returns the process exit code (0 success, 1 reported failure).
+/// Exit code of a worker that stopped as asked (SIGTERM) after checkpointing (`EX_TEMPFAIL`).
+pub const EXIT_STOPPED: i32 = 75;
+
+extern "C" fn on_sigterm(_: libc::c_int) {
+    train::request_stop();
+}
+
+/// Runs the worker: returns the process exit code (0 success, 1 reported failure,
+/// [`EXIT_STOPPED`] stopped on SIGTERM with a checkpoint written).
 pub fn main() -> i32 {
+    // SIGTERM stops training at the next step boundary, checkpointed (the server's graceful
+    // shutdown); the handler only sets a flag
+    // SAFETY: installing a handler that stores an atomic, which is async-signal-safe.
+    unsafe {
+        libc::signal(libc::SIGTERM, on_sigterm as *const () as libc::sighandler_t);
+    }
     let spec = match read_spec() {
         Ok(s) => s,
         Err(e) => {
@@ -99,6 +113,7 @@ pub fn main() -> i32 {
             });
             0
         }
+        Err(e) if e.downcast_ref::<train::Stopped>().is_some() => EXIT_STOPPED,
         Err(e) => {
             sink.emit(Event::Failed {
                 error: format!("{e:#}"),

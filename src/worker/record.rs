@@ -66,7 +66,7 @@ impl<'a> Recorder<'a> {
         );
         let r = self.rt.block_on(async {
             self.store
-                .insert_metric_points(self.run_id, &points)
+                .insert_metric_points(self.run_id, 1, &points)
                 .await?;
             self.store.append_logs(self.run_id, &logs).await
         });

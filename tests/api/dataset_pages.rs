@@ -305,6 +305,7 @@ async fn a_bad_page_split_or_length_choice_is_rejected_with_422_naming_it() {
         let (status, html) = app.page(&format!("/datasets/demo-news?{query}")).await;
         assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{query}");
         assert!(html.contains(says), "{query}: {html}");
+        assert!(html.contains("</html>"), "a page's error is a page: {html}");
     }
     let (status, _) = app.page("/datasets/demo-news?split=test&page=7").await;
     assert_eq!(status, StatusCode::OK, "160 test examples make 7 pages");

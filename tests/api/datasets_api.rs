@@ -417,3 +417,41 @@ async fn paths_inside_dataset_files_and_options_stay_in_the_folder_and_reads_are
         strip(&b, "/no/such/folder")
     );
 }
+
+#[tokio::test]
+async fn a_dataset_whose_folder_disappeared_is_named_not_a_server_error() {
+    let app = TestApp::new().await;
+    let rows: Vec<(&str, u32)> = (0..12)
+        .map(|i| (if i % 2 == 0 { "good" } else { "bad" }, i % 2))
+        .collect();
+    app.add_dataset("vanishing", [&rows, &rows, &rows]).await;
+    std::fs::remove_dir_all(app.dir.path().join("data/datasets/vanishing")).unwrap();
+    for uri in [
+        "/datasets/vanishing",
+        "/datasets/vanishing?split=dev",
+        "/datasets/vanishing/thumbnail/train/0",
+    ] {
+        let (status, page) = app.page(uri).await;
+        assert!(status.is_client_error(), "{uri}: {status}");
+        assert!(page.contains("vanishing"), "{uri}: {page}");
+    }
+    let (status, body) = app.get("/api/v1/datasets/vanishing").await;
+    assert!(
+        status.is_success() || status.is_client_error(),
+        "{status} {body}"
+    );
+    let (status, body) = app
+        .post(
+            "/api/v1/runs",
+            serde_json::json!({"model": "bert-tiny", "dataset": "vanishing"}),
+        )
+        .await;
+    assert!(status.is_client_error(), "{status} {body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("vanishing"),
+        "{body}"
+    );
+}

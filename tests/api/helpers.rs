@@ -44,6 +44,28 @@ pub fn minilm_dir() -> PathBuf {
     dir
 }
 
+/// The CSRF token the test "browser" holds: its `mb_csrf` cookie, and the hidden field of
+/// the forms it posts.
+pub const CSRF: &str = "0123456789abcdef0123456789abcdef";
+
+/// A form post as a browser sends it from one of the service's pages: the page's CSRF cookie,
+/// and the same token in the form's hidden field.
+pub fn form_post(uri: &str, body: &str) -> axum::http::Request<axum::body::Body> {
+    let body = if body.is_empty() {
+        format!("csrf={CSRF}")
+    } else {
+        format!("{body}&csrf={CSRF}")
+    };
+    axum::http::Request::post(uri)
+        .header(
+            axum::http::header::CONTENT_TYPE,
+            "application/x-www-form-urlencoded",
+        )
+        .header(axum::http::header::COOKIE, format!("mb_csrf={CSRF}"))
+        .body(axum::body::Body::from(body))
+        .unwrap()
+}
+
 pub struct TestApp {
     pub state: AppState,
     pub router: Router,
@@ -92,8 +114,22 @@ impl TestApp {
 
     /// An app over an existing folder with `n` CPU slots.
     pub async fn open_with_slots(dir: TempDir, n: usize) -> TestApp {
+        Self::open_with(dir, n, |_| {}).await
+    }
+
+    /// Like [`TestApp::new`], with settings changed by `tweak` (another worker program, a
+    /// shorter worker timeout).
+    pub async fn with_settings(tweak: impl FnOnce(&mut Settings)) -> TestApp {
+        let app = Self::new().await;
+        let dir = app.dir;
+        drop(app.state);
+        Self::open_with(dir, 1, tweak).await
+    }
+
+    async fn open_with(dir: TempDir, n: usize, tweak: impl FnOnce(&mut Settings)) -> TestApp {
         let mut settings = Settings::new(dir.path().join("data"), dir.path().join("models"));
         settings.worker_exe = Some(PathBuf::from(env!("CARGO_BIN_EXE_modalbench")));
+        tweak(&mut settings);
         let state = modalbench::app::build(settings, slots::plan(0, n, 2))
             .await
             .unwrap();

@@ -1,5 +1,6 @@
 //! Integration tests, one binary so the crate links once.
 
+mod auth;
 mod checkpoints;
 mod compare;
 mod dataset_pages;
@@ -8,6 +9,7 @@ mod end_to_end;
 mod formats;
 mod helpers;
 mod leaderboard;
+mod lifecycle;
 mod metrics;
 mod mlflow;
 mod openapi;
@@ -25,3 +27,4 @@ mod stats;
 mod studies;
 mod submit;
 mod training;
+mod xss;

@@ -191,3 +191,57 @@ async fn metric_batches_go_in_whole_or_not_at_all() {
     assert_eq!(again["status"], "succeeded");
     assert_eq!(again["attempts"], 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_writers_and_a_locked_database_never_give_a_server_error() {
+    use sqlx::Connection;
+    let app = TestApp::new().await;
+    let (_, run) = app
+        .post("/api/v1/runs/external", json!({"name": "busy"}))
+        .await;
+    let id = run["id"].as_i64().unwrap();
+    // another process holds the database's write lock for a while
+    let mut other = sqlx::SqliteConnection::connect_with(
+        &sqlx::sqlite::SqliteConnectOptions::new().filename(app.state.settings.database_path()),
+    )
+    .await
+    .unwrap();
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut other)
+        .await
+        .unwrap();
+    let mut writers = Vec::new();
+    for w in 0..24 {
+        let router = app.router.clone();
+        writers.push(tokio::spawn(async move {
+            let (uri, body) = match w % 3 {
+                0 => (
+                    format!("/api/v1/runs/{id}/metrics"),
+                    json!({"points": (0..200).map(|i| json!({"key": format!("w{w}"), "value": i as f64, "step": i})).collect::<Vec<_>>()}),
+                ),
+                1 => (
+                    "/api/2.0/mlflow/experiments/create".to_string(),
+                    json!({"name": format!("exp-{w}")}),
+                ),
+                _ => (
+                    "/api/v1/runs".to_string(),
+                    json!({"model": "bert-tiny", "dataset": "demo-news"}),
+                ),
+            };
+            let req = axum::http::Request::post(uri)
+                .header("content-type", "application/json")
+                .body(axum::body::Body::from(body.to_string()))
+                .unwrap();
+            let res = tower::ServiceExt::oneshot(router, req).await.unwrap();
+            res.status()
+        }));
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    sqlx::query("COMMIT").execute(&mut other).await.unwrap();
+    for w in writers {
+        let status = w.await.unwrap();
+        assert!(status.is_success(), "a writer got {status}");
+    }
+    let (_, series) = app.get(&format!("/api/v1/runs/{id}/metrics")).await;
+    assert_eq!(series["series"].as_object().unwrap().len(), 8);
+}

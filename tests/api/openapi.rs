@@ -247,7 +247,8 @@ async fn every_route_the_router_serves_is_documented_with_the_methods_it_serves(
     // 405 with `Allow` (an unrouted path is the API's 404)
     for (template, item) in paths {
         let documented = methods_of(item);
-        let unserved = ["PATCH", "PUT", "DELETE", "TRACE"]
+        // (`OPTIONS` first: it is no write, which outside the API would need a CSRF token)
+        let unserved = ["OPTIONS", "PATCH", "PUT", "DELETE", "TRACE"]
             .into_iter()
             .find(|m| !documented.contains(*m))
             .unwrap();
@@ -519,6 +520,24 @@ async fn real_answers_match_their_documented_schemas() {
     }));
     let a = c.call(&app, "POST", "/api/v1/studies", None).await;
     assert_eq!(a.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    // a write without the token of a service that has one
+    let secured = modalbench::http::secured(
+        app.state.clone(),
+        modalbench::http::auth::Auth::new(Some("s3cret".into())),
+    );
+    let req = Request::post(format!("/api/v1/runs/{id}/cancel"))
+        .body(Body::empty())
+        .unwrap();
+    let res = secured.oneshot(req).await.unwrap();
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    let op = &c.doc["paths"]["/api/v1/runs/{id}/cancel"]["post"];
+    assert!(op["security"].to_string().contains("token"), "{op}");
+    c.cases.push(json!({
+        "what": "401",
+        "schema": resolve(&c.doc, &op["responses"]["401"])["content"]["application/json"]["schema"],
+        "instance": serde_json::from_slice::<Value>(&body).unwrap(),
+    }));
     c.validate();
 }
 

@@ -188,13 +188,16 @@ async fn writes_from_other_sites_are_refused_and_responses_carry_security_header
     let app = TestApp::new().await;
     let form = "model=bert-tiny&dataset=demo-news&epochs=1";
     let post = |extra: &[(&str, &str)]| {
-        let mut req = Request::post("/runs/new")
-            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
-            .header(header::HOST, "127.0.0.1:8080");
+        let mut req = crate::helpers::form_post("/runs/new", form);
+        req.headers_mut()
+            .insert(header::HOST, "127.0.0.1:8080".parse().unwrap());
         for (k, v) in extra {
-            req = req.header(*k, *v);
+            req.headers_mut().insert(
+                axum::http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
         }
-        req.body(Body::from(form)).unwrap()
+        req
     };
     // a form on another site, as a browser sends it
     for headers in [

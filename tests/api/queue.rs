@@ -380,6 +380,7 @@ async fn an_interrupted_run_resumes_from_its_last_checkpoint_keeping_the_earlier
         .store
         .insert_metric_points(
             id,
+            1,
             &[
                 modalbench::store::metrics::NewPoint {
                     key: modalbench::eval::MetricKey::TRAIN_LOSS,
@@ -423,12 +424,40 @@ async fn an_interrupted_run_resumes_from_its_last_checkpoint_keeping_the_earlier
         values.contains(&123.0),
         "the point before the checkpoint is kept"
     );
-    assert!(
-        !values.contains(&456.0),
-        "the point after it is reported again, not kept twice"
-    );
     let steps: Vec<i64> = points.iter().map(|p| p["step"].as_i64().unwrap()).collect();
-    assert!(steps.windows(2).all(|w| w[0] < w[1]), "{steps:?}");
+    assert!(
+        steps.windows(2).all(|w| w[0] < w[1]),
+        "one point a step: {steps:?}"
+    );
+    // the second attempt's points are the ones read for the steps it reported again, the
+    // first attempt's stay as its history
+    let (_, all) = app
+        .get(&format!(
+            "/api/v1/runs/{id}/metrics?key=train/loss&all_attempts=true"
+        ))
+        .await;
+    let all = all["series"]["train/loss"].as_array().unwrap();
+    let of = |attempt: i64| -> Vec<(i64, f64)> {
+        all.iter()
+            .filter(|p| p["attempt"] == attempt)
+            .map(|p| (p["step"].as_i64().unwrap(), p["value"].as_f64().unwrap()))
+            .collect()
+    };
+    assert!(of(1).contains(&(resumed_at + 1, 456.0)), "{all:?}");
+    let second = of(2);
+    assert!(
+        !second.is_empty() && second.iter().all(|(s, _)| *s > resumed_at),
+        "{second:?}"
+    );
+    for p in points {
+        let step = p["step"].as_i64().unwrap();
+        if let Some((_, v)) = second.iter().find(|(s, _)| *s == step) {
+            assert_eq!(p["attempt"], 2, "{p}");
+            assert_eq!(p["value"].as_f64().unwrap(), *v);
+        } else {
+            assert_eq!(p["attempt"], 1, "{p}");
+        }
+    }
 }
 
 #[tokio::test]
@@ -449,4 +478,98 @@ async fn a_data_parallel_run_holds_as_many_slots_as_it_has_replicas() {
     let run = app.run_to_end(narrow, 180).await;
     assert_eq!(run.status, RunStatus::Succeeded, "{:?}", run.error);
     assert_eq!(run.device.as_deref(), Some("cpu:0"));
+}
+
+/// A worker program: a shell script that, the first time it is started, reads its job and
+/// does `body`; every later start is the real worker.
+fn odd_worker(dir: &std::path::Path, body: &str) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join("odd-worker.sh");
+    let marker = dir.join("started-once");
+    let real = env!("CARGO_BIN_EXE_modalbench");
+    std::fs::write(
+        &path,
+        format!(
+            "#!/bin/sh\nif [ -e {m} ]; then exec {real} \"$@\"; fi\ntouch {m}\nread -r job\n{body}\n",
+            m = marker.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+#[tokio::test]
+async fn a_hung_worker_is_stopped_after_the_timeout_and_the_next_run_starts() {
+    let scripts = tempfile::tempdir().unwrap();
+    let exe = odd_worker(scripts.path(), "sleep 600");
+    let app = TestApp::with_settings(|s| {
+        s.worker_exe = Some(exe);
+        s.worker_timeout = 2;
+    })
+    .await;
+    let hung = app
+        .submit(json!({"model": "bert-tiny", "dataset": "demo-news", "max_steps": 2}))
+        .await;
+    let next = app
+        .submit(json!({"model": "bert-tiny", "dataset": "demo-news", "max_steps": 2}))
+        .await;
+    let run = app.run_to_end(hung, 60).await;
+    assert_eq!(run.status, RunStatus::Failed);
+    let error = run.error.unwrap();
+    assert!(error.contains("reported nothing for 2 s"), "{error}");
+    // the slot is free again: the next run starts after the hung one ended (whether a real
+    // worker speaks within 2 s here depends on the machine's load, so not how it ends)
+    let after = app.run_to_end(next, 120).await;
+    assert_eq!(after.attempts, 1);
+    assert!(after.started_at.unwrap() >= run.finished_at.unwrap());
+}
+
+#[tokio::test]
+async fn a_worker_writing_garbage_fails_its_run_with_the_reason() {
+    let scripts = tempfile::tempdir().unwrap();
+    let garbage = odd_worker(
+        scripts.path(),
+        "echo 'this is not an event'; echo '{\"event\": \"bogus\", \"step\": [}'; exit 0",
+    );
+    let app = TestApp::with_settings(|s| s.worker_exe = Some(garbage)).await;
+    let id = app
+        .submit(json!({"model": "bert-tiny", "dataset": "demo-news", "max_steps": 2}))
+        .await;
+    let next = app
+        .submit(json!({"model": "bert-tiny", "dataset": "demo-news", "max_steps": 2}))
+        .await;
+    let run = app.run_to_end(id, 60).await;
+    assert_eq!(run.status, RunStatus::Failed);
+    let error = run.error.unwrap();
+    assert!(
+        error.contains("2 line(s) on stdout that are not events")
+            && error.contains("without reporting a result"),
+        "{error}"
+    );
+    let (_, logs) = app.get(&format!("/api/v1/runs/{id}/logs")).await;
+    assert!(logs.to_string().contains("this is not an event"), "{logs}");
+    let run = app.run_to_end(next, 120).await;
+    assert_eq!(run.status, RunStatus::Succeeded, "{:?}", run.error);
+}
+
+#[tokio::test]
+async fn a_worker_writing_an_endless_line_is_stopped_without_exhausting_memory() {
+    let scripts = tempfile::tempdir().unwrap();
+    // 80 MiB without a newline, more than a line may hold
+    let flood = odd_worker(
+        scripts.path(),
+        "head -c 83886080 /dev/zero | tr '\\\\0' x; sleep 600",
+    );
+    let app = TestApp::with_settings(|s| s.worker_exe = Some(flood)).await;
+    let id = app
+        .submit(json!({"model": "bert-tiny", "dataset": "demo-news", "max_steps": 2}))
+        .await;
+    let run = app.run_to_end(id, 120).await;
+    assert_eq!(run.status, RunStatus::Failed);
+    let error = run.error.unwrap();
+    assert!(
+        error.contains("longer than 64 MiB on its stdout"),
+        "{error}"
+    );
 }

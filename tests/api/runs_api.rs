@@ -369,12 +369,7 @@ async fn leaderboard_parameters_are_checked() {
 #[tokio::test]
 async fn the_form_rerenders_with_the_message_on_bad_input_and_redirects_on_success() {
     let app = TestApp::new().await;
-    let form = |body: &str| {
-        Request::post("/runs/new")
-            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
-            .body(Body::from(body.to_string()))
-            .unwrap()
-    };
+    let form = |body: &str| crate::helpers::form_post("/runs/new", body);
     let (status, html) = app
         .send(form(
             "model=bert-tiny&dataset=demo-news&epochs=1&learning_rate=-0.5",
@@ -438,4 +433,91 @@ async fn health_and_readiness_answer() {
     let (status, body) = app.get("/readyz").await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
     assert_eq!(body["error"]["code"], "not_ready", "{body}");
+}
+
+#[tokio::test]
+async fn metrics_are_served_in_prometheus_text_format() {
+    let app = TestApp::new().await;
+    let id = app
+        .submit(json!({"model": "bert-tiny", "dataset": "demo-news", "max_steps": 2}))
+        .await;
+    let run = app.run_to_end(id, 120).await;
+    assert_eq!(run.status.as_str(), "succeeded");
+    app.submit(json!({"model": "bert-tiny", "dataset": "demo-news"}))
+        .await;
+    let (_, ext) = app
+        .post("/api/v1/runs/external", json!({"name": "from a script"}))
+        .await;
+    let ext = ext["id"].as_i64().unwrap();
+    app.post(
+        &format!("/api/v1/runs/{ext}/metrics"),
+        json!({"points": [{"key": "a", "value": 1.0}, {"key": "a", "value": 2.0, "step": 1},
+                          {"key": "b", "value": 3.0}]}),
+    )
+    .await;
+    let (_, missing) = app.get("/api/v1/runs/99999").await;
+    assert_eq!(missing["error"]["code"], "not_found");
+
+    let res = tower::ServiceExt::oneshot(
+        app.router.clone(),
+        Request::get("/metrics").body(Body::empty()).unwrap(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert!(
+        res.headers()[header::CONTENT_TYPE]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain; version=0.0.4")
+    );
+    let text = String::from_utf8(
+        axum::body::to_bytes(res.into_body(), 1 << 20)
+            .await
+            .unwrap()
+            .to_vec(),
+    )
+    .unwrap();
+    let value = |name: &str| -> f64 {
+        text.lines()
+            .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+            .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+            .rsplit(' ')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    assert_eq!(value("modalbench_runs{status=\"succeeded\"}"), 1.0);
+    // the external run is running (logged from elsewhere); the second native one waits
+    assert_eq!(value("modalbench_runs{status=\"running\"}"), 1.0);
+    assert_eq!(value("modalbench_queue_depth"), 1.0);
+    assert_eq!(value("modalbench_slots"), 1.0);
+    assert_eq!(
+        value("modalbench_points_ingested_total{source=\"external\"}"),
+        3.0
+    );
+    let (_, series) = app.get(&format!("/api/v1/runs/{id}/metrics")).await;
+    let native: usize = series["series"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|s| s.as_array().unwrap().len())
+        .sum();
+    assert_eq!(
+        value("modalbench_points_ingested_total{source=\"native\"}"),
+        native as f64
+    );
+    // the histogram: cumulative buckets, +Inf equal to the count, every request counted
+    let buckets: Vec<f64> = text
+        .lines()
+        .filter(|l| l.starts_with("modalbench_http_request_duration_seconds_bucket"))
+        .map(|l| l.rsplit(' ').next().unwrap().parse().unwrap())
+        .collect();
+    assert!(buckets.windows(2).all(|w| w[0] <= w[1]), "{buckets:?}");
+    let count = value("modalbench_http_request_duration_seconds_count");
+    assert_eq!(*buckets.last().unwrap(), count);
+    // 5 API calls before this one; the 404 among them
+    assert!(count >= 5.0, "{count}");
+    assert!(value("modalbench_http_requests_total{class=\"4xx\"}") >= 1.0);
 }

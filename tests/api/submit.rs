@@ -2,8 +2,7 @@
 //! same options and resolve them the same way.
 
 use crate::helpers::TestApp;
-use axum::body::Body;
-use axum::http::{Request, StatusCode, header};
+use axum::http::StatusCode;
 use modalbench::live::LiveKind;
 use modalbench::runs::options::{Bound, Kind, Range};
 use modalbench::runs::{QueueConfig, TrainConfig, option_values};
@@ -80,10 +79,7 @@ async fn the_form_offers_every_declared_option_and_stores_what_the_api_stores() 
         form.push_str(&format!("&{name}={value}"));
     }
     let by_api = app.submit(body).await;
-    let req = Request::post("/runs/new")
-        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
-        .body(Body::from(form))
-        .unwrap();
+    let req = crate::helpers::form_post("/runs/new", &form);
     let (status, _) = app.send(req).await;
     assert_eq!(status, StatusCode::SEE_OTHER);
     let api = app.state.store.get_run(by_api).await.unwrap().unwrap();
@@ -117,12 +113,10 @@ async fn the_form_offers_every_declared_option_and_stores_what_the_api_stores() 
         );
     }
     // a field given twice is named as such, and nothing is stored
-    let req = Request::post("/runs/new")
-        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
-        .body(Body::from(
-            "model=bert-tiny&dataset=demo-news&epochs=1&epochs=2",
-        ))
-        .unwrap();
+    let req = crate::helpers::form_post(
+        "/runs/new",
+        "model=bert-tiny&dataset=demo-news&epochs=1&epochs=2",
+    );
     let (status, html) = app.send(req).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
     assert!(html.contains("duplicate field `epochs`"), "{html}");

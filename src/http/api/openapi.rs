@@ -2,9 +2,10 @@
 //! declarations and the types' schemas (the same declarations route the requests, see
 //! [`super::routes`]), served at `GET /api/v1/openapi.json` and shown as the page `/api/docs`.
 //!
-//! What the extractors answer is added here once, not on every handler: an operation with a
-//! JSON body can answer 400 (`invalid_json`), 413, 415 and 422 ([`ApiJson`]), one with query
-//! parameters 422 ([`ApiQuery`]), one with a path parameter 404.
+//! What the extractors and layers answer is added here once, not on every handler: an
+//! operation with a JSON body can answer 400 (`invalid_json`), 413, 415 and 422 ([`ApiJson`]),
+//! one with query parameters 422 ([`ApiQuery`]), one with a path parameter 404, and a write
+//! 401 when the service has an API token ([`auth`](crate::http::auth)).
 //!
 //! [`ApiJson`]: crate::http::extract::ApiJson
 //! [`ApiQuery`]: crate::http::extract::ApiQuery
@@ -70,7 +71,7 @@ pub fn document() -> &'static utoipa::openapi::OpenApi {
             .routes(routes!(crate::http::healthz))
             .routes(routes!(crate::http::readyz))
             .into_openapi();
-        add_extractor_errors(&mut doc);
+        add_shared_answers(&mut doc);
         doc
     })
 }
@@ -94,13 +95,19 @@ pub(crate) const METHODS: [&str; 8] = [
     "get", "post", "put", "patch", "delete", "head", "options", "trace",
 ];
 
-/// The errors an extractor answers with, by status: the response's name in the document's
-/// components and its description.
-const EXTRACTOR_ERRORS: [(&str, &str, &str); 5] = [
+/// The errors an extractor or a layer answers with, by status: the response's name in the
+/// document's components and its description.
+const SHARED_ERRORS: [(&str, &str, &str); 6] = [
     (
         "400",
         "InvalidJson",
-        "The body is not JSON (`invalid_json`).",
+        "The body is not JSON, or nests deeper than 32 levels (`invalid_json`).",
+    ),
+    (
+        "401",
+        "Unauthorized",
+        "The service has an API token and the request does not carry it \
+         (`Authorization: Bearer <token>`; `unauthorized`).",
     ),
     ("404", "NotFound", "No such resource (`not_found`)."),
     (
@@ -122,11 +129,26 @@ const EXTRACTOR_ERRORS: [(&str, &str, &str); 5] = [
     ),
 ];
 
-/// Adds the extractors' errors to every operation that can meet them (where the handler does
-/// not describe that status itself), as references to shared responses.
-fn add_extractor_errors(doc: &mut utoipa::openapi::OpenApi) {
+/// Adds the extractors' and layers' errors to every operation that can meet them (where the
+/// handler does not describe that status itself), as references to shared responses; and the
+/// API token to every write, as optional (a service started without one takes none).
+fn add_shared_answers(doc: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::security::{
+        HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme,
+    };
     let components = doc.components.get_or_insert_with(Default::default);
-    for (_, name, description) in EXTRACTOR_ERRORS {
+    components.add_security_scheme(
+        "token",
+        SecurityScheme::Http(
+            HttpBuilder::new()
+                .scheme(HttpAuthScheme::Bearer)
+                .description(Some(
+                    "The service's API token (`--api-token`), needed by every write when set.",
+                ))
+                .build(),
+        ),
+    );
+    for (_, name, description) in SHARED_ERRORS {
         let response = ResponseBuilder::new()
             .description(description)
             .content(
@@ -141,13 +163,19 @@ fn add_extractor_errors(doc: &mut utoipa::openapi::OpenApi) {
         components.responses.insert(name.into(), response.into());
     }
     for item in doc.paths.paths.values_mut() {
-        for op in operations_mut(item) {
+        for (writes, op) in operations_mut(item) {
             let params = op.parameters.as_deref().unwrap_or_default();
             let in_path = params.iter().any(|p| p.parameter_in == ParameterIn::Path);
             let in_query = params.iter().any(|p| p.parameter_in == ParameterIn::Query);
             let body = op.request_body.is_some();
-            for (status, name, _) in EXTRACTOR_ERRORS {
+            if writes {
+                let none = SecurityRequirement::default();
+                let token = SecurityRequirement::new("token", Vec::<String>::new());
+                op.security = Some(vec![none, token]);
+            }
+            for (status, name, _) in SHARED_ERRORS {
                 let applies = match status {
+                    "401" => writes,
                     "404" => in_path,
                     "422" => body || in_query,
                     _ => body,
@@ -163,19 +191,23 @@ fn add_extractor_errors(doc: &mut utoipa::openapi::OpenApi) {
     }
 }
 
-fn operations_mut(item: &mut utoipa::openapi::PathItem) -> impl Iterator<Item = &mut Operation> {
+/// The operations of a path item, each with whether it writes (all but `GET`, `HEAD`,
+/// `OPTIONS`, as the auth layer counts).
+fn operations_mut(
+    item: &mut utoipa::openapi::PathItem,
+) -> impl Iterator<Item = (bool, &mut Operation)> {
     [
-        &mut item.get,
-        &mut item.put,
-        &mut item.post,
-        &mut item.delete,
-        &mut item.options,
-        &mut item.head,
-        &mut item.patch,
-        &mut item.trace,
+        (false, &mut item.get),
+        (true, &mut item.put),
+        (true, &mut item.post),
+        (true, &mut item.delete),
+        (false, &mut item.options),
+        (false, &mut item.head),
+        (true, &mut item.patch),
+        (true, &mut item.trace),
     ]
     .into_iter()
-    .filter_map(Option::as_mut)
+    .filter_map(|(writes, op)| Some((writes, op.as_mut()?)))
 }
 
 #[cfg(test)]

@@ -1,6 +1,6 @@
 //! `/runs`: submit, list, read, follow and cancel fine-tuning runs.
 
-use super::{RunId, parse_id};
+use super::{RunId, int_in, parse_id};
 use crate::data::Split;
 use crate::eval::MetricKey;
 use crate::http::AppState;
@@ -16,7 +16,7 @@ use crate::store::runs::{Run, RunFilter, RunSource, RunStatus};
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
-use axum::response::sse::{KeepAlive, Sse};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::Stream;
 use serde::{Deserialize, Serialize};
@@ -36,19 +36,6 @@ pub(crate) fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(predictions))
         .routes(routes!(events))
         .routes(routes!(cancel))
-}
-
-/// Checks that an integer query parameter lies in `lo..=hi`.
-fn int_in(field: &str, v: i64, lo: i64, hi: i64) -> Result<i64, ApiError> {
-    if (lo..=hi).contains(&v) {
-        Ok(v)
-    } else {
-        Err(ApiError::invalid(
-            field,
-            "invalid_value",
-            format!("`{field}` must be between {lo} and {hi}, got {v}"),
-        ))
-    }
 }
 
 /// `POST /api/v1/runs`: a [`RunRequest`] (`model`, `dataset`, any options).
@@ -212,6 +199,10 @@ struct MetricsQuery {
     // described in its schema: utoipa drops a doc comment beside `schema_with`
     #[param(schema_with = series_key_schema)]
     key: Option<String>,
+    /// Every attempt's points (a resumed run reports the steps after its checkpoint again),
+    /// instead of the latest attempt's point of each step.
+    #[serde(default)]
+    all_attempts: bool,
 }
 
 /// A native run's [`MetricKey`], or any name an external run logged.
@@ -243,6 +234,7 @@ pub(crate) async fn series_of(
     state: &AppState,
     run: &Run,
     key: Option<&str>,
+    all_attempts: bool,
 ) -> ApiResult<BTreeMap<String, Vec<Point>>> {
     if run.source == RunSource::External {
         let series = state.store.external_series(run.id, key).await?;
@@ -256,6 +248,7 @@ pub(crate) async fn series_of(
                         epoch: None,
                         value: p.value,
                         time: crate::store::tracking::millis_time(p.timestamp),
+                        attempt: 1,
                     })
                     .collect();
                 (k, points)
@@ -268,7 +261,7 @@ pub(crate) async fn series_of(
                 .map_err(|e| ApiError::invalid("key", "invalid_value", e.to_string()))
         })
         .transpose()?;
-    let series = state.store.metric_series(run.id, key).await?;
+    let series = state.store.metric_series(run.id, key, all_attempts).await?;
     Ok(series
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
@@ -294,7 +287,7 @@ async fn metrics(
     ApiQuery(q): ApiQuery<MetricsQuery>,
 ) -> ApiResult<Json<Series>> {
     let run = find_run(&state, &id).await?;
-    let series = series_of(&state, &run, q.key.as_deref()).await?;
+    let series = series_of(&state, &run, q.key.as_deref(), q.all_attempts).await?;
     Ok(Json(Series { series }))
 }
 
@@ -383,40 +376,92 @@ async fn predictions(
     Ok(Json(Predictions { split, predictions }))
 }
 
-/// Server-Sent Events of one run: `status`, `started`, `progress`, `metric`, `log`,
-/// `checkpoint`, `finished`, `failed`; the data is the event as JSON.
+/// One more event stream, or a 503 when too many are open.
+pub(crate) fn stream_permit(state: &AppState) -> ApiResult<tokio::sync::OwnedSemaphorePermit> {
+    state.hub.stream_permit().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too_many_streams",
+            format!(
+                "{} event streams are open (or the service is shutting down); try again later",
+                crate::live::MAX_STREAMS
+            ),
+        )
+    })
+}
+
+/// A stream of `(event, last)` items that ends after the item marked last, or when the service
+/// shuts down; it holds its place among the open streams while it lives.
+pub(crate) fn ending_stream(
+    closed: impl std::future::Future<Output = ()> + Send + 'static,
+    permit: tokio::sync::OwnedSemaphorePermit,
+    items: impl Stream<Item = (SseEvent, bool)> + Send + 'static,
+) -> impl Stream<Item = Result<SseEvent, Infallible>> + Send + 'static {
+    let items = Box::pin(items);
+    let stream = futures_util::stream::unfold(
+        (items, false, permit),
+        |(mut items, done, permit)| async move {
+            if done {
+                return None;
+            }
+            let (ev, last) = items.next().await?;
+            Some((Ok(ev), (items, last, permit)))
+        },
+    );
+    futures_util::StreamExt::take_until(stream, closed)
+}
+
+/// Server-Sent Events of one run: `status` first (its status now), then as they happen
+/// `started`, `progress`, `metric`, `log`, `checkpoint`, `finished`, `failed` and `status`;
+/// the data is the event as JSON. The stream ends with the `status` event of the run's end
+/// (at once for a run that has ended).
 #[utoipa::path(
     get,
     path = "/runs/{id}/events",
     operation_id = "follow_run",
     tag = "runs",
     summary = "Follow a run live",
-    description = "Server-Sent Events from now on, while the connection stays open: `status` \
-        (`{\"status\", \"error\"}`), and the worker's `started`, `progress`, `metric`, `log`, \
-        `checkpoint`, `finished` and `failed`, each with its data as JSON.",
+    description = "Server-Sent Events: `status` first (`{\"status\", \"error\"}`, the run's \
+        status now), then as they happen the worker's `started`, `progress`, `metric`, `log`, \
+        `checkpoint`, `finished`, `failed` and `status`, each with its data as JSON. The stream \
+        ends with the `status` of the run's end (at once for a run that has ended).",
     params(RunId),
-    responses((status = 200, description = "The event stream.", content_type = "text/event-stream",
-        body = String)),
+    responses(
+        (status = 200, description = "The event stream.", content_type = "text/event-stream",
+            body = String),
+        (status = 503, description = "Too many event streams are open, or the service is \
+            shutting down (`too_many_streams`).", body = ErrorBody),
+    ),
 )]
 async fn events(
     State(state): State<AppState>,
     Path(id): Path<String>,
-) -> ApiResult<Sse<impl Stream<Item = Result<axum::response::sse::Event, Infallible>>>> {
-    let run = find_run(&state, &id).await?;
+) -> ApiResult<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>> {
+    let permit = stream_permit(&state)?;
+    // subscribed before the status is read, so that an end in between is not missed
     let rx = state.hub.subscribe();
+    let run = find_run(&state, &id).await?;
     let run_id = run.id;
-    let stream = BroadcastStream::new(rx).filter_map(move |ev| {
+    let now = LiveKind::Status {
+        status: run.status,
+        error: run.error.clone(),
+    };
+    let first = SseEvent::default()
+        .event("status")
+        .data(serde_json::to_string(&now).unwrap_or_default());
+    let ended = !run.status.is_active();
+    let live = BroadcastStream::new(rx).filter_map(move |ev| {
         let ev = ev.ok().filter(|e| e.run_id == run_id)?;
+        let last = matches!(ev.kind, LiveKind::Status { status, .. } if !status.is_active());
         let data = match &ev.kind {
             LiveKind::Status { .. } => serde_json::to_string(&ev.kind),
             LiveKind::Worker(w) => serde_json::to_string(w),
         }
         .ok()?;
-        Some(Ok(axum::response::sse::Event::default()
-            .event(ev.name())
-            .data(data)))
+        Some((SseEvent::default().event(ev.name()).data(data), last))
     });
-    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+    let items = futures_util::stream::iter([(first, ended)]).chain(live);
+    Ok(Sse::new(ending_stream(state.hub.closed(), permit, items)).keep_alive(KeepAlive::default()))
 }
 
 #[utoipa::path(
@@ -440,5 +485,8 @@ async fn cancel(State(state): State<AppState>, Path(id): Path<String>) -> ApiRes
             "run {id} already ended: {status}"
         ))),
         CancelOutcome::NotFound => Err(ApiError::not_found(format!("run {id}"))),
+        CancelOutcome::Elsewhere(device) => Err(ApiError::conflict(format!(
+            "run {id} is trained by another process ({device}, `modalbench train`); stop it there"
+        ))),
     }
 }

@@ -253,22 +253,8 @@ async fn list(
     State(state): State<AppState>,
     ApiQuery(q): ApiQuery<ListQuery>,
 ) -> ApiResult<Json<StudyList>> {
-    let limit = q.limit.unwrap_or(100);
-    if !(1..=1000).contains(&limit) {
-        return Err(ApiError::invalid(
-            "limit",
-            "invalid_value",
-            format!("`limit` must be between 1 and 1000, got {limit}"),
-        ));
-    }
-    let offset = q.offset.unwrap_or(0);
-    if offset < 0 {
-        return Err(ApiError::invalid(
-            "offset",
-            "invalid_value",
-            format!("`offset` must be 0 or more, got {offset}"),
-        ));
-    }
+    let limit = super::int_in("limit", q.limit.unwrap_or(100), 1, 1000)?;
+    let offset = super::int_in("offset", q.offset.unwrap_or(0), 0, i64::MAX)?;
     Ok(Json(StudyList {
         studies: state.store.list_studies(limit, offset).await?,
     }))
@@ -328,40 +314,69 @@ async fn cancel(State(state): State<AppState>, Path(id): Path<String>) -> ApiRes
     operation_id = "follow_study",
     tag = "studies",
     summary = "Follow a study live",
-    description = "Server-Sent Events of the study's runs from now on: `status`, `progress` \
-        and `finished`, each with its data as JSON with the run's `run_id`.",
+    description = "Server-Sent Events: `study` first (`{\"study_id\", \"active_runs\"}`), \
+        then the study's runs' `status`, `progress` and `finished` as they happen, each with its \
+        data as JSON with the run's `run_id`. The stream ends when the study's last run ends (at \
+        once when none is active).",
     params(StudyId),
-    responses((status = 200, description = "The event stream.", content_type = "text/event-stream",
-        body = String)),
+    responses(
+        (status = 200, description = "The event stream.", content_type = "text/event-stream",
+            body = String),
+        (status = 503, description = "Too many event streams are open, or the service is \
+            shutting down (`too_many_streams`).", body = ErrorBody),
+    ),
 )]
 async fn events(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> ApiResult<Sse<impl Stream<Item = Result<axum::response::sse::Event, Infallible>>>> {
-    let study = find_study(&state, &id).await?;
+    let permit = super::runs::stream_permit(&state)?;
     let rx = state.hub.subscribe();
-    let ids: HashSet<i64> = state
-        .store
-        .study_runs(study.id)
-        .await?
-        .into_iter()
+    let study = find_study(&state, &id).await?;
+    let runs = state.store.study_runs(study.id).await?;
+    let ids: HashSet<i64> = runs.iter().map(|r| r.id).collect();
+    // the stream ends when the last of the study's runs ends
+    let mut active: HashSet<i64> = runs
+        .iter()
+        .filter(|r| r.status.is_active())
         .map(|r| r.id)
         .collect();
-    let stream = BroadcastStream::new(rx).filter_map(move |ev| {
+    let ended = active.is_empty();
+    let first = axum::response::sse::Event::default()
+        .event("study")
+        .data(serde_json::json!({"study_id": study.id, "active_runs": active.len()}).to_string());
+    let live = BroadcastStream::new(rx).filter_map(move |ev| {
         let ev = ev.ok().filter(|e| ids.contains(&e.run_id))?;
         let name = ev.name();
         if !matches!(name, "status" | "progress" | "finished") {
             return None;
         }
+        if let LiveKind::Status { status, .. } = &ev.kind {
+            if status.is_active() {
+                active.insert(ev.run_id);
+            } else {
+                active.remove(&ev.run_id);
+            }
+        }
+        let last = active.is_empty();
         let mut data = match &ev.kind {
             LiveKind::Status { .. } => serde_json::to_value(&ev.kind),
             LiveKind::Worker(w) => serde_json::to_value(w),
         }
         .ok()?;
         data["run_id"] = ev.run_id.into();
-        Some(Ok(axum::response::sse::Event::default()
-            .event(name)
-            .data(data.to_string())))
+        Some((
+            axum::response::sse::Event::default()
+                .event(name)
+                .data(data.to_string()),
+            last,
+        ))
     });
-    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+    let items = futures_util::stream::iter([(first, ended)]).chain(live);
+    Ok(Sse::new(super::runs::ending_stream(
+        state.hub.closed(),
+        permit,
+        items,
+    ))
+    .keep_alive(KeepAlive::default()))
 }

@@ -174,6 +174,14 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Msg<T> {
         } else {
             &bytes
         };
+        let depth = crate::http::extract::json_depth(body);
+        if depth > crate::http::extract::MAX_JSON_DEPTH {
+            return Err(MlflowError::new(
+                StatusCode::BAD_REQUEST,
+                "MALFORMED_REQUEST",
+                format!("the request body nests {depth} levels deep"),
+            ));
+        }
         let value: Value = serde_json::from_slice(body).map_err(|e| {
             MlflowError::new(
                 StatusCode::BAD_REQUEST,

@@ -4,7 +4,6 @@ use super::runs::RunRow;
 use super::{PageResult, bytes, duration, num, params, render};
 use crate::http::AppState;
 use crate::http::api::leaderboard::{BoardQuery, boards};
-use crate::http::extract::ApiQuery;
 use crate::models::registry::ModelInfo;
 use crate::store::runs::{BoardMetric, RunFilter, StatusCounts};
 use askama::Template;
@@ -204,7 +203,7 @@ fn board_link(path: &str, q: &BoardQuery, set: &[(&str, &str)]) -> String {
 
 async fn leaderboard(
     State(state): State<AppState>,
-    ApiQuery(q): ApiQuery<BoardQuery>,
+    super::PageQuery(q): super::PageQuery<BoardQuery>,
 ) -> PageResult {
     let lb = boards(&state, q.clone()).await?;
     let headers = crate::http::api::leaderboard::COLUMNS

@@ -10,7 +10,6 @@ use crate::data::Split;
 use crate::eval::stats::{self, Scored, Statistic};
 use crate::http::AppState;
 use crate::http::error::ApiError;
-use crate::http::extract::ApiQuery;
 use crate::runs::{QueueConfig, option_values};
 use crate::store::predictions::StoredPrediction;
 use crate::store::runs::{Run, RunConfig};
@@ -135,7 +134,10 @@ fn scored<'a>(labels: &'a [usize], probs: &'a [Vec<f32>], num_labels: usize) -> 
     }
 }
 
-async fn compare(State(state): State<AppState>, ApiQuery(q): ApiQuery<CompareQuery>) -> PageResult {
+async fn compare(
+    State(state): State<AppState>,
+    super::PageQuery(q): super::PageQuery<CompareQuery>,
+) -> PageResult {
     let ids = run_ids(&q)?;
     let mut runs: Vec<Run> = Vec::new();
     for id in &ids {

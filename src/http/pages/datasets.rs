@@ -11,7 +11,6 @@ use super::{PageError, PageResult, render, when};
 use crate::data::{Source, Split};
 use crate::http::AppState;
 use crate::http::error::ApiError;
-use crate::http::extract::ApiQuery;
 use crate::store::datasets::DatasetRecord;
 use askama::Template;
 use axum::Router;
@@ -92,6 +91,18 @@ pub(super) async fn loaded(
     state: &AppState,
     record: &DatasetRecord,
 ) -> Result<std::sync::Arc<cache::Loaded>, PageError> {
+    let root = std::path::PathBuf::from(&record.root);
+    if !tokio::fs::try_exists(&root).await.unwrap_or(false) {
+        return Err(PageError(ApiError::new(
+            StatusCode::GONE,
+            "dataset_missing",
+            format!(
+                "the folder of dataset `{}` is gone; put it back, or register the dataset again \
+                 from where it is now",
+                record.name
+            ),
+        )));
+    }
     state.dataset_pages.loaded(record).await.map_err(|e| {
         tracing::error!(
             dataset = record.name,
@@ -208,7 +219,7 @@ fn source_rows(s: &Source, image_dir: String) -> Vec<(&'static str, String)> {
 async fn detail(
     State(state): State<AppState>,
     Path(name): Path<String>,
-    ApiQuery(q): ApiQuery<DetailQuery>,
+    super::PageQuery(q): super::PageQuery<DetailQuery>,
 ) -> PageResult {
     let record = find(&state, &name).await?;
     let split = q.split.unwrap_or(Split::Train);

@@ -103,6 +103,26 @@ impl IntoResponse for PageError {
     }
 }
 
+/// Query parameters of a page: like the API's [`ApiQuery`](crate::http::extract::ApiQuery),
+/// a bad value is named, but on an error page rather than as JSON.
+pub struct PageQuery<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::FromRequestParts<S>
+    for PageQuery<T>
+{
+    type Rejection = PageError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, PageError> {
+        crate::http::extract::ApiQuery::from_request_parts(parts, state)
+            .await
+            .map(|crate::http::extract::ApiQuery(q)| PageQuery(q))
+            .map_err(PageError)
+    }
+}
+
 /// Result of a page handler.
 pub type PageResult = Result<Response, PageError>;
 

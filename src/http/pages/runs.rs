@@ -4,8 +4,9 @@ use super::{PageResult, bytes, duration, flops, num, params, render, render_stat
 use crate::eval::{Metric, MetricKey};
 use crate::http::AppState;
 use crate::http::api::runs::{ListQuery, find_run};
+use crate::http::auth::{self, Csrf};
 use crate::http::error::ApiError;
-use crate::http::extract::{ApiQuery, parse_form};
+use crate::http::extract::parse_form;
 use crate::queue::CancelOutcome;
 use crate::runs::options::{Kind, OptionSpec};
 use crate::runs::{QueueConfig, RunRequest, TrainConfig, option_values};
@@ -15,7 +16,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect};
 use axum::routing::{get, post};
-use axum::{Form, Router};
+use axum::{Extension, Form, Router};
 use std::collections::HashMap;
 
 pub(crate) fn router() -> Router<AppState> {
@@ -72,7 +73,10 @@ struct RunsPage {
     any_active: bool,
 }
 
-async fn list(State(state): State<AppState>, ApiQuery(q): ApiQuery<ListQuery>) -> PageResult {
+async fn list(
+    State(state): State<AppState>,
+    super::PageQuery(q): super::PageQuery<ListQuery>,
+) -> PageResult {
     let (status, model, dataset) = (
         q.status.clone().unwrap_or_default(),
         q.model.clone().unwrap_or_default(),
@@ -94,6 +98,7 @@ async fn list(State(state): State<AppState>, ApiQuery(q): ApiQuery<ListQuery>) -
 #[derive(Template)]
 #[template(path = "run.html")]
 struct RunPage {
+    csrf: String,
     run: RunRow,
     active: bool,
     device: String,
@@ -206,9 +211,13 @@ fn config_rows(config: &RunConfig, priority: i64) -> Vec<ConfigRow> {
         .collect()
 }
 
-async fn detail(State(state): State<AppState>, Path(id): Path<String>) -> PageResult {
+async fn detail(
+    State(state): State<AppState>,
+    Extension(csrf): Extension<Csrf>,
+    Path(id): Path<String>,
+) -> PageResult {
     let run = find_run(&state, &id).await?;
-    let series = state.store.metric_series(run.id, None).await?;
+    let series = state.store.metric_series(run.id, None, false).await?;
     let mut steps: Vec<(i64, Option<f64>)> = series
         .get(&MetricKey::eval(Metric::Loss))
         .map(|pts| pts.iter().map(|p| (p.step, p.epoch)).collect())
@@ -318,6 +327,7 @@ async fn detail(State(state): State<AppState>, Path(id): Path<String>) -> PageRe
         .map(|l| format!("{} [{}] {}", when(Some(&l.time)), l.stream, l.line))
         .collect();
     render(&RunPage {
+        csrf: csrf.0,
         active: run.status.is_active(),
         device: run.device.clone().unwrap_or_else(|| "–".into()),
         attempts: run.attempts,
@@ -359,6 +369,7 @@ async fn detail(State(state): State<AppState>, Path(id): Path<String>) -> PageRe
 #[derive(Template)]
 #[template(path = "new_run.html")]
 struct NewRunPage {
+    csrf: String,
     models: Vec<(String, String)>,
     datasets: Vec<String>,
     model: String,
@@ -411,6 +422,7 @@ fn form_fields(values: &HashMap<String, String>) -> Vec<FormField> {
 
 async fn form_page(
     state: &AppState,
+    csrf: Csrf,
     values: HashMap<String, String>,
     error: Option<ApiError>,
 ) -> PageResult {
@@ -438,6 +450,7 @@ async fn form_page(
         StatusCode::OK
     };
     let page = NewRunPage {
+        csrf: csrf.0,
         models,
         datasets,
         model: values.get("model").cloned().unwrap_or_default(),
@@ -452,8 +465,8 @@ async fn form_page(
     render_status(status, &page)
 }
 
-async fn new_form(State(state): State<AppState>) -> PageResult {
-    form_page(&state, HashMap::new(), None).await
+async fn new_form(State(state): State<AppState>, Extension(csrf): Extension<Csrf>) -> PageResult {
+    form_page(&state, csrf, HashMap::new(), None).await
 }
 
 /// Reads the form into a [`RunRequest`], as the API reads its JSON body; a value that is not
@@ -475,8 +488,10 @@ fn read_form(pairs: &[(String, String)]) -> Result<RunRequest, ApiError> {
 
 async fn new_submit(
     State(state): State<AppState>,
+    Extension(csrf): Extension<Csrf>,
     Form(pairs): Form<Vec<(String, String)>>,
 ) -> PageResult {
+    let pairs = auth::without_csrf(pairs);
     let submitted = match read_form(&pairs) {
         Ok(req) => state.scheduler.submit(req).await.map_err(ApiError::from),
         Err(e) => Err(e),
@@ -484,7 +499,7 @@ async fn new_submit(
     match submitted {
         Ok(run) => Ok(Redirect::to(&format!("/runs/{}", run.id)).into_response()),
         Err(e) if e.status.is_client_error() => {
-            form_page(&state, pairs.into_iter().collect(), Some(e)).await
+            form_page(&state, csrf, pairs.into_iter().collect(), Some(e)).await
         }
         Err(e) => Err(e.into()),
     }
@@ -494,6 +509,11 @@ async fn cancel(State(state): State<AppState>, Path(id): Path<String>) -> PageRe
     let run = find_run(&state, &id).await?;
     match state.scheduler.cancel(run.id).await? {
         CancelOutcome::NotFound => Err(ApiError::not_found(format!("run {}", run.id)).into()),
+        CancelOutcome::Elsewhere(device) => Err(ApiError::conflict(format!(
+            "run {} is trained by another process ({device}, `modalbench train`); stop it there",
+            run.id
+        ))
+        .into()),
         _ => Ok(Redirect::to(&format!("/runs/{}", run.id)).into_response()),
     }
 }

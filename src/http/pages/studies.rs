@@ -5,6 +5,7 @@ use super::{PageResult, bytes, duration, num, params, render, render_status, whe
 use crate::http::AppState;
 use crate::http::api::studies::find_study;
 use crate::http::api::studies::{VerdictQuery, study_verdict};
+use crate::http::auth::{self, Csrf};
 use crate::http::error::ApiError;
 use crate::runs::options::Kind;
 use crate::runs::{QueueConfig, RunRequest, TrainConfig, option_values};
@@ -13,11 +14,11 @@ use crate::store::studies::Study;
 use crate::studies::StudyRequest;
 use crate::verdict::{Outcome, RULE, Side};
 use askama::Template;
-use axum::Router;
 use axum::extract::{Form, Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect};
 use axum::routing::{get, post};
+use axum::{Extension, Router};
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
 
@@ -174,7 +175,7 @@ fn side_view(s: &Side) -> SideView {
 async fn verdict_page(
     State(state): State<AppState>,
     Path(id): Path<String>,
-    crate::http::extract::ApiQuery(q): crate::http::extract::ApiQuery<VerdictQuery>,
+    super::PageQuery(q): super::PageQuery<VerdictQuery>,
 ) -> PageResult {
     let study = find_study(&state, &id).await?;
     let t = q.thresholds()?;
@@ -322,6 +323,7 @@ struct GridRow {
 #[derive(Template)]
 #[template(path = "study.html")]
 struct StudyPage {
+    csrf: String,
     study: StudyRow,
     active: bool,
     cancelled: bool,
@@ -348,7 +350,11 @@ fn cell_run(r: &Run) -> CellRun {
     }
 }
 
-async fn detail(State(state): State<AppState>, Path(id): Path<String>) -> PageResult {
+async fn detail(
+    State(state): State<AppState>,
+    Extension(csrf): Extension<Csrf>,
+    Path(id): Path<String>,
+) -> PageResult {
     let study = find_study(&state, &id).await?;
     let runs = state.store.study_runs(study.id).await?;
     let datasets = study.spec.datasets.clone();
@@ -372,6 +378,7 @@ async fn detail(State(state): State<AppState>, Path(id): Path<String>) -> PageRe
         })
         .collect();
     render(&StudyPage {
+        csrf: csrf.0,
         active: study.counts.active() > 0,
         cancelled: study.cancelled_at.is_some(),
         spec: serde_json::to_string_pretty(&study.spec).unwrap_or_default(),
@@ -399,6 +406,7 @@ struct OptionField {
 #[derive(Template)]
 #[template(path = "new_study.html")]
 struct NewStudyPage {
+    csrf: String,
     models: Vec<(String, bool)>,
     datasets: Vec<(String, bool)>,
     name: String,
@@ -429,7 +437,12 @@ fn one(pairs: &Pairs, key: &str) -> String {
         .to_string()
 }
 
-async fn form_page(state: &AppState, pairs: &Pairs, error: Option<ApiError>) -> PageResult {
+async fn form_page(
+    state: &AppState,
+    csrf: Csrf,
+    pairs: &Pairs,
+    error: Option<ApiError>,
+) -> PageResult {
     let chosen = |key: &str, name: &str| values(pairs, key).contains(&name);
     let models = state
         .registry
@@ -481,6 +494,7 @@ async fn form_page(state: &AppState, pairs: &Pairs, error: Option<ApiError>) -> 
     render_status(
         status,
         &NewStudyPage {
+            csrf: csrf.0,
             models,
             datasets,
             name: one(pairs, "name"),
@@ -496,8 +510,8 @@ async fn form_page(state: &AppState, pairs: &Pairs, error: Option<ApiError>) -> 
     )
 }
 
-async fn new_form(State(state): State<AppState>) -> PageResult {
-    form_page(&state, &Vec::new(), None).await
+async fn new_form(State(state): State<AppState>, Extension(csrf): Extension<Csrf>) -> PageResult {
+    form_page(&state, csrf, &Vec::new(), None).await
 }
 
 /// The JSON value of an option as typed in the form: a number, a boolean or a name, by the
@@ -591,7 +605,12 @@ fn read_form(pairs: &Pairs) -> Result<StudyRequest, ApiError> {
     })
 }
 
-async fn new_submit(State(state): State<AppState>, Form(pairs): Form<Pairs>) -> PageResult {
+async fn new_submit(
+    State(state): State<AppState>,
+    Extension(csrf): Extension<Csrf>,
+    Form(pairs): Form<Pairs>,
+) -> PageResult {
+    let pairs = auth::without_csrf(pairs);
     let submitted = match read_form(&pairs) {
         Ok(req) => state
             .scheduler
@@ -602,7 +621,7 @@ async fn new_submit(State(state): State<AppState>, Form(pairs): Form<Pairs>) -> 
     };
     match submitted {
         Ok((study, _)) => Ok(Redirect::to(&format!("/studies/{}", study.id)).into_response()),
-        Err(e) if e.status.is_client_error() => form_page(&state, &pairs, Some(e)).await,
+        Err(e) if e.status.is_client_error() => form_page(&state, csrf, &pairs, Some(e)).await,
         Err(e) => Err(e.into()),
     }
 }
