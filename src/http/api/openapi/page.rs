@@ -210,7 +210,7 @@ fn properties(schema: &Value) -> Vec<FieldView> {
     let Some(props) = schema.get("properties").and_then(Value::as_object) else {
         return Vec::new();
     };
-    props
+    let mut fields: Vec<FieldView> = props
         .iter()
         .map(|(name, p)| FieldView {
             name: name.clone(),
@@ -220,7 +220,11 @@ fn properties(schema: &Value) -> Vec<FieldView> {
             description: text(p, "description"),
             constraints: constraints(p),
         })
-        .collect()
+        .collect();
+    // the required first (`model`, `dataset`), each group by name (the JSON value's map has
+    // lost the declaration order)
+    fields.sort_by_key(|f| !f.required);
+    fields
 }
 
 fn contents(v: &Value) -> Vec<ContentView> {
