@@ -20,7 +20,7 @@ StudyRef = Union[int, Study]
 TOKEN_ENV = "MODALBENCH_API_TOKEN"
 
 #: Columns of :meth:`Client.metrics`.
-METRIC_COLUMNS = ["key", "step", "epoch", "value", "time"]
+METRIC_COLUMNS = ["key", "step", "epoch", "value", "time", "attempt"]
 #: The leaderboard's aggregated metrics, each flattened into ``<name>_mean``, ``_std``, ``_n``,
 #: ``_ci_low``, ``_ci_high`` columns (as the service's CSV export names them).
 BOARD_METRICS = ("accuracy", "f1", "auroc", "loss")
@@ -243,15 +243,27 @@ class Client:
             raise RunFailed(current)
         return current
 
-    def metrics(self, run: RunRef, key: str | None = None, as_frame: bool | None = None) -> Any:
+    def metrics(
+        self,
+        run: RunRef,
+        key: str | None = None,
+        as_frame: bool | None = None,
+        all_attempts: bool = False,
+    ) -> Any:
         """The run's metric points, one row per point: ``key`` (``train/loss``,
-        ``eval/accuracy``, ``test/f1``, ...), ``step``, ``epoch``, ``value``, ``time``.
+        ``eval/accuracy``, ``test/f1``, ...), ``step``, ``epoch``, ``value``, ``time`` and
+        ``attempt`` (the run's attempt that reported it; a resumed run reports the steps after
+        its checkpoint again: each step's latest attempt, or every attempt's with
+        ``all_attempts``).
 
         Only ``key``'s points when it is given (an unknown key is a 422 ApiError). A pandas
         DataFrame when pandas is installed (``time`` as UTC timestamps), else a list of dicts
         (``time`` as the service's RFC 3339 text); ``as_frame`` forces either.
         """
-        series = self._get(f"/runs/{_run_id(run)}/metrics", key=key)["series"]
+        params: dict[str, Any] = {"key": key}
+        if all_attempts:
+            params["all_attempts"] = "true"
+        series = self._get(f"/runs/{_run_id(run)}/metrics", **params)["series"]
         rows = [
             {
                 "key": k,
@@ -259,6 +271,7 @@ class Client:
                 "epoch": p.get("epoch"),
                 "value": p["value"],
                 "time": p.get("time"),
+                "attempt": p.get("attempt", 1),
             }
             for k, points in series.items()
             for p in points

@@ -54,7 +54,6 @@ impl Store {
         })
     }
 
-    /// The connection pool, for the table modules.
     /// Whether the database answers a query.
     pub async fn ping(&self) -> Result<()> {
         sqlx::query("SELECT 1")
@@ -84,6 +83,7 @@ impl Store {
         self.pool.begin_with("BEGIN IMMEDIATE").await
     }
 
+    /// The connection pool, for the table modules.
     pub fn pool(&self) -> &SqlitePool {
         &self.pool
     }
