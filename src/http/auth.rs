@@ -213,7 +213,12 @@ pub async fn layer(State(auth): State<Auth>, mut req: Request, next: Next) -> Re
     let path = req.uri().path().to_string();
     let mlflow = path.starts_with("/api/2.0/") || path.starts_with("/ajax-api/");
     let api = path.starts_with("/api/") || mlflow;
-    let writes = !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
+    // a page takes writes only as form posts; another method there is the router's 405
+    let writes = if api {
+        !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS)
+    } else {
+        *req.method() == Method::POST
+    };
     let headers = req.headers();
     let csrf_cookie = cookie(headers, CSRF_COOKIE).map(str::to_string);
     let session = cookie(headers, SESSION_COOKIE)

@@ -300,3 +300,25 @@ async fn the_mlflow_client_logs_with_its_tracking_token() {
     let (_, runs) = app.get("/api/v1/runs?source=external").await;
     assert_eq!(runs["runs"].as_array().unwrap().len(), 1, "{runs}");
 }
+
+#[tokio::test]
+async fn other_methods_on_pages_are_not_allowed_rather_than_refused() {
+    let app = TestApp::new().await;
+    for (method, uri) in [
+        ("TRACE", "/healthz"),
+        ("PUT", "/runs/new"),
+        ("DELETE", "/readyz"),
+    ] {
+        let req = Request::builder()
+            .method(method)
+            .uri(uri)
+            .body(Body::empty())
+            .unwrap();
+        let (res, _) = send(&app.router, req).await;
+        assert_eq!(
+            res.status(),
+            StatusCode::METHOD_NOT_ALLOWED,
+            "{method} {uri}"
+        );
+    }
+}
