@@ -624,16 +624,29 @@ fn experiment(r: ExperimentRow, tags: BTreeMap<String, String>) -> Experiment {
     }
 }
 
-async fn set_experiment_tag(
+/// Whose tags: an experiment's (`experiment_tags`) or a run's (`run_tags`).
+#[derive(Debug, Clone, Copy)]
+enum TagsOf {
+    Experiment,
+    Run,
+}
+
+/// Sets one tag, replacing its value.
+async fn upsert_tag_of(
     tx: &mut Transaction<'_, Sqlite>,
+    of: TagsOf,
     id: i64,
     key: &str,
     value: &str,
 ) -> TrackingResult<()> {
-    sqlx::query(
-        "INSERT INTO experiment_tags (experiment_id, key, value) VALUES (?, ?, ?) \
-         ON CONFLICT (experiment_id, key) DO UPDATE SET value = excluded.value",
-    )
+    let (table, owner) = match of {
+        TagsOf::Experiment => ("experiment_tags", "experiment_id"),
+        TagsOf::Run => ("run_tags", "run_id"),
+    };
+    sqlx::query(&format!(
+        "INSERT INTO {table} ({owner}, key, value) VALUES (?, ?, ?) \
+         ON CONFLICT ({owner}, key) DO UPDATE SET value = excluded.value"
+    ))
     .bind(id)
     .bind(key)
     .bind(value)
@@ -642,22 +655,22 @@ async fn set_experiment_tag(
     Ok(())
 }
 
+async fn set_experiment_tag(
+    tx: &mut Transaction<'_, Sqlite>,
+    id: i64,
+    key: &str,
+    value: &str,
+) -> TrackingResult<()> {
+    upsert_tag_of(tx, TagsOf::Experiment, id, key, value).await
+}
+
 async fn upsert_tag(
     tx: &mut Transaction<'_, Sqlite>,
     id: i64,
     key: &str,
     value: &str,
 ) -> TrackingResult<()> {
-    sqlx::query(
-        "INSERT INTO run_tags (run_id, key, value) VALUES (?, ?, ?) \
-         ON CONFLICT (run_id, key) DO UPDATE SET value = excluded.value",
-    )
-    .bind(id)
-    .bind(key)
-    .bind(value)
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
+    upsert_tag_of(tx, TagsOf::Run, id, key, value).await
 }
 
 /// Rows of metric points per INSERT statement (5 parameters each).
