@@ -379,6 +379,8 @@ pub struct BoardGroup {
     pub peak_memory_bytes: Option<i64>,
     /// Wall time × devices held, in hours, summed over the runs.
     pub device_hours: Option<f64>,
+    /// Whether the group's runs were logged from elsewhere (external runs).
+    pub external: bool,
 }
 
 impl StatusCounts {
@@ -773,7 +775,8 @@ impl Store {
         } else {
             ""
         };
-        // the one MIN/MAX aggregate makes SQLite take the bare `id` from the row it picks;
+        // the one MIN/MAX aggregate makes SQLite take the bare `id` from the row it picks (so
+        // no other aggregate here may be a MIN or MAX);
         // without INDEXED BY the planner prefers `runs_board` for all datasets and reads the
         // table for every run (545 ms instead of 95 ms over 100k runs)
         let best = if metric.order() == "ASC" {
@@ -800,7 +803,8 @@ impl Store {
                     AVG(samples_per_second) AS samples_per_second, \
                     CAST(AVG(num_parameters) AS INTEGER) AS num_parameters, \
                     CAST(AVG(peak_memory_bytes) AS INTEGER) AS peak_memory_bytes, \
-                    SUM(device_hours) AS device_hours \
+                    SUM(device_hours) AS device_hours, \
+                    SUM(source = 'external') > 0 AS external \
              FROM runs INDEXED BY runs_groups \
              WHERE status = 'succeeded' AND lifecycle_stage = 'active' {only} \
              GROUP BY dataset, model, config_key",

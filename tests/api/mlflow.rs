@@ -94,6 +94,9 @@ async fn the_mlflow_client_logs_runs_that_show_beside_native_ones() {
         "{group}"
     );
     assert_eq!(rows.len(), 2, "the lr 1e-4 run is its own group: {board}");
+    assert!(rows.iter().all(|r| r["external"] == true), "{board}");
+    let (_, page) = app.page("/leaderboard?dataset=demo-news").await;
+    assert!(page.contains("badge external"), "{page}");
 
     // the pages: the run page marks it and charts its metrics; a comparison shows its params
     let (status, page) = app.page(&format!("/runs/{}", ids[0])).await;

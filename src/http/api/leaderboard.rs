@@ -271,6 +271,8 @@ pub struct BoardRow {
     pub peak_memory_bytes: Option<i64>,
     /// Summed over the runs.
     pub device_hours: Option<f64>,
+    /// Trained elsewhere and logged here (MLflow-compatible API or the metric batch endpoint).
+    pub external: bool,
 }
 
 impl BoardRow {
@@ -295,6 +297,7 @@ impl BoardRow {
             num_parameters: g.num_parameters,
             peak_memory_bytes: g.peak_memory_bytes,
             device_hours: g.device_hours,
+            external: g.external,
             dataset: g.dataset,
             model: g.model,
         }

@@ -126,6 +126,8 @@ struct BoardRowView {
     model: String,
     /// `text` or `text+image`, from the model registry (empty for a model no longer there).
     modality: &'static str,
+    /// Logged from elsewhere.
+    external: bool,
     configuration: String,
     run_id: i64,
     runs: i64,
@@ -263,6 +265,7 @@ async fn leaderboard(
                         memory: bytes(r.peak_memory_bytes),
                         device_hours: num(r.device_hours, 4),
                         modality: r.modality.unwrap_or(""),
+                        external: r.external,
                         configuration: r.configuration,
                         model: r.model,
                         run_id: r.run_id,
