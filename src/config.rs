@@ -4,6 +4,9 @@ use clap::Args;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+/// Seconds a worker may stay silent before it is taken for hung (`--worker-timeout`).
+pub const DEFAULT_WORKER_TIMEOUT: u64 = 1800;
+
 /// Settings shared by `serve` and the commands that open the data dir.
 #[derive(Debug, Clone, Args)]
 pub struct Settings {
@@ -26,7 +29,7 @@ pub struct Settings {
     pub data_roots: Vec<PathBuf>,
     /// Seconds a worker may go without reporting anything before it is taken for hung,
     /// stopped, and its run failed.
-    #[arg(long, env = "MODALBENCH_WORKER_TIMEOUT", default_value_t = 1800)]
+    #[arg(long, env = "MODALBENCH_WORKER_TIMEOUT", default_value_t = DEFAULT_WORKER_TIMEOUT)]
     pub worker_timeout: u64,
     /// Program started for each run (defaults to this binary's own `worker` subcommand).
     #[arg(long, env = "MODALBENCH_WORKER_EXE", hide = true)]
@@ -41,7 +44,7 @@ impl Settings {
             models_dir: models_dir.into(),
             cpu_slots: 1,
             data_roots: Vec::new(),
-            worker_timeout: 1800,
+            worker_timeout: DEFAULT_WORKER_TIMEOUT,
             worker_exe: None,
         }
     }

@@ -163,7 +163,7 @@ fn set_cookie(name: &str, value: &str, max_age: Option<u64>) -> HeaderValue {
     .expect("cookie values are hex")
 }
 
-fn unauthorized(api: bool, mlflow: bool) -> Response {
+fn unauthorized(mlflow: bool) -> Response {
     let message = "this service needs its API token for changes: send `Authorization: Bearer \
                    <token>`, or log in at /login";
     if mlflow {
@@ -174,11 +174,7 @@ fn unauthorized(api: bool, mlflow: bool) -> Response {
             .into_response();
     }
     let e = ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message);
-    let mut r = if api {
-        e.into_response()
-    } else {
-        PageError(e).into_response()
-    };
+    let mut r = e.into_response();
     r.headers_mut().insert(
         header::WWW_AUTHENTICATE,
         HeaderValue::from_static("Bearer realm=\"modalbench\""),
@@ -211,8 +207,7 @@ fn login_redirect(next: &str) -> Response {
 /// form posts' tokens, and, with an API token, the credentials of every write.
 pub async fn layer(State(auth): State<Auth>, mut req: Request, next: Next) -> Response {
     let path = req.uri().path().to_string();
-    let mlflow = path.starts_with("/api/2.0/") || path.starts_with("/ajax-api/");
-    let api = path.starts_with("/api/") || mlflow;
+    let (api, mlflow) = super::api_path(&path);
     // a page takes writes only as form posts; another method there is the router's 405
     let writes = if api {
         !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS)
@@ -235,7 +230,7 @@ pub async fn layer(State(auth): State<Auth>, mut req: Request, next: Next) -> Re
                     .as_deref()
                     .is_some_and(|c| header_csrf.is_some_and(|h| same(c.as_bytes(), h.as_bytes())));
             if auth.required() && !token_ok && !session_ok {
-                return unauthorized(true, mlflow);
+                return unauthorized(mlflow);
             }
         } else {
             // a form: its `csrf` field must match its cookie (the body is read here, within
@@ -283,24 +278,21 @@ pub async fn layer(State(auth): State<Auth>, mut req: Request, next: Next) -> Re
         return login_redirect(&path);
     }
 
+    // pages get a token for their forms; the API never uses one
     let (token, fresh) = match csrf_cookie {
         Some(c) => (c, false),
+        None if api => (String::new(), false),
         None => (random_hex(), true),
     };
     req.extensions_mut().insert(Csrf(token.clone()));
-    req.extensions_mut().insert(LoggedIn(session.is_some()));
     let mut response = next.run(req).await;
-    if fresh && !api {
+    if fresh {
         response
             .headers_mut()
             .append(header::SET_COOKIE, set_cookie(CSRF_COOKIE, &token, None));
     }
     response
 }
-
-/// Whether the request came with a valid session.
-#[derive(Debug, Clone, Copy)]
-pub struct LoggedIn(pub bool);
 
 #[derive(askama::Template)]
 #[template(path = "login.html")]

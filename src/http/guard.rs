@@ -38,8 +38,7 @@ fn cross_site(headers: &HeaderMap) -> bool {
 /// The middleware.
 pub async fn guard(req: Request, next: Next) -> Response {
     let path = req.uri().path();
-    let mlflow = path.starts_with("/api/2.0/") || path.starts_with("/ajax-api/");
-    let api = path.starts_with("/api/") || mlflow;
+    let (api, mlflow) = super::api_path(path);
     let writes = !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
     let mut response = if writes && cross_site(req.headers()) {
         let e = ApiError::new(

@@ -23,6 +23,13 @@ use tower_http::compression::CompressionLayer;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::trace::TraceLayer;
 
+/// Whether a path is MLflow's (`/api/2.0/...`, `/ajax-api/...`) and whether it is any API's
+/// (those and `/api/v1`): the API answers JSON errors, MLflow's in its own shape.
+pub(crate) fn api_path(path: &str) -> (bool, bool) {
+    let mlflow = path.starts_with("/api/2.0/") || path.starts_with("/ajax-api/");
+    (path.starts_with("/api/") || mlflow, mlflow)
+}
+
 /// What every handler can reach; cheap to clone.
 #[derive(Clone)]
 pub struct AppState {

@@ -87,6 +87,9 @@ pub struct NewExternalRun {
     pub params: BTreeMap<String, String>,
 }
 
+/// The tag MLflow keeps a run's name in (beside `run_name`).
+pub const RUN_NAME_TAG: &str = "mlflow.runName";
+
 /// The parameter or tag that names an external run's model on leaderboards (else "external").
 pub const MODEL_KEYS: [&str; 3] = ["modalbench.model", "model", "model_name"];
 /// The parameter or tag that names its dataset (else the experiment's name).
@@ -321,15 +324,17 @@ impl Store {
         .bind(run.user_id.as_deref().unwrap_or(""))
         .fetch_one(&mut *tx)
         .await?;
-        if run.run_name.as_deref().unwrap_or("").is_empty() {
-            // MLflow names unnamed runs; a stable readable name from the id
-            sqlx::query("UPDATE runs SET run_name = ? WHERE id = ?")
-                .bind(format!("run-{id}"))
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
-        }
-        log_in(&mut tx, id, &[], &run.params, &run.tags).await?;
+        // the name comes as `run_name` or as the run-name tag, each filling the other; MLflow
+        // names unnamed runs, here with a stable readable name from the id
+        let name = run
+            .run_name
+            .clone()
+            .filter(|n| !n.is_empty())
+            .or_else(|| run.tags.get(RUN_NAME_TAG).cloned())
+            .unwrap_or_else(|| format!("run-{id}"));
+        let mut tags = run.tags.clone();
+        tags.insert(RUN_NAME_TAG.into(), name);
+        log_in(&mut tx, id, &[], &run.params, &tags).await?;
         refresh_names(&mut tx, id).await?;
         tx.commit().await?;
         Ok(id)
@@ -472,8 +477,7 @@ impl Store {
                 .bind(id)
                 .execute(&mut *tx)
                 .await?;
-            // MLflow keeps the name as the `mlflow.runName` tag too
-            upsert_tag(&mut tx, id, "mlflow.runName", name).await?;
+            upsert_tag(&mut tx, id, RUN_NAME_TAG, name).await?;
         }
         if let Some(status) = status {
             let ended = !status.is_active();
@@ -712,7 +716,7 @@ async fn log_in(
     }
     for (k, v) in tags {
         upsert_tag(tx, id, k, v).await?;
-        if k == "mlflow.runName" {
+        if k == RUN_NAME_TAG {
             sqlx::query("UPDATE runs SET run_name = ? WHERE id = ?")
                 .bind(v)
                 .bind(id)

@@ -9,7 +9,8 @@ use crate::http::error::{ApiError, ApiResult, ErrorBody};
 use crate::http::extract::ApiJson;
 use crate::store::runs::{Run, RunStatus};
 use crate::store::tracking::{
-    LoggedPoint, NewExternalRun, TrackingError, millis_in_range, millis_now,
+    DATASET_KEYS, LoggedPoint, MODEL_KEYS, NewExternalRun, TrackingError, millis_in_range,
+    millis_now,
 };
 use axum::Json;
 use axum::extract::{Path, State};
@@ -147,10 +148,10 @@ async fn create(
     };
     let mut tags = req.tags;
     if let Some(m) = req.model.filter(|m| !m.is_empty()) {
-        tags.insert("modalbench.model".into(), m);
+        tags.insert(MODEL_KEYS[0].into(), m);
     }
     if let Some(d) = req.dataset.filter(|d| !d.is_empty()) {
-        tags.insert("modalbench.dataset".into(), d);
+        tags.insert(DATASET_KEYS[0].into(), d);
     }
     let id = state
         .store

@@ -109,26 +109,26 @@ fn source_names() -> utoipa::openapi::schema::Object {
 impl ListQuery {
     /// The store filter, or a 422 naming a bad parameter.
     pub fn filter(self) -> Result<RunFilter, ApiError> {
-        let status = match self.status.as_deref().filter(|s| !s.is_empty()) {
-            None => None,
-            Some(s) => Some(s.parse::<RunStatus>().map_err(|e| {
-                ApiError::invalid(
-                    "status",
-                    "invalid_value",
-                    format!("query parameter `status`: {e}"),
-                )
-            })?),
-        };
-        let source = match self.source.as_deref().filter(|s| !s.is_empty()) {
-            None => None,
-            Some(s) => Some(s.parse::<RunSource>().map_err(|e| {
-                ApiError::invalid(
-                    "source",
-                    "invalid_value",
-                    format!("query parameter `source`: {e}"),
-                )
-            })?),
-        };
+        /// A named value of the query (empty counts as absent), or a 422 naming it.
+        fn named<T: std::str::FromStr<Err = crate::data::UnknownName>>(
+            field: &str,
+            given: Option<&str>,
+        ) -> Result<Option<T>, ApiError> {
+            given
+                .filter(|s| !s.is_empty())
+                .map(|s| {
+                    s.parse::<T>().map_err(|e| {
+                        ApiError::invalid(
+                            field,
+                            "invalid_value",
+                            format!("query parameter `{field}`: {e}"),
+                        )
+                    })
+                })
+                .transpose()
+        }
+        let status = named::<RunStatus>("status", self.status.as_deref())?;
+        let source = named::<RunSource>("source", self.source.as_deref())?;
         Ok(RunFilter {
             dataset: self.dataset.filter(|s| !s.is_empty()),
             model: self.model.filter(|s| !s.is_empty()),

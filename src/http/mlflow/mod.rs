@@ -636,31 +636,18 @@ async fn create_run(
         None => 0,
         some => experiment_id(some)?,
     };
-    let mut tags = key_values(req.tags, "tag", MAX_TAG_VALUE_LENGTH)?;
-    // the name comes as `run_name` or as the `mlflow.runName` tag; each fills the other
-    let run_name = req
-        .run_name
-        .filter(|n| !n.is_empty())
-        .or_else(|| tags.get("mlflow.runName").cloned());
+    let tags = key_values(req.tags, "tag", MAX_TAG_VALUE_LENGTH)?;
     let id = state
         .store
         .create_external_run(&NewExternalRun {
             experiment_id,
-            run_name: run_name.clone(),
+            run_name: req.run_name,
             user_id: req.user_id.or_else(|| tags.get("mlflow.user").cloned()),
             start_time: req.start_time,
-            tags: tags.clone(),
+            tags,
             params: BTreeMap::new(),
         })
         .await?;
-    if run_name.is_none() {
-        let run = state.store.external_run(id).await?;
-        tags.insert("mlflow.runName".into(), run.run_name);
-        state
-            .store
-            .log_external(id, &[], &BTreeMap::new(), &tags)
-            .await?;
-    }
     let run = state.store.external_run(id).await?;
     Ok(Json(json!({"run": run_json(&run)})))
 }
