@@ -8,6 +8,8 @@ from collections.abc import Iterable, Sequence
 from typing import Any, Union
 
 import requests
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
 
 from .errors import ApiError, RunFailed, StudyFailed
 from .progress import make_bar
@@ -65,7 +67,8 @@ class Client:
 
     ``token`` (or the ``MODALBENCH_API_TOKEN`` environment variable) is sent as
     ``Authorization: Bearer <token>`` on every request. Non-2xx answers raise
-    :class:`~modalbench.ApiError`; connection problems raise ``requests``' own exceptions.
+    :class:`~modalbench.ApiError`; connection problems raise ``requests``' own exceptions,
+    after reads have been retried (a write is never sent twice).
     """
 
     def __init__(
@@ -82,6 +85,22 @@ class Client:
         """Seconds each request may take."""
         self.session = requests.Session()
         """The ``requests`` session every call goes through."""
+        # A kept-alive connection the server has just closed as idle fails the next request
+        # sent on it; reads (GET and the other idempotent methods) are sent again on a fresh
+        # connection, writes are not (the service may have acted on them).
+        retry = Retry(
+            total=3,
+            connect=3,
+            read=2,
+            status=0,
+            other=0,
+            backoff_factor=0.1,
+            allowed_methods=Retry.DEFAULT_ALLOWED_METHODS,
+            raise_on_status=False,
+        )
+        adapter = HTTPAdapter(max_retries=retry)
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
         token = token if token is not None else os.environ.get(TOKEN_ENV) or None
         if token:
             self.session.headers["Authorization"] = f"Bearer {token}"

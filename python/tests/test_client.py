@@ -478,6 +478,7 @@ class _Stub(BaseHTTPRequestHandler):
     """Answers a few API paths; records each request's method, path and headers."""
 
     seen: ClassVar[list[dict[str, Any]]] = []
+    drop_first: ClassVar[bool] = False
 
     def log_message(self, *args: Any) -> None:  # quiet
         pass
@@ -488,6 +489,10 @@ class _Stub(BaseHTTPRequestHandler):
         _Stub.seen.append(
             {"method": self.command, "path": self.path, "headers": dict(self.headers), "body": body}
         )
+        if self.path.startswith("/api/v1/runs/9") and _Stub.drop_first and len(_Stub.seen) == 1:
+            # closed without an answer, as a server closes a connection it had kept alive
+            self.close_connection = True
+            return
         if self.path.startswith("/api/v1/models"):
             status, ctype, out = 200, "application/json", b'{"models": []}'
         elif self.path.startswith("/api/v1/runs/7"):
@@ -514,6 +519,21 @@ class ClientAgainstAStub(unittest.TestCase):
         self.addCleanup(self.httpd.shutdown)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
         _Stub.seen = []
+        _Stub.drop_first = False
+
+    def test_a_read_is_sent_again_when_the_connection_closes_without_an_answer(self) -> None:
+        _Stub.drop_first = True
+        with self.assertRaises(ApiError) as e:
+            Client(self.url).run(9)
+        # the first GET got no answer; the second reached the handler and got its 502
+        self.assertEqual(e.exception.status, 502)
+        self.assertEqual([s["method"] for s in _Stub.seen], ["GET", "GET"])
+
+    def test_a_write_is_not_sent_twice_when_the_connection_closes_without_an_answer(self) -> None:
+        _Stub.drop_first = True
+        with self.assertRaises(requests.ConnectionError):
+            Client(self.url).cancel(9)
+        self.assertEqual([s["method"] for s in _Stub.seen], ["POST"])
 
     def test_a_token_is_sent_as_a_bearer_header_on_every_request(self) -> None:
         mb = Client(self.url, token="s3cret")
