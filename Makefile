@@ -11,7 +11,7 @@ CARGO_TARGET_DIR ?= $(CURDIR)/target
 export CARGO_TARGET_DIR
 ADDR ?= 127.0.0.1:8080
 
-.PHONY: demo setup build test fuzz fmt lint load
+.PHONY: demo setup build test fuzz fmt lint load bench
 
 ## Set everything up, build, and serve with the demo study queued (prints the URL).
 demo: setup build
@@ -42,3 +42,10 @@ lint:
 ## Load test: 50 clients for 60 s against a fresh release server (figures in BENCHMARKS.md).
 load: build
 	.venv/bin/python scripts/load.py --clients 50 --seconds 60
+
+## Performance suite: modalbench against PyTorch, transformers' Trainer and the MLflow server,
+## side by side; prints tables and rewrites BENCHMARKS.md's sections (about an hour; not in CI).
+## `make bench ARGS="--only ingest --reps 3"` runs a part.
+bench: build
+	bash scripts/setup.sh --test
+	.venv/bin/python scripts/bench/run.py $(ARGS)
