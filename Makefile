@@ -48,4 +48,5 @@ load: build
 ## `make bench ARGS="--only ingest --reps 3"` runs a part.
 bench: build
 	bash scripts/setup.sh --test
+	.venv/bin/pip install -q -r scripts/bench/requirements.txt
 	.venv/bin/python scripts/bench/run.py $(ARGS)

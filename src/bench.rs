@@ -86,52 +86,119 @@ pub async fn leaderboard(runs: usize, points_per_run: usize, repeats: usize) -> 
     Ok(())
 }
 
-/// Times training steps of a checkpoint on random inputs, as the training loop takes them
-/// (AdamW of `train::optim`, clipping, autocast for `precision`, gradient checkpointing when
-/// asked): forward+backward alone, then with the optimiser step. Prints examples/s and the
-/// peak memory of the timed steps (host RSS; the CUDA allocator's peak on a GPU).
-pub fn train_step(
+/// What [`train_step`] measures.
+#[derive(Debug, Clone)]
+pub struct StepBench {
+    pub batch_size: i64,
+    /// Tokens per text (capped at the model's longest input).
+    pub seq_len: i64,
+    pub steps: usize,
+    pub device: tch::Device,
+    pub precision: crate::runs::MixedPrecision,
+    pub gradient_checkpointing: bool,
+    /// Time evaluation steps (no gradients, the model in eval mode) instead of training steps.
+    pub eval: bool,
+}
+
+/// A batch of random inputs for the checkpoint in `dir`: token ids (every token attended to)
+/// and, for a text+image model, one random 224 x 224 picture per example put through the
+/// checkpoint's own preprocessing.
+fn random_batch(
+    loaded: &crate::models::Loaded,
     dir: &std::path::Path,
     batch_size: i64,
     seq_len: i64,
-    steps: usize,
     device: tch::Device,
-    precision: crate::runs::MixedPrecision,
-    gradient_checkpointing: bool,
-) -> Result<()> {
-    use crate::models::checkpointing::{self, Recorded};
-    use crate::train::{cost, optim::AdamW, precision as amp};
-    tch::manual_seed(0);
-    let loaded = crate::models::load(dir, Some(2), device)?;
-    let vocab = loaded.checkpoint.text_limits()?.vocab_size;
-    let batch = crate::models::Batch {
+) -> Result<crate::models::Batch> {
+    let limits = loaded.checkpoint.text_limits()?;
+    let seq_len = seq_len.min(limits.max_length);
+    let (pixel_values, pixel_mask) =
+        if loaded.checkpoint.arch.modality == crate::models::registry::Modality::TextImage {
+            let proc = crate::data::image::ImageProcessor::from_dir(dir)?;
+            let mut rng = ChaCha8Rng::seed_from_u64(1);
+            let rgb: Vec<u8> = (0..224 * 224 * 3).map(|_| rng.random()).collect();
+            let image = proc.prepare_rgb(224, 224, rgb)?;
+            let px = proc.assemble(&vec![&image; batch_size as usize])?;
+            (
+                Some(px.pixel_values.to_device(device)),
+                px.pixel_mask.map(|m| m.to_device(device)),
+            )
+        } else {
+            (None, None)
+        };
+    Ok(crate::models::Batch {
         input_ids: tch::Tensor::randint_low(
             5,
-            vocab,
+            limits.vocab_size,
             [batch_size, seq_len],
             (tch::Kind::Int64, device),
         ),
         attention_mask: tch::Tensor::ones([batch_size, seq_len], (tch::Kind::Int64, device)),
         token_type_ids: tch::Tensor::zeros([batch_size, seq_len], (tch::Kind::Int64, device)),
-        pixel_values: None,
-        pixel_mask: None,
-    };
+        pixel_values,
+        pixel_mask,
+    })
+}
+
+/// Process CPU time (user + system) so far, in seconds.
+fn cpu_seconds() -> f64 {
+    // SAFETY: getrusage fills the struct it is given
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 * 1e-6;
+    tv(u.ru_utime) + tv(u.ru_stime)
+}
+
+/// Times training steps of a checkpoint on random inputs, as the training loop takes them
+/// (AdamW of `train::optim`, clipping, autocast for `precision`, gradient checkpointing when
+/// asked): forward+backward alone, then the whole step with clipping and the optimiser. With
+/// `eval`, times evaluation steps as the evaluation loop takes them (no gradients, autocast,
+/// the predicted labels). Prints examples/s, process CPU seconds per step and the peak memory
+/// of the timed steps (host RSS; the CUDA allocator's peak on a GPU), then the figures as
+/// `name=value` lines for `make bench`.
+pub fn train_step(dir: &std::path::Path, b: &StepBench) -> Result<()> {
+    use crate::models::checkpointing::{self, Recorded};
+    use crate::train::{cost, optim::AdamW, precision as amp};
+    let (batch_size, steps, device, precision) = (b.batch_size, b.steps, b.device, b.precision);
+    tch::manual_seed(0);
+    let loaded = crate::models::load(dir, Some(2), device)?;
+    let batch = random_batch(&loaded, dir, batch_size, b.seq_len, device)?;
     let labels = tch::Tensor::randint(2, [batch_size], (tch::Kind::Int64, device));
     let mut opt = AdamW::new(&loaded.vs, 0.01);
     let threads = tch::get_num_threads();
     println!(
-        "{}: batch {batch_size}, sequence {seq_len}, {device:?}, {threads} torch threads, \
+        "{}: batch {batch_size}, sequence {}, {device:?}, {threads} torch threads, \
          mixed precision {precision}, gradient checkpointing {}, {steps} timed steps after 2 warm-up steps",
         dir.display(),
-        if gradient_checkpointing { "on" } else { "off" }
+        batch.input_ids.size()[1],
+        if b.gradient_checkpointing {
+            "on"
+        } else {
+            "off"
+        }
     );
-    for with_step in [false, true] {
-        let mut run = |n: usize| -> Result<f64> {
-            let t = Instant::now();
+    let phases: &[(&str, &str)] = if b.eval {
+        &[("evaluation (no gradients)", "eval")]
+    } else {
+        &[
+            ("forward+backward", "fwd_bwd"),
+            ("forward+backward+clip+AdamW", "step"),
+        ]
+    };
+    for &(label, key) in phases {
+        let mut run = |n: usize| -> Result<(f64, f64)> {
+            let (t, cpu) = (Instant::now(), cpu_seconds());
             for _ in 0..n {
+                if key == "eval" {
+                    let _guard = tch::no_grad_guard();
+                    let _autocast = amp::Autocast::enter(device, precision)?;
+                    let logits = crate::models::logits(loaded.model.forward(&batch, false));
+                    let _ = Vec::<i64>::try_from(logits.argmax(-1, false))?;
+                    continue;
+                }
                 let (outputs, recorded) = {
                     let _autocast = amp::Autocast::enter(device, precision)?;
-                    if gradient_checkpointing {
+                    if b.gradient_checkpointing {
                         checkpointing::record(true, None, || loaded.model.forward(&batch, true))
                     } else {
                         (loaded.model.forward(&batch, true), Recorded::none())
@@ -140,38 +207,36 @@ pub fn train_step(
                 let logits = crate::models::logits(outputs).to_kind(tch::Kind::Float);
                 let loss = logits.cross_entropy_for_logits(&labels);
                 recorded.backward(&loss);
-                if with_step {
+                if key == "step" {
                     amp::apply_gradients(&mut opt, None, 1.0, 2e-5)?;
                 } else {
                     opt.zero_grad();
                 }
                 let _ = f64::try_from(&loss)?;
             }
-            Ok(t.elapsed().as_secs_f64())
+            Ok((t.elapsed().as_secs_f64(), cpu_seconds() - cpu))
         };
         run(2)?;
         cost::reset_peak_rss();
         if let tch::Device::Cuda(i) = device {
             amp::cuda_reset_peak(i);
         }
-        let secs = run(steps)?;
+        let (secs, cpu) = run(steps)?;
         let peak = match device {
             tch::Device::Cuda(i) => amp::cuda_peak_allocated(i)
                 .map(|b| format!("{:.0} MiB GPU", b as f64 / (1 << 20) as f64)),
             _ => cost::peak_rss_bytes()
                 .map(|b| format!("{:.0} MiB RSS", b as f64 / (1 << 20) as f64)),
         };
+        let rate = (steps as i64 * batch_size) as f64 / secs;
         println!(
-            "{:<28} {:>8.1} samples/s  ({:.3} s/step)  peak {}",
-            if with_step {
-                "forward+backward+AdamW"
-            } else {
-                "forward+backward"
-            },
-            (steps as i64 * batch_size) as f64 / secs,
+            "{label:<28} {rate:>8.1} samples/s  ({:.3} s/step, {:.3} CPU s/step)  peak {}",
             secs / steps as f64,
+            cpu / steps as f64,
             peak.unwrap_or_else(|| "n/a".into())
         );
+        println!("{key}_samples_per_s={rate:.3}");
+        println!("{key}_cpu_s_per_step={:.4}", cpu / steps as f64);
     }
     Ok(())
 }
@@ -223,5 +288,8 @@ pub fn loader(
     println!("same, writing the disk cache:            {fill:>9.1} examples/s");
     println!("from the disk cache (normalise only):    {from_disk:>9.1} examples/s");
     println!("from the memory cache (normalise only):  {from_memory:>9.1} examples/s");
+    println!("decode_per_s={decode:.1}");
+    println!("disk_cache_per_s={from_disk:.1}");
+    println!("memory_cache_per_s={from_memory:.1}");
     Ok(())
 }

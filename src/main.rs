@@ -120,6 +120,12 @@ enum BenchCommand {
         /// Recompute encoder layers in the backward pass.
         #[arg(long)]
         gradient_checkpointing: bool,
+        /// Time evaluation steps (no gradients) instead of training steps.
+        #[arg(long)]
+        eval: bool,
+        /// CPU threads (libtorch's and rayon's); default: libtorch's default, every core.
+        #[arg(long)]
+        threads: Option<usize>,
         #[command(flatten)]
         settings: Settings,
     },
@@ -199,20 +205,28 @@ fn main() {
                     device,
                     mixed_precision,
                     gradient_checkpointing,
+                    eval,
+                    threads,
                     settings,
                 },
         } => device
             .to_tch()
             .map_err(anyhow::Error::from)
             .and_then(|device| {
+                if let Some(n) = threads {
+                    train::set_cpu_threads(n);
+                }
                 modalbench::bench::train_step(
                     &settings.models_dir.join(&model),
-                    batch_size,
-                    seq_len,
-                    steps,
-                    device,
-                    mixed_precision,
-                    gradient_checkpointing,
+                    &modalbench::bench::StepBench {
+                        batch_size,
+                        seq_len,
+                        steps,
+                        device,
+                        precision: mixed_precision,
+                        gradient_checkpointing,
+                        eval,
+                    },
                 )
             }),
         Command::Bench {

@@ -267,14 +267,21 @@ impl ImageProcessor {
             .with_context(|| format!("cannot decode image {}", path.display()))?
             .to_rgb8();
         let (w, h) = img.dimensions();
+        self.prepare_rgb(w, h, img.into_raw())
+            .with_context(|| format!("image {}", path.display()))
+    }
+
+    /// Resizes and crops one decoded 8-bit RGB image of `w` × `h` as [`Self::load_rgb`] does;
+    /// returns (height, width, pixels).
+    pub fn prepare_rgb(&self, w: u32, h: u32, rgb: Vec<u8>) -> Result<(u32, u32, Vec<u8>)> {
         if w == 0 || h == 0 {
-            bail!("image {} is empty", path.display());
+            bail!("the image is empty");
         }
         let (th, tw) = self.target_size(h, w);
         if th == 0 || tw == 0 {
-            bail!("image {} ({w}x{h}) resizes to nothing", path.display());
+            bail!("the image ({w}x{h}) resizes to nothing");
         }
-        let mut rgb = img.into_raw();
+        let mut rgb = rgb;
         if (th, tw) != (h, w) {
             rgb = resize_rgb(
                 &rgb,

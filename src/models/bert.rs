@@ -220,8 +220,9 @@ impl BertLayer {
         }
     }
 
-    pub fn forward_t(&self, xs: &Tensor, mask: &Tensor, train: bool) -> Tensor {
-        let attended = self.attention_self.forward_t(xs, Some(mask), train);
+    /// `mask`: as [`SelfAttention::forward_t`] takes it; `None` when every token is attended.
+    pub fn forward_t(&self, xs: &Tensor, mask: Option<&Tensor>, train: bool) -> Tensor {
+        let attended = self.attention_self.forward_t(xs, mask, train);
         let xs = self.attention_output.forward_t(&attended, xs, train);
         let inner = self.act.apply(&self.intermediate.forward(&xs));
         self.output.forward_t(&inner, &xs, train)
@@ -250,7 +251,14 @@ impl BertEncoder {
             .size2()
             .expect("attention_mask is [batch, seq]");
         let mask = attention_mask.to_kind(Kind::Bool).view([b, 1, 1, s]);
-        let forward = move |layer: &BertLayer, xs: &Tensor| layer.forward_t(xs, &mask, train);
+        // a batch without padding needs no mask: the attention then skips filling the scores
+        // (and on the CPU, evaluation takes the fused kernel without a mask); on CUDA the
+        // check would wait for the device, so the mask stays
+        let keep =
+            attention_mask.device().is_cuda() || !bool::try_from(mask.all()).unwrap_or(false);
+        let mask = keep.then_some(mask);
+        let forward =
+            move |layer: &BertLayer, xs: &Tensor| layer.forward_t(xs, mask.as_ref(), train);
         checkpointing::stack(&self.layers, xs, train, Rc::new(forward))
     }
 }

@@ -164,11 +164,35 @@ impl SelfAttention {
         let k = split(self.key.forward(xs));
         let v = split(self.value.forward(xs));
         let p = if train { self.dropout } else { 0.0 };
-        Tensor::scaled_dot_product_attention(&q, &k, &v, mask, p, false, None, false)
-            .transpose(1, 2)
-            .contiguous()
-            .view([b, s, h])
+        let attended = if p > 0.0 && xs.device() == tch::Device::Cpu {
+            attention_with_dropout(&q, &k, &v, mask, p)
+        } else {
+            Tensor::scaled_dot_product_attention(&q, &k, &v, mask, p, false, None, false)
+        };
+        attended.transpose(1, 2).contiguous().view([b, s, h])
     }
+}
+
+/// Scaled dot-product attention with dropout on the attention probabilities, as libtorch's
+/// math kernel computes it (the one `scaled_dot_product_attention` takes on the CPU when dropout
+/// is on: both factors scaled by the fourth root of the head size, masked positions filled with
+/// −∞, softmax, dropout), with the mask drawn by [`super::dropout`] instead of `bernoulli_`.
+fn attention_with_dropout(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: Option<&Tensor>,
+    p: f64,
+) -> Tensor {
+    let head = *q.size().last().expect("q is [batch, heads, seq, head]") as f64;
+    let factor = head.powf(-0.25);
+    let scores = (q * factor).matmul(&(k.transpose(-2, -1) * factor));
+    let scores = match mask {
+        Some(m) => scores.masked_fill(&m.logical_not(), f64::NEG_INFINITY),
+        None => scores,
+    };
+    let probs = scores.softmax(-1, scores.kind());
+    super::dropout::dropout(&probs, p).matmul(v)
 }
 
 /// `torch.nn.LayerNorm` over the last dimension: `weight` ones, `bias` zeros.
@@ -273,10 +297,10 @@ impl Activation {
     }
 }
 
-/// Dropout that is a no-op outside training.
+/// Dropout that is a no-op outside training ([`super::dropout`] draws the masks).
 pub fn dropout(xs: &Tensor, p: f64, train: bool) -> Tensor {
     if train && p > 0.0 {
-        xs.dropout(p, true)
+        super::dropout::dropout(xs, p)
     } else {
         xs.shallow_clone()
     }

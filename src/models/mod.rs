@@ -6,6 +6,7 @@ pub mod bert;
 pub mod checkpoint;
 pub mod checkpointing;
 pub mod clip;
+pub mod dropout;
 pub mod flava;
 pub mod fusion;
 pub mod layers;

@@ -97,6 +97,10 @@ declare_options! {
     /// down to 0, or `constant_with_warmup`.
     lr_scheduler: LrScheduler = LrScheduler::Linear,
         range Range::OneOf(LrScheduler::NAMES), unit "";
+    /// Batch texts of similar length together (Hugging Face's `group_by_length`): each epoch's
+    /// shuffled order is cut into groups of 50 batches and each group sorted by token count,
+    /// longest first, so that a batch pads little. Faster on texts of varied length.
+    group_by_length: bool = false, range Range::Any, unit "";
     /// Micro-batches of `batch_size` whose gradients are summed before each optimisation
     /// step: the step sees `batch_size` times this many examples.
     gradient_accumulation_steps: u32 = 1, range Range::integers(1, 1024), unit "micro-batches";

@@ -37,6 +37,20 @@ use std::sync::Arc;
 use std::time::Instant;
 use tch::{Device, Kind, Reduction, Tensor};
 
+/// Batches per group sorted by length under `group_by_length` (Hugging Face's
+/// `megabatch_mult`).
+pub const LENGTH_GROUP_BATCHES: usize = 50;
+
+/// Gives the CPU work of this process `n` threads: libtorch's intra-op pool, and the rayon pool
+/// that draws dropout masks, runs the optimiser's update and decodes images (built once; a
+/// later call changes only libtorch's).
+pub fn set_cpu_threads(n: usize) {
+    tch::set_num_threads(n as i32);
+    let _ = rayon::ThreadPoolBuilder::new()
+        .num_threads(n)
+        .build_global();
+}
+
 /// Receives the events of a job: the worker writes them to stdout, the CLI draws progress.
 pub trait EventSink {
     /// Handles one event.
@@ -192,7 +206,7 @@ pub fn run(spec: &JobSpec, sink: &mut dyn EventSink) -> Result<Summary> {
         bail!("{why}");
     }
     if device == Device::Cpu {
-        tch::set_num_threads(spec.threads.max(1) as i32);
+        set_cpu_threads(spec.threads.max(1));
     }
     for d in &devices {
         if let Device::Cuda(i) = d.to_tch()? {
@@ -264,6 +278,9 @@ pub fn run(spec: &JobSpec, sink: &mut dyn EventSink) -> Result<Summary> {
         encoder.encode(ds.dev.iter().map(Example::texts))?,
         encoder.encode(ds.test.iter().map(Example::texts))?,
     );
+    let train_lengths: Option<Vec<usize>> = cfg
+        .group_by_length
+        .then(|| enc_train.iter().map(|e| e.ids.len()).collect());
     let train = Split {
         role: Role::Train,
         examples: &ds.train,
@@ -370,7 +387,7 @@ pub fn run(spec: &JobSpec, sink: &mut dyn EventSink) -> Result<Summary> {
     let accum = cfg.gradient_accumulation_steps.max(1) as usize;
     'epochs: while st.step < total_steps && !stop_early {
         let epoch_started = Instant::now();
-        let order = plan.order(cfg.seed, st.epoch);
+        let order = plan.order(cfg.seed, st.epoch, train_lengths.as_deref());
         let micro: Vec<&[usize]> = order.chunks(plan.batch_size).collect();
         let windows: Vec<&[&[usize]]> = micro.chunks(accum).collect();
         let windows = &windows[st.windows_done.min(windows.len())..];
@@ -878,10 +895,18 @@ impl Plan {
     }
 
     /// The order of the training examples in epoch `epoch`: a shuffle seeded by the run's
-    /// seed and the epoch.
-    pub fn order(&self, seed: u64, epoch: u64) -> Vec<usize> {
+    /// seed and the epoch. With `lengths` (each example's token count; `group_by_length`),
+    /// the shuffle is cut into groups of [`LENGTH_GROUP_BATCHES`] batches and each group
+    /// sorted by length, longest first (the stable sort keeps the shuffle among equal
+    /// lengths), as Hugging Face's `LengthGroupedSampler` orders them.
+    pub fn order(&self, seed: u64, epoch: u64, lengths: Option<&[usize]>) -> Vec<usize> {
         let mut order: Vec<usize> = (0..self.train_len).collect();
         order.shuffle(&mut ChaCha8Rng::seed_from_u64(seed.wrapping_add(epoch)));
+        if let Some(lengths) = lengths {
+            for group in order.chunks_mut(LENGTH_GROUP_BATCHES * self.batch_size) {
+                group.sort_by_key(|&i| std::cmp::Reverse(lengths[i]));
+            }
+        }
         order
     }
 }
@@ -1042,4 +1067,58 @@ fn predictions(examples: &[Example], s: &Scored) -> Vec<Prediction> {
             },
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grouping_by_length_sorts_each_group_of_the_shuffle_and_pads_less() {
+        let cfg = TrainConfig {
+            batch_size: 4,
+            ..Default::default()
+        };
+        let n = 1000;
+        let plan = Plan::new(&cfg, n);
+        // lengths 1..=97, scattered over the examples
+        let lengths: Vec<usize> = (0..n).map(|i| (i * 37) % 97 + 1).collect();
+        let plain = plan.order(7, 2, None);
+        let grouped = plan.order(7, 2, Some(&lengths));
+        let group = LENGTH_GROUP_BATCHES * 4;
+        let mut all = grouped.clone();
+        all.sort_unstable();
+        assert_eq!(all, (0..n).collect::<Vec<_>>(), "every example once");
+        for (g, p) in grouped.chunks(group).zip(plain.chunks(group)) {
+            let (mut a, mut b) = (g.to_vec(), p.to_vec());
+            a.sort_unstable();
+            b.sort_unstable();
+            assert_eq!(
+                a, b,
+                "a group holds the examples of the plain shuffle's group"
+            );
+            assert!(
+                g.windows(2).all(|w| lengths[w[0]] >= lengths[w[1]]),
+                "longest first"
+            );
+        }
+        // padding: each batch padded to its longest text
+        let padded = |order: &[usize]| -> usize {
+            order
+                .chunks(4)
+                .map(|b| b.iter().map(|&i| lengths[i]).max().unwrap() * b.len())
+                .sum()
+        };
+        let real: usize = lengths.iter().sum();
+        assert!(
+            padded(&grouped) < real + real / 10,
+            "under 10% padding when grouped"
+        );
+        assert!(
+            padded(&plain) > real + real / 4,
+            "the plain shuffle pads over 25%"
+        );
+        // the epoch still changes the order
+        assert_ne!(grouped, plan.order(7, 3, Some(&lengths)));
+    }
 }

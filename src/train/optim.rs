@@ -13,6 +13,81 @@ use std::collections::{BTreeMap, HashMap};
 use tch::nn::VarStore;
 use tch::{Kind, Tensor};
 
+/// The CPU float32 path of the optimiser: the AdamW update of a parameter in one parallel pass
+/// over its value, gradient and moments (libtorch's unfused update makes eight passes and
+/// allocates three temporaries per parameter), and the gradients' squared norm in one pass.
+mod fused {
+    use rayon::prelude::*;
+    use tch::{Device, Kind, Tensor};
+
+    const CHUNK: usize = 1 << 14;
+
+    /// Whether `t` is a contiguous float32 CPU tensor.
+    pub fn eligible(t: &Tensor) -> bool {
+        t.device() == Device::Cpu && t.kind() == Kind::Float && t.is_contiguous()
+    }
+
+    /// # Safety
+    /// `t` must be [`eligible`]; the slice must not outlive it nor alias another live slice.
+    unsafe fn slice<'a>(t: &'a Tensor) -> &'a mut [f32] {
+        unsafe { std::slice::from_raw_parts_mut(t.data_ptr() as *mut f32, t.numel()) }
+    }
+
+    /// The sum of the squares of `g`'s values, in float64.
+    pub fn sum_squares(g: &Tensor) -> f64 {
+        // SAFETY: eligible, read only, not written while the slice lives
+        let g = unsafe { slice(g) };
+        g.par_chunks(CHUNK)
+            .map(|c| c.iter().map(|&x| f64::from(x) * f64::from(x)).sum::<f64>())
+            .sum()
+    }
+
+    /// The scalars of one update.
+    #[derive(Clone, Copy)]
+    pub struct Coefs {
+        /// Applied to each gradient value as it is read (clipping).
+        pub grad: f32,
+        /// `1 − lr · wd`, or 1 where the parameter is not decayed.
+        pub decay: f32,
+        pub beta1: f32,
+        pub beta2: f32,
+        /// `lr / (1 − β₁ᵗ)`.
+        pub step_size: f32,
+        /// `√(1 − β₂ᵗ)`.
+        pub bias2_sqrt: f32,
+        pub eps: f32,
+    }
+
+    /// `p ← p·decay; m ← m + (1−β₁)(g − m); v ← β₂v + (1−β₂)g²; p ← p − step·m / (√v/√(1−β₂ᵗ) + ε)`,
+    /// with `g` scaled by `c.grad`: `torch.optim.AdamW`'s update, element by element.
+    pub fn adamw(p: &Tensor, g: &Tensor, m: &Tensor, v: &Tensor, c: Coefs) {
+        assert!(
+            [g, m, v]
+                .iter()
+                .all(|t| eligible(t) && t.numel() == p.numel()),
+            "AdamW state matches its parameter"
+        );
+        // SAFETY: four distinct contiguous float32 CPU tensors of one length (the parameter,
+        // its gradient and its two moments never share storage), none used elsewhere meanwhile
+        let (p, g, m, v) = unsafe { (slice(p), slice(g), slice(m), slice(v)) };
+        let (one_b1, one_b2) = (1.0 - c.beta1, 1.0 - c.beta2);
+        p.par_chunks_mut(CHUNK)
+            .zip(g.par_chunks(CHUNK))
+            .zip(m.par_chunks_mut(CHUNK))
+            .zip(v.par_chunks_mut(CHUNK))
+            .for_each(|(((p, g), m), v)| {
+                for i in 0..p.len() {
+                    let gi = g[i] * c.grad;
+                    let mi = m[i] + one_b1 * (gi - m[i]);
+                    let vi = c.beta2 * v[i] + one_b2 * gi * gi;
+                    m[i] = mi;
+                    v[i] = vi;
+                    p[i] = p[i] * c.decay - c.step_size * mi / (vi.sqrt() / c.bias2_sqrt + c.eps);
+                }
+            });
+    }
+}
+
 /// One trainable parameter with its optimiser state.
 pub struct Param {
     /// Its name in the checkpoint (`bert.encoder.layer.0.attention.self.query.weight`).
@@ -41,6 +116,9 @@ pub struct AdamW {
     pub weight_decay: f64,
     /// Optimisation steps taken.
     pub step: u64,
+    /// The factor [`AdamW::clip_grad_norm`] found for the gradients, applied by the next
+    /// [`AdamW::step`] as it reads them (one pass over the gradients fewer).
+    grad_coef: f64,
 }
 
 impl AdamW {
@@ -78,6 +156,7 @@ impl AdamW {
             eps: 1e-8,
             weight_decay,
             step: 0,
+            grad_coef: 1.0,
         }
     }
 
@@ -100,11 +179,14 @@ impl AdamW {
             .collect()
     }
 
-    /// Zeroes every gradient.
+    /// Drops every gradient, as `optimizer.zero_grad()` does by default (`set_to_none`): the
+    /// next backward pass hands its gradient buffers over instead of adding them into zeroed
+    /// ones.
     pub fn zero_grad(&mut self) {
         for p in &mut self.params {
-            p.tensor.zero_grad();
+            crate::train::precision::set_grad_none(&mut p.tensor);
         }
+        self.grad_coef = 1.0;
     }
 
     /// Scales every gradient by `factor` in place.
@@ -117,8 +199,14 @@ impl AdamW {
     }
 
     /// The global L2 norm of the gradients, as `clip_grad_norm_` computes it: the norm of the
-    /// per-tensor norms.
+    /// per-tensor norms (on the CPU, float32 gradients are summed in one parallel pass, in
+    /// float64).
     pub fn grad_norm(&self) -> Tensor {
+        let grads = self.grads();
+        if !grads.is_empty() && grads.iter().all(fused::eligible) {
+            let sq: f64 = grads.iter().map(|g| fused::sum_squares(g)).sum();
+            return Tensor::from(sq.sqrt() as f32);
+        }
         tch::no_grad(|| {
             let norms: Vec<Tensor> = self
                 .grads()
@@ -136,8 +224,16 @@ impl AdamW {
     /// Scales the gradients so that their global norm is at most `max_norm`
     /// (`clip_grad_norm_`: every gradient times `min(1, max_norm / (norm + 1e-6))`); returns the
     /// norm before clipping.
-    pub fn clip_grad_norm(&self, max_norm: f64) -> Tensor {
+    pub fn clip_grad_norm(&mut self, max_norm: f64) -> Tensor {
         let total = self.grad_norm();
+        if total.device() == tch::Device::Cpu
+            && self.params.iter().all(|p| fused::eligible(&p.tensor))
+        {
+            // the step applies it as it reads each gradient
+            let norm = f64::try_from(&total).unwrap_or(f64::NAN);
+            self.grad_coef = (max_norm / (norm + 1e-6)).min(1.0);
+            return total;
+        }
         tch::no_grad(|| {
             let coef = (max_norm / (&total + 1e-6)).clamp_max(1.0);
             for mut g in self.grads() {
@@ -155,11 +251,38 @@ impl AdamW {
         let bias1 = 1.0 - b1.powi(t);
         let bias2_sqrt = (1.0 - b2.powi(t)).sqrt();
         let step_size = lr / bias1;
+        let coef = std::mem::replace(&mut self.grad_coef, 1.0);
         tch::no_grad(|| {
             for p in &mut self.params {
-                let g = p.tensor.grad();
+                let mut g = p.tensor.grad();
                 if !g.defined() {
                     continue;
+                }
+                let decay = if p.decay {
+                    1.0 - lr * self.weight_decay
+                } else {
+                    1.0
+                };
+                if fused::eligible(&p.tensor) && fused::eligible(&g) {
+                    fused::adamw(
+                        &p.tensor,
+                        &g,
+                        &p.exp_avg,
+                        &p.exp_avg_sq,
+                        fused::Coefs {
+                            grad: coef as f32,
+                            decay: decay as f32,
+                            beta1: b1 as f32,
+                            beta2: b2 as f32,
+                            step_size: step_size as f32,
+                            bias2_sqrt: bias2_sqrt as f32,
+                            eps: self.eps as f32,
+                        },
+                    );
+                    continue;
+                }
+                if coef != 1.0 {
+                    let _ = g.g_mul_scalar_(coef);
                 }
                 if p.decay && self.weight_decay != 0.0 {
                     let _ = p.tensor.g_mul_scalar_(1.0 - lr * self.weight_decay);

@@ -15,6 +15,18 @@ unsafe extern "C" {
     fn mb_autocast_exit(cuda: c_int, before: c_int) -> c_int;
     fn mb_cuda_peak_allocated(index: c_int) -> c_longlong;
     fn mb_cuda_reset_peak(index: c_int) -> c_int;
+    fn mb_set_grad_none(tensor: *mut std::ffi::c_void) -> c_int;
+}
+
+/// Drops `t`'s gradient (`p.grad = None`); the next backward pass hands it a new one.
+pub fn set_grad_none(t: &mut Tensor) {
+    // SAFETY: tch's tensor handle points at an `at::Tensor`, which the shim takes as such;
+    // `t` is borrowed mutably for the call.
+    let rc = unsafe { mb_set_grad_none(t.as_mut_ptr().cast()) };
+    if rc != 0 {
+        // cannot happen for a defined tensor; zeroing is the equivalent that always works
+        t.zero_grad();
+    }
 }
 
 /// An autocast region: ops inside run in the lower precision where PyTorch's autocast lists

@@ -1,7 +1,8 @@
 // Parts of libtorch's C++ API that tch does not expose: autocast for a given device type and
-// precision (tch only switches CUDA autocast on and off), and the CUDA caching allocator's peak
-// statistics. Every function catches C++ exceptions and reports failure by its return value.
+// precision (tch only switches CUDA autocast on and off), the CUDA caching allocator's peak
+// statistics, and dropping a tensor's gradient (`p.grad = None`). Every function catches C++ exceptions and reports failure by its return value.
 
+#include <ATen/ATen.h>
 #include <ATen/autocast_mode.h>
 #include <ATen/Context.h>
 #include <c10/core/CachingDeviceAllocator.h>
@@ -54,6 +55,17 @@ int mb_cuda_reset_peak(int index) {
   try {
     if (!at::hasCUDA()) return -1;
     c10::getDeviceAllocator(at::kCUDA)->resetPeakStats(index);
+    return 0;
+  } catch (...) {
+    return -1;
+  }
+}
+
+// Drops the gradient of `t` (a tch tensor handle, which is an `at::Tensor*`), as
+// `p.grad = None` does in Python. Returns 0, or -1.
+int mb_set_grad_none(at::Tensor* t) {
+  try {
+    t->mutable_grad() = at::Tensor();
     return 0;
   } catch (...) {
     return -1;

@@ -127,7 +127,7 @@ fn batches(cfg: &TrainConfig, n: usize) -> Vec<Vec<usize>> {
     let plan = Plan::new(cfg, n);
     let mut out = Vec::new();
     for epoch in 0..cfg.epochs as u64 {
-        let order = plan.order(cfg.seed, epoch);
+        let order = plan.order(cfg.seed, epoch, None);
         let micro: Vec<&[usize]> = order.chunks(cfg.batch_size as usize).collect();
         for window in micro.chunks(cfg.gradient_accumulation_steps as usize) {
             if out.len() as u64 == plan.total_steps {
