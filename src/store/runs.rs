@@ -3,7 +3,7 @@
 use super::{Store, now};
 use crate::data::Source;
 use crate::eval::Metric;
-use crate::protocol::Summary;
+use crate::protocol::{StartTimings, Summary};
 use crate::runs::{DatasetRef, ModelRef, QueueConfig, ResolvedRun, TrainConfig};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
@@ -155,6 +155,10 @@ pub struct Run {
     pub study_id: Option<i64>,
     /// The grid's option values of the run's cell in its study.
     pub grid: Option<serde_json::Map<String, serde_json::Value>>,
+    /// When its worker began, finished loading and logged its first step (native runs that
+    /// got that far; the latest attempt's).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timings: Option<StartTimings>,
     /// The checkpoint folder and dataset source the run was resolved to when submitted (not
     /// shown by the API: they are paths on the server).
     #[serde(skip)]
@@ -218,6 +222,7 @@ pub(super) struct RunRow {
     source: String,
     experiment_id: Option<i64>,
     run_name: Option<String>,
+    timings: Option<String>,
 }
 
 impl TryFrom<RunRow> for Run {
@@ -264,6 +269,13 @@ impl TryFrom<RunRow> for Run {
                 ),
                 None => None,
             },
+            timings: match r.timings {
+                Some(t) => Some(
+                    serde_json::from_str(&t)
+                        .with_context(|| format!("run {}: stored start timings", r.id))?,
+                ),
+                None => None,
+            },
             study_id: r.study_id,
             model: r.model,
             dataset: r.dataset,
@@ -281,7 +293,7 @@ impl TryFrom<RunRow> for Run {
 
 pub(super) const RUN_COLUMNS: &str = "id, status, model, dataset, config, priority, attempts, device, \
      progress, summary, created_at, started_at, finished_at, error, resolved, study_id, grid, source, \
-     experiment_id, run_name";
+     experiment_id, run_name, timings";
 
 /// Filters of the run listing; `None` matches everything.
 #[derive(Debug, Clone, Default)]
@@ -496,6 +508,17 @@ impl Store {
         row.try_into()
     }
 
+    /// Stores when a run's worker began, finished loading and logged its first step.
+    pub async fn set_start_timings(&self, id: i64, timings: &StartTimings) -> Result<()> {
+        sqlx::query("UPDATE runs SET timings = ? WHERE id = ?")
+            .bind(serde_json::to_string(timings)?)
+            .bind(id)
+            .execute(self.pool())
+            .await
+            .context("storing start timings")?;
+        Ok(())
+    }
+
     /// Inserts finished runs in bulk, in transactions of a thousand, without resolution: a
     /// database of many runs for benchmarks and tests of what reads them. Returns the ids in
     /// order.
@@ -624,7 +647,7 @@ impl Store {
         }
         let row: Option<RunRow> = sqlx::query_as(&format!(
             "UPDATE runs SET status = 'running', device = ?, started_at = ?, finished_at = NULL, \
-                 attempts = attempts + 1, error = NULL, progress = 0 \
+                 attempts = attempts + 1, error = NULL, progress = 0, timings = NULL \
              WHERE id = ? AND status IN ('queued', 'interrupted') \
              RETURNING {RUN_COLUMNS}"
         ))
