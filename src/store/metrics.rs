@@ -129,22 +129,30 @@ impl Store {
             u
         });
         // SQLite takes the bare columns of a MAX() aggregate from the row with the maximum
-        let sql = if all_attempts {
-            "SELECT key, step, epoch, value, time, attempt FROM metrics \
-             WHERE run_id = ? AND (? IS NULL OR key = ?) AND (? IS NULL OR (key >= ? AND key < ?)) \
-             ORDER BY key, step, attempt"
-        } else {
-            "SELECT key, step, epoch, value, time, MAX(attempt) FROM metrics \
-             WHERE run_id = ? AND (? IS NULL OR key = ?) AND (? IS NULL OR (key >= ? AND key < ?)) \
-             GROUP BY key, step ORDER BY key, step"
+        // a literal key condition (not `? IS NULL OR ...`) lets SQLite seek the index to the
+        // keys asked for: with the OR, the run page of a 100k-point run read every point of
+        // its training curve to find its few evaluation points (14 ms instead of 1)
+        let (condition, from, to) = match (key, prefix, upper) {
+            (Some(k), _, _) => ("key = ?", Some(k), None),
+            (None, Some(p), Some(u)) => ("key >= ? AND key < ?", Some(p), Some(u)),
+            _ => ("1", None, None),
         };
-        let rows: Vec<(String, i64, Option<f64>, f64, String, i64)> = sqlx::query_as(sql)
-            .bind(run_id)
-            .bind(&key)
-            .bind(&key)
-            .bind(&prefix)
-            .bind(&prefix)
-            .bind(&upper)
+        let sql = if all_attempts {
+            format!(
+                "SELECT key, step, epoch, value, time, attempt FROM metrics \
+                 WHERE run_id = ? AND {condition} ORDER BY key, step, attempt"
+            )
+        } else {
+            format!(
+                "SELECT key, step, epoch, value, time, MAX(attempt) FROM metrics \
+                 WHERE run_id = ? AND {condition} GROUP BY key, step ORDER BY key, step"
+            )
+        };
+        let mut query = sqlx::query_as(&sql).bind(run_id);
+        for v in [from, to].into_iter().flatten() {
+            query = query.bind(v);
+        }
+        let rows: Vec<(String, i64, Option<f64>, f64, String, i64)> = query
             .fetch_all(self.pool())
             .await
             .context("reading metric series")?;
