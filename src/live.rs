@@ -44,6 +44,7 @@ impl LiveEvent {
                 Event::Checkpoint { .. } => "checkpoint",
                 Event::Finished { .. } => "finished",
                 Event::Failed { .. } => "failed",
+                Event::Timings { .. } => "timings",
             },
         }
     }

@@ -87,6 +87,21 @@ enum BenchCommand {
         #[arg(long, default_value_t = 20)]
         repeats: usize,
     },
+    /// Write a data folder of many finished runs and metric points for `serve --data-dir` to
+    /// serve (pages and API at scale; `make bench`'s `scale` section).
+    Fill {
+        /// The data folder to fill (its database is created or added to).
+        #[arg(long)]
+        data_dir: PathBuf,
+        #[arg(long, default_value_t = 100_000)]
+        runs: usize,
+        /// Training-loss points in all.
+        #[arg(long, default_value_t = 10_000_000)]
+        points: usize,
+        /// Of those, the first run's (the long curve).
+        #[arg(long, default_value_t = 100_000)]
+        long_points: usize,
+    },
     /// Throughput of the image loader alone on a dataset's train split (examples/s).
     Loader {
         /// Dataset folder.
@@ -194,6 +209,40 @@ fn main() {
                     points_per_run,
                     repeats,
                 ))
+            }),
+        Command::Bench {
+            command:
+                BenchCommand::Fill {
+                    data_dir,
+                    runs,
+                    points,
+                    long_points,
+                },
+        } => tokio::runtime::Runtime::new()
+            .map_err(anyhow::Error::from)
+            .and_then(|rt| {
+                let t = std::time::Instant::now();
+                let filled = rt.block_on(modalbench::bench::fill(
+                    &data_dir,
+                    runs,
+                    points,
+                    long_points,
+                ))?;
+                let (first, last) = (filled.runs[0], filled.runs[filled.runs.len() - 1]);
+                println!(
+                    "filled {} with {} runs (ids {first} to {last}) and {} metric points in \
+                     {:.1}s; run {} has {long_points} points",
+                    data_dir.display(),
+                    filled.runs.len(),
+                    filled.points,
+                    t.elapsed().as_secs_f64(),
+                    filled.long_run,
+                );
+                println!(
+                    "first_run={first}\nlast_run={last}\nlong_run={}",
+                    filled.long_run
+                );
+                Ok(())
             }),
         Command::Bench {
             command:

@@ -273,6 +273,23 @@ impl Cost {
     }
 }
 
+/// When a worker passed the milestones of its start, as the store writes times (RFC 3339, UTC,
+/// milliseconds): with the run's `created_at` (submitted) and `started_at` (claimed) they
+/// split the time from submission to training into queue, process start, loading and the
+/// first step.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct StartTimings {
+    /// The worker process began its `main` (after `exec` and loading its libraries).
+    pub worker_started_at: String,
+    /// Model and data were loaded: the `started` event.
+    pub loaded_at: String,
+    /// The first training step the run logged: step 1 unless it logs less often (see the
+    /// training loop's `log_every`).
+    pub first_step: u64,
+    /// When that step's `train/loss` point was reported.
+    pub first_step_at: String,
+}
+
 /// What a worker reports, one JSON object per stdout line, tagged by `event`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
@@ -315,6 +332,8 @@ pub enum Event {
     Finished { summary: Box<Summary> },
     /// The job failed with a reportable error (bad checkpoint, unreadable data, ...).
     Failed { error: String },
+    /// The worker's start milestones, sent once after its first logged training step.
+    Timings { timings: StartTimings },
 }
 
 impl Event {

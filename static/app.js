@@ -79,8 +79,8 @@ function fillEvalTable(series) {
   }
 }
 
-async function refreshMetrics(runId) {
-  const res = await fetch(`/api/v1/runs/${runId}/metrics`);
+async function refreshMetrics(runId, maxPoints) {
+  const res = await fetch(`/api/v1/runs/${runId}/metrics?max_points=${maxPoints}`);
   if (!res.ok) return;
   const { series } = await res.json();
   document.querySelectorAll("svg.chart").forEach((svg) => drawChart(svg, series));
@@ -89,12 +89,13 @@ async function refreshMetrics(runId) {
 
 function initRunPage(root) {
   const runId = root.dataset.runId;
-  refreshMetrics(runId);
+  const maxPoints = root.dataset.maxPoints;
+  refreshMetrics(runId, maxPoints);
   if (root.dataset.active !== "true") return;
   const src = new EventSource(`/api/v1/runs/${runId}/events`);
   let pending = null;
   const soon = () => {
-    if (!pending) pending = setTimeout(() => { pending = null; refreshMetrics(runId); }, 400);
+    if (!pending) pending = setTimeout(() => { pending = null; refreshMetrics(runId, maxPoints); }, 400);
   };
   const log = document.getElementById("run-log");
   const appendLog = (line) => {
@@ -215,7 +216,7 @@ function initComparePage(root) {
     }
   };
   const load = async (run) => {
-    const res = await fetch(`/api/v1/runs/${run.id}/metrics`);
+    const res = await fetch(`/api/v1/runs/${run.id}/metrics?max_points=${root.dataset.maxPoints}`);
     if (!res.ok) return;
     const { series: s } = await res.json();
     const first = Object.values(s).flat().map((p) => p.time).sort()[0];

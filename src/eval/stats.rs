@@ -284,12 +284,27 @@ pub fn mean_interval(values: &[f64]) -> Option<Interval> {
     if s.n < 2 {
         return None;
     }
-    let half = t_quantile(0.5 + CONFIDENCE / 2.0, (s.n - 1) as f64) * s.std / (s.n as f64).sqrt();
+    let half = t_critical((s.n - 1) as u64) * s.std / (s.n as f64).sqrt();
     Some(Interval {
         estimate: s.mean,
         low: s.mean - half,
         high: s.mean + half,
     })
+}
+
+/// The two-sided [`CONFIDENCE`] critical value of Student's t with `df` degrees of freedom,
+/// [`t_quantile`] computed once per `df` and kept: a profile of the leaderboard over 20,000
+/// runs (300 groups, four metrics each) spent 80% of its time in the bisection.
+pub fn t_critical(df: u64) -> f64 {
+    static KEPT: std::sync::OnceLock<std::sync::Mutex<std::collections::HashMap<u64, f64>>> =
+        std::sync::OnceLock::new();
+    let kept = KEPT.get_or_init(Default::default);
+    if let Some(&t) = kept.lock().expect("t critical values").get(&df) {
+        return t;
+    }
+    let t = t_quantile(0.5 + CONFIDENCE / 2.0, df as f64);
+    kept.lock().expect("t critical values").insert(df, t);
+    t
 }
 
 /// The `p` quantile of Student's t with `df` degrees of freedom (bisection on [`t_cdf`]).

@@ -48,6 +48,8 @@ pub struct AppInner {
     pub dataset_pages: pages::DatasetPageCache,
     /// Request counts and latencies for `/metrics`.
     pub telemetry: telemetry::Telemetry,
+    /// Downsampled series served lately (`?max_points=`).
+    pub curves: api::runs::CurveCache,
 }
 
 impl AppState {
@@ -62,6 +64,7 @@ impl AppState {
                 hub,
                 dataset_pages: Default::default(),
                 telemetry: Default::default(),
+                curves: Default::default(),
             }),
         }
     }

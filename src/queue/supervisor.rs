@@ -550,6 +550,16 @@ impl<'a> Persist<'a> {
                     )),
                     Event::Finished { summary } => self.finished = Some((**summary).clone()),
                     Event::Failed { error } => self.failed = Some(error.clone()),
+                    Event::Timings { timings } => {
+                        let store = &self.s.inner.store;
+                        let stored = with_retries(self.run_id, "storing start timings", || {
+                            store.set_start_timings(self.run_id, timings)
+                        })
+                        .await;
+                        if let Err(e) = stored {
+                            self.lose("start timings", e);
+                        }
+                    }
                 }
                 // predictions are bulky and only useful from the store
                 if !matches!(ev, Event::Predictions { .. }) {

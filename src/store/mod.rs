@@ -23,6 +23,11 @@ pub struct Store {
     pool: SqlitePool,
     /// Metric points stored since the store was opened: native runs', external runs'.
     written: std::sync::Arc<[std::sync::atomic::AtomicU64; 2]>,
+    /// Computed leaderboards by (dataset, metric), with the generation they were computed at
+    /// (see [`Store::leaderboard`]).
+    boards: std::sync::Arc<std::sync::Mutex<runs::BoardCache>>,
+    /// Metric writes per run since the store was opened (see [`Store::series_generation`]).
+    series_writes: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<i64, u64>>>,
 }
 
 impl Store {
@@ -51,6 +56,8 @@ impl Store {
         Ok(Store {
             pool,
             written: Default::default(),
+            boards: Default::default(),
+            series_writes: Default::default(),
         })
     }
 
@@ -73,6 +80,23 @@ impl Store {
     pub(crate) fn count_points(&self, external: bool, n: usize) {
         self.written[usize::from(external)]
             .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// How many times this store has written metric points of a run: a kept copy of the
+    /// run's series read while the count stood at the same number is still whole. Every metric
+    /// point reaches the database through this process (workers report to their supervisor,
+    /// external runs log through the HTTP API), so the in-memory count sees every write.
+    pub fn series_generation(&self, run_id: i64) -> u64 {
+        let writes = self.series_writes.lock().expect("series writes");
+        writes.get(&run_id).copied().unwrap_or(0)
+    }
+
+    /// Notes metric writes to runs (after they committed).
+    pub(crate) fn count_series_writes(&self, runs: impl IntoIterator<Item = i64>) {
+        let mut writes = self.series_writes.lock().expect("series writes");
+        for id in runs {
+            *writes.entry(id).or_default() += 1;
+        }
     }
 
     /// A transaction that writes: `BEGIN IMMEDIATE` takes the write lock at once, waiting

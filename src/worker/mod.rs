@@ -5,7 +5,8 @@
 pub mod progress;
 pub mod record;
 
-use crate::protocol::{Event, JobSpec};
+use crate::eval::MetricKey;
+use crate::protocol::{Event, JobSpec, StartTimings};
 use crate::train::{self, EventSink};
 use anyhow::{Context, Result};
 use std::io::{BufRead, Write};
@@ -27,6 +28,55 @@ impl<W: Write> EventSink for JsonLinesSink<W> {
         // a closed stdout means the server is gone; the stdin watcher ends the process
         let _ = self.out.write_all(event.to_line().as_bytes());
         let _ = self.out.flush();
+    }
+}
+
+/// Passes events on to `inner`, and after the first `train/loss` point sends the start's
+/// [`StartTimings`]: when the worker began, when the `started` event (loading done) and that
+/// point went out.
+pub struct TimingSink<S: EventSink> {
+    inner: S,
+    worker_started_at: String,
+    loaded_at: Option<String>,
+    sent: bool,
+}
+
+impl<S: EventSink> TimingSink<S> {
+    /// A sink over `inner` for a worker that began at `worker_started_at`.
+    pub fn new(inner: S, worker_started_at: String) -> Self {
+        TimingSink {
+            inner,
+            worker_started_at,
+            loaded_at: None,
+            sent: false,
+        }
+    }
+}
+
+impl<S: EventSink> EventSink for TimingSink<S> {
+    fn emit(&mut self, event: Event) {
+        let first_step = match &event {
+            Event::Started { .. } => {
+                self.loaded_at = Some(crate::store::now());
+                None
+            }
+            Event::Metric { key, step, .. } if *key == MetricKey::TRAIN_LOSS && !self.sent => {
+                Some((*step, crate::store::now()))
+            }
+            _ => None,
+        };
+        self.inner.emit(event);
+        if let (Some((step, at)), Some(loaded_at)) = (first_step, self.loaded_at.clone()) {
+            self.sent = true;
+            self.inner.emit(Event::Timings {
+                timings: StartTimings {
+                    worker_started_at: self.worker_started_at.clone(),
+                    loaded_at,
+                    first_step: step,
+                    first_step_at: at,
+                },
+            });
+        }
     }
 }
 
@@ -81,6 +131,7 @@ extern "C" fn on_sigterm(_: libc::c_int) {
 /// Runs the worker: returns the process exit code (0 success, 1 reported failure,
 /// [`EXIT_STOPPED`] stopped on SIGTERM with a checkpoint written).
 pub fn main() -> i32 {
+    let worker_started_at = crate::store::now();
     // SIGTERM stops training at the next step boundary, checkpointed (the server's graceful
     // shutdown); the handler only sets a flag
     // SAFETY: installing a handler that stores an atomic, which is async-signal-safe.
@@ -105,7 +156,7 @@ pub fn main() -> i32 {
     let _span =
         tracing::info_span!("job", run_id = spec.run_id, model = %spec.model.name).entered();
     // not a held lock: the panic hook may write from any thread
-    let mut sink = JsonLinesSink::new(std::io::stdout());
+    let mut sink = TimingSink::new(JsonLinesSink::new(std::io::stdout()), worker_started_at);
     match train::run(&spec, &mut sink) {
         Ok(summary) => {
             sink.emit(Event::Finished {

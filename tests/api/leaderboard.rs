@@ -196,3 +196,83 @@ async fn the_leaderboard_groups_seeds_of_a_configuration_with_their_spread_and_i
     );
     assert!(!page.contains(r#"<td class="model">clip-tiny"#));
 }
+
+/// The number of runs behind every row of the all-datasets board.
+async fn runs_on_board(app: &TestApp) -> i64 {
+    let (status, lb) = app.get("/api/v1/leaderboard?metric=accuracy").await;
+    assert_eq!(status, StatusCode::OK, "{lb}");
+    lb["boards"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|b| b["rows"].as_array().unwrap())
+        .map(|r| r["runs"].as_i64().unwrap())
+        .sum()
+}
+
+#[tokio::test]
+async fn the_board_served_after_a_run_is_added_ends_or_is_deleted_shows_the_change() {
+    let app = TestApp::new().await;
+    let run = |seed: u64| FinishedRun {
+        model: "bert-tiny".into(),
+        dataset: "demo-news".into(),
+        status: RunStatus::Succeeded,
+        config: TrainConfig {
+            seed,
+            ..Default::default()
+        },
+        summary: Summary {
+            accuracy: 0.5,
+            ..Default::default()
+        },
+    };
+    app.state
+        .store
+        .insert_finished_runs(&[run(1), run(2)])
+        .await
+        .unwrap();
+    // asked twice, so that the second answer may come from a kept board
+    assert_eq!(runs_on_board(&app).await, 2);
+    assert_eq!(runs_on_board(&app).await, 2);
+
+    app.state
+        .store
+        .insert_finished_runs(&[run(3)])
+        .await
+        .unwrap();
+    assert_eq!(runs_on_board(&app).await, 3, "a run inserted");
+
+    // an external run on the same dataset: on the board once it ends, off once deleted
+    let (status, opened) = app
+        .post(
+            "/api/v1/runs/external",
+            serde_json::json!({"model": "ext", "dataset": "demo-news"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{opened}");
+    let id = opened["id"].as_i64().unwrap();
+    let (status, body) = app
+        .post(
+            &format!("/api/v1/runs/{id}/metrics"),
+            serde_json::json!({"points": [{"key": "accuracy", "value": 0.9}]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        runs_on_board(&app).await,
+        3,
+        "a running run is not on the board"
+    );
+    let (status, body) = app
+        .post(&format!("/api/v1/runs/{id}/end"), serde_json::json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(runs_on_board(&app).await, 4, "a run that ended");
+
+    app.state
+        .store
+        .set_external_run_stage(id, false)
+        .await
+        .unwrap();
+    assert_eq!(runs_on_board(&app).await, 3, "a run deleted");
+}

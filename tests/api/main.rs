@@ -3,6 +3,7 @@
 mod auth;
 mod checkpoints;
 mod compare;
+mod curves;
 mod dataset_pages;
 mod datasets_api;
 mod end_to_end;

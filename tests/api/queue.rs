@@ -79,6 +79,23 @@ async fn a_run_trains_to_the_end_with_metrics_a_summary_and_a_checkpoint() {
     );
     assert_eq!(series["eval/loss"][1]["step"], 24);
     assert!(series["train/loss"].as_array().unwrap().len() >= 2);
+    // the worker's start milestones, in order (the stored times are fixed-width RFC 3339, so
+    // text order is time order), the first step being the first train/loss point's
+    let t = run.timings.expect("the worker reported its start");
+    assert_eq!(
+        Some(t.first_step),
+        series["train/loss"][0]["step"].as_u64(),
+        "{t:?}"
+    );
+    let started = run.started_at.unwrap();
+    let order = [
+        &run.created_at,
+        &started,
+        &t.worker_started_at,
+        &t.loaded_at,
+        &t.first_step_at,
+    ];
+    assert!(order.windows(2).all(|w| w[0] <= w[1]), "{order:?}");
     assert_eq!(
         series["test/accuracy"][0]["value"].as_f64().unwrap(),
         s.accuracy

@@ -231,9 +231,7 @@ pub struct Aggregate {
 impl Aggregate {
     fn new(mean: Option<f64>, var: Option<f64>, n: i64) -> Aggregate {
         let std = var.filter(|_| n >= 2).map(f64::sqrt);
-        let half = std.map(|s| {
-            stats::t_quantile(0.5 + stats::CONFIDENCE / 2.0, (n - 1) as f64) * s / (n as f64).sqrt()
-        });
+        let half = std.map(|s| stats::t_critical((n - 1) as u64) * s / (n as f64).sqrt());
         Aggregate {
             mean,
             std,

@@ -10,7 +10,7 @@ use crate::live::LiveKind;
 use crate::queue::CancelOutcome;
 use crate::runs::RunRequest;
 use crate::store::logs::LogLine;
-use crate::store::metrics::Point;
+use crate::store::metrics::{Point, downsample};
 use crate::store::predictions::StoredPrediction;
 use crate::store::runs::{Run, RunFilter, RunSource, RunStatus};
 use axum::Json;
@@ -203,6 +203,11 @@ struct MetricsQuery {
     /// instead of the latest attempt's point of each step.
     #[serde(default)]
     all_attempts: bool,
+    /// At most this many points per series: a longer series is downsampled on the server to
+    /// its first and last points and the lowest and highest point of each of
+    /// `(max_points - 2) / 2` equal step ranges (what a chart of that many pixels draws).
+    #[param(minimum = 4, maximum = 1000000)]
+    max_points: Option<i64>,
 }
 
 /// A native run's [`MetricKey`], or any name an external run logged.
@@ -219,6 +224,39 @@ fn series_key_schema() -> utoipa::openapi::schema::Schema {
         .item(Object::with_type(Type::String))
         .build()
         .into()
+}
+
+/// What a downsampled series request names: run, key, all attempts, `max_points`.
+type CurveKey = (i64, Option<String>, bool, usize);
+
+/// Downsampled series answers (their JSON) by request, each with the run's
+/// [`series_generation`](crate::store::Store::series_generation) when it was read: reading a
+/// 100k-point series takes about half a second here, its kept answer microseconds. At most
+/// [`CurveCache::CAPACITY`] answers are kept, each at most `max_points` points a series.
+#[derive(Default)]
+pub struct CurveCache {
+    answers: std::sync::Mutex<std::collections::HashMap<CurveKey, (u64, axum::body::Bytes)>>,
+}
+
+impl CurveCache {
+    /// Most answers kept; beyond, the cache starts again empty.
+    pub const CAPACITY: usize = 256;
+
+    fn get(&self, key: &CurveKey, generation: u64) -> Option<axum::body::Bytes> {
+        let answers = self.answers.lock().expect("curve cache");
+        answers
+            .get(key)
+            .filter(|(g, _)| *g == generation)
+            .map(|(_, body)| body.clone())
+    }
+
+    fn put(&self, key: CurveKey, generation: u64, body: axum::body::Bytes) {
+        let mut answers = self.answers.lock().expect("curve cache");
+        if answers.len() >= Self::CAPACITY {
+            answers.clear();
+        }
+        answers.insert(key, (generation, body));
+    }
 }
 
 /// Metric series by key.
@@ -285,10 +323,28 @@ async fn metrics(
     State(state): State<AppState>,
     Path(id): Path<String>,
     ApiQuery(q): ApiQuery<MetricsQuery>,
-) -> ApiResult<Json<Series>> {
+) -> ApiResult<Response> {
     let run = find_run(&state, &id).await?;
-    let series = series_of(&state, &run, q.key.as_deref(), q.all_attempts).await?;
-    Ok(Json(Series { series }))
+    let Some(max) = q.max_points else {
+        let series = series_of(&state, &run, q.key.as_deref(), q.all_attempts).await?;
+        return Ok(Json(Series { series }).into_response());
+    };
+    let max = int_in("max_points", max, 4, 1_000_000)? as usize;
+    let key = (run.id, q.key.clone(), q.all_attempts, max);
+    // read before the series: a write in between makes the kept copy look older than it is
+    let generation = state.store.series_generation(run.id);
+    if let Some(body) = state.curves.get(&key, generation) {
+        return Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response());
+    }
+    let mut series = series_of(&state, &run, q.key.as_deref(), q.all_attempts).await?;
+    for points in series.values_mut() {
+        *points = downsample(std::mem::take(points), max);
+    }
+    let body = axum::body::Bytes::from(
+        serde_json::to_vec(&Series { series }).map_err(anyhow::Error::from)?,
+    );
+    state.curves.put(key, generation, body.clone());
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]

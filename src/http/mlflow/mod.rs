@@ -182,18 +182,32 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Msg<T> {
                 format!("the request body nests {depth} levels deep"),
             ));
         }
-        let value: Value = serde_json::from_slice(body).map_err(|e| {
+        // straight from the bytes, no `Value` tree in between: building and dropping that
+        // tree (a map of four owned keys per metric) took about a tenth of the server's time
+        // on 1,000-metric `log-batch` requests; tracking the path of every value took another
+        // 4%, so the path is only traced to explain a body that failed
+        let malformed = |e: &serde_json::Error| {
             MlflowError::new(
                 StatusCode::BAD_REQUEST,
                 "MALFORMED_REQUEST",
                 format!("the request body is not valid JSON: {e}"),
             )
-        })?;
-        serde_path_to_error::deserialize(value)
-            .map(Msg)
-            .map_err(|e| {
-                MlflowError::invalid(format!("invalid value for `{}`: {}", e.path(), e.inner()))
-            })
+        };
+        match serde_json::from_slice(body) {
+            Ok(msg) => Ok(Msg(msg)),
+            Err(e) if !e.is_data() => Err(malformed(&e)),
+            Err(e) => {
+                let mut de = serde_json::Deserializer::from_slice(body);
+                Err(match serde_path_to_error::deserialize::<_, T>(&mut de) {
+                    Err(e) => MlflowError::invalid(format!(
+                        "invalid value for `{}`: {}",
+                        e.path(),
+                        e.inner()
+                    )),
+                    Ok(_) => MlflowError::invalid(format!("invalid value: {e}")),
+                })
+            }
+        }
     }
 }
 

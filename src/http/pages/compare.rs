@@ -84,6 +84,8 @@ struct ComparePage {
     heads: Vec<Head>,
     /// The runs for the charts' script: id, label, colour, start, whether it is still going.
     runs_json: String,
+    /// The most points per series the charts fetch.
+    max_points: usize,
     options: Vec<OptionRow>,
     differing: usize,
     metrics: Vec<MetricRow>,
@@ -303,6 +305,7 @@ async fn compare(
     render(&ComparePage {
         heads,
         runs_json,
+        max_points: super::CURVE_POINTS,
         options,
         differing,
         metrics,

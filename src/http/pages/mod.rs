@@ -8,6 +8,11 @@ mod studies;
 
 pub use datasets::DatasetPageCache;
 
+/// The most points per series a page's charts fetch (`?max_points=` of the metrics API): a
+/// chart is at most about a thousand pixels wide, and a min/max pair per two pixels draws
+/// what every point would.
+pub const CURVE_POINTS: usize = 1000;
+
 use super::AppState;
 use super::error::ApiError;
 use askama::Template;

@@ -112,6 +112,8 @@ struct RunPage {
     /// Trained elsewhere and logged here.
     external: bool,
     eval_keys: String,
+    /// The most points per series the charts fetch.
+    max_points: usize,
     eval_headers: Vec<&'static str>,
     eval_rows: Vec<EvalRow>,
     logs: Vec<String>,
@@ -217,7 +219,8 @@ async fn detail(
     Path(id): Path<String>,
 ) -> PageResult {
     let run = find_run(&state, &id).await?;
-    let series = state.store.metric_series(run.id, None, false).await?;
+    // the evaluation table's series only: a long training curve is the charts' to fetch
+    let series = state.store.metric_series_in(run.id, "eval").await?;
     let mut steps: Vec<(i64, Option<f64>)> = series
         .get(&MetricKey::eval(Metric::Loss))
         .map(|pts| pts.iter().map(|p| (p.step, p.epoch)).collect())
@@ -338,6 +341,7 @@ async fn detail(
         charts,
         external,
         eval_keys: joined(EVAL_METRICS.iter().map(|(m, _)| MetricKey::eval(*m))),
+        max_points: super::CURVE_POINTS,
         eval_headers: EVAL_METRICS.iter().map(|(_, h)| *h).collect(),
         summary,
         eval_rows,
