@@ -27,16 +27,16 @@ mod fused {
         t.device() == Device::Cpu && t.kind() == Kind::Float && t.is_contiguous()
     }
 
-    /// # Safety
-    /// `t` must be [`eligible`]; the slice must not outlive it nor alias another live slice.
-    unsafe fn slice<'a>(t: &'a Tensor) -> &'a mut [f32] {
-        unsafe { std::slice::from_raw_parts_mut(t.data_ptr() as *mut f32, t.numel()) }
+    /// The values of `t` (which must be [`eligible`]) as a raw slice.
+    fn raw(t: &Tensor) -> (*mut f32, usize) {
+        (t.data_ptr() as *mut f32, t.numel())
     }
 
     /// The sum of the squares of `g`'s values, in float64.
     pub fn sum_squares(g: &Tensor) -> f64 {
-        // SAFETY: eligible, read only, not written while the slice lives
-        let g = unsafe { slice(g) };
+        let (ptr, n) = raw(g);
+        // SAFETY: eligible (contiguous float32 on the CPU), read only, not written meanwhile
+        let g = unsafe { std::slice::from_raw_parts(ptr, n) };
         g.par_chunks(CHUNK)
             .map(|c| c.iter().map(|&x| f64::from(x) * f64::from(x)).sum::<f64>())
             .sum()
@@ -69,7 +69,15 @@ mod fused {
         );
         // SAFETY: four distinct contiguous float32 CPU tensors of one length (the parameter,
         // its gradient and its two moments never share storage), none used elsewhere meanwhile
-        let (p, g, m, v) = unsafe { (slice(p), slice(g), slice(m), slice(v)) };
+        let [p, g, m, v] = [p, g, m, v].map(raw);
+        let (p, g, m, v) = unsafe {
+            (
+                std::slice::from_raw_parts_mut(p.0, p.1),
+                std::slice::from_raw_parts(g.0, g.1),
+                std::slice::from_raw_parts_mut(m.0, m.1),
+                std::slice::from_raw_parts_mut(v.0, v.1),
+            )
+        };
         let (one_b1, one_b2) = (1.0 - c.beta1, 1.0 - c.beta2);
         p.par_chunks_mut(CHUNK)
             .zip(g.par_chunks(CHUNK))
@@ -204,7 +212,7 @@ impl AdamW {
     pub fn grad_norm(&self) -> Tensor {
         let grads = self.grads();
         if !grads.is_empty() && grads.iter().all(fused::eligible) {
-            let sq: f64 = grads.iter().map(|g| fused::sum_squares(g)).sum();
+            let sq: f64 = grads.iter().map(fused::sum_squares).sum();
             return Tensor::from(sq.sqrt() as f32);
         }
         tch::no_grad(|| {
