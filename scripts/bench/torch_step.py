@@ -49,7 +49,8 @@ def build(model_dir: Path) -> tuple[nn.Module, dict]:
                          "max_text": m.config.text_config.max_position_embeddings}
     if kind == "flava":
         m = tf.FlavaModel.from_pretrained(model_dir)
-        return Flava(m), {"vocab": m.config.text_config.vocab_size, "image": image_size(model_dir)}
+        return Flava(m), {"vocab": m.config.text_config.vocab_size, "image": image_size(model_dir),
+                          "max_text": m.config.text_config.max_position_embeddings}
     if kind == "modalbench-fusion":
         return Fusion(model_dir, config), {"vocab": config["text_config"]["vocab_size"],
                                            "image": image_size(model_dir)}

@@ -22,6 +22,8 @@ use tch::{Device, Kind, Tensor};
 
 /// Elements per parallel task.
 const CHUNK: usize = 1 << 16;
+/// Masks up to this many elements are filled without the thread pool.
+const SERIAL_BELOW: usize = 4 * CHUNK;
 
 /// Inverted dropout of `xs` with drop probability `p` (training mode): each element zeroed with
 /// probability `p`, the rest scaled by `1 / (1 − p)`. Differentiable (a product with the mask).
@@ -104,34 +106,26 @@ fn splitmix(seed: u64, i: u64) -> u64 {
 fn fill<T: Copy + Default + Send + Sync>(out: &mut [T], seed: u64, threshold: u32, kept: T) {
     // mixed once more so that nearby seeds do not give overlapping streams
     let seed = splitmix(seed, 0);
-    out.par_chunks_mut(CHUNK)
-        .enumerate()
-        .for_each(|(c, chunk)| {
-            let base = (c * CHUNK / 2) as u64;
-            let half = (chunk.len() / 2) as u64;
-            let mut pairs = chunk.chunks_exact_mut(2);
-            for (j, pair) in (&mut pairs).enumerate() {
-                let r = splitmix(seed, base + j as u64);
-                pair[0] = if (r as u32) >= threshold {
-                    kept
-                } else {
-                    T::default()
-                };
-                pair[1] = if ((r >> 32) as u32) >= threshold {
-                    kept
-                } else {
-                    T::default()
-                };
-            }
-            if let [last] = pairs.into_remainder() {
-                let r = splitmix(seed, base + half);
-                *last = if (r as u32) >= threshold {
-                    kept
-                } else {
-                    T::default()
-                };
-            }
-        });
+    let pick = |r: u32| if r >= threshold { kept } else { T::default() };
+    let fill_chunk = |(c, chunk): (usize, &mut [T])| {
+        let base = (c * CHUNK / 2) as u64;
+        let half = (chunk.len() / 2) as u64;
+        let mut pairs = chunk.chunks_exact_mut(2);
+        for (j, pair) in (&mut pairs).enumerate() {
+            let r = splitmix(seed, base + j as u64);
+            pair[0] = pick(r as u32);
+            pair[1] = pick((r >> 32) as u32);
+        }
+        if let [last] = pairs.into_remainder() {
+            *last = pick(splitmix(seed, base + half) as u32);
+        }
+    };
+    // a small mask is filled on the calling thread: handing it to the pool costs more
+    if out.len() <= SERIAL_BELOW {
+        out.chunks_mut(CHUNK).enumerate().for_each(fill_chunk);
+    } else {
+        out.par_chunks_mut(CHUNK).enumerate().for_each(fill_chunk);
+    }
 }
 
 #[cfg(test)]
@@ -198,11 +192,11 @@ mod tests {
 
     #[test]
     fn the_pair_and_the_remainder_paths_agree_across_chunk_edges() {
-        // element i's value depends only on (seed, i): a mask of n + 1 elements starts with
-        // the mask of n elements, whatever the chunking
+        // element i's value depends only on (seed, i): a longer mask starts with a shorter
+        // one, whatever the chunking, and whether the pool filled it (a) or not (b)
         let seed = 42;
-        let mut a = vec![0u32; CHUNK * 2 + 6];
-        let mut b = vec![0u32; CHUNK * 2 + 5];
+        let mut a = vec![0u32; SERIAL_BELOW + 6];
+        let mut b = vec![0u32; SERIAL_BELOW - 1];
         fill(&mut a, seed, 1 << 31, 1);
         fill(&mut b, seed, 1 << 31, 1);
         assert_eq!(&a[..b.len()], &b[..]);

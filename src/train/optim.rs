@@ -21,6 +21,8 @@ mod fused {
     use tch::{Device, Kind, Tensor};
 
     const CHUNK: usize = 1 << 14;
+    /// Tensors up to this many values are handled without the thread pool.
+    const SERIAL_BELOW: usize = 1 << 16;
 
     /// Whether `t` is a contiguous float32 CPU tensor.
     pub fn eligible(t: &Tensor) -> bool {
@@ -37,9 +39,11 @@ mod fused {
         let (ptr, n) = raw(g);
         // SAFETY: eligible (contiguous float32 on the CPU), read only, not written meanwhile
         let g = unsafe { std::slice::from_raw_parts(ptr, n) };
-        g.par_chunks(CHUNK)
-            .map(|c| c.iter().map(|&x| f64::from(x) * f64::from(x)).sum::<f64>())
-            .sum()
+        let squares = |c: &[f32]| c.iter().map(|&x| f64::from(x) * f64::from(x)).sum::<f64>();
+        if g.len() <= SERIAL_BELOW {
+            return squares(g);
+        }
+        g.par_chunks(CHUNK).map(squares).sum()
     }
 
     /// The scalars of one update.
@@ -79,20 +83,26 @@ mod fused {
             )
         };
         let (one_b1, one_b2) = (1.0 - c.beta1, 1.0 - c.beta2);
+        let update = |(((p, g), m), v): (((&mut [f32], &[f32]), &mut [f32]), &mut [f32])| {
+            for i in 0..p.len() {
+                let gi = g[i] * c.grad;
+                let mi = m[i] + one_b1 * (gi - m[i]);
+                let vi = c.beta2 * v[i] + one_b2 * gi * gi;
+                m[i] = mi;
+                v[i] = vi;
+                p[i] = p[i] * c.decay - c.step_size * mi / (vi.sqrt() / c.bias2_sqrt + c.eps);
+            }
+        };
+        // a small parameter is updated on the calling thread: handing it to the pool costs more
+        if p.len() <= SERIAL_BELOW {
+            update((((p, g), m), v));
+            return;
+        }
         p.par_chunks_mut(CHUNK)
             .zip(g.par_chunks(CHUNK))
             .zip(m.par_chunks_mut(CHUNK))
             .zip(v.par_chunks_mut(CHUNK))
-            .for_each(|(((p, g), m), v)| {
-                for i in 0..p.len() {
-                    let gi = g[i] * c.grad;
-                    let mi = m[i] + one_b1 * (gi - m[i]);
-                    let vi = c.beta2 * v[i] + one_b2 * gi * gi;
-                    m[i] = mi;
-                    v[i] = vi;
-                    p[i] = p[i] * c.decay - c.step_size * mi / (vi.sqrt() / c.bias2_sqrt + c.eps);
-                }
-            });
+            .for_each(update);
     }
 }
 
