@@ -83,7 +83,7 @@ mod fused {
             )
         };
         let (one_b1, one_b2) = (1.0 - c.beta1, 1.0 - c.beta2);
-        let update = |(((p, g), m), v): (((&mut [f32], &[f32]), &mut [f32]), &mut [f32])| {
+        let update = |p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]| {
             for i in 0..p.len() {
                 let gi = g[i] * c.grad;
                 let mi = m[i] + one_b1 * (gi - m[i]);
@@ -95,14 +95,14 @@ mod fused {
         };
         // a small parameter is updated on the calling thread: handing it to the pool costs more
         if p.len() <= SERIAL_BELOW {
-            update((((p, g), m), v));
+            update(p, g, m, v);
             return;
         }
         p.par_chunks_mut(CHUNK)
             .zip(g.par_chunks(CHUNK))
             .zip(m.par_chunks_mut(CHUNK))
             .zip(v.par_chunks_mut(CHUNK))
-            .for_each(update);
+            .for_each(|(((p, g), m), v)| update(p, g, m, v));
     }
 }
 
