@@ -23,10 +23,14 @@ setup:
 build:
 	cargo build --release
 
-## Run the whole test suite (installs the test requirements first).
+## Run the whole test suite: installs the test requirements, starts the test cluster (a
+## single-node Slurm and a PostgreSQL server in $(CLUSTER_DIR)), runs the tests, stops it.
+CLUSTER_DIR ?= /tmp/modalbench-cluster
 test:
 	bash scripts/setup.sh --test
-	cargo test --all-targets
+	bash scripts/cluster.sh up $(CLUSTER_DIR) >/dev/null
+	eval "$$(bash scripts/cluster.sh env $(CLUSTER_DIR))" && cargo test --all-targets; \
+	  rc=$$?; bash scripts/cluster.sh down $(CLUSTER_DIR); exit $$rc
 
 ## Fuzz the JSON API against its OpenAPI document with schemathesis (minutes; not in `test`).
 fuzz: setup

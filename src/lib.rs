@@ -13,6 +13,7 @@ pub mod models;
 pub mod protocol;
 pub mod queue;
 pub mod runs;
+pub mod secret;
 pub mod store;
 pub mod studies;
 pub mod train;

@@ -59,9 +59,13 @@ enum Command {
         #[command(subcommand)]
         command: BenchCommand,
     },
-    /// Run one job read from stdin (started by the service).
+    /// Run one job read from stdin (started by the service), or from a ticket file (started
+    /// by a cluster scheduler's job script; events then go to the service over HTTP).
     #[command(hide = true)]
-    Worker,
+    Worker {
+        #[arg(long)]
+        ticket: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -186,7 +190,7 @@ fn main() {
         logs.init();
     }
     let result = match cli.command {
-        Command::Worker => std::process::exit(worker::main()),
+        Command::Worker { ticket } => std::process::exit(worker::main(ticket.as_deref())),
         Command::Serve(args) => serve(args),
         Command::Train(args) => train_here(args),
         Command::Data {
@@ -331,19 +335,21 @@ fn serve(args: ServeArgs) -> Result<()> {
         .enable_all()
         .build()?
         .block_on(async move {
-            let slots = queue::slots::detect(args.settings.cpu_slots);
-            let state = app::build(args.settings, slots).await?;
+            let settings = args.resolved_settings()?;
+            let slots = queue::slots::detect(settings.cpu_slots);
+            let state = app::build(settings, slots).await?;
             if args.demo {
                 let ids = app::queue_demo_study(&state).await?;
                 if !ids.is_empty() {
                     tracing::info!(?ids, "queued the demo study");
                 }
             }
-            state.scheduler.spawn();
             let listener = tokio::net::TcpListener::bind(args.addr)
                 .await
                 .with_context(|| format!("listening on {}", args.addr))?;
             let addr = listener.local_addr()?;
+            state.scheduler.set_listening(addr);
+            state.scheduler.spawn();
             println!(
                 "modalbench is serving on http://{addr}/  (leaderboard: http://{addr}/leaderboard)"
             );

@@ -142,7 +142,22 @@ impl JobSpec {
     }
 }
 
-/// One row of per-example output on an evaluation split.
+/// What a worker started by a cluster scheduler reads (`modalbench worker --ticket FILE`): its
+/// job, and where and how to report its events, since no server holds its stdin and stdout.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WorkerTicket {
+    pub spec: JobSpec,
+    /// The run's attempt this worker is (events are filed under it).
+    pub attempt: i64,
+    /// Where the events go: the service's `POST /api/v1/worker/runs/{id}/events`.
+    pub events_url: String,
+    /// The bearer token made for this attempt alone.
+    pub token: String,
+    /// Devices the scheduler gave the job (`gpus`): CUDA devices 0..n where the node has them,
+    /// else as many CPU replicas.
+    pub gpus: usize,
+}
+
 impl JobSpec {
     /// Every device the job trains on: its own, then the replicas'.
     pub fn devices(&self) -> Vec<Device> {
@@ -152,6 +167,7 @@ impl JobSpec {
     }
 }
 
+/// One row of per-example output on an evaluation split.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Prediction {
     /// The example's `id` from the dataset file.
@@ -337,6 +353,40 @@ pub enum Event {
 }
 
 impl Event {
+    /// The run-log line this event stands for, if any, as `(stream, line)`; `attempt` is the
+    /// run's attempt the worker is. The supervisor of a local worker and the endpoint that
+    /// takes a cluster worker's events both log through here.
+    pub fn log_line(&self, attempt: i64) -> Option<(&'static str, String)> {
+        match self {
+            Event::Started {
+                device,
+                num_parameters,
+                train_examples,
+                total_steps,
+                resumed_from,
+                ..
+            } => {
+                let mut line = format!(
+                    "started on {device}: {num_parameters} parameters, {train_examples} training examples, {total_steps} steps"
+                );
+                // the points an earlier attempt reported past where this one starts stay, as
+                // that attempt's; this attempt's points of the same steps are read
+                if let Some(step) = resumed_from {
+                    line.push_str(&format!(
+                        "; attempt {attempt} resumes from the checkpoint of step {step}"
+                    ));
+                }
+                Some(("worker", line))
+            }
+            Event::Log { message } => Some(("worker", message.clone())),
+            Event::Checkpoint { path } => Some((
+                "worker",
+                format!("checkpoint written to {}", path.display()),
+            )),
+            _ => None,
+        }
+    }
+
     /// One JSON line, newline included.
     pub fn to_line(&self) -> String {
         let mut s = serde_json::to_string(self).expect("events always serialize");

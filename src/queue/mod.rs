@@ -3,11 +3,12 @@
 //! running run.
 
 pub mod slots;
+pub mod slurm;
 mod supervisor;
 
 pub use supervisor::SHUTDOWN_GRACE;
 
-use crate::config::Settings;
+use crate::config::{Executor, Settings};
 use crate::live::{Hub, LiveKind};
 use crate::models::registry::Registry;
 use crate::protocol::Device;
@@ -40,6 +41,8 @@ struct Inner {
     registry: Registry,
     hub: Hub,
     slots: Vec<Slot>,
+    /// The Slurm executor, when runs execute as Slurm jobs (else worker processes here).
+    slurm: Option<Arc<slurm::Slurm>>,
     state: Mutex<State>,
     /// Serialises claiming, so two ticks never fill the same slot.
     claim: tokio::sync::Mutex<()>,
@@ -58,6 +61,8 @@ struct State {
 
 struct Active {
     cancel: Arc<Notify>,
+    /// Signalled when a cluster worker's events carried its end.
+    reported: Arc<Notify>,
     pid: Option<u32>,
 }
 
@@ -75,8 +80,9 @@ pub enum CancelOutcome {
 }
 
 impl Scheduler {
-    /// A scheduler over the given slots, resolving models in `registry`. Nothing starts until
-    /// [`Scheduler::tick`] or [`Scheduler::spawn`].
+    /// A scheduler over the given slots, resolving models in `registry`. With the Slurm
+    /// executor (`settings.executor`) the slots are the runs it hands to Slurm at once
+    /// (`max_jobs`) instead. Nothing starts until [`Scheduler::tick`] or [`Scheduler::spawn`].
     pub fn new(
         store: Store,
         settings: Settings,
@@ -84,6 +90,23 @@ impl Scheduler {
         hub: Hub,
         slots: Vec<Slot>,
     ) -> Self {
+        let slurm = match &settings.executor {
+            Executor::Local => None,
+            Executor::Slurm(s) => Some(Arc::new(slurm::Slurm::new(
+                (**s).clone(),
+                settings.runs_dir(),
+            ))),
+        };
+        let slots = match &slurm {
+            None => slots,
+            Some(s) => (0..s.settings.max_jobs)
+                .map(|i| Slot {
+                    name: format!("slurm:{i}"),
+                    device: Device::Cpu,
+                    threads: 0,
+                })
+                .collect(),
+        };
         let state = State {
             busy: vec![None; slots.len()],
             active: HashMap::new(),
@@ -95,6 +118,7 @@ impl Scheduler {
                 registry,
                 hub,
                 slots,
+                slurm,
                 state: Mutex::new(state),
                 claim: tokio::sync::Mutex::new(()),
                 wake: Notify::new(),
@@ -106,6 +130,27 @@ impl Scheduler {
     /// The device slots.
     pub fn slots(&self) -> &[Slot] {
         &self.inner.slots
+    }
+
+    /// The Slurm executor, if runs execute as Slurm jobs.
+    pub fn slurm(&self) -> Option<&slurm::Slurm> {
+        self.inner.slurm.as_deref()
+    }
+
+    /// Tells the executor the address the service listens on (cluster workers report there
+    /// unless the configuration names another).
+    pub fn set_listening(&self, addr: std::net::SocketAddr) {
+        if let Some(s) = &self.inner.slurm {
+            s.set_listening(addr);
+        }
+    }
+
+    /// A cluster worker's events carried its end: its run's supervisor records it now rather
+    /// than at the next look at the queue.
+    pub fn worker_reported(&self, id: i64) {
+        if let Some(a) = self.lock().active.get(&id) {
+            a.reported.notify_one();
+        }
     }
 
     /// The registry runs are resolved in.
@@ -212,8 +257,30 @@ impl Scheduler {
     /// Why this service's devices cannot run `run`, if they cannot: more devices than it has
     /// slots, or a precision its devices lack.
     fn refusal(&self, run: &ResolvedRun) -> Option<OptionError> {
-        let slots = &self.inner.slots;
         let gpus = run.config.gpus as usize;
+        if let Some(slurm) = &self.inner.slurm {
+            let s = &slurm.settings;
+            if gpus > s.max_gpus as usize {
+                return Some(OptionError {
+                    field: "gpus",
+                    message: format!(
+                        "`gpus` is {gpus} but runs on this cluster may ask for at most {} \
+                         (`max_gpus` of [executor.slurm])",
+                        s.max_gpus
+                    ),
+                });
+            }
+            // GPUs asked for by gres are CUDA devices; without them the nodes are CPUs like
+            // this one
+            let device = if s.gres { Device::Cuda(0) } else { Device::Cpu };
+            return precision::unsupported(run.config.mixed_precision, device).map(|message| {
+                OptionError {
+                    field: "mixed_precision",
+                    message,
+                }
+            });
+        }
+        let slots = &self.inner.slots;
         if gpus > slots.len() {
             let names: Vec<&str> = slots.iter().map(|s| s.name.as_str()).collect();
             return Some(OptionError {
@@ -249,7 +316,20 @@ impl Scheduler {
     /// Start-up recovery: runs an earlier server left `running` become `interrupted` (they
     /// will be started again), and runs interrupted too often are failed.
     pub async fn recover(&self) -> Result<Vec<i64>> {
-        let ids = self.inner.store.interrupt_running_runs().await?;
+        // a run whose Slurm job was submitted runs on without this service: it is followed
+        // again (by `spawn`), not restarted
+        let keep: Vec<i64> = match &self.inner.slurm {
+            Some(_) => self
+                .inner
+                .store
+                .running_cluster_jobs()
+                .await?
+                .into_iter()
+                .map(|j| j.run_id)
+                .collect(),
+            None => Vec::new(),
+        };
+        let ids = self.inner.store.interrupt_running_runs(&keep).await?;
         for &id in &ids {
             self.inner
                 .store
@@ -299,66 +379,119 @@ impl Scheduler {
                 break;
             }
             let slots = &self.inner.slots;
-            let claimed = self
-                .inner
-                .store
-                .claim_next_run_within(free.len(), |n| {
-                    let names: Vec<&str> =
-                        free[..n].iter().map(|&i| slots[i].name.as_str()).collect();
-                    names.join("+")
-                })
-                .await?;
+            // a Slurm job takes one of the service's job slots whatever its `gpus` (the
+            // cluster finds the devices); a local run takes a slot per device
+            let claimed = match &self.inner.slurm {
+                Some(_) => {
+                    self.inner
+                        .store
+                        .claim_next_run_within(usize::MAX, |_| "slurm".into())
+                        .await?
+                }
+                None => {
+                    self.inner
+                        .store
+                        .claim_next_run_within(free.len(), |n| {
+                            let names: Vec<&str> =
+                                free[..n].iter().map(|&i| slots[i].name.as_str()).collect();
+                            names.join("+")
+                        })
+                        .await?
+                }
+            };
             let Some(run) = claimed else {
                 break;
             };
-            let gpus = run.train_config().map_or(1, |c| c.gpus);
-            let held = &free[..gpus.max(1) as usize];
-            let slot: Vec<Slot> = held.iter().map(|&i| slots[i].clone()).collect();
-            let cancel = Arc::new(Notify::new());
-            {
-                let mut st = self.lock();
-                for &i in held {
-                    st.busy[i] = Some(run.id);
-                }
-                st.active.insert(
-                    run.id,
-                    Active {
-                        cancel: cancel.clone(),
-                        pid: None,
-                    },
-                );
-            }
-            self.inner.hub.send(
-                run.id,
-                LiveKind::Status {
-                    status: RunStatus::Running,
-                    error: None,
-                },
-            );
-            tracing::info!(run_id = run.id, model = %run.model, dataset = %run.dataset, slots = %run.device.as_deref().unwrap_or_default(), "starting run");
+            let held = match &self.inner.slurm {
+                Some(_) => &free[..1],
+                None => &free[..run.train_config().map_or(1, |c| c.gpus).max(1) as usize],
+            };
             started.push(run.id);
-            let this = self.clone();
-            tokio::spawn(async move {
-                let id = run.id;
-                supervisor::supervise(&this, run, slot, cancel).await;
-                {
-                    let mut st = this.lock();
-                    st.active.remove(&id);
-                    for b in st.busy.iter_mut().filter(|b| **b == Some(id)) {
-                        *b = None;
-                    }
-                }
-                this.inner.wake.notify_one();
-            });
+            self.start(run, held);
         }
         Ok(started)
+    }
+
+    /// Supervises a claimed run on the slots `held` (indices into the slots) until it ends.
+    fn start(&self, run: Run, held: &[usize]) {
+        let slot: Vec<Slot> = held.iter().map(|&i| self.inner.slots[i].clone()).collect();
+        let cancel = Arc::new(Notify::new());
+        let reported = Arc::new(Notify::new());
+        {
+            let mut st = self.lock();
+            for &i in held {
+                st.busy[i] = Some(run.id);
+            }
+            st.active.insert(
+                run.id,
+                Active {
+                    cancel: cancel.clone(),
+                    reported: reported.clone(),
+                    pid: None,
+                },
+            );
+        }
+        self.inner.hub.send(
+            run.id,
+            LiveKind::Status {
+                status: RunStatus::Running,
+                error: None,
+            },
+        );
+        tracing::info!(run_id = run.id, model = %run.model, dataset = %run.dataset, slots = %run.device.as_deref().unwrap_or_default(), "starting run");
+        let this = self.clone();
+        tokio::spawn(async move {
+            let id = run.id;
+            supervisor::supervise(&this, run, slot, cancel, reported).await;
+            {
+                let mut st = this.lock();
+                st.active.remove(&id);
+                for b in st.busy.iter_mut().filter(|b| **b == Some(id)) {
+                    *b = None;
+                }
+            }
+            this.inner.wake.notify_one();
+        });
+    }
+
+    /// Follows again the Slurm jobs of runs an earlier start of the service left running.
+    async fn reattach(&self) -> Result<()> {
+        let _claiming = self.inner.claim.lock().await;
+        for job in self.inner.store.running_cluster_jobs().await? {
+            if self.lock().active.contains_key(&job.run_id) {
+                continue;
+            }
+            let Some(run) = self.inner.store.get_run(job.run_id).await? else {
+                continue;
+            };
+            let free = self.lock().busy.iter().position(|b| b.is_none());
+            let Some(i) = free else { break };
+            tracing::info!(
+                run_id = run.id,
+                job_id = job.job_id,
+                "following its Slurm job again"
+            );
+            self.start(run, &[i]);
+        }
+        Ok(())
     }
 
     /// Runs the scheduling loop in the background: a tick whenever a run is queued or ends,
     /// and every two seconds.
     pub fn spawn(&self) -> tokio::task::JoinHandle<()> {
         let this = self.clone();
+        if let Some(slurm) = &self.inner.slurm {
+            slurm.spawn_monitor();
+        }
         tokio::spawn(async move {
+            if this.inner.slurm.is_some()
+                && let Err(e) = this.reattach().await
+            {
+                tracing::error!(
+                    error = format!("{e:#}"),
+                    "following Slurm jobs again failed"
+                );
+            }
             loop {
                 if let Err(e) = this.tick().await {
                     tracing::error!(error = format!("{e:#}"), "scheduler tick failed");

@@ -100,29 +100,51 @@ async fn bounded_line<R: tokio::io::AsyncBufRead + Unpin>(reader: &mut R) -> Lin
 }
 
 /// How a run ended.
-#[derive(Clone)]
-struct Outcome {
-    status: RunStatus,
-    error: Option<String>,
-    summary: Option<Summary>,
+#[derive(Debug, Clone)]
+pub(super) struct Outcome {
+    pub status: RunStatus,
+    pub error: Option<String>,
+    pub summary: Option<Summary>,
 }
 
 impl Outcome {
-    fn failed(error: String) -> Self {
+    pub fn failed(error: String) -> Self {
+        Outcome::ended(RunStatus::Failed, Some(error))
+    }
+
+    /// An end without a summary.
+    pub fn ended(status: RunStatus, error: Option<String>) -> Self {
         Outcome {
-            status: RunStatus::Failed,
-            error: Some(error),
+            status,
+            error,
             summary: None,
         }
     }
 }
 
-/// Runs `run` on `slot` to its end and records the outcome. Never panics on worker failure.
-pub(super) async fn supervise(s: &Scheduler, run: Run, slot: Vec<Slot>, cancel: Arc<Notify>) {
+/// Runs `run` on `slot` to its end (a worker process here, or a Slurm job) and records the
+/// outcome. Never panics on worker failure.
+pub(super) async fn supervise(
+    s: &Scheduler,
+    run: Run,
+    slot: Vec<Slot>,
+    cancel: Arc<Notify>,
+    reported_end: Arc<Notify>,
+) {
     let id = run.id;
-    let out = execute(s, &run, &slot, &cancel)
-        .await
-        .unwrap_or_else(|e| Outcome::failed(format!("{e:#}")));
+    let out = match &s.inner.slurm {
+        Some(slurm) => {
+            match super::slurm::execute(s, slurm, &run, &cancel, &reported_end).await {
+                Ok(Some(out)) => out,
+                // the service stops and leaves the job running on the cluster
+                Ok(None) => return,
+                Err(e) => Outcome::failed(format!("{e:#}")),
+            }
+        }
+        None => execute(s, &run, &slot, &cancel)
+            .await
+            .unwrap_or_else(|e| Outcome::failed(format!("{e:#}"))),
+    };
     let store = &s.inner.store;
     let recorded = with_retries(id, "recording the end of the run", || {
         store.finish_run(id, out.status, out.error.as_deref(), out.summary.as_ref())
@@ -493,30 +515,10 @@ impl<'a> Persist<'a> {
                 self.logs.push(("stderr", l));
             }
             Msg::Event(ev) => {
+                if let Some(line) = ev.log_line(self.attempt) {
+                    self.logs.push(line);
+                }
                 match &ev {
-                    Event::Started {
-                        device,
-                        num_parameters,
-                        train_examples,
-                        total_steps,
-                        resumed_from,
-                        ..
-                    } => {
-                        self.logs.push(("worker", format!(
-                            "started on {device}: {num_parameters} parameters, {train_examples} training examples, {total_steps} steps"
-                        )));
-                        // the points an earlier attempt reported past where this one starts stay,
-                        // as that attempt's; this attempt's points of the same steps are read
-                        if let Some(step) = resumed_from {
-                            self.logs.push((
-                                "system",
-                                format!(
-                                    "attempt {} resumes from the checkpoint of step {step}",
-                                    self.attempt
-                                ),
-                            ));
-                        }
-                    }
                     Event::Progress {
                         step, total_steps, ..
                     } => {
@@ -533,7 +535,6 @@ impl<'a> Persist<'a> {
                         epoch: *epoch,
                         value: *value,
                     }),
-                    Event::Log { message } => self.logs.push(("worker", message.clone())),
                     Event::Predictions { split, rows } => {
                         let store = &self.s.inner.store;
                         let stored = with_retries(self.run_id, "storing predictions", || {
@@ -544,12 +545,9 @@ impl<'a> Persist<'a> {
                             self.lose("predictions", e);
                         }
                     }
-                    Event::Checkpoint { path } => self.logs.push((
-                        "worker",
-                        format!("checkpoint written to {}", path.display()),
-                    )),
                     Event::Finished { summary } => self.finished = Some((**summary).clone()),
                     Event::Failed { error } => self.failed = Some(error.clone()),
+                    Event::Started { .. } | Event::Log { .. } | Event::Checkpoint { .. } => {}
                     Event::Timings { timings } => {
                         let store = &self.s.inner.store;
                         let stored = with_retries(self.run_id, "storing start timings", || {

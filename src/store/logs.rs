@@ -20,18 +20,8 @@ impl Store {
         if lines.is_empty() {
             return Ok(());
         }
-        let time = now();
         let mut tx = self.write_tx().await?;
-        for (stream, line) in lines {
-            sqlx::query("INSERT INTO run_logs (run_id, time, stream, line) VALUES (?, ?, ?, ?)")
-                .bind(run_id)
-                .bind(&time)
-                .bind(stream)
-                .bind(line)
-                .execute(&mut *tx)
-                .await
-                .context("storing log lines")?;
-        }
+        append_logs_in(&mut tx, run_id, lines).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -49,4 +39,24 @@ impl Store {
         rows.reverse();
         Ok(rows)
     }
+}
+
+/// Appends log lines within a transaction the caller commits.
+pub(super) async fn append_logs_in(
+    conn: &mut sqlx::SqliteConnection,
+    run_id: i64,
+    lines: &[(&str, String)],
+) -> Result<()> {
+    let time = now();
+    for (stream, line) in lines {
+        sqlx::query("INSERT INTO run_logs (run_id, time, stream, line) VALUES (?, ?, ?, ?)")
+            .bind(run_id)
+            .bind(&time)
+            .bind(stream)
+            .bind(line)
+            .execute(&mut *conn)
+            .await
+            .context("storing log lines")?;
+    }
+    Ok(())
 }

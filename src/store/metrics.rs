@@ -51,39 +51,8 @@ impl Store {
         if total == 0 {
             return Ok(());
         }
-        let time = now();
-        let rows: Vec<(i64, i64, String, &NewPoint)> = series
-            .iter()
-            .flat_map(|&(run, attempt, points)| {
-                points
-                    .iter()
-                    .map(move |p| (run, attempt, p.key.to_string(), p))
-            })
-            .collect();
         let mut tx = self.write_tx().await?;
-        // many rows a statement: each statement is a round trip to sqlx's SQLite thread
-        for chunk in rows.chunks(POINTS_PER_STATEMENT) {
-            let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
-                "INSERT INTO metrics (run_id, key, step, attempt, epoch, value, time) ",
-            );
-            q.push_values(chunk, |mut row, (run, attempt, key, p)| {
-                row.push_bind(*run)
-                    .push_bind(key)
-                    .push_bind(p.step)
-                    .push_bind(*attempt)
-                    .push_bind(p.epoch)
-                    .push_bind(p.value)
-                    .push_bind(&time);
-            });
-            q.push(
-                " ON CONFLICT (run_id, key, step, attempt) DO UPDATE \
-                 SET epoch = excluded.epoch, value = excluded.value, time = excluded.time",
-            );
-            q.build()
-                .execute(&mut *tx)
-                .await
-                .context("storing metric points")?;
-        }
+        insert_points_in(&mut tx, series).await?;
         tx.commit().await?;
         self.count_points(false, total);
         self.count_series_writes(series.iter().map(|(id, _, _)| *id));
@@ -218,6 +187,47 @@ pub fn downsample(points: Vec<Point>, max_points: usize) -> Vec<Point> {
     keep.into_iter()
         .map(|k| points[k].take().expect("each point kept once"))
         .collect()
+}
+
+/// Writes points of runs' attempts within a transaction (see
+/// [`Store::insert_metric_points_of`]); the caller commits and counts them.
+pub(super) async fn insert_points_in(
+    conn: &mut sqlx::SqliteConnection,
+    series: &[(i64, i64, &[NewPoint])],
+) -> Result<()> {
+    let time = now();
+    let rows: Vec<(i64, i64, String, &NewPoint)> = series
+        .iter()
+        .flat_map(|&(run, attempt, points)| {
+            points
+                .iter()
+                .map(move |p| (run, attempt, p.key.to_string(), p))
+        })
+        .collect();
+    // many rows a statement: each statement is a round trip to sqlx's SQLite thread
+    for chunk in rows.chunks(POINTS_PER_STATEMENT) {
+        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
+            "INSERT INTO metrics (run_id, key, step, attempt, epoch, value, time) ",
+        );
+        q.push_values(chunk, |mut row, (run, attempt, key, p)| {
+            row.push_bind(*run)
+                .push_bind(key)
+                .push_bind(p.step)
+                .push_bind(*attempt)
+                .push_bind(p.epoch)
+                .push_bind(p.value)
+                .push_bind(&time);
+        });
+        q.push(
+            " ON CONFLICT (run_id, key, step, attempt) DO UPDATE \
+             SET epoch = excluded.epoch, value = excluded.value, time = excluded.time",
+        );
+        q.build()
+            .execute(&mut *conn)
+            .await
+            .context("storing metric points")?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! All SQL lives here, one module per table family. SQLite in WAL mode through sqlx, schema in
 //! `migrations/`.
 
+pub mod cluster;
 pub mod datasets;
 pub mod logs;
 pub mod metrics;

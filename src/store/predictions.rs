@@ -25,23 +25,7 @@ impl Store {
         rows: &[Prediction],
     ) -> Result<()> {
         let mut tx = self.write_tx().await?;
-        for p in rows {
-            sqlx::query(
-                "INSERT INTO predictions (run_id, split, example_id, label, pred, probs) \
-                 VALUES (?, ?, ?, ?, ?, ?) \
-                 ON CONFLICT (run_id, split, example_id) DO UPDATE \
-                 SET label = excluded.label, pred = excluded.pred, probs = excluded.probs",
-            )
-            .bind(run_id)
-            .bind(split.as_str())
-            .bind(&p.example_id)
-            .bind(p.label.map(|l| l as i64))
-            .bind(p.pred as i64)
-            .bind(serde_json::to_string(&p.probs)?)
-            .execute(&mut *tx)
-            .await
-            .context("storing predictions")?;
-        }
+        insert_predictions_in(&mut tx, run_id, split, rows).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -76,4 +60,31 @@ impl Store {
             })
             .collect()
     }
+}
+
+/// Stores predictions within a transaction the caller commits.
+pub(super) async fn insert_predictions_in(
+    conn: &mut sqlx::SqliteConnection,
+    run_id: i64,
+    split: Split,
+    rows: &[Prediction],
+) -> Result<()> {
+    for p in rows {
+        sqlx::query(
+            "INSERT INTO predictions (run_id, split, example_id, label, pred, probs) \
+             VALUES (?, ?, ?, ?, ?, ?) \
+             ON CONFLICT (run_id, split, example_id) DO UPDATE \
+             SET label = excluded.label, pred = excluded.pred, probs = excluded.probs",
+        )
+        .bind(run_id)
+        .bind(split.as_str())
+        .bind(&p.example_id)
+        .bind(p.label.map(|l| l as i64))
+        .bind(p.pred as i64)
+        .bind(serde_json::to_string(&p.probs)?)
+        .execute(&mut *conn)
+        .await
+        .context("storing predictions")?;
+    }
+    Ok(())
 }

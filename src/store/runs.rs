@@ -737,8 +737,9 @@ impl Store {
     }
 
     /// Marks runs that an earlier server left `running` as `interrupted`, so the scheduler
-    /// starts them again. Returns their ids.
-    pub async fn interrupt_running_runs(&self) -> Result<Vec<i64>> {
+    /// starts them again, except those in `keep` (runs whose cluster jobs run on). Returns
+    /// their ids.
+    pub async fn interrupt_running_runs(&self, keep: &[i64]) -> Result<Vec<i64>> {
         // a run `modalbench train` trains in the foreground (device `cli:<pid>`) is its
         // process's: left alone while it lives, failed once it is gone
         let foreground: Vec<(i64, String)> = sqlx::query_as(
@@ -765,8 +766,10 @@ impl Store {
         let ids: Vec<(i64,)> = sqlx::query_as(
             "UPDATE runs SET status = 'interrupted' \
              WHERE status = 'running' AND source = 'native' \
-                 AND (device IS NULL OR device NOT LIKE 'cli:%') RETURNING id",
+                 AND (device IS NULL OR device NOT LIKE 'cli:%') \
+                 AND id NOT IN (SELECT value FROM json_each(?)) RETURNING id",
         )
+        .bind(serde_json::to_string(keep)?)
         .fetch_all(self.pool())
         .await
         .context("marking interrupted runs")?;

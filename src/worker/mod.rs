@@ -1,15 +1,21 @@
 //! The child-process side of a run: `modalbench worker` reads a [`JobSpec`] line from stdin,
 //! trains, and writes [`Event`]s as JSON lines on stdout. It exits as soon as its stdin
 //! closes, which happens when the server that started it dies.
+//!
+//! On a cluster node (`modalbench worker --ticket FILE`, what a Slurm job script runs) it reads
+//! a [`WorkerTicket`] instead and reports over HTTP ([`report`]).
 
 pub mod progress;
 pub mod record;
+pub mod report;
 
 use crate::eval::MetricKey;
-use crate::protocol::{Event, JobSpec, StartTimings};
+use crate::protocol::{Device, Event, JobSpec, StartTimings, WorkerTicket};
 use crate::train::{self, EventSink};
 use anyhow::{Context, Result};
 use std::io::{BufRead, Write};
+use std::path::Path;
+use std::sync::{Arc, OnceLock};
 
 /// Writes events as JSON lines to stdout, flushing each so the server sees them at once.
 pub struct JsonLinesSink<W: Write> {
@@ -117,9 +123,19 @@ fn report_panics() {
         };
         let _ = std::io::stdout().write_all(ev.to_line().as_bytes());
         let _ = std::io::stdout().flush();
+        if let Some(r) = REPORTER.get() {
+            r.send(ev);
+            r.drain(std::time::Duration::from_secs(60));
+        }
         default(info);
     }));
 }
+
+/// The HTTP reporter of a worker started with a ticket (for the panic hook).
+static REPORTER: OnceLock<Arc<report::Reporter>> = OnceLock::new();
+
+/// Exit code of a worker whose last events the service did not take.
+pub const EXIT_UNREPORTED: i32 = 4;
 
 /// Exit code of a worker that stopped as asked (SIGTERM) after checkpointing (`EX_TEMPFAIL`).
 pub const EXIT_STOPPED: i32 = 75;
@@ -130,7 +146,10 @@ extern "C" fn on_sigterm(_: libc::c_int) {
 
 /// Runs the worker: returns the process exit code (0 success, 1 reported failure,
 /// [`EXIT_STOPPED`] stopped on SIGTERM with a checkpoint written).
-pub fn main() -> i32 {
+pub fn main(ticket: Option<&Path>) -> i32 {
+    if let Some(path) = ticket {
+        return main_with_ticket(path);
+    }
     let worker_started_at = crate::store::now();
     // SIGTERM stops training at the next step boundary, checkpointed (the server's graceful
     // shutdown); the handler only sets a flag
@@ -171,5 +190,117 @@ pub fn main() -> i32 {
             });
             1
         }
+    }
+}
+
+/// The devices of a ticket's job on this node: the `gpus` CUDA devices the scheduler made
+/// visible where there are that many, else the CPU with `gpus` replicas (a data-parallel run
+/// on a CPU node trains as it would on one CPU slot per replica).
+fn placement(gpus: usize, cuda_devices: usize) -> Vec<Device> {
+    let n = gpus.max(1);
+    if cuda_devices >= n {
+        (0..n).map(Device::Cuda).collect()
+    } else {
+        vec![Device::Cpu; n]
+    }
+}
+
+/// CPU threads a cluster job may use: what Slurm gave it, else this machine's cores.
+fn job_threads() -> usize {
+    std::env::var("SLURM_CPUS_PER_TASK")
+        .ok()
+        .or_else(|| std::env::var("SLURM_CPUS_ON_NODE").ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
+/// Stops training at the next step once the service refuses this attempt's events (it was
+/// cancelled, or requeued as a new attempt).
+struct StopWhenRefused(report::HttpSink);
+
+impl EventSink for StopWhenRefused {
+    fn emit(&mut self, event: Event) {
+        if self.0.0.stopped().is_some() {
+            train::request_stop();
+        }
+        self.0.emit(event);
+    }
+}
+
+/// `modalbench worker --ticket FILE`: trains the ticket's job on this node and reports to the
+/// service over HTTP. Exit codes as [`main`]'s, and [`EXIT_UNREPORTED`] when the service never
+/// took the last events.
+fn main_with_ticket(path: &Path) -> i32 {
+    let worker_started_at = crate::store::now();
+    // SAFETY: as in `main`.
+    unsafe {
+        libc::signal(libc::SIGTERM, on_sigterm as *const () as libc::sighandler_t);
+    }
+    let ticket: WorkerTicket = match std::fs::read(path)
+        .with_context(|| format!("reading the ticket {}", path.display()))
+        .and_then(|b| serde_json::from_slice(&b).context("parsing the ticket"))
+    {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("worker: {e:#}");
+            return 2;
+        }
+    };
+    let cuda = usize::try_from(tch::Cuda::device_count()).unwrap_or(0);
+    let mut spec = ticket.spec.clone();
+    let devices = placement(ticket.gpus, cuda);
+    spec.device = devices[0];
+    spec.replicas = devices[1..].to_vec();
+    spec.threads = job_threads();
+    let reporter = report::Reporter::start(ticket);
+    let _ = REPORTER.set(reporter.clone());
+    report_panics();
+    let _span =
+        tracing::info_span!("job", run_id = spec.run_id, model = %spec.model.name).entered();
+    let mut sink = TimingSink::new(
+        StopWhenRefused(report::HttpSink(reporter.clone())),
+        worker_started_at,
+    );
+    let code = match train::run(&spec, &mut sink) {
+        Ok(summary) => {
+            sink.emit(Event::Finished {
+                summary: Box::new(summary),
+            });
+            0
+        }
+        Err(e) if e.downcast_ref::<train::Stopped>().is_some() => EXIT_STOPPED,
+        Err(e) => {
+            sink.emit(Event::Failed {
+                error: format!("{e:#}"),
+            });
+            1
+        }
+    };
+    if reporter.drain(report::FINAL_WAIT) {
+        code
+    } else if let Some(report::Stop::Refused(why)) = reporter.stopped() {
+        eprintln!("worker: stopped: {why}");
+        EXIT_STOPPED
+    } else {
+        eprintln!(
+            "worker: the service did not take the last events within {} s",
+            report::FINAL_WAIT.as_secs()
+        );
+        EXIT_UNREPORTED
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_ticket_trains_on_the_gpus_it_was_given_or_as_many_cpu_replicas() {
+        let on = placement;
+        assert_eq!(on(2, 4), vec![Device::Cuda(0), Device::Cuda(1)]);
+        assert_eq!(on(1, 1), vec![Device::Cuda(0)]);
+        assert_eq!(on(2, 0), vec![Device::Cpu, Device::Cpu]);
+        assert_eq!(on(2, 1), vec![Device::Cpu, Device::Cpu]);
+        assert_eq!(on(0, 0), vec![Device::Cpu]);
     }
 }

@@ -12,18 +12,33 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// `modalbench serve` on a loopback port over a test folder.
-struct Server {
-    child: Child,
-    addr: String,
+pub(crate) struct Server {
+    pub child: Child,
+    pub addr: String,
 }
 
 impl Server {
-    fn start(dir: &Path) -> Server {
+    pub fn start(dir: &Path) -> Server {
+        Server::start_with(dir, &[], &[])
+    }
+
+    /// With more `serve` arguments and environment variables; `--addr` among them replaces
+    /// the default (a free loopback port).
+    pub fn start_with(dir: &Path, args: &[&str], envs: &[(&str, &str)]) -> Server {
+        let addr: &[&str] = if args.contains(&"--addr") {
+            &[]
+        } else {
+            &["--addr", "127.0.0.1:0"]
+        };
         let mut child = Command::new(env!("CARGO_BIN_EXE_modalbench"))
-            .args(["serve", "--addr", "127.0.0.1:0", "--data-dir"])
+            .arg("serve")
+            .args(addr)
+            .arg("--data-dir")
             .arg(dir.join("data"))
             .arg("--models-dir")
             .arg(dir.join("models"))
+            .args(args)
+            .envs(envs.iter().copied())
             .env_remove("MODALBENCH_API_TOKEN")
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -42,18 +57,32 @@ impl Server {
         Server { child, addr }
     }
 
-    fn pid(&self) -> i32 {
+    pub fn pid(&self) -> i32 {
         self.child.id() as i32
     }
 
     /// One request over a fresh connection; the status and the body.
-    fn call(&self, method: &str, path: &str, body: Option<&Value>) -> (u16, String) {
+    pub fn call(&self, method: &str, path: &str, body: Option<&Value>) -> (u16, String) {
+        self.call_with(method, path, body, None)
+    }
+
+    /// [`Server::call`] with a bearer token.
+    pub fn call_with(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+        bearer: Option<&str>,
+    ) -> (u16, String) {
         let mut s = TcpStream::connect(&self.addr).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
         let body = body.map(|b| b.to_string()).unwrap_or_default();
+        let auth = bearer
+            .map(|t| format!("Authorization: Bearer {t}\r\n"))
+            .unwrap_or_default();
         write!(
             s,
-            "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n{auth}\
              Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
             self.addr,
             body.len()
@@ -75,13 +104,13 @@ impl Server {
         (status, body)
     }
 
-    fn get(&self, path: &str) -> Value {
+    pub fn get(&self, path: &str) -> Value {
         let (status, body) = self.call("GET", path, None);
         assert_eq!(status, 200, "{path}: {body}");
         serde_json::from_str(&body).unwrap()
     }
 
-    fn submit(&self, req: Value) -> i64 {
+    pub fn submit(&self, req: Value) -> i64 {
         let (status, body) = self.call("POST", "/api/v1/runs", Some(&req));
         assert_eq!(status, 201, "{body}");
         serde_json::from_str::<Value>(&body).unwrap()["id"]
@@ -89,12 +118,12 @@ impl Server {
             .unwrap()
     }
 
-    fn run(&self, id: i64) -> Value {
+    pub fn run(&self, id: i64) -> Value {
         self.get(&format!("/api/v1/runs/{id}"))
     }
 
     /// Waits until `ok` holds of run `id`.
-    fn wait_run(&self, id: i64, secs: u64, what: &str, ok: impl Fn(&Value) -> bool) -> Value {
+    pub fn wait_run(&self, id: i64, secs: u64, what: &str, ok: impl Fn(&Value) -> bool) -> Value {
         let start = Instant::now();
         loop {
             let run = self.run(id);
@@ -131,7 +160,7 @@ fn dechunk(mut s: &str) -> String {
 }
 
 /// Every stored point of a run, every attempt's: (key, step, attempt, value).
-fn points(server: &Server, id: i64) -> Vec<(String, i64, i64, f64)> {
+pub(crate) fn points(server: &Server, id: i64) -> Vec<(String, i64, i64, f64)> {
     let m = server.get(&format!("/api/v1/runs/{id}/metrics?all_attempts=true"));
     let mut out = Vec::new();
     for (key, series) in m["series"].as_object().unwrap() {
@@ -152,12 +181,12 @@ fn long_run() -> Value {
            "eval_every": 24, "max_length": 32, "learning_rate": 1e-3})
 }
 
-fn checkpointed(dir: &Path, id: i64) -> bool {
+pub(crate) fn checkpointed(dir: &Path, id: i64) -> bool {
     dir.join(format!("data/runs/{id}/checkpoint/last/trainer_state.json"))
         .is_file()
 }
 
-fn folder() -> tempfile::TempDir {
+pub(crate) fn folder() -> tempfile::TempDir {
     // the layout of a test app (presets and demo datasets linked in), served by a process
     let rt = tokio::runtime::Runtime::new().unwrap();
     let app = rt.block_on(TestApp::new());

@@ -2,6 +2,7 @@
 
 mod auth;
 mod checkpoints;
+mod cluster;
 mod compare;
 mod curves;
 mod dataset_pages;

@@ -11,6 +11,7 @@ pub mod leaderboard;
 pub mod openapi;
 pub mod runs;
 pub mod studies;
+mod worker;
 
 use super::AppState;
 use super::error::ApiError;
@@ -26,6 +27,7 @@ pub(crate) fn routes() -> OpenApiRouter<AppState> {
         .merge(catalog::router())
         .merge(leaderboard::router())
         .merge(studies::router())
+        .merge(worker::router())
         .merge(openapi::router())
 }
 

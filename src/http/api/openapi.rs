@@ -148,6 +148,18 @@ fn add_shared_answers(doc: &mut utoipa::openapi::OpenApi) {
                 .build(),
         ),
     );
+    components.add_security_scheme(
+        "worker_token",
+        SecurityScheme::Http(
+            HttpBuilder::new()
+                .scheme(HttpAuthScheme::Bearer)
+                .description(Some(
+                    "The token the Slurm executor made for one attempt of one run, in its \
+                     worker's ticket.",
+                ))
+                .build(),
+        ),
+    );
     for (_, name, description) in SHARED_ERRORS {
         let response = ResponseBuilder::new()
             .description(description)
@@ -168,7 +180,8 @@ fn add_shared_answers(doc: &mut utoipa::openapi::OpenApi) {
             let in_path = params.iter().any(|p| p.parameter_in == ParameterIn::Path);
             let in_query = params.iter().any(|p| p.parameter_in == ParameterIn::Query);
             let body = op.request_body.is_some();
-            if writes {
+            // an operation that names its own credentials (a worker's token) keeps them
+            if writes && op.security.is_none() {
                 let none = SecurityRequirement::default();
                 let token = SecurityRequirement::new("token", Vec::<String>::new());
                 op.security = Some(vec![none, token]);

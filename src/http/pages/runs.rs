@@ -122,6 +122,9 @@ struct RunPage {
     study_id: Option<i64>,
     /// Image-reliance probes: probe, accuracy, drop, its interval, p-value.
     reliance: Vec<[String; 5]>,
+    /// The Slurm job of each attempt that ran on the cluster: attempt, job id, state (with
+    /// the pending reason and queue place), node, exit code, submitted.
+    jobs: Vec<[String; 6]>,
 }
 
 /// A chart of metric series, drawn in the browser from `/api/v1/runs/{id}/metrics`.
@@ -329,7 +332,31 @@ async fn detail(
         .into_iter()
         .map(|l| format!("{} [{}] {}", when(Some(&l.time)), l.stream, l.line))
         .collect();
+    let jobs = state
+        .store
+        .cluster_jobs(run.id)
+        .await?
+        .into_iter()
+        .map(|j| {
+            let mut st = j.state.clone();
+            if let Some(r) = &j.reason {
+                st.push_str(&format!(" ({r})"));
+            }
+            if let Some(p) = j.position {
+                st.push_str(&format!(", #{p} in its partition's queue"));
+            }
+            [
+                j.attempt.to_string(),
+                j.job_id,
+                st,
+                j.node.unwrap_or_else(|| "–".into()),
+                j.exit_code.unwrap_or_else(|| "–".into()),
+                when(Some(&j.submitted_at)),
+            ]
+        })
+        .collect();
     render(&RunPage {
+        jobs,
         csrf: csrf.0,
         active: run.status.is_active(),
         device: run.device.clone().unwrap_or_else(|| "–".into()),

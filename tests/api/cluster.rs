@@ -1,0 +1,304 @@
+//! The Slurm executor against a real single-node Slurm cluster (`scripts/cluster.sh up`, which
+//! `make test` runs first; `MODALBENCH_TEST_SLURM_CONF` points here at its configuration): a
+//! run asking for two GPUs becomes a `gres/gpu:2` job, trains on the node and streams its
+//! metrics back over HTTP to the leaderboard; a waiting run is cancelled with `scancel` behind
+//! the scenes; a run whose worker is killed on the node is requeued and finishes; a restarted
+//! service follows the jobs it had submitted.
+
+use crate::lifecycle::{Server, folder, points};
+use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// The test cluster's `slurm.conf`.
+fn slurm_conf() -> PathBuf {
+    let conf = std::env::var("MODALBENCH_TEST_SLURM_CONF").unwrap_or_else(|_| {
+        panic!(
+            "MODALBENCH_TEST_SLURM_CONF is not set: the Slurm tests need the test cluster \
+             (`scripts/cluster.sh up`, then `eval \"$(scripts/cluster.sh env)\"`; `make test` does both)"
+        )
+    });
+    let conf = PathBuf::from(conf);
+    assert!(conf.is_file(), "{} does not exist", conf.display());
+    conf
+}
+
+/// A Slurm client command against the test cluster; its stdout.
+fn slurm(conf: &Path, cmd: &str, args: &[&str]) -> String {
+    let out = Command::new(cmd)
+        .args(args)
+        .env("SLURM_CONF", conf)
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd}: {e}"));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The run's cluster jobs, oldest attempt first.
+fn jobs(server: &Server, id: i64) -> Vec<Value> {
+    server.get(&format!("/api/v1/runs/{id}/jobs"))["jobs"]
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+fn wait_for(what: &str, secs: u64, mut ok: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !ok() {
+        assert!(
+            start.elapsed() < Duration::from_secs(secs),
+            "{what} within {secs} s"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn ended(r: &Value) -> bool {
+    !matches!(
+        r["status"].as_str(),
+        Some("queued" | "running" | "interrupted")
+    )
+}
+
+#[test]
+fn runs_become_slurm_jobs_that_report_over_http_are_cancelled_and_requeued() {
+    let conf = slurm_conf();
+    let dir = folder();
+    let config = dir.path().join("modalbench.toml");
+    std::fs::write(
+        &config,
+        "[executor]\nkind = \"slurm\"\n[executor.slurm]\npoll_seconds = 0.5\ncpus_per_task = 1\n",
+    )
+    .unwrap();
+    let conf_s = conf.to_str().unwrap();
+    // one address for both lives of the service: the workers' tickets name it
+    let addr = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().to_string()
+    };
+    let start = || {
+        Server::start_with(
+            dir.path(),
+            &["--addr", &addr, "--config", config.to_str().unwrap()],
+            &[("SLURM_CONF", conf_s)],
+        )
+    };
+    let server = start();
+
+    // 1. two GPUs: a gres/gpu:2 job that holds both of the node's (fake) GPUs while it runs
+    let first = server.submit(json!({
+        "model": "bert-tiny", "dataset": "demo-news", "gpus": 2, "epochs": 1, "batch_size": 8,
+        "max_length": 32, "eval_every": 20, "learning_rate": 1e-3, "max_steps": 60
+    }));
+    // 2. also two GPUs: it waits for the first one's, and is cancelled while it waits
+    let second = server.submit(json!({
+        "model": "bert-tiny", "dataset": "demo-news", "gpus": 2, "max_steps": 5
+    }));
+    wait_for("the first run's job", 60, || {
+        !jobs(&server, first).is_empty()
+    });
+    let job = jobs(&server, first)[0].clone();
+    let job_id = job["job_id"].as_str().unwrap().to_string();
+    let shown = slurm(&conf, "scontrol", &["show", "job", "-o", &job_id]);
+    assert!(
+        shown.contains("gres/gpu:2") || shown.contains("gres:gpu:2"),
+        "{shown}"
+    );
+    assert!(shown.contains("JobName=modalbench-run-"), "{shown}");
+
+    wait_for("the second run's job to wait for resources", 60, || {
+        jobs(&server, second)
+            .first()
+            .is_some_and(|j| j["state"] == "PENDING" && j["position"].as_i64() >= Some(1))
+    });
+    let waiting = jobs(&server, second)[0].clone();
+    assert!(waiting["reason"].is_string(), "{waiting}");
+    let (status, body) = server.call("POST", &format!("/api/v1/runs/{second}/cancel"), None);
+    assert_eq!(status, 200, "{body}");
+    let cancelled = server.wait_run(second, 60, "cancelled", ended);
+    assert_eq!(cancelled["status"], "cancelled", "{cancelled}");
+    let second_job = jobs(&server, second)[0]["job_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    wait_for("Slurm to say the job was cancelled", 30, || {
+        slurm(&conf, "scontrol", &["show", "job", "-o", &second_job]).contains("JobState=CANCELLED")
+    });
+
+    // the first trains on the node and its metrics reach the service over HTTP
+    let done = server.wait_run(first, 600, "an end", ended);
+    assert_eq!(done["status"], "succeeded", "{done}");
+    // the run ends when its worker reports; the job's end follows on the run's record
+    wait_for("the job to show COMPLETED", 60, || {
+        jobs(&server, first)[0]["state"] == "COMPLETED"
+    });
+    let job = jobs(&server, first)[0].clone();
+    assert_eq!(job["node"], "mbnode", "{job}");
+    assert_eq!(job["exit_code"], "0:0", "{job}");
+    let pts = points(&server, first);
+    let losses = pts.iter().filter(|p| p.0 == "train/loss").count();
+    assert!(losses >= 5, "{losses} train/loss points");
+    assert!(pts.iter().any(|p| p.0 == "eval/accuracy"));
+    // every point once: (key, step, attempt) is unique
+    let mut keys: Vec<_> = pts.iter().map(|p| (p.0.clone(), p.1, p.2)).collect();
+    keys.sort();
+    keys.dedup();
+    assert_eq!(keys.len(), pts.len());
+    let board = server.get("/api/v1/leaderboard?dataset=demo-news");
+    let rows = board["boards"][0]["rows"].as_array().unwrap();
+    assert!(rows.iter().any(|r| r["run_id"] == first), "{board}");
+    let preds = server.get(&format!(
+        "/api/v1/runs/{first}/predictions?split=test&limit=5"
+    ));
+    assert!(
+        !preds["predictions"].as_array().unwrap().is_empty(),
+        "{preds}"
+    );
+
+    // 3. killed on the node: requeued as a new job, resumed, finished
+    let third = server.submit(json!({
+        "model": "bert-tiny", "dataset": "demo-news", "epochs": 4, "batch_size": 8,
+        "max_length": 32, "eval_every": 24, "learning_rate": 1e-3
+    }));
+    server.wait_run(third, 300, "progress on the node", |r| {
+        r["progress"].as_f64().unwrap_or(0.0) > 0.05
+    });
+    let ticket = dir
+        .path()
+        .join(format!("data/runs/{third}/slurm/ticket-1.json"));
+    let killed = Command::new("pkill")
+        .args([
+            "-KILL",
+            "-f",
+            &format!("worker --ticket .*{}", ticket.display()),
+        ])
+        .status()
+        .unwrap();
+    assert!(killed.success(), "no worker of run {third} to kill");
+    let done = server.wait_run(third, 900, "an end", ended);
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(done["attempts"], 2, "{done}");
+    let attempts = jobs(&server, third);
+    assert_eq!(attempts.len(), 2, "{attempts:?}");
+    assert_eq!(attempts[0]["state"], "FAILED", "{attempts:?}");
+    assert_ne!(attempts[0]["job_id"], attempts[1]["job_id"]);
+    let logs = server.get(&format!("/api/v1/runs/{third}/logs?tail=1000"));
+    assert!(logs.to_string().contains("requeued"), "{logs}");
+    let (status, page) = server.call("GET", &format!("/runs/{third}"), None);
+    assert_eq!(status, 200);
+    assert!(
+        page.contains("Slurm jobs") && page.contains("FAILED"),
+        "{page}"
+    );
+    for j in &attempts {
+        let cell = format!("<td>{}</td>", j["job_id"].as_str().unwrap());
+        assert!(page.contains(&cell), "{cell} not on the run page");
+    }
+    assert!(points(&server, third).iter().any(|p| p.2 == 2));
+
+    // 4. the service restarts while a job runs: the job runs on and is followed again
+    let fourth = server.submit(json!({
+        "model": "bert-tiny", "dataset": "demo-news", "epochs": 2, "batch_size": 8,
+        "max_length": 32, "learning_rate": 1e-3
+    }));
+    server.wait_run(fourth, 300, "progress on the node", |r| {
+        r["progress"].as_f64().unwrap_or(0.0) > 0.05
+    });
+    drop(server);
+    let server = start();
+    let done = server.wait_run(fourth, 600, "an end", ended);
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(done["attempts"], 1, "{done}");
+    assert_eq!(jobs(&server, fourth).len(), 1);
+}
+
+#[test]
+fn worker_events_need_their_attempts_token_and_are_applied_once() {
+    let conf = slurm_conf();
+    let dir = folder();
+    let config = dir.path().join("modalbench.toml");
+    // held jobs stay pending: only this test reports
+    std::fs::write(
+        &config,
+        "[executor]\nkind = \"slurm\"\n[executor.slurm]\npoll_seconds = 0.5\nsbatch_args = [\"--hold\"]\n",
+    )
+    .unwrap();
+    let server = Server::start_with(
+        dir.path(),
+        &["--config", config.to_str().unwrap()],
+        &[("SLURM_CONF", conf.to_str().unwrap())],
+    );
+    let id = server.submit(json!({"model": "bert-tiny", "dataset": "demo-news", "max_steps": 3}));
+    wait_for("the held job", 60, || !jobs(&server, id).is_empty());
+    let ticket: Value = serde_json::from_slice(
+        &std::fs::read(
+            dir.path()
+                .join(format!("data/runs/{id}/slurm/ticket-1.json")),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let token = ticket["token"].as_str().unwrap();
+    let url = format!("/api/v1/worker/runs/{id}/events");
+    let metric = |step: u64| json!({"event": "metric", "key": "train/loss", "step": step, "epoch": 0.1, "value": 1.0 / step as f64});
+    let post = |auth: Option<&str>, body: Value| {
+        let raw = server.call_with("POST", &url, Some(&body), auth);
+        (
+            raw.0,
+            serde_json::from_str::<Value>(&raw.1).unwrap_or(Value::Null),
+        )
+    };
+    let batch = |first: i64, events: Vec<Value>| json!({"attempt": 1, "first_seq": first, "events": events});
+
+    // no token, a wrong one, the API's: refused
+    assert_eq!(post(None, batch(1, vec![metric(1)])).0, 401);
+    assert_eq!(
+        post(Some("not-the-token"), batch(1, vec![metric(1)])).0,
+        401
+    );
+    // applied once, even when sent again (an answer lost), and overlapping batches add only
+    // what is new
+    let (status, ack) = post(Some(token), batch(1, vec![metric(1), metric(2)]));
+    assert_eq!(
+        (status, ack["last_seq"].as_i64(), ack["applied"].as_i64()),
+        (200, Some(2), Some(2))
+    );
+    let (status, ack) = post(Some(token), batch(1, vec![metric(1), metric(2)]));
+    assert_eq!(
+        (status, ack["last_seq"].as_i64(), ack["applied"].as_i64()),
+        (200, Some(2), Some(0))
+    );
+    let log = json!({"event": "log", "message": "hello from the node"});
+    let (status, ack) = post(
+        Some(token),
+        batch(2, vec![metric(2), log.clone(), metric(3)]),
+    );
+    assert_eq!(
+        (status, ack["last_seq"].as_i64(), ack["applied"].as_i64()),
+        (200, Some(4), Some(2))
+    );
+    let (status, ack) = post(Some(token), batch(2, vec![metric(2), log, metric(3)]));
+    assert_eq!((status, ack["applied"].as_i64()), (200, Some(0)));
+    // a hole is refused
+    let (status, body) = post(Some(token), batch(7, vec![metric(7)]));
+    assert_eq!(status, 409, "{body}");
+    assert!(body.to_string().contains("from 5"), "{body}");
+
+    let pts = points(&server, id);
+    let steps: Vec<i64> = pts
+        .iter()
+        .filter(|p| p.0 == "train/loss")
+        .map(|p| p.1)
+        .collect();
+    assert_eq!(steps, vec![1, 2, 3]);
+    let logs = server
+        .get(&format!("/api/v1/runs/{id}/logs?tail=1000"))
+        .to_string();
+    assert_eq!(logs.matches("hello from the node").count(), 1, "{logs}");
+
+    // once the run is cancelled the attempt is over: its worker is told so
+    let (status, _) = server.call("POST", &format!("/api/v1/runs/{id}/cancel"), None);
+    assert_eq!(status, 200);
+    let (status, body) = post(Some(token), batch(5, vec![metric(5)]));
+    assert_eq!(status, 410, "{body}");
+}
