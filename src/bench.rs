@@ -400,3 +400,156 @@ pub fn loader(
     println!("memory_cache_per_s={from_memory:.1}");
     Ok(())
 }
+
+/// What the Slurm executor's event endpoint absorbs: `runs` running runs with cluster jobs, and
+/// `clients` threads playing their workers, each sending its runs' batches of `batch_events`
+/// metric events (numbered as a worker numbers them) until every run has sent `batches`
+/// batches; over loopback to this process's HTTP service, stored in SQLite. Prints events/s,
+/// requests/s and the latency of a batch.
+pub async fn worker_events(
+    runs: usize,
+    clients: usize,
+    batch_events: usize,
+    batches: usize,
+) -> Result<()> {
+    use crate::config::Settings;
+    use crate::http::{AppState, router};
+    use crate::live::Hub;
+    use crate::models::registry::Registry;
+    use crate::queue::{Scheduler, slots};
+    let dir = std::env::temp_dir().join(format!("modalbench-bench-{}", std::process::id()));
+    let settings = Settings::new(dir.join("data"), dir.join("models"));
+    let store = Store::open(&settings.database_path()).await?;
+    // running runs whose jobs were submitted, each with its worker's token
+    let running: Vec<FinishedRun> = (0..runs)
+        .map(|i| FinishedRun {
+            model: "bert-base".into(),
+            dataset: format!("dataset-{}", i % 5),
+            status: RunStatus::Running,
+            config: TrainConfig {
+                seed: i as u64,
+                ..Default::default()
+            },
+            summary: Summary::default(),
+        })
+        .collect();
+    let ids = store.insert_finished_runs(&running).await?;
+    let mut tickets = Vec::with_capacity(runs);
+    for &id in &ids {
+        let token = crate::secret::random_hex(32);
+        // the runs were stored without a claim (attempt 0): their jobs are of that attempt
+        let attempt = store.get_run(id).await?.map_or(0, |r| r.attempts);
+        store
+            .insert_cluster_job(
+                id,
+                attempt,
+                &format!("{id}"),
+                &crate::secret::token_hash(&token),
+            )
+            .await?;
+        tickets.push((id, attempt, token));
+    }
+    let hub = Hub::default();
+    let scheduler = Scheduler::new(
+        store.clone(),
+        settings.clone(),
+        Registry::new(settings.models_dir.clone()),
+        hub.clone(),
+        slots::plan(0, 1, 1),
+    );
+    let state = AppState::new(settings, store.clone(), scheduler, hub);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(crate::http::serve::serve(
+        listener,
+        router(state),
+        std::future::pending(),
+    ));
+
+    let t = Instant::now();
+    let cpu0 = cpu_seconds();
+    let latencies = tokio::task::spawn_blocking(move || {
+        let per_client: Vec<Vec<(i64, i64, String)>> = (0..clients)
+            .map(|c| tickets.iter().skip(c).step_by(clients).cloned().collect())
+            .collect();
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = per_client
+                .into_iter()
+                .map(|mine| {
+                    scope.spawn(move || -> Result<Vec<f64>> {
+                        let agent: ureq::Agent = ureq::Agent::config_builder()
+                            .http_status_as_error(false)
+                            .build()
+                            .into();
+                        let mut lat = Vec::new();
+                        // round-robin over this client's runs, one batch each in turn, as
+                        // concurrent workers interleave
+                        for b in 0..batches {
+                            for (id, attempt, token) in &mine {
+                                let first = (b * batch_events) as u64 + 1;
+                                let events: Vec<serde_json::Value> = (0..batch_events as u64)
+                                    .map(|k| {
+                                        serde_json::json!({"event": "metric", "key": "train/loss",
+                                            "step": first + k, "epoch": 0.5, "value": 1.0 / (first + k) as f64})
+                                    })
+                                    .collect();
+                                let body = serde_json::json!({"attempt": attempt,
+                                    "first_seq": first, "events": events})
+                                .to_string();
+                                let sent = Instant::now();
+                                let resp = agent
+                                    .post(&format!("http://{addr}/api/v1/worker/runs/{id}/events"))
+                                    .header("Authorization", &format!("Bearer {token}"))
+                                    .header("Content-Type", "application/json")
+                                    .send(body.as_bytes())?;
+                                anyhow::ensure!(
+                                    resp.status().as_u16() == 200,
+                                    "run {id}: HTTP {}",
+                                    resp.status()
+                                );
+                                lat.push(sent.elapsed().as_secs_f64() * 1e3);
+                            }
+                        }
+                        Ok(lat)
+                    })
+                })
+                .collect();
+            let mut all = Vec::new();
+            for h in handles {
+                all.extend(h.join().expect("client thread")?);
+            }
+            Ok::<_, anyhow::Error>(all)
+        })
+    })
+    .await??;
+    let secs = t.elapsed().as_secs_f64();
+    let cpu = cpu_seconds() - cpu0;
+    let requests = latencies.len();
+    let events = requests * batch_events;
+    // count them back: every point stored once
+    let (stored, _) = store.points_written();
+    anyhow::ensure!(
+        stored as usize == events,
+        "{events} events sent, {stored} points stored"
+    );
+    let mut sorted = latencies;
+    sorted.sort_by(f64::total_cmp);
+    let pct = |p: f64| sorted[((sorted.len() - 1) as f64 * p).round() as usize];
+    println!(
+        "{runs} running runs, {clients} client threads, {batch_events} events a batch, {batches} \
+         batches a run"
+    );
+    println!(
+        "{events} events in {requests} batches in {secs:.2} s: {:.0} events/s, {:.0} batches/s; \
+         batch latency p50 {:.1} ms, p99 {:.1} ms; process CPU {:.1} s ({:.0}% of one core, \
+         client threads included); all {stored} points stored once",
+        events as f64 / secs,
+        requests as f64 / secs,
+        pct(0.5),
+        pct(0.99),
+        cpu,
+        cpu / secs * 100.0
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}

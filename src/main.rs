@@ -106,6 +106,22 @@ enum BenchCommand {
         #[arg(long, default_value_t = 100_000)]
         long_points: usize,
     },
+    /// What the Slurm executor's worker-event endpoint absorbs from simulated workers
+    /// (events/s, batches/s, latency).
+    WorkerEvents {
+        /// Running runs with cluster jobs (one simulated worker each).
+        #[arg(long, default_value_t = 1000)]
+        runs: usize,
+        /// Client threads the workers' requests are spread over.
+        #[arg(long, default_value_t = 16)]
+        clients: usize,
+        /// Metric events a batch.
+        #[arg(long, default_value_t = 20)]
+        batch_events: usize,
+        /// Batches each run sends.
+        #[arg(long, default_value_t = 10)]
+        batches: usize,
+    },
     /// Throughput of the image loader alone on a dataset's train split (examples/s).
     Loader {
         /// Dataset folder.
@@ -212,6 +228,24 @@ fn main() {
                     runs,
                     points_per_run,
                     repeats,
+                ))
+            }),
+        Command::Bench {
+            command:
+                BenchCommand::WorkerEvents {
+                    runs,
+                    clients,
+                    batch_events,
+                    batches,
+                },
+        } => tokio::runtime::Runtime::new()
+            .map_err(anyhow::Error::from)
+            .and_then(|rt| {
+                rt.block_on(modalbench::bench::worker_events(
+                    runs,
+                    clients,
+                    batch_events,
+                    batches,
                 ))
             }),
         Command::Bench {

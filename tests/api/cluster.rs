@@ -42,12 +42,15 @@ fn jobs(server: &Server, id: i64) -> Vec<Value> {
         .clone()
 }
 
-fn wait_for(what: &str, secs: u64, mut ok: impl FnMut() -> bool) {
+/// Waits until `ok` holds; the failure says what was awaited and, from `about`, how things
+/// stood.
+fn wait_for(what: &str, secs: u64, about: &dyn Fn() -> String, mut ok: impl FnMut() -> bool) {
     let start = Instant::now();
     while !ok() {
         assert!(
             start.elapsed() < Duration::from_secs(secs),
-            "{what} within {secs} s"
+            "{what} within {secs} s; {}",
+            about()
         );
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -85,18 +88,30 @@ fn runs_become_slurm_jobs_that_report_over_http_are_cancelled_and_requeued() {
     };
     let server = start();
 
+    // the state of a run, its jobs and its log, for a failure's message
+    let about = |id: i64| {
+        format!(
+            "run {id}: {}\njobs: {:?}\nlog: {}",
+            server.run(id),
+            jobs(&server, id),
+            server.get(&format!("/api/v1/runs/{id}/logs?tail=50"))
+        )
+    };
+
     // 1. two GPUs: a gres/gpu:2 job that holds both of the node's (fake) GPUs while it runs
     let first = server.submit(json!({
-        "model": "bert-tiny", "dataset": "demo-news", "gpus": 2, "epochs": 1, "batch_size": 8,
-        "max_length": 32, "eval_every": 20, "learning_rate": 1e-3, "max_steps": 60
+        "model": "bert-tiny", "dataset": "demo-news", "gpus": 2, "epochs": 3, "batch_size": 8,
+        "max_length": 32, "eval_every": 50, "learning_rate": 1e-3, "max_steps": 150
     }));
+    wait_for("the first run's job to run", 120, &|| about(first), || {
+        jobs(&server, first)
+            .first()
+            .is_some_and(|j| j["state"] == "RUNNING")
+    });
     // 2. also two GPUs: it waits for the first one's, and is cancelled while it waits
     let second = server.submit(json!({
         "model": "bert-tiny", "dataset": "demo-news", "gpus": 2, "max_steps": 5
     }));
-    wait_for("the first run's job", 60, || {
-        !jobs(&server, first).is_empty()
-    });
     let job = jobs(&server, first)[0].clone();
     let job_id = job["job_id"].as_str().unwrap().to_string();
     let shown = slurm(&conf, "scontrol", &["show", "job", "-o", &job_id]);
@@ -106,13 +121,19 @@ fn runs_become_slurm_jobs_that_report_over_http_are_cancelled_and_requeued() {
     );
     assert!(shown.contains("JobName=modalbench-run-"), "{shown}");
 
-    wait_for("the second run's job to wait for resources", 60, || {
-        jobs(&server, second)
-            .first()
-            .is_some_and(|j| j["state"] == "PENDING" && j["position"].as_i64() >= Some(1))
-    });
-    let waiting = jobs(&server, second)[0].clone();
-    assert!(waiting["reason"].is_string(), "{waiting}");
+    wait_for(
+        "the second run's job to wait for resources",
+        90,
+        &|| about(second),
+        || {
+            jobs(&server, second).first().is_some_and(|j| {
+                // the reason comes with the scheduler's first look at the job
+                j["state"] == "PENDING"
+                    && j["position"].as_i64() >= Some(1)
+                    && j["reason"].is_string()
+            })
+        },
+    );
     let (status, body) = server.call("POST", &format!("/api/v1/runs/{second}/cancel"), None);
     assert_eq!(status, 200, "{body}");
     let cancelled = server.wait_run(second, 60, "cancelled", ended);
@@ -121,15 +142,21 @@ fn runs_become_slurm_jobs_that_report_over_http_are_cancelled_and_requeued() {
         .as_str()
         .unwrap()
         .to_string();
-    wait_for("Slurm to say the job was cancelled", 30, || {
-        slurm(&conf, "scontrol", &["show", "job", "-o", &second_job]).contains("JobState=CANCELLED")
-    });
+    wait_for(
+        "Slurm to say the job was cancelled",
+        30,
+        &|| about(second),
+        || {
+            slurm(&conf, "scontrol", &["show", "job", "-o", &second_job])
+                .contains("JobState=CANCELLED")
+        },
+    );
 
     // the first trains on the node and its metrics reach the service over HTTP
     let done = server.wait_run(first, 600, "an end", ended);
     assert_eq!(done["status"], "succeeded", "{done}");
     // the run ends when its worker reports; the job's end follows on the run's record
-    wait_for("the job to show COMPLETED", 60, || {
+    wait_for("the job to show COMPLETED", 60, &|| about(first), || {
         jobs(&server, first)[0]["state"] == "COMPLETED"
     });
     let job = jobs(&server, first)[0].clone();
@@ -229,7 +256,9 @@ fn worker_events_need_their_attempts_token_and_are_applied_once() {
         &[("SLURM_CONF", conf.to_str().unwrap())],
     );
     let id = server.submit(json!({"model": "bert-tiny", "dataset": "demo-news", "max_steps": 3}));
-    wait_for("the held job", 60, || !jobs(&server, id).is_empty());
+    wait_for("the held job", 60, &|| server.run(id).to_string(), || {
+        !jobs(&server, id).is_empty()
+    });
     let ticket: Value = serde_json::from_slice(
         &std::fs::read(
             dir.path()
