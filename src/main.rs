@@ -465,6 +465,9 @@ fn train_here(a: TrainArgs) -> Result<()> {
     }
     let registry = Registry::new(a.settings.models_dir.clone());
     let resolved = runs::resolve(req, &registry, dataset)?;
+    if let Some(field) = resolved.queue.cluster_options_set().first() {
+        anyhow::bail!("{field}: an option of a Slurm job; `modalbench train` trains here");
+    }
     if let Some(why) = train::precision::unsupported(resolved.config.mixed_precision, a.device) {
         anyhow::bail!("mixed_precision: {why}");
     }

@@ -280,6 +280,15 @@ impl Scheduler {
                 }
             });
         }
+        if let Some(&field) = run.queue.cluster_options_set().first() {
+            return Some(OptionError {
+                field,
+                message: format!(
+                    "`{field}` sets an option of the run's Slurm job, but this service runs \
+                     runs on its own devices (`serve --executor slurm` hands them to Slurm)"
+                ),
+            });
+        }
         let slots = &self.inner.slots;
         if gpus > slots.len() {
             let names: Vec<&str> = slots.iter().map(|s| s.name.as_str()).collect();

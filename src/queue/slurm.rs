@@ -15,6 +15,8 @@ use super::Scheduler;
 use super::supervisor::Outcome;
 use crate::config::SlurmSettings;
 use crate::protocol::{JobSpec, WorkerTicket};
+use crate::runs::QueueConfig;
+use crate::runs::options::Name;
 use crate::store::cluster::{JobState, WorkerOutcome, token_hash};
 use crate::store::runs::{Run, RunStatus};
 use anyhow::{Context, Result, bail};
@@ -131,9 +133,23 @@ impl Slurm {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
-    /// The `sbatch` arguments of a run's job (before the script).
-    pub fn sbatch_args(&self, run_id: i64, gpus: u32, dir: &Path) -> Vec<String> {
-        let s = &self.settings;
+    /// The `sbatch` arguments of a run's job (before the script): the service's settings,
+    /// with the run's own `slurm_*` options in their place where it sets them.
+    pub fn sbatch_args(
+        &self,
+        run_id: i64,
+        gpus: u32,
+        queue: &QueueConfig,
+        dir: &Path,
+    ) -> Vec<String> {
+        let mut s = self.settings.clone();
+        let name = |n: Option<Name>, default: Option<String>| n.map(|n| n.to_string()).or(default);
+        s.partition = name(queue.slurm_partition, s.partition);
+        s.account = name(queue.slurm_account, s.account);
+        s.qos = name(queue.slurm_qos, s.qos);
+        s.time = queue.slurm_time_limit.map(|m| m.to_string()).or(s.time);
+        s.mem = queue.slurm_mem_gb.map(|g| format!("{g}G")).or(s.mem);
+        s.cpus_per_task = queue.slurm_cpus_per_task.or(s.cpus_per_task);
         let mut args = vec![
             "--parsable".to_string(),
             format!("--job-name=modalbench-run-{run_id}"),
@@ -166,8 +182,9 @@ impl Slurm {
         run_id: i64,
         attempt: i64,
         spec: JobSpec,
-        gpus: u32,
+        queue: &QueueConfig,
     ) -> Result<(String, String)> {
+        let gpus = spec.config.gpus;
         let url = self
             .server_url
             .get()
@@ -197,7 +214,7 @@ impl Slurm {
         );
         let script_path = dir.join(format!("job-{attempt}.sh"));
         write_private(&script_path, script.as_bytes(), 0o700).await?;
-        let mut args = self.sbatch_args(run_id, gpus, &dir);
+        let mut args = self.sbatch_args(run_id, gpus, queue, &dir);
         args.push(script_path.to_string_lossy().into_owned());
         let out = self.output("sbatch", &args).await?;
         // `--parsable`: `<job id>[;<cluster>]`
@@ -558,7 +575,7 @@ pub(super) async fn execute(
                 slurm.run_dir(run.id).join("checkpoint"),
                 Some(slurm.runs_dir.join("cache")),
             );
-            let (job_id, hash) = slurm.submit(run.id, attempt, spec, gpus).await?;
+            let (job_id, hash) = slurm.submit(run.id, attempt, spec, &resolved.queue).await?;
             store
                 .insert_cluster_job(run.id, attempt, &job_id, &hash)
                 .await?;
@@ -847,10 +864,28 @@ mod tests {
         s.time = Some("1-12:00:00".into());
         assert!(s.check().is_ok());
         let slurm = Slurm::new(s, PathBuf::from("/shared/runs"));
-        let args = slurm.sbatch_args(7, 2, Path::new("/shared/runs/7/slurm"));
+        let dir = Path::new("/shared/runs/7/slurm");
+        let args = slurm.sbatch_args(7, 2, &QueueConfig::default(), dir);
         assert!(args.contains(&"--gres=gpu:2".to_string()), "{args:?}");
         assert!(args.contains(&"--partition=gpu".to_string()), "{args:?}");
         assert!(args.contains(&"--time=1-12:00:00".to_string()), "{args:?}");
         assert_eq!(args.last().unwrap(), "--constraint=a100");
+        // a run's own options take the settings' place
+        let run = QueueConfig {
+            slurm_partition: Some("debug".parse().unwrap()),
+            slurm_time_limit: Some(30),
+            slurm_mem_gb: Some(16),
+            ..QueueConfig::default()
+        };
+        let args = slurm.sbatch_args(7, 1, &run, dir);
+        for want in [
+            "--partition=debug",
+            "--time=30",
+            "--mem=16G",
+            "--gres=gpu:1",
+        ] {
+            assert!(args.contains(&want.to_string()), "{want} not in {args:?}");
+        }
+        assert!(!args.iter().any(|a| a == "--partition=gpu"), "{args:?}");
     }
 }

@@ -31,7 +31,7 @@ pub mod options;
 
 use crate::data::Source;
 use crate::models::registry::Registry;
-use options::{Bound, OptionError, Range, choice, declare_options};
+use options::{Bound, Name, OptionError, Range, choice, declare_options};
 use serde::de::{self, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
 use std::collections::BTreeSet;
@@ -140,6 +140,34 @@ declare_options! {
 
     /// Runs with a higher priority start first; equal priorities start oldest first.
     priority: i64 = 0, range Range::integers(-1000, 1000), unit "";
+    /// The Slurm partition of the run's job (services with the Slurm executor only).
+    slurm_partition: Option<Name> = None, range Range::Any, unit "",
+        unset "the service's `partition`";
+    /// The Slurm account the run's job is charged to (Slurm executor only).
+    slurm_account: Option<Name> = None, range Range::Any, unit "",
+        unset "the service's `account`";
+    /// The Slurm quality of service of the run's job (Slurm executor only).
+    slurm_qos: Option<Name> = None, range Range::Any, unit "", unset "the service's `qos`";
+    /// The time limit of the run's Slurm job (Slurm executor only).
+    slurm_time_limit: Option<u32> = None, range Range::integers(1, 525_600), unit "minutes",
+        unset "the service's `time`";
+    /// CPUs of the run's Slurm job, the worker's threads (Slurm executor only).
+    slurm_cpus_per_task: Option<u32> = None, range Range::integers(1, 1024), unit "CPUs",
+        unset "the service's `cpus_per_task`";
+    /// Memory of the run's Slurm job (Slurm executor only).
+    slurm_mem_gb: Option<u32> = None, range Range::integers(1, 65_536), unit "GiB",
+        unset "the service's `mem`";
+}
+
+impl QueueConfig {
+    /// The options set here that only the Slurm executor honours, by name.
+    pub fn cluster_options_set(&self) -> Vec<&'static str> {
+        self.values()
+            .into_iter()
+            .filter(|(spec, v)| spec.name.starts_with("slurm_") && v.is_some())
+            .map(|(spec, _)| spec.name)
+            .collect()
+    }
 }
 
 /// A request for a run: a model and a dataset by name, and any options (the rest take their
@@ -294,11 +322,14 @@ pub fn options_table() -> String {
             Some(d) => format!("`{d}`"),
             None => format!("unset ({})", spec.unset),
         };
+        let allowed = match spec.kind {
+            options::Kind::Name => spec.kind.phrase().to_string(),
+            _ => spec.range.allowed(),
+        };
         out.push_str(&format!(
-            "| `{}` | {} | {default} | {} | {} | {} |\n",
+            "| `{}` | {} | {default} | {allowed} | {} | {} |\n",
             spec.name,
             spec.kind.name(),
-            spec.range.allowed(),
             spec.unit,
             spec.help()
         ));
@@ -557,11 +588,24 @@ mod tests {
         assert_eq!(o.resolve().unwrap_err().field, "max_steps");
         let q = QueueOptions {
             priority: Some(5000),
+            ..Default::default()
         };
         assert_eq!(
             q.resolve().unwrap_err().message,
             "`priority` must be between -1000 and 1000, got 5000"
         );
+        // a name reaches sbatch as one argument of letters, digits and `_-.:+` only
+        let req = |partition: &str| {
+            serde_json::from_value::<RunRequest>(serde_json::json!(
+                {"model": "m", "dataset": "d", "slurm_partition": partition}
+            ))
+        };
+        let ok = req("gpu-a100").unwrap();
+        assert_eq!(ok.queue.slurm_partition.unwrap().as_str(), "gpu-a100");
+        for bad in ["gpu --wrap=id", "", "gpu;id", &"x".repeat(33)] {
+            let e = req(bad).unwrap_err().to_string();
+            assert!(e.contains("is not a name"), "{bad:?}: {e}");
+        }
     }
 
     #[test]

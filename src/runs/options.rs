@@ -18,6 +18,8 @@ pub enum Kind {
     Choice,
     /// `true` or `false`.
     Boolean,
+    /// A short name ([`Name`]).
+    Name,
 }
 
 impl Kind {
@@ -28,6 +30,7 @@ impl Kind {
             Kind::Number => "number",
             Kind::Choice => "choice",
             Kind::Boolean => "boolean",
+            Kind::Name => "name",
         }
     }
 
@@ -38,6 +41,7 @@ impl Kind {
             Kind::Number => "a number",
             Kind::Choice => "one of the names",
             Kind::Boolean => "`true` or `false`",
+            Kind::Name => "a name of 1 to 32 letters, digits and `_-.:+`",
         }
     }
 
@@ -46,7 +50,7 @@ impl Kind {
         match self {
             Kind::Integer => "numeric",
             Kind::Number => "decimal",
-            Kind::Choice | Kind::Boolean => "text",
+            Kind::Choice | Kind::Boolean | Kind::Name => "text",
         }
     }
 }
@@ -239,7 +243,7 @@ impl OptionSpec {
         let ty = match self.kind {
             Kind::Integer => Type::Integer,
             Kind::Number => Type::Number,
-            Kind::Choice => Type::String,
+            Kind::Choice | Kind::Name => Type::String,
             Kind::Boolean => Type::Boolean,
         };
         let ty = if nullable {
@@ -292,6 +296,12 @@ impl OptionSpec {
                 b = b.enum_values(Some(names));
             }
             (Kind::Boolean, _) => {}
+            (Kind::Name, _) => {
+                b = b
+                    .pattern(Some(Name::PATTERN))
+                    .min_length(Some(1))
+                    .max_length(Some(Name::MAX));
+            }
         }
         b.build().into()
     }
@@ -388,6 +398,92 @@ impl OptionValue for bool {
     }
     fn show(self) -> String {
         self.to_string()
+    }
+}
+
+/// A short name an option may take, such as a Slurm partition, account or QoS: 1 to
+/// [`Name::MAX`] ASCII letters, digits and `_ - . : +`. Nothing else can reach a command line
+/// through it. Kept inline, so that it is `Copy` like the other option values.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Name {
+    len: u8,
+    bytes: [u8; Name::MAX],
+}
+
+impl Name {
+    /// The longest name.
+    pub const MAX: usize = 32;
+    /// The names allowed, as a regular expression (for the API's schema).
+    pub const PATTERN: &'static str = "^[A-Za-z0-9_.:+-]{1,32}$";
+
+    /// The name as text.
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.bytes[..self.len as usize]).expect("names are ASCII")
+    }
+}
+
+impl FromStr for Name {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Name, String> {
+        let ok = !s.is_empty()
+            && s.len() <= Name::MAX
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_-.:+".contains(&b));
+        if !ok {
+            return Err(format!(
+                "`{}` is not a name of 1 to {} letters, digits and `_-.:+`",
+                s.chars().take(40).collect::<String>(),
+                Name::MAX
+            ));
+        }
+        let mut bytes = [0u8; Name::MAX];
+        bytes[..s.len()].copy_from_slice(s.as_bytes());
+        Ok(Name {
+            len: s.len() as u8,
+            bytes,
+        })
+    }
+}
+
+impl Display for Name {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+impl std::fmt::Debug for Name {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", self.as_str())
+    }
+}
+
+impl Serialize for Name {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Name {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Name, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl clap::builder::ValueParserFactory for Name {
+    type Parser = clap::builder::ValueParser;
+    fn value_parser() -> clap::builder::ValueParser {
+        clap::builder::ValueParser::new(|s: &str| s.parse::<Name>())
+    }
+}
+
+impl OptionValue for Name {
+    const KIND: Kind = Kind::Name;
+    fn within(self, _: &Range) -> bool {
+        true
+    }
+    fn show(self) -> String {
+        self.as_str().to_string()
     }
 }
 
@@ -513,7 +609,7 @@ macro_rules! option_fields {
         }
     )*};
 }
-option_fields!(u32, u64, i64, f64, bool);
+option_fields!(u32, u64, i64, f64, bool, Name);
 
 /// Checks a field's value against its option's range.
 pub fn check<F: OptionField>(spec: &OptionSpec, field: &F) -> Result<(), OptionError> {

@@ -170,9 +170,24 @@ pub struct Run {
 pub struct Resolution {
     pub model_dir: PathBuf,
     pub dataset: Source,
+    /// The queue options as resolved (the priority is also the `priority` column, which
+    /// orders the queue); absent in runs stored before they were kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue: Option<QueueConfig>,
 }
 
 impl Run {
+    /// The queue options of the run: as resolved at submission, with its priority.
+    pub fn queue_config(&self) -> QueueConfig {
+        let mut q = self
+            .resolution
+            .as_ref()
+            .and_then(|r| r.queue.clone())
+            .unwrap_or_default();
+        q.priority = self.priority;
+        q
+    }
+
     /// The training options of a native run.
     pub fn train_config(&self) -> Option<&TrainConfig> {
         self.config.native()
@@ -193,9 +208,7 @@ impl Run {
                 source: r.dataset.clone(),
             },
             config,
-            queue: QueueConfig {
-                priority: self.priority,
-            },
+            queue: self.queue_config(),
         })
     }
 }
@@ -434,6 +447,7 @@ pub(super) async fn insert_queued<'c, E: sqlx::SqliteExecutor<'c>>(
     let resolution = Resolution {
         model_dir: run.model.dir.clone(),
         dataset: run.dataset.source.clone(),
+        queue: Some(run.queue.clone()),
     };
     let row: RunRow = sqlx::query_as(&format!(
         "INSERT INTO runs (status, model, dataset, config, priority, resolved, created_at, \
@@ -487,6 +501,7 @@ impl Store {
         let resolution = Resolution {
             model_dir: run.model.dir.clone(),
             dataset: run.dataset.source.clone(),
+            queue: Some(run.queue.clone()),
         };
         let time = now();
         let row: RunRow = sqlx::query_as(&format!(

@@ -101,7 +101,8 @@ fn runs_become_slurm_jobs_that_report_over_http_are_cancelled_and_requeued() {
     // 1. two GPUs: a gres/gpu:2 job that holds both of the node's (fake) GPUs while it runs
     let first = server.submit(json!({
         "model": "bert-tiny", "dataset": "demo-news", "gpus": 2, "epochs": 3, "batch_size": 8,
-        "max_length": 32, "eval_every": 50, "learning_rate": 1e-3, "max_steps": 150
+        "max_length": 32, "eval_every": 50, "learning_rate": 1e-3, "max_steps": 150,
+        "slurm_partition": "debug", "slurm_time_limit": 30
     }));
     wait_for("the first run's job to run", 120, &|| about(first), || {
         jobs(&server, first)
@@ -120,6 +121,9 @@ fn runs_become_slurm_jobs_that_report_over_http_are_cancelled_and_requeued() {
         "{shown}"
     );
     assert!(shown.contains("JobName=modalbench-run-"), "{shown}");
+    // the run's own Slurm options
+    assert!(shown.contains("Partition=debug"), "{shown}");
+    assert!(shown.contains("TimeLimit=00:30:00"), "{shown}");
 
     wait_for(
         "the second run's job to wait for resources",

@@ -21,6 +21,8 @@ const POOL_BOUND: [&str; 3] = ["mixed_precision", "gpus", "freeze_image_encoder"
 fn every_option() -> Vec<(&'static str, String)> {
     option_values(&TrainConfig::default(), &QueueConfig::default())
         .into_iter()
+        // the Slurm job's options: refused by a service that trains here (tested below)
+        .filter(|(spec, _)| !spec.name.starts_with("slurm_"))
         .map(|(spec, default)| {
             let value = match (spec.range, spec.kind) {
                 _ if POOL_BOUND.contains(&spec.name) => default.unwrap(),
@@ -93,12 +95,7 @@ async fn the_form_offers_every_declared_option_and_stores_what_the_api_stores() 
     );
     // every option as given, stored and listed on the run page
     let page = app.page(&format!("/runs/{}", by_form.id)).await.1;
-    let stored = option_values(
-        api.train_config().unwrap(),
-        &QueueConfig {
-            priority: api.priority,
-        },
-    );
+    let stored = option_values(api.train_config().unwrap(), &api.queue_config());
     for ((name, given), (spec, value)) in every_option().into_iter().zip(stored) {
         assert_eq!(name, spec.name);
         let value = value.unwrap();
@@ -120,6 +117,22 @@ async fn the_form_offers_every_declared_option_and_stores_what_the_api_stores() 
     let (status, html) = app.send(req).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
     assert!(html.contains("duplicate field `epochs`"), "{html}");
+    assert!(app.state.store.get_run(by_api + 2).await.unwrap().is_none());
+
+    // a Slurm job's options, on a service that trains on its own devices: a 422 naming the
+    // option, nothing stored
+    for (field, value) in [
+        ("slurm_partition", json!("gpu")),
+        ("slurm_mem_gb", json!(16)),
+    ] {
+        let mut req = json!({"model": "bert-tiny", "dataset": "demo-news"});
+        req[field] = value;
+        let (status, body) = app.post("/api/v1/runs", req).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+        assert_eq!(body["error"]["field"], field, "{body}");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(message.contains("--executor slurm"), "{body}");
+    }
     assert!(app.state.store.get_run(by_api + 2).await.unwrap().is_none());
 }
 

@@ -10,7 +10,7 @@ use crate::data::Split;
 use crate::eval::stats::{self, Scored, Statistic};
 use crate::http::AppState;
 use crate::http::error::ApiError;
-use crate::runs::{QueueConfig, option_values};
+use crate::runs::option_values;
 use crate::store::predictions::StoredPrediction;
 use crate::store::runs::{Run, RunConfig};
 use askama::Template;
@@ -178,15 +178,10 @@ async fn compare(
     let per_run: Vec<Vec<(String, String)>> = runs
         .iter()
         .map(|r| match &r.config {
-            RunConfig::Native(c) => option_values(
-                c,
-                &QueueConfig {
-                    priority: r.priority,
-                },
-            )
-            .into_iter()
-            .map(|(spec, v)| (spec.name.to_string(), v.unwrap_or_else(|| "unset".into())))
-            .collect(),
+            RunConfig::Native(c) => option_values(c, &r.queue_config())
+                .into_iter()
+                .map(|(spec, v)| (spec.name.to_string(), v.unwrap_or_else(|| "unset".into())))
+                .collect(),
             RunConfig::External(params) => {
                 params.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
             }

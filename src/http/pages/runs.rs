@@ -186,7 +186,7 @@ struct ConfigRow {
 }
 
 /// Every option of a run with its value, in declaration order, the queue's last.
-fn config_rows(config: &RunConfig, priority: i64) -> Vec<ConfigRow> {
+fn config_rows(config: &RunConfig, queue: &QueueConfig) -> Vec<ConfigRow> {
     let c = match config {
         RunConfig::Native(c) => c,
         RunConfig::External(params) => {
@@ -201,7 +201,7 @@ fn config_rows(config: &RunConfig, priority: i64) -> Vec<ConfigRow> {
                 .collect();
         }
     };
-    option_values(c, &QueueConfig { priority })
+    option_values(c, queue)
         .into_iter()
         .map(|(spec, value)| ConfigRow {
             name: spec.name.to_string(),
@@ -364,7 +364,7 @@ async fn detail(
         started: when(run.started_at.as_deref()),
         finished: when(run.finished_at.as_deref()),
         error: run.error.clone(),
-        config: config_rows(&run.config, run.priority),
+        config: config_rows(&run.config, &run.queue_config()),
         charts,
         external,
         eval_keys: joined(EVAL_METRICS.iter().map(|(m, _)| MetricKey::eval(*m))),
