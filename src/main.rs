@@ -221,15 +221,11 @@ fn main() {
                     points_per_run,
                     repeats,
                 },
-        } => tokio::runtime::Runtime::new()
-            .map_err(anyhow::Error::from)
-            .and_then(|rt| {
-                rt.block_on(modalbench::bench::leaderboard(
-                    runs,
-                    points_per_run,
-                    repeats,
-                ))
-            }),
+        } => block_on(modalbench::bench::leaderboard(
+            runs,
+            points_per_run,
+            repeats,
+        )),
         Command::Bench {
             command:
                 BenchCommand::WorkerEvents {
@@ -238,16 +234,12 @@ fn main() {
                     batch_events,
                     batches,
                 },
-        } => tokio::runtime::Runtime::new()
-            .map_err(anyhow::Error::from)
-            .and_then(|rt| {
-                rt.block_on(modalbench::bench::worker_events(
-                    runs,
-                    clients,
-                    batch_events,
-                    batches,
-                ))
-            }),
+        } => block_on(modalbench::bench::worker_events(
+            runs,
+            clients,
+            batch_events,
+            batches,
+        )),
         Command::Bench {
             command:
                 BenchCommand::Fill {
@@ -355,6 +347,11 @@ fn main() {
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }
+}
+
+/// Runs a future to its end on a new multi-threaded runtime.
+fn block_on<T>(f: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+    tokio::runtime::Runtime::new()?.block_on(f)
 }
 
 fn serve(args: ServeArgs) -> Result<()> {

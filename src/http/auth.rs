@@ -200,8 +200,12 @@ fn login_redirect(next: &str) -> Response {
 pub async fn layer(State(auth): State<Auth>, mut req: Request, next: Next) -> Response {
     let path = req.uri().path().to_string();
     let (api, mlflow) = super::api_path(&path);
-    // a page takes writes only as form posts; another method there is the router's 405
-    let writes = if api {
+    // a page takes writes only as form posts; another method there is the router's 405, as
+    // is any write to the read-only operations endpoints
+    let read_only = matches!(path.as_str(), "/healthz" | "/readyz" | "/metrics");
+    let writes = if read_only {
+        false
+    } else if api {
         !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS)
     } else {
         *req.method() == Method::POST

@@ -1,7 +1,8 @@
 //! The Slurm executor: each claimed run becomes one `sbatch` job whose script runs
 //! `modalbench worker --ticket FILE` on the node it gets. The worker reports its events to the
 //! service over HTTP with a token made for that attempt alone ([`crate::worker::report`]); the
-//! service follows the job with `squeue` (one call for all jobs every `poll_seconds`) and
+//! service follows the job with `squeue` (one call for its jobs every `poll_seconds`, and one
+//! for the pending jobs of their partitions while some wait) and
 //! `scontrol show job` once a job ends, cancels with `scancel`, and requeues a run whose job
 //! was lost to the cluster (`NODE_FAIL`, `PREEMPTED`, `TIMEOUT`, `BOOT_FAIL`, `DEADLINE`, a
 //! worker killed by a signal, a job that vanished) as a new attempt that resumes from its last
@@ -284,18 +285,54 @@ impl Slurm {
         if watched.is_empty() {
             return Ok(HashMap::new());
         }
-        // every job the controller holds, everyone's: the pending ones give the queue order
-        let out = self
+        // our jobs, then (when some of them wait) the pending jobs of their partitions,
+        // everyone's, for their place in the queue: two small answers rather than the whole
+        // cluster's queue
+        let format = "--format=%i|%T|%r|%N|%P|%Q".to_string();
+        let ours = match self
             .output(
                 "squeue",
                 &[
                     "--noheader".into(),
                     "--states=all".into(),
-                    "--format=%i|%T|%r|%N|%P|%Q".into(),
+                    format!("--jobs={}", watched.join(",")),
+                    format.clone(),
                 ],
             )
-            .await?;
-        let rows = parse_squeue(&out);
+            .await
+        {
+            Ok(out) => out,
+            // every one of them forgotten by the controller
+            Err(e) if format!("{e:#}").contains("Invalid job id") => String::new(),
+            Err(e) => return Err(e),
+        };
+        let mut rows = parse_squeue(&ours);
+        let mut partitions: Vec<&str> = rows
+            .iter()
+            .filter(|r| r.state == "PENDING")
+            .map(|r| r.partition.as_str())
+            .collect();
+        partitions.sort_unstable();
+        partitions.dedup();
+        if !partitions.is_empty() {
+            let pending = self
+                .output(
+                    "squeue",
+                    &[
+                        "--noheader".into(),
+                        "--states=PENDING".into(),
+                        format!("--partition={}", partitions.join(",")),
+                        format,
+                    ],
+                )
+                .await?;
+            let known: HashSet<String> = rows.iter().map(|r| r.id.clone()).collect();
+            let others: Vec<QueueRow> = parse_squeue(&pending)
+                .into_iter()
+                .filter(|r| !known.contains(&r.id))
+                .collect();
+            rows.extend(others);
+        }
         let mut states = queue_states(&rows, &watched);
         for id in &watched {
             let known = states.get(id).map(|s| s.state.clone());

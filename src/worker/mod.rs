@@ -176,7 +176,13 @@ pub fn main(ticket: Option<&Path>) -> i32 {
         tracing::info_span!("job", run_id = spec.run_id, model = %spec.model.name).entered();
     // not a held lock: the panic hook may write from any thread
     let mut sink = TimingSink::new(JsonLinesSink::new(std::io::stdout()), worker_started_at);
-    match train::run(&spec, &mut sink) {
+    train_and_report(&spec, &mut sink)
+}
+
+/// Trains the job and reports its end to `sink`; the worker's exit code: 0 finished, 1 failed
+/// (reported), [`EXIT_STOPPED`] stopped on SIGTERM with a checkpoint.
+fn train_and_report(spec: &JobSpec, sink: &mut dyn EventSink) -> i32 {
+    match train::run(spec, sink) {
         Ok(summary) => {
             sink.emit(Event::Finished {
                 summary: Box::new(summary),
@@ -261,21 +267,7 @@ fn main_with_ticket(path: &Path) -> i32 {
         StopWhenRefused(report::HttpSink(reporter.clone())),
         worker_started_at,
     );
-    let code = match train::run(&spec, &mut sink) {
-        Ok(summary) => {
-            sink.emit(Event::Finished {
-                summary: Box::new(summary),
-            });
-            0
-        }
-        Err(e) if e.downcast_ref::<train::Stopped>().is_some() => EXIT_STOPPED,
-        Err(e) => {
-            sink.emit(Event::Failed {
-                error: format!("{e:#}"),
-            });
-            1
-        }
-    };
+    let code = train_and_report(&spec, &mut sink);
     if reporter.drain(report::FINAL_WAIT) {
         code
     } else if let Some(report::Stop::Refused(why)) = reporter.stopped() {

@@ -308,6 +308,10 @@ async fn other_methods_on_pages_are_not_allowed_rather_than_refused() {
         ("TRACE", "/healthz"),
         ("PUT", "/runs/new"),
         ("DELETE", "/readyz"),
+        // a post to the read-only operations endpoints is no form to check
+        ("POST", "/healthz"),
+        ("POST", "/readyz"),
+        ("POST", "/metrics"),
     ] {
         let req = Request::builder()
             .method(method)

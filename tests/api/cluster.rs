@@ -34,6 +34,16 @@ fn slurm(conf: &Path, cmd: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// A configuration file naming the Slurm executor, looking at the queue every 0.5 s, with
+/// `more` lines of `[executor.slurm]`.
+fn slurm_config(dir: &Path, more: &str) -> PathBuf {
+    let path = dir.join("modalbench.toml");
+    let text =
+        format!("[executor]\nkind = \"slurm\"\n[executor.slurm]\npoll_seconds = 0.5\n{more}\n");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
 /// The run's cluster jobs, oldest attempt first.
 fn jobs(server: &Server, id: i64) -> Vec<Value> {
     server.get(&format!("/api/v1/runs/{id}/jobs"))["jobs"]
@@ -67,12 +77,7 @@ fn ended(r: &Value) -> bool {
 fn runs_become_slurm_jobs_that_report_over_http_are_cancelled_and_requeued() {
     let conf = slurm_conf();
     let dir = folder();
-    let config = dir.path().join("modalbench.toml");
-    std::fs::write(
-        &config,
-        "[executor]\nkind = \"slurm\"\n[executor.slurm]\npoll_seconds = 0.5\ncpus_per_task = 1\n",
-    )
-    .unwrap();
+    let config = slurm_config(dir.path(), "cpus_per_task = 1");
     let conf_s = conf.to_str().unwrap();
     // one address for both lives of the service: the workers' tickets name it
     let addr = {
@@ -247,13 +252,8 @@ fn runs_become_slurm_jobs_that_report_over_http_are_cancelled_and_requeued() {
 fn worker_events_need_their_attempts_token_and_are_applied_once() {
     let conf = slurm_conf();
     let dir = folder();
-    let config = dir.path().join("modalbench.toml");
     // held jobs stay pending: only this test reports
-    std::fs::write(
-        &config,
-        "[executor]\nkind = \"slurm\"\n[executor.slurm]\npoll_seconds = 0.5\nsbatch_args = [\"--hold\"]\n",
-    )
-    .unwrap();
+    let config = slurm_config(dir.path(), r#"sbatch_args = ["--hold"]"#);
     let server = Server::start_with(
         dir.path(),
         &["--config", config.to_str().unwrap()],
