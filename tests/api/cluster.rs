@@ -246,6 +246,13 @@ fn runs_become_slurm_jobs_that_report_over_http_are_cancelled_and_requeued() {
     assert_eq!(done["status"], "succeeded", "{done}");
     assert_eq!(done["attempts"], 1, "{done}");
     assert_eq!(jobs(&server, fourth).len(), 1);
+    // what the worker logged while the service was away arrived after it: a loss point at
+    // least every fifth of an epoch, over both epochs
+    let losses = points(&server, fourth)
+        .iter()
+        .filter(|p| p.0 == "train/loss")
+        .count();
+    assert!(losses >= 10, "{losses} train/loss points");
 }
 
 #[test]
