@@ -25,12 +25,13 @@ say() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
 
 # --- PyTorch ------------------------------------------------------------------------------
 torch_ok() { [ -x .venv/bin/python ] && .venv/bin/python -c "import torch, sys; sys.exit(0 if torch.__version__.split('+')[0] == '$TORCH_VERSION' else 1)" 2>/dev/null; }
+if ! torch_ok && [ ! -e .venv ]; then
+  # a fresh checkout: the venv kept in the cache serves it
+  mkdir -p "$(dirname "$VENV_CACHE")"
+  [ -x "$VENV_CACHE/bin/python" ] || python3 -m venv "$VENV_CACHE"
+  ln -s "$VENV_CACHE" .venv
+fi
 if ! torch_ok; then
-  if [ ! -e .venv ]; then
-    mkdir -p "$(dirname "$VENV_CACHE")"
-    [ -x "$VENV_CACHE/bin/python" ] || python3 -m venv "$VENV_CACHE"
-    ln -s "$VENV_CACHE" .venv
-  fi
   say "installing torch==$TORCH_VERSION into .venv (about 4.6 GB, once)"
   .venv/bin/python -m pip install --quiet --upgrade pip
   .venv/bin/python -m pip install --quiet "torch==$TORCH_VERSION"
