@@ -19,4 +19,3 @@ CREATE TABLE cluster_jobs (
     updated_at   TEXT NOT NULL,
     PRIMARY KEY (run_id, attempt)
 );
-CREATE INDEX cluster_jobs_job ON cluster_jobs (job_id);

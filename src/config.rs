@@ -271,7 +271,7 @@ impl SlurmSettings {
                 && (v.is_empty()
                     || !v
                         .chars()
-                        .all(|c| c.is_ascii_alphanumeric() || "_-.:,+".contains(c)))
+                        .all(|c| crate::runs::options::Name::allows(c) || c == ','))
             {
                 bail!("[executor.slurm] {name} = {v:?}: letters, digits and `_-.:,+` only");
             }

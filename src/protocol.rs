@@ -153,9 +153,6 @@ pub struct WorkerTicket {
     pub events_url: String,
     /// The bearer token made for this attempt alone.
     pub token: String,
-    /// Devices the scheduler gave the job (`gpus`): CUDA devices 0..n where the node has them,
-    /// else as many CPU replicas.
-    pub gpus: usize,
 }
 
 impl JobSpec {

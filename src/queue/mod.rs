@@ -92,10 +92,7 @@ impl Scheduler {
     ) -> Self {
         let slurm = match &settings.executor {
             Executor::Local => None,
-            Executor::Slurm(s) => Some(Arc::new(slurm::Slurm::new(
-                (**s).clone(),
-                settings.runs_dir(),
-            ))),
+            Executor::Slurm(s) => Some(Arc::new(slurm::Slurm::new((**s).clone()))),
         };
         let slots = match &slurm {
             None => slots,
@@ -130,11 +127,6 @@ impl Scheduler {
     /// The device slots.
     pub fn slots(&self) -> &[Slot] {
         &self.inner.slots
-    }
-
-    /// The Slurm executor, if runs execute as Slurm jobs.
-    pub fn slurm(&self) -> Option<&slurm::Slurm> {
-        self.inner.slurm.as_deref()
     }
 
     /// Tells the executor the address the service listens on (cluster workers report there

@@ -62,7 +62,6 @@ pub fn ended(state: &str) -> bool {
 /// The Slurm executor: submission, the queue monitor, cancellation.
 pub struct Slurm {
     pub settings: SlurmSettings,
-    runs_dir: PathBuf,
     server_url: OnceLock<String>,
     /// Jobs to follow.
     watched: Mutex<HashSet<String>>,
@@ -73,11 +72,9 @@ pub struct Slurm {
 }
 
 impl Slurm {
-    /// The executor for `settings`, keeping runs' tickets, job output and checkpoints in
-    /// `runs_dir` (`Settings::runs_dir`).
-    pub fn new(settings: SlurmSettings, runs_dir: PathBuf) -> Slurm {
+    /// The executor for `settings`.
+    pub fn new(settings: SlurmSettings) -> Slurm {
         Slurm {
-            runs_dir,
             settings,
             server_url: OnceLock::new(),
             watched: Mutex::new(HashSet::new()),
@@ -97,11 +94,6 @@ impl Slurm {
             }
         });
         let _ = self.server_url.set(url.trim_end_matches('/').to_string());
-    }
-
-    /// A run's folder in the shared runs folder.
-    pub fn run_dir(&self, run_id: i64) -> PathBuf {
-        self.runs_dir.join(run_id.to_string())
     }
 
     fn command(&self, name: &str) -> Command {
@@ -176,11 +168,12 @@ impl Slurm {
     }
 
     /// Submits a run's attempt: writes its ticket (the job, the events URL and a new token;
-    /// readable by the owner only) and job script into the run's folder, then `sbatch`.
-    /// Returns the job id and the token's hash.
+    /// readable by the owner only) and job script into `run_dir/slurm` (the run's folder in
+    /// the shared runs folder), then `sbatch`. Returns the job id and the token's hash.
     pub async fn submit(
         &self,
         run_id: i64,
+        run_dir: &Path,
         attempt: i64,
         spec: JobSpec,
         queue: &QueueConfig,
@@ -190,7 +183,7 @@ impl Slurm {
             .server_url
             .get()
             .context("the service's address for workers is not known yet")?;
-        let dir = self.run_dir(run_id).join("slurm");
+        let dir = run_dir.join("slurm");
         tokio::fs::create_dir_all(&dir)
             .await
             .with_context(|| format!("creating {}", dir.display()))?;
@@ -200,7 +193,6 @@ impl Slurm {
             attempt,
             events_url: format!("{url}/api/v1/worker/runs/{run_id}/events"),
             token: token.clone(),
-            gpus: gpus as usize,
         };
         let ticket_path = dir.join(format!("ticket-{attempt}.json"));
         write_private(&ticket_path, &serde_json::to_vec_pretty(&ticket)?, 0o600).await?;
@@ -259,12 +251,9 @@ impl Slurm {
             .map(drop)
     }
 
-    /// The job's output file (its worker's stderr), last `n` lines.
-    pub async fn output_tail(&self, run_id: i64, job_id: &str, n: usize) -> Vec<String> {
-        let path = self
-            .run_dir(run_id)
-            .join("slurm")
-            .join(format!("slurm-{job_id}.out"));
+    /// The last `n` lines of a job's output file (its worker's stderr) in the run's folder.
+    pub async fn output_tail(run_dir: &Path, job_id: &str, n: usize) -> Vec<String> {
+        let path = run_dir.join("slurm").join(format!("slurm-{job_id}.out"));
         let Ok(text) = read_tail(&path, 64 << 10).await else {
             return Vec::new();
         };
@@ -564,7 +553,7 @@ pub(super) fn outcome_of_end(s: &JobState, cancelled: bool, tail: &[String]) -> 
 }
 
 /// The run's end from what its worker reported.
-fn reported(outcome: WorkerOutcome) -> Outcome {
+fn worker_end(outcome: WorkerOutcome) -> Outcome {
     match outcome {
         WorkerOutcome::Finished(summary) => Outcome {
             status: RunStatus::Succeeded,
@@ -580,13 +569,14 @@ fn reported(outcome: WorkerOutcome) -> Outcome {
 /// is shutting down and leaves the job running (it follows it again when it starts).
 pub(super) async fn execute(
     s: &Scheduler,
-    slurm: &Slurm,
+    slurm: &Arc<Slurm>,
     run: &Run,
     cancel: &Notify,
     reported_end: &Notify,
 ) -> Result<Option<Outcome>> {
     let store = &s.inner.store;
     let attempt = run.attempts.max(1);
+    let run_dir = s.inner.settings.run_dir(run.id);
     let existing = store
         .cluster_job(run.id)
         .await?
@@ -597,22 +587,20 @@ pub(super) async fn execute(
             j.job_id
         }
         None => {
-            let resolved = run.resolved().with_context(|| {
-                format!(
-                    "run {} was queued before runs kept their resolved model and dataset; submit it again",
-                    run.id
-                )
-            })?;
+            let resolved = super::supervisor::resolved(run)?;
             let gpus = resolved.config.gpus;
+            // the device and threads are the node's, set there
             let spec = JobSpec::new(
                 run.id,
                 &resolved,
                 crate::protocol::Device::Cpu,
                 1,
-                slurm.run_dir(run.id).join("checkpoint"),
-                Some(slurm.runs_dir.join("cache")),
+                run_dir.join("checkpoint"),
+                Some(s.inner.settings.runs_dir().join("cache")),
             );
-            let (job_id, hash) = slurm.submit(run.id, attempt, spec, &resolved.queue).await?;
+            let (job_id, hash) = slurm
+                .submit(run.id, &run_dir, attempt, spec, &resolved.queue)
+                .await?;
             store
                 .insert_cluster_job(run.id, attempt, &job_id, &hash)
                 .await?;
@@ -634,17 +622,23 @@ pub(super) async fn execute(
             job_id
         }
     };
-    let outcome = follow(s, slurm, run.id, attempt, &job_id, cancel, reported_end).await;
+    let job = AttemptJob {
+        run_id: run.id,
+        run_dir: &run_dir,
+        attempt,
+        job_id: &job_id,
+    };
+    let outcome = follow(s, slurm, &job, cancel, reported_end).await;
     let still_running = store
         .cluster_job(run.id)
         .await
         .ok()
         .flatten()
         .is_some_and(|j| j.attempt == attempt && !ended(&j.state));
-    match (&outcome, &s.inner.slurm) {
+    match &outcome {
         // the worker reported its end and is exiting: the job's last state is kept for the run
         // page once the queue shows it
-        (Ok(Some(_)), Some(slurm)) if still_running => {
+        Ok(Some(_)) if still_running => {
             tokio::spawn(settle(
                 slurm.clone(),
                 store.clone(),
@@ -681,25 +675,49 @@ async fn settle(
     slurm.unwatch(&job_id);
 }
 
+/// The job of one attempt of a run.
+struct AttemptJob<'a> {
+    run_id: i64,
+    /// The run's folder in the shared runs folder.
+    run_dir: &'a Path,
+    attempt: i64,
+    job_id: &'a str,
+}
+
+/// Follows a run's job until the run ends. The store is read for what the worker reported
+/// only when that may have changed: at the start (a restarted service), when the event
+/// endpoint says an end arrived, and once the job has ended; not at every look at the queue.
 async fn follow(
     s: &Scheduler,
     slurm: &Slurm,
-    run_id: i64,
-    attempt: i64,
-    job_id: &str,
+    job: &AttemptJob<'_>,
     cancel: &Notify,
     reported_end: &Notify,
 ) -> Result<Option<Outcome>> {
+    let &AttemptJob {
+        run_id,
+        run_dir,
+        attempt,
+        job_id,
+    } = job;
     let store = &s.inner.store;
     let mut states = slurm.states();
     let mut draining = s.draining();
     draining.mark_changed();
-    let mut cancelled = store
+    let job = store
         .cluster_job(run_id)
         .await?
-        .is_some_and(|j| j.attempt == attempt && j.cancel_requested);
+        .filter(|j| j.attempt == attempt);
+    let mut cancelled = job.as_ref().is_some_and(|j| j.cancel_requested);
+    let mut reported = job.and_then(|j| j.outcome());
     let mut last: Option<JobState> = None;
     loop {
+        // what the worker said of its end comes first: the job may still be exiting
+        if let Some(o) = reported.take()
+            && !cancelled
+        {
+            return Ok(Some(worker_end(o)));
+        }
         tokio::select! {
             _ = cancel.notified(), if !cancelled => {
                 cancelled = true;
@@ -708,8 +726,12 @@ async fn follow(
                 if let Err(e) = slurm.cancel(job_id).await {
                     tracing::warn!(run_id, job_id, error = format!("{e:#}"), "scancel failed");
                 }
+                continue;
             }
-            _ = reported_end.notified() => {}
+            _ = reported_end.notified() => {
+                reported = stored_outcome(store, run_id, attempt).await?;
+                continue;
+            }
             changed = states.changed() => {
                 if changed.is_err() {
                     bail!("the Slurm monitor stopped");
@@ -720,17 +742,8 @@ async fn follow(
                     tracing::info!(run_id, job_id, "the service stops; the Slurm job runs on and is followed again at the next start");
                     return Ok(None);
                 }
+                continue;
             }
-        }
-        // what the worker said of its end comes first: the job may still be exiting
-        let job = store.cluster_job(run_id).await?;
-        if let Some(o) = job
-            .as_ref()
-            .filter(|j| j.attempt == attempt)
-            .and_then(|j| j.outcome())
-            && !cancelled
-        {
-            return Ok(Some(reported(o)));
         }
         let seen = states.borrow_and_update().get(job_id).cloned();
         let Some(state) = seen else { continue };
@@ -750,19 +763,28 @@ async fn follow(
         }
         if ended(&state.state) {
             // a last look: events the worker sent just before it exited
-            if let Some(o) = store
-                .cluster_job(run_id)
-                .await?
-                .filter(|j| j.attempt == attempt)
-                .and_then(|j| j.outcome())
+            if let Some(o) = stored_outcome(store, run_id, attempt).await?
                 && !cancelled
             {
-                return Ok(Some(reported(o)));
+                return Ok(Some(worker_end(o)));
             }
-            let tail = slurm.output_tail(run_id, job_id, 20).await;
+            let tail = Slurm::output_tail(run_dir, job_id, 20).await;
             return Ok(Some(outcome_of_end(&state, cancelled, &tail)));
         }
     }
+}
+
+/// What the worker of a run's attempt reported at its end, if it did.
+async fn stored_outcome(
+    store: &crate::store::Store,
+    run_id: i64,
+    attempt: i64,
+) -> Result<Option<WorkerOutcome>> {
+    Ok(store
+        .cluster_job(run_id)
+        .await?
+        .filter(|j| j.attempt == attempt)
+        .and_then(|j| j.outcome()))
 }
 
 /// Writes a file readable (and for 0o700 runnable) by its owner only, through a temporary
@@ -900,7 +922,7 @@ mod tests {
         s.sbatch_args = vec!["--constraint=a100".into()];
         s.time = Some("1-12:00:00".into());
         assert!(s.check().is_ok());
-        let slurm = Slurm::new(s, PathBuf::from("/shared/runs"));
+        let slurm = Slurm::new(s);
         let dir = Path::new("/shared/runs/7/slurm");
         let args = slurm.sbatch_args(7, 2, &QueueConfig::default(), dir);
         assert!(args.contains(&"--gres=gpu:2".to_string()), "{args:?}");

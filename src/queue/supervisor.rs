@@ -191,12 +191,7 @@ pub(super) async fn supervise(
 /// Makes the job of the run, runs the worker, and says how it ended.
 async fn execute(s: &Scheduler, run: &Run, slots: &[Slot], cancel: &Notify) -> Result<Outcome> {
     let settings = &s.inner.settings;
-    let resolved = run.resolved().with_context(|| {
-        format!(
-            "run {} was queued before runs kept their resolved model and dataset; submit it again",
-            run.id
-        )
-    })?;
+    let resolved = resolved(run)?;
     let mut spec = JobSpec::new(
         run.id,
         &resolved,
@@ -414,6 +409,16 @@ async fn execute(s: &Scheduler, run: &Run, slots: &[Slot], cancel: &Notify) -> R
             msg.push_str(&tail.join("\n"));
         }
         Outcome::failed(msg)
+    })
+}
+
+/// The run as resolved at submission, which its job is made from.
+pub(super) fn resolved(run: &Run) -> Result<crate::runs::ResolvedRun> {
+    run.resolved().with_context(|| {
+        format!(
+            "run {} was queued before runs kept their resolved model and dataset; submit it again",
+            run.id
+        )
     })
 }
 

@@ -416,6 +416,12 @@ impl Name {
     /// The names allowed, as a regular expression (for the API's schema).
     pub const PATTERN: &'static str = "^[A-Za-z0-9_.:+-]{1,32}$";
 
+    /// Whether a character may stand in a name: one that reaches a command line as part of
+    /// one argument and means nothing to a shell or to Slurm's option parser.
+    pub fn allows(c: char) -> bool {
+        c.is_ascii_alphanumeric() || "_-.:+".contains(c)
+    }
+
     /// The name as text.
     pub fn as_str(&self) -> &str {
         std::str::from_utf8(&self.bytes[..self.len as usize]).expect("names are ASCII")
@@ -425,10 +431,7 @@ impl Name {
 impl FromStr for Name {
     type Err = String;
     fn from_str(s: &str) -> Result<Name, String> {
-        let ok = !s.is_empty()
-            && s.len() <= Name::MAX
-            && s.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"_-.:+".contains(&b));
+        let ok = !s.is_empty() && s.len() <= Name::MAX && s.chars().all(Name::allows);
         if !ok {
             return Err(format!(
                 "`{}` is not a name of 1 to {} letters, digits and `_-.:+`",

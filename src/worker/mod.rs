@@ -254,7 +254,8 @@ fn main_with_ticket(path: &Path) -> i32 {
     };
     let cuda = usize::try_from(tch::Cuda::device_count()).unwrap_or(0);
     let mut spec = ticket.spec.clone();
-    let devices = placement(ticket.gpus, cuda);
+    // the devices the scheduler gave the job: the run's `gpus`
+    let devices = placement(ticket.spec.config.gpus as usize, cuda);
     spec.device = devices[0];
     spec.replicas = devices[1..].to_vec();
     spec.threads = job_threads();

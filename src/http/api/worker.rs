@@ -15,7 +15,7 @@ use crate::protocol::Event;
 use crate::store::cluster::{BatchRefused, ClusterJob, token_hash};
 use axum::Json;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use serde::{Deserialize, Serialize};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -111,10 +111,7 @@ pub(crate) async fn post_events(
     ApiJson(batch): ApiJson<EventBatch>,
 ) -> ApiResult<Json<BatchAck>> {
     let id = parse_id("run", &id)?;
-    let token = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
+    let token = crate::http::auth::bearer(&headers)
         .filter(|t| !t.is_empty())
         .ok_or_else(unauthorized)?;
     if batch.first_seq < 1 {
