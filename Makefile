@@ -24,12 +24,17 @@ build:
 	cargo build --release
 
 ## Run the whole test suite: installs the test requirements, starts the test cluster (a
-## single-node Slurm and a PostgreSQL server in $(CLUSTER_DIR)), runs the tests, stops it.
+## single-node Slurm and a PostgreSQL server in $(CLUSTER_DIR)), runs the tests on the SQLite
+## store, then the integration tests that touch the store again on PostgreSQL, stops it.
 CLUSTER_DIR ?= /tmp/modalbench-cluster
+# integration tests that never open a store (model parity, preprocessing) or that make their
+# own PostgreSQL databases (shared_db) run once
+PG_SKIP := --skip parity --skip preprocessing --skip shared_db::
 test:
 	bash scripts/setup.sh --test
 	bash scripts/cluster.sh up $(CLUSTER_DIR) >/dev/null
-	eval "$$(bash scripts/cluster.sh env $(CLUSTER_DIR))" && cargo test --all-targets; \
+	eval "$$(bash scripts/cluster.sh env $(CLUSTER_DIR))" && cargo test --all-targets \
+	  && MODALBENCH_TEST_STORE=postgres cargo test --test api -- $(PG_SKIP); \
 	  rc=$$?; bash scripts/cluster.sh down $(CLUSTER_DIR); exit $$rc
 
 ## Fuzz the JSON API against its OpenAPI document with schemathesis (minutes; not in `test`).

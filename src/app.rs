@@ -43,7 +43,7 @@ pub async fn build(settings: Settings, slots: Vec<Slot>) -> Result<AppState> {
         Ok(())
     })
     .await??;
-    let store = Store::open(&settings.database_path()).await?;
+    let store = settings.open_store().await?;
     register_datasets(&store, &settings.datasets_dir()).await?;
     let hub = Hub::default();
     let registry = Registry::new(settings.models_dir.clone());

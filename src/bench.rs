@@ -404,13 +404,14 @@ pub fn loader(
 /// What the Slurm executor's event endpoint absorbs: `runs` running runs with cluster jobs, and
 /// `clients` threads playing their workers, each sending its runs' batches of `batch_events`
 /// metric events (numbered as a worker numbers them) until every run has sent `batches`
-/// batches; over loopback to this process's HTTP service, stored in SQLite. Prints events/s,
-/// requests/s and the latency of a batch.
+/// batches; over loopback to this process's HTTP service, stored in SQLite (or the database
+/// `database` names). Prints events/s, requests/s and the latency of a batch.
 pub async fn worker_events(
     runs: usize,
     clients: usize,
     batch_events: usize,
     batches: usize,
+    database: Option<String>,
 ) -> Result<()> {
     use crate::config::Settings;
     use crate::http::{AppState, router};
@@ -418,8 +419,9 @@ pub async fn worker_events(
     use crate::models::registry::Registry;
     use crate::queue::{Scheduler, slots};
     let dir = std::env::temp_dir().join(format!("modalbench-bench-{}", std::process::id()));
-    let settings = Settings::new(dir.join("data"), dir.join("models"));
-    let store = Store::open(&settings.database_path()).await?;
+    let mut settings = Settings::new(dir.join("data"), dir.join("models"));
+    settings.database = database;
+    let store = settings.open_store().await?;
     // running runs whose jobs were submitted, each with its worker's token
     let running: Vec<FinishedRun> = (0..runs)
         .map(|i| FinishedRun {

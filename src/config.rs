@@ -15,6 +15,16 @@ pub struct Settings {
     /// Folder holding the database (`modalbench.db`), `datasets/` and run outputs (`runs/`).
     #[arg(long, env = "MODALBENCH_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
+    /// The database: the SQLite file `modalbench.db` in the data dir unless a URL names
+    /// another (`sqlite:///path/to/file.db`, or `postgres://user:password@host:5432/name` for
+    /// a PostgreSQL database that several servers may share).
+    #[arg(
+        long = "database",
+        env = "MODALBENCH_DATABASE_URL",
+        value_name = "URL",
+        hide_env_values = true
+    )]
+    pub database: Option<String>,
     /// Folder of model checkpoints in Hugging Face layout, one sub-folder per model.
     #[arg(long, env = "MODALBENCH_MODELS_DIR", default_value = "./models")]
     pub models_dir: PathBuf,
@@ -47,6 +57,7 @@ impl Settings {
     pub fn new(data_dir: impl Into<PathBuf>, models_dir: impl Into<PathBuf>) -> Self {
         Settings {
             data_dir: data_dir.into(),
+            database: None,
             models_dir: models_dir.into(),
             cpu_slots: 1,
             data_roots: Vec::new(),
@@ -56,9 +67,23 @@ impl Settings {
         }
     }
 
-    /// The SQLite database file.
+    /// The SQLite database file the data dir holds (the database unless `--database` names
+    /// another).
     pub fn database_path(&self) -> PathBuf {
         self.data_dir.join("modalbench.db")
+    }
+
+    /// The database's URL: `--database`, else the data dir's SQLite file.
+    pub fn database_url(&self) -> Result<String> {
+        match &self.database {
+            Some(url) => Ok(url.clone()),
+            None => crate::store::sqlite_url(&self.database_path()),
+        }
+    }
+
+    /// Opens the store (see [`Settings::database_url`]).
+    pub async fn open_store(&self) -> Result<crate::store::Store> {
+        crate::store::Store::connect(&self.database_url()?).await
     }
 
     /// Root of the registered-by-folder datasets.

@@ -6,7 +6,6 @@ use modalbench::config::{ServeArgs, Settings};
 use modalbench::models::registry::Registry;
 use modalbench::protocol::{Device, JobSpec};
 use modalbench::runs::{self, DatasetLookup, DatasetRef, RunRequest, TrainOptions};
-use modalbench::store::Store;
 use modalbench::{app, data, http, models, queue, train, worker};
 use std::path::PathBuf;
 use tracing_subscriber::EnvFilter;
@@ -121,6 +120,10 @@ enum BenchCommand {
         /// Batches each run sends.
         #[arg(long, default_value_t = 10)]
         batches: usize,
+        /// The store's database (default: a SQLite file in a temporary folder); a
+        /// `postgres://` URL measures PostgreSQL (an empty database).
+        #[arg(long, value_name = "URL")]
+        database: Option<String>,
     },
     /// Throughput of the image loader alone on a dataset's train split (examples/s).
     Loader {
@@ -233,12 +236,14 @@ fn main() {
                     clients,
                     batch_events,
                     batches,
+                    database,
                 },
         } => block_on(modalbench::bench::worker_events(
             runs,
             clients,
             batch_events,
             batches,
+            database,
         )),
         Command::Bench {
             command:
@@ -417,7 +422,7 @@ fn serve(args: ServeArgs) -> Result<()> {
 /// options, checks and defaults), then trained in this process.
 fn train_here(a: TrainArgs) -> Result<()> {
     let rt = tokio::runtime::Runtime::new()?;
-    let store = rt.block_on(Store::open(&a.settings.database_path()))?;
+    let store = rt.block_on(a.settings.open_store())?;
     // a folder, else a name the service registered, else a folder under its datasets dir
     let path = PathBuf::from(&a.dataset);
     let dataset = if path.is_dir() {
@@ -503,7 +508,7 @@ fn train_here(a: TrainArgs) -> Result<()> {
             eprintln!(
                 "run {} recorded in {}",
                 r.id,
-                a.settings.database_path().display()
+                modalbench::store::redact(&a.settings.database_url()?)
             );
             let mut recorder = worker::record::Recorder::new(store.clone(), &rt, r.id, progress);
             let result = train::run(&spec, &mut recorder);

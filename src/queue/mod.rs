@@ -14,9 +14,9 @@ use crate::models::registry::Registry;
 use crate::protocol::Device;
 use crate::runs::options::OptionError;
 use crate::runs::{self, DatasetLookup, DatasetRef, ResolvedRun, RunRequest, SubmitError};
-use crate::store::Store;
 use crate::store::runs::{Run, RunSource, RunStatus};
 use crate::store::studies::Study;
+use crate::store::{Engine, Store};
 use crate::studies::{StudyError, StudyRequest, SubmitStudyError};
 use crate::train::precision;
 use anyhow::{Context, Result};
@@ -28,6 +28,14 @@ use tokio::sync::Notify;
 
 /// How often a run may be started before a restart stops retrying it.
 pub const MAX_ATTEMPTS: i64 = 3;
+
+/// How often a server on a shared database (PostgreSQL) records that it is alive and looks
+/// for the runs of servers that stopped.
+pub const HEARTBEAT: Duration = Duration::from_secs(5);
+
+/// How long a server's heartbeat may be silent before the other servers on the database
+/// take over its runs.
+pub const SERVER_LEASE: Duration = Duration::from_secs(30);
 
 /// Handle on the scheduler; cheap to clone.
 #[derive(Clone)]
@@ -314,26 +322,36 @@ impl Scheduler {
         Ok(run)
     }
 
-    /// Start-up recovery: runs an earlier server left `running` become `interrupted` (they
-    /// will be started again), and runs interrupted too often are failed.
+    /// Start-up recovery, and on a shared database a look every few seconds: runs whose
+    /// server is gone (an earlier process of this service, or on PostgreSQL a server whose
+    /// heartbeat stopped for [`SERVER_LEASE`]) are taken over. A run whose Slurm job was
+    /// submitted runs on without the server: this one follows the job from now on; any other
+    /// becomes `interrupted` and will be started again. Runs `modalbench train` left behind
+    /// are failed. Returns the runs interrupted.
     pub async fn recover(&self) -> Result<Vec<i64>> {
-        // a run whose Slurm job was submitted runs on without this service: it is followed
-        // again (by `spawn`), not restarted
-        let keep: Vec<i64> = match &self.inner.slurm {
-            Some(_) => self
-                .inner
-                .store
-                .running_cluster_jobs()
-                .await?
-                .into_iter()
-                .map(|j| j.run_id)
-                .collect(),
-            None => Vec::new(),
-        };
-        let ids = self.inner.store.interrupt_running_runs(&keep).await?;
-        for &id in &ids {
-            self.inner
-                .store
+        let store = &self.inner.store;
+        store.heartbeat().await?;
+        store.fail_abandoned_foreground_runs().await?;
+        let mut interrupted = Vec::new();
+        for (id, owner) in store.orphaned_runs(SERVER_LEASE).await? {
+            let follow = match &self.inner.slurm {
+                Some(_) => {
+                    let attempts = store.get_run(id).await?.map(|r| r.attempts);
+                    store
+                        .cluster_job(id)
+                        .await?
+                        .is_some_and(|j| Some(j.attempt) == attempts)
+                }
+                None => false,
+            };
+            if !store.take_over_run(id, owner.as_deref(), !follow).await? {
+                continue;
+            }
+            if follow {
+                tracing::info!(run_id = id, from = ?owner, "following the run's Slurm job");
+                continue;
+            }
+            store
                 .append_logs(
                     id,
                     &[(
@@ -342,12 +360,20 @@ impl Scheduler {
                     )],
                 )
                 .await?;
+            self.inner.hub.send(
+                id,
+                LiveKind::Status {
+                    status: RunStatus::Interrupted,
+                    error: None,
+                },
+            );
             tracing::warn!(
                 run_id = id,
                 "run was interrupted by a server stop; it will restart"
             );
+            interrupted.push(id);
         }
-        Ok(ids)
+        Ok(interrupted)
     }
 
     /// Starts queued runs on free slots, highest priority then oldest first. Returns the ids
@@ -493,7 +519,15 @@ impl Scheduler {
                     "following Slurm jobs again failed"
                 );
             }
+            let shared = this.inner.store.engine() != Engine::Sqlite;
+            let mut last_beat = tokio::time::Instant::now();
             loop {
+                if shared && last_beat.elapsed() >= HEARTBEAT {
+                    last_beat = tokio::time::Instant::now();
+                    if let Err(e) = this.look_after_servers().await {
+                        tracing::error!(error = format!("{e:#}"), "taking over runs failed");
+                    }
+                }
                 if let Err(e) = this.tick().await {
                     tracing::error!(error = format!("{e:#}"), "scheduler tick failed");
                 }
@@ -503,6 +537,28 @@ impl Scheduler {
                 }
             }
         })
+    }
+
+    /// On a database several servers share: this server's heartbeat, the runs of servers
+    /// that stopped (see [`Pool::recover`]), the Slurm jobs taken over, and the cancels other
+    /// servers asked of this one's runs.
+    async fn look_after_servers(&self) -> Result<()> {
+        if !*self.inner.draining.borrow() {
+            let interrupted = self.recover().await?;
+            if !interrupted.is_empty() {
+                self.wake();
+            }
+            if self.inner.slurm.is_some() {
+                self.reattach().await?;
+            }
+        }
+        for id in self.inner.store.cancel_requests().await? {
+            if let Some(n) = self.lock().active.get(&id).map(|a| a.cancel.clone()) {
+                tracing::info!(run_id = id, "cancelled through another server");
+                n.notify_one();
+            }
+        }
+        Ok(())
     }
 
     /// Shuts the pool down: claims nothing more, asks every running worker to write its
@@ -518,6 +574,13 @@ impl Scheduler {
         let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE + Duration::from_secs(5);
         while !self.running().is_empty() && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // what still runs (Slurm jobs) is free for another server to follow at once
+        if let Err(e) = self.inner.store.leave().await {
+            tracing::warn!(
+                error = format!("{e:#}"),
+                "could not leave the servers table"
+            );
         }
         stopped
     }
@@ -583,6 +646,18 @@ impl Scheduler {
             if let Some(n) = self.lock().active.get(&id).map(|a| a.cancel.clone()) {
                 break Some(n);
             }
+            // a run another live server holds (a shared database): that server stops it
+            if self.inner.store.engine() != Engine::Sqlite
+                && let Some(r) = self.inner.store.get_run(id).await?
+                && r.status == RunStatus::Running
+                && r.owner
+                    .as_deref()
+                    .is_some_and(|o| o != self.inner.store.server_id())
+            {
+                self.inner.store.request_cancel(id).await?;
+                self.wait_finished(id, Duration::from_secs(60)).await?;
+                break None;
+            }
             tries += 1;
             if tries > 500 {
                 anyhow::bail!("run {id} is running but no worker of this service holds it");
@@ -615,8 +690,12 @@ impl Scheduler {
             // wake on this run's next status change; after a lagged receiver, re-read the store
             // so nothing is missed
             loop {
-                match tokio::time::timeout_at(deadline, rx.recv()).await {
-                    Err(_) => return Ok(status),
+                // another server's changes reach no hub here: the store is read again at least
+                // every second
+                let until = deadline.min(tokio::time::Instant::now() + Duration::from_secs(1));
+                match tokio::time::timeout_at(until, rx.recv()).await {
+                    Err(_) if until == deadline => return Ok(status),
+                    Err(_) => break,
                     Ok(Ok(ev)) if ev.run_id == id && matches!(ev.kind, LiveKind::Status { .. }) => {
                         break;
                     }

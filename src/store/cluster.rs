@@ -123,7 +123,7 @@ impl Store {
         let t = now();
         sqlx::query(
             "INSERT INTO cluster_jobs (run_id, attempt, job_id, token_hash, submitted_at, updated_at) \
-             VALUES (?, ?, ?, ?, ?, ?) \
+             VALUES ($1, $2, $3, $4, $5, $6) \
              ON CONFLICT (run_id, attempt) DO UPDATE SET job_id = excluded.job_id, \
                  token_hash = excluded.token_hash, state = 'PENDING', reason = NULL, \
                  position = NULL, node = NULL, exit_code = NULL, last_seq = 0, outcome = NULL, \
@@ -145,7 +145,7 @@ impl Store {
     /// The job of a run's latest attempt, if it ran on a cluster.
     pub async fn cluster_job(&self, run_id: i64) -> Result<Option<ClusterJob>> {
         sqlx::query_as(&format!(
-            "SELECT {JOB_COLUMNS} FROM cluster_jobs WHERE run_id = ? ORDER BY attempt DESC LIMIT 1"
+            "SELECT {JOB_COLUMNS} FROM cluster_jobs WHERE run_id = $1 ORDER BY attempt DESC LIMIT 1"
         ))
         .bind(run_id)
         .fetch_optional(self.pool())
@@ -156,7 +156,7 @@ impl Store {
     /// Every attempt's job of a run, oldest first.
     pub async fn cluster_jobs(&self, run_id: i64) -> Result<Vec<ClusterJob>> {
         sqlx::query_as(&format!(
-            "SELECT {JOB_COLUMNS} FROM cluster_jobs WHERE run_id = ? ORDER BY attempt"
+            "SELECT {JOB_COLUMNS} FROM cluster_jobs WHERE run_id = $1 ORDER BY attempt"
         ))
         .bind(run_id)
         .fetch_all(self.pool())
@@ -164,17 +164,19 @@ impl Store {
         .context("reading cluster jobs")
     }
 
-    /// The jobs of running runs' current attempts (what a restarted service follows again).
+    /// The jobs of the current attempts of the running runs this server holds (what a
+    /// restarted service follows again, after taking them over).
     pub async fn running_cluster_jobs(&self) -> Result<Vec<ClusterJob>> {
         sqlx::query_as(&format!(
             "SELECT {} FROM cluster_jobs j JOIN runs r ON r.id = j.run_id AND r.attempts = j.attempt \
-             WHERE r.status = 'running' ORDER BY j.run_id",
+             WHERE r.status = 'running' AND r.owner = $1 ORDER BY j.run_id",
             JOB_COLUMNS
                 .split(", ")
                 .map(|c| format!("j.{c}"))
                 .collect::<Vec<_>>()
                 .join(", ")
         ))
+        .bind(self.server_id())
         .fetch_all(self.pool())
         .await
         .context("reading running cluster jobs")
@@ -188,10 +190,11 @@ impl Store {
         s: &JobState,
     ) -> Result<bool> {
         let done = sqlx::query(
-            "UPDATE cluster_jobs SET state = ?, reason = ?, position = ?, node = ?, \
-                 exit_code = ?, updated_at = ? \
-             WHERE run_id = ? AND attempt = ? AND NOT (state = ? AND reason IS ? \
-                 AND position IS ? AND node IS ? AND exit_code IS ?)",
+            "UPDATE cluster_jobs SET state = $1, reason = $2, position = $3, node = $4, \
+                 exit_code = $5, updated_at = $6 \
+             WHERE run_id = $7 AND attempt = $8 AND NOT (state = $9 AND reason IS NOT DISTINCT FROM $10 \
+                 AND position IS NOT DISTINCT FROM $11 AND node IS NOT DISTINCT FROM $12 \
+                 AND exit_code IS NOT DISTINCT FROM $13)",
         )
         .bind(&s.state)
         .bind(&s.reason)
@@ -215,8 +218,8 @@ impl Store {
     /// Notes that the service asked the scheduler to cancel a job.
     pub async fn mark_cluster_cancel(&self, run_id: i64, attempt: i64) -> Result<()> {
         sqlx::query(
-            "UPDATE cluster_jobs SET cancel_requested = 1, updated_at = ? \
-             WHERE run_id = ? AND attempt = ?",
+            "UPDATE cluster_jobs SET cancel_requested = 1, updated_at = $1 \
+             WHERE run_id = $2 AND attempt = $3",
         )
         .bind(now())
         .bind(run_id)
@@ -241,11 +244,14 @@ impl Store {
     ) -> std::result::Result<Applied, BatchRefused> {
         let mut tx = self.write_tx().await?;
         // looked up by the token's hash: what is compared is a digest, not the secret
-        let job: Option<(i64, i64, String, i64)> = sqlx::query_as(
+        // (on PostgreSQL the job's row stays locked until the batch commits: a batch sent
+        // twice at once is applied by one transaction, then skipped by the other)
+        let job: Option<(i64, i64, String, i64)> = sqlx::query_as(&format!(
             "SELECT j.attempt, j.last_seq, r.status, r.attempts \
              FROM cluster_jobs j JOIN runs r ON r.id = j.run_id \
-             WHERE j.run_id = ? AND j.token_hash = ?",
-        )
+             WHERE j.run_id = $1 AND j.token_hash = $2{}",
+            self.engine().lock_row(false)
+        ))
         .bind(run_id)
         .bind(token_hash)
         .fetch_optional(&mut *tx)
@@ -300,7 +306,7 @@ impl Store {
                     predictions::insert_predictions_in(&mut tx, run_id, *split, rows).await?;
                 }
                 Event::Timings { timings } => {
-                    sqlx::query("UPDATE runs SET timings = ? WHERE id = ?")
+                    sqlx::query("UPDATE runs SET timings = $1 WHERE id = $2")
                         .bind(serde_json::to_string(timings).context("start timings")?)
                         .bind(run_id)
                         .execute(&mut *tx)
@@ -318,7 +324,7 @@ impl Store {
         }
         logs::append_logs_in(&mut tx, run_id, &lines).await?;
         if let Some(p) = progress {
-            sqlx::query("UPDATE runs SET progress = ? WHERE id = ? AND status = 'running'")
+            sqlx::query("UPDATE runs SET progress = $1 WHERE id = $2 AND status = 'running'")
                 .bind(p)
                 .bind(run_id)
                 .execute(&mut *tx)
@@ -326,9 +332,9 @@ impl Store {
         }
         let applied_to = last_seq.max(first_seq + events.len() as i64 - 1);
         sqlx::query(
-            "UPDATE cluster_jobs SET last_seq = ?, updated_at = ?, \
-                 outcome = COALESCE(?, outcome) \
-             WHERE run_id = ? AND attempt = ?",
+            "UPDATE cluster_jobs SET last_seq = $1, updated_at = $2, \
+                 outcome = COALESCE($3, outcome) \
+             WHERE run_id = $4 AND attempt = $5",
         )
         .bind(applied_to)
         .bind(now())

@@ -35,7 +35,7 @@ impl Store {
     pub async fn upsert_dataset(&self, name: &str, info: &DatasetInfo) -> Result<()> {
         sqlx::query(
             "INSERT INTO datasets (name, format, root, num_labels, info, registered_at) \
-             VALUES (?, ?, ?, ?, ?, ?) \
+             VALUES ($1, $2, $3, $4, $5, $6) \
              ON CONFLICT (name) DO UPDATE SET format = excluded.format, root = excluded.root, \
                  num_labels = excluded.num_labels, info = excluded.info",
         )
@@ -73,7 +73,7 @@ impl Store {
     /// One dataset by name.
     pub async fn get_dataset(&self, name: &str) -> Result<Option<DatasetRecord>> {
         let row: Option<Row> = sqlx::query_as(
-            "SELECT name, format, root, num_labels, info, registered_at FROM datasets WHERE name = ?",
+            "SELECT name, format, root, num_labels, info, registered_at FROM datasets WHERE name = $1",
         )
         .bind(name)
         .fetch_optional(self.pool())
@@ -84,7 +84,7 @@ impl Store {
 
     /// Forgets a dataset (its runs stay).
     pub async fn delete_dataset(&self, name: &str) -> Result<()> {
-        sqlx::query("DELETE FROM datasets WHERE name = ?")
+        sqlx::query("DELETE FROM datasets WHERE name = $1")
             .bind(name)
             .execute(self.pool())
             .await

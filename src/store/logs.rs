@@ -29,7 +29,7 @@ impl Store {
     /// The last `n` lines of a run's log, oldest first.
     pub async fn log_tail(&self, run_id: i64, n: i64) -> Result<Vec<LogLine>> {
         let mut rows: Vec<LogLine> = sqlx::query_as(
-            "SELECT id, time, stream, line FROM run_logs WHERE run_id = ? ORDER BY id DESC LIMIT ?",
+            "SELECT id, time, stream, line FROM run_logs WHERE run_id = $1 ORDER BY id DESC LIMIT $2",
         )
         .bind(run_id)
         .bind(n)
@@ -43,13 +43,13 @@ impl Store {
 
 /// Appends log lines within a transaction the caller commits.
 pub(super) async fn append_logs_in(
-    conn: &mut sqlx::SqliteConnection,
+    conn: &mut sqlx::AnyConnection,
     run_id: i64,
     lines: &[(&str, String)],
 ) -> Result<()> {
     let time = now();
     for (stream, line) in lines {
-        sqlx::query("INSERT INTO run_logs (run_id, time, stream, line) VALUES (?, ?, ?, ?)")
+        sqlx::query("INSERT INTO run_logs (run_id, time, stream, line) VALUES ($1, $2, $3, $4)")
             .bind(run_id)
             .bind(&time)
             .bind(stream)

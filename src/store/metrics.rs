@@ -1,10 +1,10 @@
 //! The `metrics` table: one row per (run, key, step) point of a metric series.
 
-use super::{Store, now};
+use super::values_rows;
+use super::{Engine, Store, now};
 use crate::eval::MetricKey;
 use anyhow::{Context, Result};
 use serde::Serialize;
-use sqlx::{QueryBuilder, Sqlite};
 use std::collections::BTreeMap;
 
 /// Rows a metric INSERT carries (7 parameters each; SQLite takes up to 32,766).
@@ -97,25 +97,33 @@ impl Store {
             u.push(char::from_u32(last as u32 + 1).expect("an ASCII prefix"));
             u
         });
-        // SQLite takes the bare columns of a MAX() aggregate from the row with the maximum
         // a literal key condition (not `? IS NULL OR ...`) lets SQLite seek the index to the
         // keys asked for: with the OR, the run page of a 100k-point run read every point of
         // its training curve to find its few evaluation points (14 ms instead of 1)
         let (condition, from, to) = match (key, prefix, upper) {
-            (Some(k), _, _) => ("key = ?", Some(k), None),
-            (None, Some(p), Some(u)) => ("key >= ? AND key < ?", Some(p), Some(u)),
-            _ => ("1", None, None),
+            (Some(k), _, _) => ("key = $2", Some(k), None),
+            (None, Some(p), Some(u)) => ("key >= $2 AND key < $3", Some(p), Some(u)),
+            _ => ("1 = 1", None, None),
         };
         let sql = if all_attempts {
             format!(
                 "SELECT key, step, epoch, value, time, attempt FROM metrics \
-                 WHERE run_id = ? AND {condition} ORDER BY key, step, attempt"
+                 WHERE run_id = $1 AND {condition} ORDER BY key, step, attempt"
             )
         } else {
-            format!(
-                "SELECT key, step, epoch, value, time, MAX(attempt) FROM metrics \
-                 WHERE run_id = ? AND {condition} GROUP BY key, step ORDER BY key, step"
-            )
+            match self.engine() {
+                // SQLite takes the bare columns of a MAX() aggregate from the row with the
+                // maximum
+                Engine::Sqlite => format!(
+                    "SELECT key, step, epoch, value, time, MAX(attempt) FROM metrics \
+                     WHERE run_id = $1 AND {condition} GROUP BY key, step ORDER BY key, step"
+                ),
+                Engine::Postgres => format!(
+                    "SELECT DISTINCT ON (key, step) key, step, epoch, value, time, attempt \
+                     FROM metrics WHERE run_id = $1 AND {condition} \
+                     ORDER BY key, step, attempt DESC"
+                ),
+            }
         };
         let mut query = sqlx::query_as(&sql).bind(run_id);
         for v in [from, to].into_iter().flatten() {
@@ -192,7 +200,7 @@ pub fn downsample(points: Vec<Point>, max_points: usize) -> Vec<Point> {
 /// Writes points of runs' attempts within a transaction (see
 /// [`Store::insert_metric_points_of`]); the caller commits and counts them.
 pub(super) async fn insert_points_in(
-    conn: &mut sqlx::SqliteConnection,
+    conn: &mut sqlx::AnyConnection,
     series: &[(i64, i64, &[NewPoint])],
 ) -> Result<()> {
     let time = now();
@@ -206,24 +214,24 @@ pub(super) async fn insert_points_in(
         .collect();
     // many rows a statement: each statement is a round trip to sqlx's SQLite thread
     for chunk in rows.chunks(POINTS_PER_STATEMENT) {
-        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
-            "INSERT INTO metrics (run_id, key, step, attempt, epoch, value, time) ",
-        );
-        q.push_values(chunk, |mut row, (run, attempt, key, p)| {
-            row.push_bind(*run)
-                .push_bind(key)
-                .push_bind(p.step)
-                .push_bind(*attempt)
-                .push_bind(p.epoch)
-                .push_bind(p.value)
-                .push_bind(&time);
-        });
-        q.push(
-            " ON CONFLICT (run_id, key, step, attempt) DO UPDATE \
+        let sql = format!(
+            "INSERT INTO metrics (run_id, key, step, attempt, epoch, value, time) {} \
+             ON CONFLICT (run_id, key, step, attempt) DO UPDATE \
              SET epoch = excluded.epoch, value = excluded.value, time = excluded.time",
+            values_rows(chunk.len(), 7)
         );
-        q.build()
-            .execute(&mut *conn)
+        let mut q = sqlx::query(&sql);
+        for (run, attempt, key, p) in chunk {
+            q = q
+                .bind(*run)
+                .bind(key.as_str())
+                .bind(p.step)
+                .bind(*attempt)
+                .bind(p.epoch)
+                .bind(p.value)
+                .bind(time.as_str());
+        }
+        q.execute(&mut *conn)
             .await
             .context("storing metric points")?;
     }

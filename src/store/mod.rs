@@ -1,5 +1,9 @@
-//! All SQL lives here, one module per table family. SQLite in WAL mode through sqlx, schema in
-//! `migrations/`.
+//! All SQL lives here, one module per table family. The same store runs on SQLite (the
+//! embedded default: one file in the data dir, WAL mode) or on PostgreSQL (a lab's shared
+//! database, which several server processes may use at once), through sqlx's `Any` driver.
+//! Statements are written once in the SQL both engines accept (`$1` placeholders, which SQLite
+//! reads too); the few that differ take their engine's text from [`Engine`]. Each engine has
+//! its own migrations: `migrations/sqlite/` and `migrations/postgres/`, one schema.
 
 pub mod cluster;
 pub mod datasets;
@@ -10,18 +14,82 @@ pub mod runs;
 pub mod studies;
 pub mod tracking;
 
-use anyhow::{Context, Result};
-use sqlx::SqlitePool;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use anyhow::{Context, Result, bail};
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::{AnyPool, Executor};
 use std::path::Path;
+use std::str::FromStr;
 use std::time::Duration;
 use time::OffsetDateTime;
 use time::macros::format_description;
 
+/// The database engine a store runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    /// One file, one server process (the default).
+    Sqlite,
+    /// A PostgreSQL server, shared by any number of server processes.
+    Postgres,
+}
+
+impl Engine {
+    /// The engine a database URL names (`sqlite:` or `postgres:`/`postgresql:`).
+    pub fn of_url(url: &str) -> Result<Engine> {
+        let scheme = url.split(':').next().unwrap_or_default();
+        match scheme {
+            "sqlite" => Ok(Engine::Sqlite),
+            "postgres" | "postgresql" => Ok(Engine::Postgres),
+            _ => bail!(
+                "unsupported database URL scheme `{scheme}:` (use `sqlite:` or `postgres:`, as in \
+                 postgres://user@host:5432/modalbench)"
+            ),
+        }
+    }
+
+    /// The engine's name, as `/readyz` and the logs report it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Engine::Sqlite => "sqlite",
+            Engine::Postgres => "postgres",
+        }
+    }
+
+    /// An integer read from a JSON text column (`None` where absent).
+    pub(crate) fn json_integer(self, column: &str, field: &str) -> String {
+        match self {
+            Engine::Sqlite => format!("json_extract({column}, '$.{field}')"),
+            Engine::Postgres => format!("CAST(CAST({column} AS jsonb) ->> '{field}' AS BIGINT)"),
+        }
+    }
+
+    /// The larger of two numbers (SQLite's two-argument `MAX`).
+    pub(crate) fn greatest(self, a: &str, b: &str) -> String {
+        match self {
+            Engine::Sqlite => format!("MAX({a}, {b})"),
+            Engine::Postgres => format!("GREATEST({a}, {b})"),
+        }
+    }
+
+    /// What ends a `SELECT` that picks a row to change within a transaction: PostgreSQL
+    /// locks it (skipping rows another transaction holds), SQLite's write transaction
+    /// already holds the whole database.
+    pub(crate) fn lock_row(self, skip_locked: bool) -> &'static str {
+        match (self, skip_locked) {
+            (Engine::Sqlite, _) => "",
+            (Engine::Postgres, true) => " FOR UPDATE SKIP LOCKED",
+            (Engine::Postgres, false) => " FOR UPDATE",
+        }
+    }
+}
+
 /// Handle on the database; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Store {
-    pool: SqlitePool,
+    pool: AnyPool,
+    engine: Engine,
+    /// This process's name among the servers sharing the database (`host:pid:random`): the
+    /// owner of the runs it claims.
+    server_id: std::sync::Arc<str>,
     /// Metric points stored since the store was opened: native runs', external runs'.
     written: std::sync::Arc<[std::sync::atomic::AtomicU64; 2]>,
     /// Computed leaderboards by (dataset, metric), with the generation they were computed at
@@ -31,35 +99,121 @@ pub struct Store {
     series_writes: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<i64, u64>>>,
 }
 
+/// The URL of the SQLite database file at `path` (created with its folder if missing).
+pub fn sqlite_url(path: &Path) -> Result<String> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("creating data dir {}", dir.display()))?;
+    }
+    let absolute = std::path::absolute(path)
+        .with_context(|| format!("resolving the database path {}", path.display()))?;
+    let url = url::Url::from_file_path(&absolute)
+        .map_err(|()| anyhow::anyhow!("{} is not a usable file path", absolute.display()))?;
+    Ok(format!("sqlite://{}?mode=rwc", url.path()))
+}
+
 impl Store {
-    /// Opens (creating if needed) the database file and applies pending migrations.
+    /// Opens (creating if needed) the SQLite database file at `path` and applies pending
+    /// migrations.
     pub async fn open(path: &Path) -> Result<Store> {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)
-                .with_context(|| format!("creating data dir {}", dir.display()))?;
-        }
-        let options = SqliteConnectOptions::new()
-            .filename(path)
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
-            .foreign_keys(true)
-            .busy_timeout(Duration::from_secs(10));
-        let pool = SqlitePoolOptions::new()
-            .max_connections(8)
-            .connect_with(options)
-            .await
-            .with_context(|| format!("opening database {}", path.display()))?;
-        sqlx::migrate!("./migrations")
+        Store::connect(&sqlite_url(path)?).await
+    }
+
+    /// Opens the database a URL names (`sqlite://...` or `postgres://...`) and applies
+    /// pending migrations. The PostgreSQL database must exist; its schema is made here.
+    pub async fn connect(url: &str) -> Result<Store> {
+        sqlx::any::install_default_drivers();
+        let engine = Engine::of_url(url)?;
+        let options = AnyConnectOptions::from_str(url)
+            .map_err(|e| anyhow::anyhow!("the database URL is malformed: {e}"))?;
+        let shown = redact(url);
+        let pool = match engine {
+            Engine::Sqlite => AnyPoolOptions::new()
+                .max_connections(8)
+                .after_connect(|conn, _| {
+                    Box::pin(async move {
+                        // WAL lets pages read while a writer writes; a writer waits up to
+                        // 10 s for another's lock instead of failing at once
+                        conn.execute(
+                            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
+                             PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000;",
+                        )
+                        .await?;
+                        Ok(())
+                    })
+                })
+                .connect_with(options)
+                .await
+                .with_context(|| format!("opening database {shown}"))?,
+            Engine::Postgres => AnyPoolOptions::new()
+                .max_connections(16)
+                .acquire_timeout(Duration::from_secs(30))
+                .connect_with(options)
+                .await
+                .with_context(|| format!("connecting to database {shown}"))?,
+        };
+        let migrations = match engine {
+            Engine::Sqlite => sqlx::migrate!("./migrations/sqlite"),
+            Engine::Postgres => sqlx::migrate!("./migrations/postgres"),
+        };
+        migrations
             .run(&pool)
             .await
             .context("applying database migrations")?;
+        let host = hostname();
+        let server_id = format!(
+            "{host}:{}:{}",
+            std::process::id(),
+            crate::secret::random_hex(4)
+        );
         Ok(Store {
             pool,
+            engine,
+            server_id: server_id.into(),
             written: Default::default(),
             boards: Default::default(),
             series_writes: Default::default(),
         })
+    }
+
+    /// The engine the store runs on.
+    pub fn engine(&self) -> Engine {
+        self.engine
+    }
+
+    /// This process's name among the servers sharing the database.
+    pub fn server_id(&self) -> &str {
+        &self.server_id
+    }
+
+    /// Records that this server is alive (its row in `servers`, made on the first call):
+    /// another server takes over its runs only once its heartbeat is older than the lease.
+    pub async fn heartbeat(&self) -> Result<()> {
+        let t = now();
+        sqlx::query(
+            "INSERT INTO servers (id, host, pid, started_at, heartbeat_at) \
+             VALUES ($1, $2, $3, $4, $4) \
+             ON CONFLICT (id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at",
+        )
+        .bind(self.server_id())
+        .bind(hostname())
+        .bind(i64::from(std::process::id()))
+        .bind(&t)
+        .execute(self.pool())
+        .await
+        .context("recording the server's heartbeat")?;
+        Ok(())
+    }
+
+    /// Removes this server from `servers` (at shutdown): its runs are then free to take over
+    /// at once.
+    pub async fn leave(&self) -> Result<()> {
+        sqlx::query("DELETE FROM servers WHERE id = $1")
+            .bind(self.server_id())
+            .execute(self.pool())
+            .await
+            .context("removing the server's heartbeat")?;
+        Ok(())
     }
 
     /// Whether the database answers a query.
@@ -84,12 +238,17 @@ impl Store {
     }
 
     /// How many times this store has written metric points of a run: a kept copy of the
-    /// run's series read while the count stood at the same number is still whole. Every metric
-    /// point reaches the database through this process (workers report to their supervisor,
-    /// external runs log through the HTTP API), so the in-memory count sees every write.
-    pub fn series_generation(&self, run_id: i64) -> u64 {
+    /// run's series read while the count stood at the same number is still whole. On SQLite
+    /// every metric point reaches the database through this process (workers report to their
+    /// supervisor, external runs log through the HTTP API), so the in-memory count sees every
+    /// write. On PostgreSQL another server may write the run's points, so there is no
+    /// generation to trust: `None`, and the caller reads the series again.
+    pub fn series_generation(&self, run_id: i64) -> Option<u64> {
+        if self.engine != Engine::Sqlite {
+            return None;
+        }
         let writes = self.series_writes.lock().expect("series writes");
-        writes.get(&run_id).copied().unwrap_or(0)
+        Some(writes.get(&run_id).copied().unwrap_or(0))
     }
 
     /// Notes metric writes to runs (after they committed).
@@ -100,18 +259,63 @@ impl Store {
         }
     }
 
-    /// A transaction that writes: `BEGIN IMMEDIATE` takes the write lock at once, waiting
-    /// for it up to the busy timeout, so that it never has to upgrade a read lock later (an
-    /// upgrade that fails at once with "database is locked" when another writer committed
-    /// in between).
-    pub(crate) async fn write_tx(&self) -> sqlx::Result<sqlx::Transaction<'static, sqlx::Sqlite>> {
-        self.pool.begin_with("BEGIN IMMEDIATE").await
+    /// A transaction that writes. On SQLite `BEGIN IMMEDIATE` takes the write lock at once,
+    /// waiting for it up to the busy timeout, so that it never has to upgrade a read lock
+    /// later (an upgrade that fails at once with "database is locked" when another writer
+    /// committed in between). On PostgreSQL rows are locked as statements reach them.
+    pub(crate) async fn write_tx(&self) -> sqlx::Result<sqlx::Transaction<'static, sqlx::Any>> {
+        match self.engine {
+            Engine::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
+            Engine::Postgres => self.pool.begin().await,
+        }
     }
 
     /// The connection pool, for the table modules.
-    pub fn pool(&self) -> &SqlitePool {
+    pub fn pool(&self) -> &AnyPool {
         &self.pool
     }
+}
+
+/// The machine's host name (for the servers table), `localhost` when unreadable.
+pub(crate) fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+/// A database URL with its password hidden, for messages.
+pub fn redact(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        _ => url.to_string(),
+    }
+}
+
+/// `$first, $first+1, ...` for `n` values: the placeholders of a row of a multi-row INSERT.
+pub(crate) fn placeholders(first: usize, n: usize) -> String {
+    (first..first + n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `VALUES (...), (...)` for `rows` rows of `columns` values, numbered from `$1`.
+pub(crate) fn values_rows(rows: usize, columns: usize) -> String {
+    let mut s = String::from("VALUES ");
+    for r in 0..rows {
+        if r > 0 {
+            s.push_str(", ");
+        }
+        s.push('(');
+        s.push_str(&placeholders(1 + r * columns, columns));
+        s.push(')');
+    }
+    s
 }
 
 /// Current UTC time as stored in every `*_at`/`time` column: fixed-width RFC 3339 with

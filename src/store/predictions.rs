@@ -40,7 +40,7 @@ impl Store {
     ) -> Result<Vec<StoredPrediction>> {
         let rows: Vec<(String, Option<i64>, i64, String)> = sqlx::query_as(
             "SELECT example_id, label, pred, probs FROM predictions \
-             WHERE run_id = ? AND split = ? ORDER BY example_id LIMIT ? OFFSET ?",
+             WHERE run_id = $1 AND split = $2 ORDER BY example_id LIMIT $3 OFFSET $4",
         )
         .bind(run_id)
         .bind(split.as_str())
@@ -64,7 +64,7 @@ impl Store {
 
 /// Stores predictions within a transaction the caller commits.
 pub(super) async fn insert_predictions_in(
-    conn: &mut sqlx::SqliteConnection,
+    conn: &mut sqlx::AnyConnection,
     run_id: i64,
     split: Split,
     rows: &[Prediction],
@@ -72,7 +72,7 @@ pub(super) async fn insert_predictions_in(
     for p in rows {
         sqlx::query(
             "INSERT INTO predictions (run_id, split, example_id, label, pred, probs) \
-             VALUES (?, ?, ?, ?, ?, ?) \
+             VALUES ($1, $2, $3, $4, $5, $6) \
              ON CONFLICT (run_id, split, example_id) DO UPDATE \
              SET label = excluded.label, pred = excluded.pred, probs = excluded.probs",
         )

@@ -1,6 +1,6 @@
 //! The `runs` table: the queue, run state, and the per-run summary leaderboards read.
 
-use super::{Store, now};
+use super::{Engine, Store, now};
 use crate::data::Source;
 use crate::eval::Metric;
 use crate::protocol::{StartTimings, Summary};
@@ -163,6 +163,9 @@ pub struct Run {
     /// shown by the API: they are paths on the server).
     #[serde(skip)]
     pub resolution: Option<Resolution>,
+    /// The server process that claimed the run while it runs (see [`Store::server_id`]).
+    #[serde(skip)]
+    pub owner: Option<String>,
 }
 
 /// What a run's names were resolved to when it was submitted: `runs.resolved`.
@@ -236,6 +239,7 @@ pub(super) struct RunRow {
     experiment_id: Option<i64>,
     run_name: Option<String>,
     timings: Option<String>,
+    owner: Option<String>,
 }
 
 impl TryFrom<RunRow> for Run {
@@ -290,6 +294,7 @@ impl TryFrom<RunRow> for Run {
                 None => None,
             },
             study_id: r.study_id,
+            owner: r.owner,
             model: r.model,
             dataset: r.dataset,
             priority: r.priority,
@@ -306,7 +311,7 @@ impl TryFrom<RunRow> for Run {
 
 pub(super) const RUN_COLUMNS: &str = "id, status, model, dataset, config, priority, attempts, device, \
      progress, summary, created_at, started_at, finished_at, error, resolved, study_id, grid, source, \
-     experiment_id, run_name, timings";
+     experiment_id, run_name, timings, owner";
 
 /// Filters of the run listing; `None` matches everything.
 #[derive(Debug, Clone, Default)]
@@ -410,8 +415,8 @@ pub struct BoardGroup {
     pub peak_memory_bytes: Option<i64>,
     /// Wall time × devices held, in hours, summed over the runs.
     pub device_hours: Option<f64>,
-    /// Whether the group's runs were logged from elsewhere (external runs).
-    pub external: bool,
+    /// How many of the group's runs were logged from elsewhere (external runs).
+    pub external_runs: i64,
 }
 
 impl StatusCounts {
@@ -439,7 +444,7 @@ impl StatusCounts {
 }
 
 /// Inserts `run` as queued, in the study `study` (its id and the cell's grid values) if given.
-pub(super) async fn insert_queued<'c, E: sqlx::SqliteExecutor<'c>>(
+pub(super) async fn insert_queued<'c, E: sqlx::Executor<'c, Database = sqlx::Any>>(
     executor: E,
     run: &ResolvedRun,
     study: Option<(i64, &serde_json::Map<String, serde_json::Value>)>,
@@ -452,7 +457,7 @@ pub(super) async fn insert_queued<'c, E: sqlx::SqliteExecutor<'c>>(
     let row: RunRow = sqlx::query_as(&format!(
         "INSERT INTO runs (status, model, dataset, config, priority, resolved, created_at, \
              study_id, grid) \
-         VALUES ('queued', ?, ?, ?, ?, ?, ?, ?, ?) RETURNING {RUN_COLUMNS}"
+         VALUES ('queued', $1, $2, $3, $4, $5, $6, $7, $8) RETURNING {RUN_COLUMNS}"
     ))
     .bind(&run.model.name)
     .bind(&run.dataset.name)
@@ -507,7 +512,7 @@ impl Store {
         let row: RunRow = sqlx::query_as(&format!(
             "INSERT INTO runs (status, model, dataset, config, priority, resolved, created_at, \
                  started_at, device, attempts, progress) \
-             VALUES ('running', ?, ?, ?, ?, ?, ?, ?, ?, 1, 0) RETURNING {RUN_COLUMNS}"
+             VALUES ('running', $1, $2, $3, $4, $5, $6, $7, $8, 1, 0) RETURNING {RUN_COLUMNS}"
         ))
         .bind(&run.model.name)
         .bind(&run.dataset.name)
@@ -525,7 +530,7 @@ impl Store {
 
     /// Stores when a run's worker began, finished loading and logged its first step.
     pub async fn set_start_timings(&self, id: i64, timings: &StartTimings) -> Result<()> {
-        sqlx::query("UPDATE runs SET timings = ? WHERE id = ?")
+        sqlx::query("UPDATE runs SET timings = $1 WHERE id = $2")
             .bind(serde_json::to_string(timings)?)
             .bind(id)
             .execute(self.pool())
@@ -555,7 +560,7 @@ impl Store {
                     "INSERT INTO runs (status, model, dataset, config, created_at, finished_at, \
                          progress, accuracy, f1, auroc, loss, train_seconds, samples_per_second, \
                          num_parameters, peak_memory_bytes, device_hours, train_flops, summary) \
-                     VALUES (?, ?, ?, ?, ?, ?, 1.0, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                     VALUES ($1, $2, $3, $4, $5, $6, 1.0, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17) RETURNING id",
                 )
                 .bind(status.as_str())
                 .bind(model)
@@ -587,7 +592,7 @@ impl Store {
     /// One run by id.
     pub async fn get_run(&self, id: i64) -> Result<Option<Run>> {
         let row: Option<RunRow> =
-            sqlx::query_as(&format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = ?"))
+            sqlx::query_as(&format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = $1"))
                 .bind(id)
                 .fetch_optional(self.pool())
                 .await
@@ -599,10 +604,10 @@ impl Store {
     pub async fn list_runs(&self, f: &RunFilter) -> Result<Vec<Run>> {
         let rows: Vec<RunRow> = sqlx::query_as(&format!(
             "SELECT {RUN_COLUMNS} FROM runs \
-             WHERE (? IS NULL OR dataset = ?) AND (? IS NULL OR model = ?) \
-               AND (? IS NULL OR status = ?) AND (? IS NULL OR source = ?) \
+             WHERE ($1 IS NULL OR dataset = $2) AND ($3 IS NULL OR model = $4) \
+               AND ($5 IS NULL OR status = $6) AND ($7 IS NULL OR source = $8) \
                AND lifecycle_stage = 'active' \
-             ORDER BY id DESC LIMIT ? OFFSET ?"
+             ORDER BY id DESC LIMIT $9 OFFSET $10"
         ))
         .bind(&f.dataset)
         .bind(&f.dataset)
@@ -645,11 +650,15 @@ impl Store {
         device: impl Fn(usize) -> String,
     ) -> Result<Option<Run>> {
         let mut tx = self.write_tx().await?;
-        let next: Option<(i64, Option<i64>)> = sqlx::query_as(
-            "SELECT id, json_extract(config, '$.gpus') FROM runs \
+        // on PostgreSQL the row is locked until the claim commits, and a row another server is
+        // claiming is passed over: two servers never claim one run
+        let next: Option<(i64, Option<i64>)> = sqlx::query_as(&format!(
+            "SELECT id, {} FROM runs \
              WHERE status IN ('queued', 'interrupted') AND source = 'native' \
-             ORDER BY priority DESC, id LIMIT 1",
-        )
+             ORDER BY priority DESC, id LIMIT 1{}",
+            self.engine().json_integer("config", "gpus"),
+            self.engine().lock_row(true)
+        ))
         .fetch_optional(&mut *tx)
         .await
         .context("finding the next queued run")?;
@@ -661,14 +670,16 @@ impl Store {
             return Ok(None);
         }
         let row: Option<RunRow> = sqlx::query_as(&format!(
-            "UPDATE runs SET status = 'running', device = ?, started_at = ?, finished_at = NULL, \
-                 attempts = attempts + 1, error = NULL, progress = 0, timings = NULL \
-             WHERE id = ? AND status IN ('queued', 'interrupted') \
+            "UPDATE runs SET status = 'running', device = $1, started_at = $2, finished_at = NULL, \
+                 attempts = attempts + 1, error = NULL, progress = 0, timings = NULL, \
+                 owner = $4, cancel_requested = 0 \
+             WHERE id = $3 AND status IN ('queued', 'interrupted') \
              RETURNING {RUN_COLUMNS}"
         ))
         .bind(device(gpus))
         .bind(now())
         .bind(id)
+        .bind(self.server_id())
         .fetch_optional(&mut *tx)
         .await
         .context("claiming the next queued run")?;
@@ -677,7 +688,7 @@ impl Store {
         {
             // the metric points up to a resumed worker's checkpoint stay: its `started` event
             // says which (`delete_metrics_after`)
-            sqlx::query("DELETE FROM predictions WHERE run_id = ?")
+            sqlx::query("DELETE FROM predictions WHERE run_id = $1")
                 .bind(r.id)
                 .execute(&mut *tx)
                 .await?;
@@ -696,12 +707,12 @@ impl Store {
         summary: Option<&Summary>,
     ) -> Result<bool> {
         let done = sqlx::query(
-            "UPDATE runs SET status = ?, error = ?, finished_at = ?, \
-                 progress = CASE WHEN ? = 'succeeded' THEN 1.0 ELSE progress END, \
-                 accuracy = ?, f1 = ?, auroc = ?, loss = ?, train_seconds = ?, \
-                 samples_per_second = ?, num_parameters = ?, peak_memory_bytes = ?, \
-                 device_hours = ?, train_flops = ?, summary = ? \
-             WHERE id = ? AND status = 'running'",
+            "UPDATE runs SET status = $1, error = $2, finished_at = $3, \
+                 progress = CASE WHEN $4 = 'succeeded' THEN 1.0 ELSE progress END, \
+                 accuracy = $5, f1 = $6, auroc = $7, loss = $8, train_seconds = $9, \
+                 samples_per_second = $10, num_parameters = $11, peak_memory_bytes = $12, \
+                 device_hours = $13, train_flops = $14, summary = $15 \
+             WHERE id = $16 AND status = 'running'",
         )
         .bind(status.as_str())
         .bind(error)
@@ -729,8 +740,8 @@ impl Store {
     /// was in any other state.
     pub async fn cancel_waiting_run(&self, id: i64) -> Result<bool> {
         let done = sqlx::query(
-            "UPDATE runs SET status = 'cancelled', finished_at = ? \
-             WHERE id = ? AND status IN ('queued', 'interrupted')",
+            "UPDATE runs SET status = 'cancelled', finished_at = $1 \
+             WHERE id = $2 AND status IN ('queued', 'interrupted')",
         )
         .bind(now())
         .bind(id)
@@ -742,7 +753,7 @@ impl Store {
 
     /// Stores the training progress (0..1) of a running run.
     pub async fn set_progress(&self, id: i64, progress: f64) -> Result<()> {
-        sqlx::query("UPDATE runs SET progress = ? WHERE id = ? AND status = 'running'")
+        sqlx::query("UPDATE runs SET progress = $1 WHERE id = $2 AND status = 'running'")
             .bind(progress)
             .bind(id)
             .execute(self.pool())
@@ -751,12 +762,9 @@ impl Store {
         Ok(())
     }
 
-    /// Marks runs that an earlier server left `running` as `interrupted`, so the scheduler
-    /// starts them again, except those in `keep` (runs whose cluster jobs run on). Returns
-    /// their ids.
-    pub async fn interrupt_running_runs(&self, keep: &[i64]) -> Result<Vec<i64>> {
-        // a run `modalbench train` trains in the foreground (device `cli:<pid>`) is its
-        // process's: left alone while it lives, failed once it is gone
+    /// Fails runs `modalbench train` trained in the foreground (device `cli:<pid>`) whose
+    /// process is gone without recording their end; runs of live processes are theirs.
+    pub async fn fail_abandoned_foreground_runs(&self) -> Result<()> {
         let foreground: Vec<(i64, String)> = sqlx::query_as(
             "SELECT id, device FROM runs WHERE status = 'running' AND device LIKE 'cli:%'",
         )
@@ -778,16 +786,99 @@ impl Store {
                 .await?;
             }
         }
-        let ids: Vec<(i64,)> = sqlx::query_as(
-            "UPDATE runs SET status = 'interrupted' \
-             WHERE status = 'running' AND source = 'native' \
-                 AND (device IS NULL OR device NOT LIKE 'cli:%') \
-                 AND id NOT IN (SELECT value FROM json_each(?)) RETURNING id",
+        Ok(())
+    }
+
+    /// Running runs whose server is gone, with the server that had claimed them. On SQLite
+    /// (one server process) that is every running run another process claimed. On
+    /// PostgreSQL, the runs of servers without a heartbeat for `lease` (see
+    /// [`Store::heartbeat`]), and at once those of a server on this host whose process is
+    /// gone (or, within this process, an earlier store's: a process has one scheduler).
+    /// Foreground runs are their `modalbench train` process's, never orphans.
+    pub async fn orphaned_runs(
+        &self,
+        lease: std::time::Duration,
+    ) -> Result<Vec<(i64, Option<String>)>> {
+        type Row = (
+            i64,
+            Option<String>,
+            Option<String>,
+            Option<i64>,
+            Option<String>,
+        );
+        let rows: Vec<Row> = sqlx::query_as(
+            "SELECT r.id, r.owner, s.host, s.pid, s.heartbeat_at \
+             FROM runs r LEFT JOIN servers s ON s.id = r.owner \
+             WHERE r.status = 'running' AND r.source = 'native' \
+                 AND (r.device IS NULL OR r.device NOT LIKE 'cli:%') \
+                 AND r.owner IS DISTINCT FROM $1 ORDER BY r.id",
         )
-        .bind(serde_json::to_string(keep)?)
+        .bind(self.server_id())
         .fetch_all(self.pool())
         .await
-        .context("marking interrupted runs")?;
+        .context("finding runs of stopped servers")?;
+        let cutoff = super::format_time(time::OffsetDateTime::now_utc() - lease);
+        let here = super::hostname();
+        let me = i64::from(std::process::id());
+        Ok(rows
+            .into_iter()
+            .filter(|(_, _, host, pid, heartbeat)| {
+                let (Some(host), Some(pid), Some(heartbeat)) = (host, pid, heartbeat) else {
+                    return true;
+                };
+                self.engine() == Engine::Sqlite
+                    || *heartbeat <= cutoff
+                    || (*host == here
+                        && (*pid == me || !std::path::Path::new(&format!("/proc/{pid}")).exists()))
+            })
+            .map(|(id, owner, ..)| (id, owner))
+            .collect())
+    }
+
+    /// Takes over a running run from `from` (its server, gone): with `interrupt`, the run
+    /// becomes `interrupted` (the scheduler starts it again); without, it stays running and
+    /// this server follows it (a cluster job that runs on). False if another server took it
+    /// first, or it ended meanwhile.
+    pub async fn take_over_run(
+        &self,
+        id: i64,
+        from: Option<&str>,
+        interrupt: bool,
+    ) -> Result<bool> {
+        let status = if interrupt { "interrupted" } else { "running" };
+        let done = sqlx::query(
+            "UPDATE runs SET status = $1, owner = $2 \
+             WHERE id = $3 AND status = 'running' AND owner IS NOT DISTINCT FROM $4",
+        )
+        .bind(status)
+        .bind(self.server_id())
+        .bind(id)
+        .bind(from)
+        .execute(self.pool())
+        .await
+        .context("taking over a run")?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Asks the server running a run to cancel it (for a run another server holds).
+    pub async fn request_cancel(&self, id: i64) -> Result<()> {
+        sqlx::query("UPDATE runs SET cancel_requested = 1 WHERE id = $1 AND status = 'running'")
+            .bind(id)
+            .execute(self.pool())
+            .await
+            .context("requesting a cancel")?;
+        Ok(())
+    }
+
+    /// This server's running runs that a cancel was asked of (through another server).
+    pub async fn cancel_requests(&self) -> Result<Vec<i64>> {
+        let ids: Vec<(i64,)> = sqlx::query_as(
+            "SELECT id FROM runs WHERE status = 'running' AND owner = $1 AND cancel_requested = 1",
+        )
+        .bind(self.server_id())
+        .fetch_all(self.pool())
+        .await
+        .context("reading cancel requests")?;
         Ok(ids.into_iter().map(|(id,)| id).collect())
     }
 
@@ -795,9 +886,9 @@ impl Store {
     /// the server down cannot do so forever. Returns their ids.
     pub async fn fail_exhausted_runs(&self, max_attempts: i64) -> Result<Vec<i64>> {
         let ids: Vec<(i64,)> = sqlx::query_as(
-            "UPDATE runs SET status = 'failed', finished_at = ?, \
+            "UPDATE runs SET status = 'failed', finished_at = $1, \
                  error = 'interrupted ' || attempts || ' times; not restarted again' \
-             WHERE status = 'interrupted' AND attempts >= ? RETURNING id",
+             WHERE status = 'interrupted' AND attempts >= $2 RETURNING id",
         )
         .bind(now())
         .bind(max_attempts)
@@ -848,12 +939,13 @@ impl Store {
         dataset: Option<&str>,
         metric: BoardMetric,
     ) -> Result<Vec<BoardGroup>> {
-        // a literal dataset condition (not `? IS NULL OR ...`) keeps the index usable
+        // a literal dataset condition (not `$1 IS NULL OR ...`) keeps the index usable
         let only = if dataset.is_some() {
-            "AND dataset = ?"
+            "AND dataset = $1"
         } else {
             ""
         };
+        let engine = self.engine();
         // the one MIN/MAX aggregate makes SQLite take the bare `id` from the row it picks (so
         // no other aggregate here may be a MIN or MAX);
         // without INDEXED BY the planner prefers `runs_board` for all datasets and reads the
@@ -867,27 +959,45 @@ impl Store {
             .iter()
             .map(|m| {
                 let c = m.column();
+                let var = format!(
+                    "(SUM({c} * {c}) - SUM({c}) * SUM({c}) / COUNT({c})) \
+                         / NULLIF(COUNT({c}) - 1, 0)"
+                );
+                // none below two values (PostgreSQL's GREATEST would turn a NULL into 0)
                 format!(
-                    "AVG({c}) AS {c}, \
-                     MAX(0.0, (SUM({c} * {c}) - SUM({c}) * SUM({c}) / COUNT({c})) \
-                         / (COUNT({c}) - 1)) AS {c}_var, \
-                     COUNT({c}) AS {c}_n, "
+                    "AVG({c}) AS {c}, CASE WHEN COUNT({c}) > 1 THEN {} END AS {c}_var, \
+                     COUNT({c}) AS {c}_n, ",
+                    engine.greatest("0.0", &var)
                 )
             })
             .collect();
+        let col = metric.column();
+        // the group's best run: on SQLite the bare `id` of the row the MIN/MAX picked, on
+        // PostgreSQL the first id in the metric's order (ties to the oldest run, NULLs last)
+        let (best_run, from) = match engine {
+            Engine::Sqlite => (
+                format!("{best}({col}) AS best, id AS run_id"),
+                "runs INDEXED BY runs_groups",
+            ),
+            Engine::Postgres => (
+                format!(
+                    "(ARRAY_AGG(id ORDER BY {col} {} NULLS LAST, id))[1] AS run_id",
+                    metric.order()
+                ),
+                "runs",
+            ),
+        };
         let sql = format!(
-            "SELECT dataset, model, config_key, COUNT(*) AS runs, {best}({col}) AS best, \
-                    id AS run_id, {stats} \
+            "SELECT dataset, model, config_key, COUNT(*) AS runs, {best_run}, {stats} \
                     AVG(train_seconds) AS train_seconds, \
                     AVG(samples_per_second) AS samples_per_second, \
-                    CAST(AVG(num_parameters) AS INTEGER) AS num_parameters, \
-                    CAST(AVG(peak_memory_bytes) AS INTEGER) AS peak_memory_bytes, \
+                    CAST(AVG(num_parameters) AS BIGINT) AS num_parameters, \
+                    CAST(AVG(peak_memory_bytes) AS BIGINT) AS peak_memory_bytes, \
                     SUM(device_hours) AS device_hours, \
-                    SUM(source = 'external') > 0 AS external \
-             FROM runs INDEXED BY runs_groups \
+                    SUM(CASE WHEN source = 'external' THEN 1 ELSE 0 END) AS external_runs \
+             FROM {from} \
              WHERE status = 'succeeded' AND lifecycle_stage = 'active' {only} \
-             GROUP BY dataset, model, config_key",
-            col = metric.column()
+             GROUP BY dataset, model, config_key"
         );
         let mut query = sqlx::query_as(&sql);
         if let Some(d) = dataset {

@@ -40,7 +40,7 @@ impl Store {
     ) -> Result<(Study, Vec<Run>)> {
         let mut tx = self.write_tx().await?;
         let (id,): (i64,) = sqlx::query_as(
-            "INSERT INTO studies (name, spec, created_at) VALUES (?, ?, ?) RETURNING id",
+            "INSERT INTO studies (name, spec, created_at) VALUES ($1, $2, $3) RETURNING id",
         )
         .bind(spec.name.trim())
         .bind(serde_json::to_string(spec)?)
@@ -59,7 +59,7 @@ impl Store {
 
     async fn study_of(&self, row: StudyRow) -> Result<Study> {
         let counts: Vec<(String, i64)> =
-            sqlx::query_as("SELECT status, COUNT(*) FROM runs WHERE study_id = ? GROUP BY status")
+            sqlx::query_as("SELECT status, COUNT(*) FROM runs WHERE study_id = $1 GROUP BY status")
                 .bind(row.id)
                 .fetch_all(self.pool())
                 .await
@@ -78,7 +78,7 @@ impl Store {
     /// One study by id.
     pub async fn get_study(&self, id: i64) -> Result<Option<Study>> {
         let row: Option<StudyRow> = sqlx::query_as(
-            "SELECT id, name, spec, created_at, cancelled_at FROM studies WHERE id = ?",
+            "SELECT id, name, spec, created_at, cancelled_at FROM studies WHERE id = $1",
         )
         .bind(id)
         .fetch_optional(self.pool())
@@ -94,7 +94,7 @@ impl Store {
     pub async fn list_studies(&self, limit: i64, offset: i64) -> Result<Vec<Study>> {
         let rows: Vec<StudyRow> = sqlx::query_as(
             "SELECT id, name, spec, created_at, cancelled_at FROM studies \
-             ORDER BY id DESC LIMIT ? OFFSET ?",
+             ORDER BY id DESC LIMIT $1 OFFSET $2",
         )
         .bind(limit)
         .bind(offset)
@@ -111,7 +111,7 @@ impl Store {
     /// The runs of a study, in the order it queued them.
     pub async fn study_runs(&self, id: i64) -> Result<Vec<Run>> {
         let rows: Vec<RunRow> = sqlx::query_as(&format!(
-            "SELECT {RUN_COLUMNS} FROM runs WHERE study_id = ? ORDER BY id"
+            "SELECT {RUN_COLUMNS} FROM runs WHERE study_id = $1 ORDER BY id"
         ))
         .bind(id)
         .fetch_all(self.pool())
@@ -122,7 +122,7 @@ impl Store {
 
     /// Notes that a study was cancelled.
     pub async fn mark_study_cancelled(&self, id: i64) -> Result<()> {
-        sqlx::query("UPDATE studies SET cancelled_at = ? WHERE id = ? AND cancelled_at IS NULL")
+        sqlx::query("UPDATE studies SET cancelled_at = $1 WHERE id = $2 AND cancelled_at IS NULL")
             .bind(now())
             .bind(id)
             .execute(self.pool())

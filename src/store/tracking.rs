@@ -5,8 +5,9 @@
 //! `external_latest`.
 
 use super::runs::RunStatus;
+use super::values_rows;
 use super::{Store, format_time, now, parse_time};
-use sqlx::{QueryBuilder, Sqlite, Transaction};
+use sqlx::{Any, Transaction};
 use std::collections::BTreeMap;
 use time::OffsetDateTime;
 
@@ -141,6 +142,13 @@ fn stored(v: f64) -> Option<f64> {
 
 type ExperimentRow = (i64, String, String, String, i64, i64);
 
+/// How an experiment is looked up: by id or by name.
+#[derive(Debug, Clone, Copy)]
+enum Key<'a> {
+    Id(i64),
+    Name(&'a str),
+}
+
 impl Store {
     /// Creates an experiment; its name must be new.
     pub async fn create_experiment(
@@ -150,7 +158,7 @@ impl Store {
         tags: &BTreeMap<String, String>,
     ) -> TrackingResult<i64> {
         let mut tx = self.write_tx().await?;
-        let taken: Option<(i64,)> = sqlx::query_as("SELECT id FROM experiments WHERE name = ?")
+        let taken: Option<(i64,)> = sqlx::query_as("SELECT id FROM experiments WHERE name = $1")
             .bind(name)
             .fetch_optional(&mut *tx)
             .await?;
@@ -160,7 +168,7 @@ impl Store {
         let t = millis_now();
         let (id,): (i64,) = sqlx::query_as(
             "INSERT INTO experiments (name, artifact_location, creation_time, last_update_time) \
-             VALUES (?, '', ?, ?) RETURNING id",
+             VALUES ($1, '', $2, $3) RETURNING id",
         )
         .bind(name)
         .bind(t)
@@ -170,7 +178,7 @@ impl Store {
         let location = artifact_location
             .filter(|l| !l.is_empty())
             .map_or_else(|| format!("mlflow-artifacts:/{id}"), str::to_string);
-        sqlx::query("UPDATE experiments SET artifact_location = ? WHERE id = ?")
+        sqlx::query("UPDATE experiments SET artifact_location = $1 WHERE id = $2")
             .bind(location)
             .bind(id)
             .execute(&mut *tx)
@@ -209,14 +217,14 @@ impl Store {
 
     /// One experiment by id.
     pub async fn experiment(&self, id: i64) -> TrackingResult<Experiment> {
-        self.experiment_where("id = ?", id.to_string())
+        self.experiment_where("id = $1", Key::Id(id))
             .await?
             .ok_or_else(|| TrackingError::NotFound(format!("experiment with id '{id}'")))
     }
 
     /// One experiment by name.
     pub async fn experiment_by_name(&self, name: &str) -> TrackingResult<Experiment> {
-        self.experiment_where("name = ?", name.to_string())
+        self.experiment_where("name = $1", Key::Name(name))
             .await?
             .ok_or_else(|| TrackingError::NotFound(format!("experiment '{name}'")))
     }
@@ -224,18 +232,21 @@ impl Store {
     async fn experiment_where(
         &self,
         condition: &str,
-        value: String,
+        value: Key<'_>,
     ) -> TrackingResult<Option<Experiment>> {
-        let row: Option<ExperimentRow> = sqlx::query_as(&format!(
+        let sql = format!(
             "SELECT id, name, artifact_location, lifecycle_stage, creation_time, \
                  last_update_time FROM experiments WHERE {condition}"
-        ))
-        .bind(value)
-        .fetch_optional(self.pool())
-        .await?;
+        );
+        let query = sqlx::query_as(&sql);
+        let query = match value {
+            Key::Id(id) => query.bind(id),
+            Key::Name(name) => query.bind(name),
+        };
+        let row: Option<ExperimentRow> = query.fetch_optional(self.pool()).await?;
         let Some(row) = row else { return Ok(None) };
         let tags: Vec<(String, String)> =
-            sqlx::query_as("SELECT key, value FROM experiment_tags WHERE experiment_id = ?")
+            sqlx::query_as("SELECT key, value FROM experiment_tags WHERE experiment_id = $1")
                 .bind(row.0)
                 .fetch_all(self.pool())
                 .await?;
@@ -246,7 +257,7 @@ impl Store {
     pub async fn rename_experiment(&self, id: i64, name: &str) -> TrackingResult<()> {
         self.experiment(id).await?;
         let taken: Option<(i64,)> =
-            sqlx::query_as("SELECT id FROM experiments WHERE name = ? AND id != ?")
+            sqlx::query_as("SELECT id FROM experiments WHERE name = $1 AND id != $2")
                 .bind(name)
                 .bind(id)
                 .fetch_optional(self.pool())
@@ -254,7 +265,7 @@ impl Store {
         if taken.is_some() {
             return Err(TrackingError::AlreadyExists(format!("experiment '{name}'")));
         }
-        sqlx::query("UPDATE experiments SET name = ?, last_update_time = ? WHERE id = ?")
+        sqlx::query("UPDATE experiments SET name = $1, last_update_time = $2 WHERE id = $3")
             .bind(name)
             .bind(millis_now())
             .bind(id)
@@ -274,14 +285,14 @@ impl Store {
         let stage = if active { "active" } else { "deleted" };
         let mut tx = self.write_tx().await?;
         sqlx::query(
-            "UPDATE experiments SET lifecycle_stage = ?, last_update_time = ? WHERE id = ?",
+            "UPDATE experiments SET lifecycle_stage = $1, last_update_time = $2 WHERE id = $3",
         )
         .bind(stage)
         .bind(millis_now())
         .bind(id)
         .execute(&mut *tx)
         .await?;
-        sqlx::query("UPDATE runs SET lifecycle_stage = ? WHERE experiment_id = ?")
+        sqlx::query("UPDATE runs SET lifecycle_stage = $1 WHERE experiment_id = $2")
             .bind(stage)
             .bind(id)
             .execute(&mut *tx)
@@ -313,7 +324,7 @@ impl Store {
         let (id,): (i64,) = sqlx::query_as(
             "INSERT INTO runs (status, source, model, dataset, config, created_at, started_at, \
                  experiment_id, run_name, user_id, progress) \
-             VALUES ('running', 'external', 'external', ?, '{}', ?, ?, ?, ?, ?, NULL) \
+             VALUES ('running', 'external', 'external', $1, '{}', $2, $3, $4, $5, $6, NULL) \
              RETURNING id",
         )
         .bind(&exp.name)
@@ -349,7 +360,7 @@ impl Store {
     pub async fn external_run(&self, id: i64) -> TrackingResult<ExternalRun> {
         self.external_run_id(id, true).await?;
         Ok(self
-            .external_runs_where("id = ?", &[id])
+            .external_runs_where("id = $1", &[id])
             .await?
             .pop()
             .expect("the run exists"))
@@ -361,7 +372,7 @@ impl Store {
         if experiments.is_empty() {
             return Ok(Vec::new());
         }
-        let marks = vec!["?"; experiments.len()].join(", ");
+        let marks = super::placeholders(1, experiments.len());
         self.external_runs_where(
             &format!("source = 'external' AND experiment_id IN ({marks})"),
             experiments,
@@ -398,15 +409,16 @@ impl Store {
             return Ok(Vec::new());
         }
         let (lo, hi) = (rows[0].0, rows[rows.len() - 1].0);
-        let tags: Vec<(i64, String, String)> =
-            sqlx::query_as("SELECT run_id, key, value FROM run_tags WHERE run_id BETWEEN ? AND ?")
-                .bind(lo)
-                .bind(hi)
-                .fetch_all(self.pool())
-                .await?;
+        let tags: Vec<(i64, String, String)> = sqlx::query_as(
+            "SELECT run_id, key, value FROM run_tags WHERE run_id BETWEEN $1 AND $2",
+        )
+        .bind(lo)
+        .bind(hi)
+        .fetch_all(self.pool())
+        .await?;
         let latest: Vec<(i64, String, Option<f64>, i64, i64)> = sqlx::query_as(
             "SELECT run_id, key, value, timestamp, step FROM external_latest \
-             WHERE run_id BETWEEN ? AND ? ORDER BY run_id, key",
+             WHERE run_id BETWEEN $1 AND $2 ORDER BY run_id, key",
         )
         .bind(lo)
         .bind(hi)
@@ -458,7 +470,7 @@ impl Store {
         self.external_run_id(id, false).await?;
         let mut tx = self.write_tx().await?;
         if let Some(name) = run_name.filter(|n| !n.is_empty()) {
-            sqlx::query("UPDATE runs SET run_name = ? WHERE id = ?")
+            sqlx::query("UPDATE runs SET run_name = $1 WHERE id = $2")
                 .bind(name)
                 .bind(id)
                 .execute(&mut *tx)
@@ -473,9 +485,9 @@ impl Store {
                 (true, None) => Some(now()),
             };
             sqlx::query(
-                "UPDATE runs SET status = ?, finished_at = ?, \
-                     progress = CASE WHEN ? = 'succeeded' THEN 1.0 ELSE NULL END \
-                 WHERE id = ?",
+                "UPDATE runs SET status = $1, finished_at = $2, \
+                     progress = CASE WHEN $3 = 'succeeded' THEN 1.0 ELSE NULL END \
+                 WHERE id = $4",
             )
             .bind(status.as_str())
             .bind(&finished)
@@ -519,7 +531,7 @@ impl Store {
     /// Deletes one tag of an external run.
     pub async fn delete_run_tag(&self, id: i64, key: &str) -> TrackingResult<()> {
         self.external_run_id(id, false).await?;
-        let done = sqlx::query("DELETE FROM run_tags WHERE run_id = ? AND key = ?")
+        let done = sqlx::query("DELETE FROM run_tags WHERE run_id = $1 AND key = $2")
             .bind(id)
             .bind(key)
             .execute(self.pool())
@@ -538,7 +550,7 @@ impl Store {
     /// Marks an external run deleted or active again.
     pub async fn set_external_run_stage(&self, id: i64, active: bool) -> TrackingResult<()> {
         self.external_run_id(id, true).await?;
-        sqlx::query("UPDATE runs SET lifecycle_stage = ? WHERE id = ?")
+        sqlx::query("UPDATE runs SET lifecycle_stage = $1 WHERE id = $2")
             .bind(if active { "active" } else { "deleted" })
             .bind(id)
             .execute(self.pool())
@@ -557,8 +569,8 @@ impl Store {
     ) -> TrackingResult<Vec<MetricPoint>> {
         self.external_run_id(id, true).await?;
         let rows: Vec<(Option<f64>, i64, i64)> = sqlx::query_as(
-            "SELECT value, timestamp, step FROM external_metrics WHERE run_id = ? AND key = ? \
-             ORDER BY step, timestamp, id LIMIT ? OFFSET ?",
+            "SELECT value, timestamp, step FROM external_metrics WHERE run_id = $1 AND key = $2 \
+             ORDER BY step, timestamp, id LIMIT $3 OFFSET $4",
         )
         .bind(id)
         .bind(key)
@@ -585,7 +597,7 @@ impl Store {
     ) -> anyhow::Result<BTreeMap<String, Vec<MetricPoint>>> {
         let rows: Vec<(String, Option<f64>, i64, i64)> = sqlx::query_as(
             "SELECT key, value, timestamp, step FROM external_metrics \
-             WHERE run_id = ? AND (? IS NULL OR key = ?) ORDER BY key, step, timestamp, id",
+             WHERE run_id = $1 AND ($2 IS NULL OR key = $3) ORDER BY key, step, timestamp, id",
         )
         .bind(id)
         .bind(key)
@@ -607,13 +619,13 @@ impl Store {
 
 /// The id of an external run, checked to exist (deleted ones too when `deleted_ok`), read
 /// through `executor` (the pool, or the transaction that writes to the run).
-async fn external_run_in<'c, E: sqlx::SqliteExecutor<'c>>(
+async fn external_run_in<'c, E: sqlx::Executor<'c, Database = Any>>(
     executor: E,
     id: i64,
     deleted_ok: bool,
 ) -> TrackingResult<i64> {
     let row: Option<(String, String)> =
-        sqlx::query_as("SELECT source, lifecycle_stage FROM runs WHERE id = ?")
+        sqlx::query_as("SELECT source, lifecycle_stage FROM runs WHERE id = $1")
             .bind(id)
             .fetch_optional(executor)
             .await?;
@@ -651,7 +663,7 @@ enum TagsOf {
 
 /// Sets one tag, replacing its value.
 async fn upsert_tag_of(
-    tx: &mut Transaction<'_, Sqlite>,
+    tx: &mut Transaction<'_, Any>,
     of: TagsOf,
     id: i64,
     key: &str,
@@ -662,7 +674,7 @@ async fn upsert_tag_of(
         TagsOf::Run => ("run_tags", "run_id"),
     };
     sqlx::query(&format!(
-        "INSERT INTO {table} ({owner}, key, value) VALUES (?, ?, ?) \
+        "INSERT INTO {table} ({owner}, key, value) VALUES ($1, $2, $3) \
          ON CONFLICT ({owner}, key) DO UPDATE SET value = excluded.value"
     ))
     .bind(id)
@@ -674,7 +686,7 @@ async fn upsert_tag_of(
 }
 
 async fn set_experiment_tag(
-    tx: &mut Transaction<'_, Sqlite>,
+    tx: &mut Transaction<'_, Any>,
     id: i64,
     key: &str,
     value: &str,
@@ -683,7 +695,7 @@ async fn set_experiment_tag(
 }
 
 async fn upsert_tag(
-    tx: &mut Transaction<'_, Sqlite>,
+    tx: &mut Transaction<'_, Any>,
     id: i64,
     key: &str,
     value: &str,
@@ -698,14 +710,14 @@ async fn upsert_tag(
 const POINTS_PER_STATEMENT: usize = 1000;
 
 async fn log_in(
-    tx: &mut Transaction<'_, Sqlite>,
+    tx: &mut Transaction<'_, Any>,
     id: i64,
     metrics: &[LoggedPoint<'_>],
     params: &BTreeMap<String, String>,
     tags: &BTreeMap<String, String>,
 ) -> TrackingResult<()> {
     if !params.is_empty() {
-        let (config,): (String,) = sqlx::query_as("SELECT config FROM runs WHERE id = ?")
+        let (config,): (String,) = sqlx::query_as("SELECT config FROM runs WHERE id = $1")
             .bind(id)
             .fetch_one(&mut **tx)
             .await?;
@@ -725,7 +737,7 @@ async fn log_in(
                 }
             }
         }
-        sqlx::query("UPDATE runs SET config = ? WHERE id = ?")
+        sqlx::query("UPDATE runs SET config = $1 WHERE id = $2")
             .bind(serde_json::to_string(&stored).map_err(anyhow::Error::from)?)
             .bind(id)
             .execute(&mut **tx)
@@ -734,7 +746,7 @@ async fn log_in(
     for (k, v) in tags {
         upsert_tag(tx, id, k, v).await?;
         if k == RUN_NAME_TAG {
-            sqlx::query("UPDATE runs SET run_name = ? WHERE id = ?")
+            sqlx::query("UPDATE runs SET run_name = $1 WHERE id = $2")
                 .bind(v)
                 .bind(id)
                 .execute(&mut **tx)
@@ -742,17 +754,20 @@ async fn log_in(
         }
     }
     for chunk in metrics.chunks(POINTS_PER_STATEMENT) {
-        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
-            "INSERT INTO external_metrics (run_id, key, value, timestamp, step) ",
+        let sql = format!(
+            "INSERT INTO external_metrics (run_id, key, value, timestamp, step) {}",
+            values_rows(chunk.len(), 5)
         );
-        q.push_values(chunk, |mut row, p| {
-            row.push_bind(id)
-                .push_bind(p.key)
-                .push_bind(stored(p.value))
-                .push_bind(p.timestamp)
-                .push_bind(p.step);
-        });
-        q.build().execute(&mut **tx).await?;
+        let mut q = sqlx::query(&sql);
+        for p in chunk {
+            q = q
+                .bind(id)
+                .bind(p.key)
+                .bind(stored(p.value))
+                .bind(p.timestamp)
+                .bind(p.step);
+        }
+        q.execute(&mut **tx).await?;
     }
     // the latest point of each key in this batch, against the stored latest
     let mut latest: BTreeMap<&str, &LoggedPoint> = BTreeMap::new();
@@ -765,32 +780,34 @@ async fn log_in(
     // one statement for every key of the batch, not one per key
     let latest: Vec<&LoggedPoint> = latest.into_values().collect();
     for chunk in latest.chunks(POINTS_PER_STATEMENT) {
-        let mut q: QueryBuilder<Sqlite> =
-            QueryBuilder::new("INSERT INTO external_latest (run_id, key, value, timestamp, step) ");
-        q.push_values(chunk, |mut row, p| {
-            row.push_bind(id)
-                .push_bind(p.key)
-                .push_bind(stored(p.value))
-                .push_bind(p.timestamp)
-                .push_bind(p.step);
-        });
-        q.push(
-            " ON CONFLICT (run_id, key) DO UPDATE SET value = excluded.value, \
+        let sql = format!(
+            "INSERT INTO external_latest (run_id, key, value, timestamp, step) {} \
+             ON CONFLICT (run_id, key) DO UPDATE SET value = excluded.value, \
                  timestamp = excluded.timestamp, step = excluded.step \
              WHERE excluded.step > external_latest.step OR (excluded.step = external_latest.step \
                  AND excluded.timestamp >= external_latest.timestamp)",
+            values_rows(chunk.len(), 5)
         );
-        q.build().execute(&mut **tx).await?;
+        let mut q = sqlx::query(&sql);
+        for p in chunk {
+            q = q
+                .bind(id)
+                .bind(p.key)
+                .bind(stored(p.value))
+                .bind(p.timestamp)
+                .bind(p.step);
+        }
+        q.execute(&mut **tx).await?;
     }
     Ok(())
 }
 
 /// Sets an external run's model and dataset names from its parameters and tags
 /// ([`MODEL_KEYS`], [`DATASET_KEYS`]; tags first).
-async fn refresh_names(tx: &mut Transaction<'_, Sqlite>, id: i64) -> TrackingResult<()> {
+async fn refresh_names(tx: &mut Transaction<'_, Any>, id: i64) -> TrackingResult<()> {
     let (config, exp_name): (String, String) = sqlx::query_as(
         "SELECT r.config, e.name FROM runs r JOIN experiments e ON e.id = r.experiment_id \
-         WHERE r.id = ?",
+         WHERE r.id = $1",
     )
     .bind(id)
     .fetch_one(&mut **tx)
@@ -798,7 +815,7 @@ async fn refresh_names(tx: &mut Transaction<'_, Sqlite>, id: i64) -> TrackingRes
     let params: BTreeMap<String, String> =
         serde_json::from_str(&config).map_err(anyhow::Error::from)?;
     let tags: BTreeMap<String, String> =
-        sqlx::query_as::<_, (String, String)>("SELECT key, value FROM run_tags WHERE run_id = ?")
+        sqlx::query_as::<_, (String, String)>("SELECT key, value FROM run_tags WHERE run_id = $1")
             .bind(id)
             .fetch_all(&mut **tx)
             .await?
@@ -812,7 +829,7 @@ async fn refresh_names(tx: &mut Transaction<'_, Sqlite>, id: i64) -> TrackingRes
     };
     let model = pick(&MODEL_KEYS).unwrap_or_else(|| "external".into());
     let dataset = pick(&DATASET_KEYS).unwrap_or(exp_name);
-    sqlx::query("UPDATE runs SET model = ?, dataset = ? WHERE id = ?")
+    sqlx::query("UPDATE runs SET model = $1, dataset = $2 WHERE id = $3")
         .bind(model)
         .bind(dataset)
         .bind(id)
@@ -823,9 +840,9 @@ async fn refresh_names(tx: &mut Transaction<'_, Sqlite>, id: i64) -> TrackingRes
 
 /// Fills a finished external run's leaderboard columns from its latest metrics, and its
 /// training time from its start and end.
-async fn summarise(tx: &mut Transaction<'_, Sqlite>, id: i64) -> TrackingResult<()> {
+async fn summarise(tx: &mut Transaction<'_, Any>, id: i64) -> TrackingResult<()> {
     let latest: BTreeMap<String, Option<f64>> = sqlx::query_as::<_, (String, Option<f64>)>(
-        "SELECT key, value FROM external_latest WHERE run_id = ?",
+        "SELECT key, value FROM external_latest WHERE run_id = $1",
     )
     .bind(id)
     .fetch_all(&mut **tx)
@@ -839,7 +856,7 @@ async fn summarise(tx: &mut Transaction<'_, Sqlite>, id: i64) -> TrackingResult<
             .flatten()
     };
     let (started, finished): (Option<String>, Option<String>) =
-        sqlx::query_as("SELECT started_at, finished_at FROM runs WHERE id = ?")
+        sqlx::query_as("SELECT started_at, finished_at FROM runs WHERE id = $1")
             .bind(id)
             .fetch_one(&mut **tx)
             .await?;
@@ -851,8 +868,8 @@ async fn summarise(tx: &mut Transaction<'_, Sqlite>, id: i64) -> TrackingResult<
         _ => None,
     };
     sqlx::query(
-        "UPDATE runs SET accuracy = ?, f1 = ?, auroc = ?, loss = ?, train_seconds = ? \
-         WHERE id = ?",
+        "UPDATE runs SET accuracy = $1, f1 = $2, auroc = $3, loss = $4, train_seconds = $5 \
+         WHERE id = $6",
     )
     .bind(column("accuracy"))
     .bind(column("f1"))

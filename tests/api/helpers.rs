@@ -66,6 +66,48 @@ pub fn form_post(uri: &str, body: &str) -> axum::http::Request<axum::body::Body>
         .unwrap()
 }
 
+/// Whether the tests run against PostgreSQL (`MODALBENCH_TEST_STORE=postgres`; `make test`
+/// runs the suite on SQLite, then the tests that touch the store again on PostgreSQL).
+pub fn on_postgres() -> bool {
+    std::env::var("MODALBENCH_TEST_STORE").is_ok_and(|s| s == "postgres")
+}
+
+/// The database of the test app in `dir`: on PostgreSQL a database of its own, made on the
+/// server `MODALBENCH_TEST_DATABASE_URL` names at the app's first start and kept in the folder
+/// (so a restarted app over the same folder finds the same database); else `None`, the
+/// folder's SQLite file.
+pub async fn test_database(dir: &Path) -> Option<String> {
+    if !on_postgres() {
+        return None;
+    }
+    let kept = dir.join("database-url");
+    if let Ok(url) = std::fs::read_to_string(&kept) {
+        return Some(url);
+    }
+    let server = std::env::var("MODALBENCH_TEST_DATABASE_URL").expect(
+        "MODALBENCH_TEST_STORE=postgres needs MODALBENCH_TEST_DATABASE_URL (a PostgreSQL server \
+         the tests may create databases on; `scripts/cluster.sh env` prints it)",
+    );
+    let url = fresh_database(&server).await;
+    std::fs::write(&kept, &url).unwrap();
+    Some(url)
+}
+
+/// Creates an empty database on the PostgreSQL server of `server_url`; returns its URL.
+pub async fn fresh_database(server_url: &str) -> String {
+    use sqlx::Connection;
+    let name = format!("mb_test_{}", modalbench::secret::random_hex(8));
+    let mut admin = sqlx::PgConnection::connect(server_url).await.unwrap();
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    admin.close().await.unwrap();
+    let mut url = url::Url::parse(server_url).unwrap();
+    url.set_path(&name);
+    url.to_string()
+}
+
 pub struct TestApp {
     pub state: AppState,
     pub router: Router,
@@ -128,6 +170,7 @@ impl TestApp {
 
     async fn open_with(dir: TempDir, n: usize, tweak: impl FnOnce(&mut Settings)) -> TestApp {
         let mut settings = Settings::new(dir.path().join("data"), dir.path().join("models"));
+        settings.database = test_database(dir.path()).await;
         settings.worker_exe = Some(PathBuf::from(env!("CARGO_BIN_EXE_modalbench")));
         tweak(&mut settings);
         let state = modalbench::app::build(settings, slots::plan(0, n, 2))

@@ -30,9 +30,14 @@ impl Server {
         } else {
             &["--addr", "127.0.0.1:0"]
         };
+        // the folder's PostgreSQL database when the tests run on PostgreSQL
+        let database: Vec<String> = std::fs::read_to_string(dir.join("database-url"))
+            .map(|url| vec!["--database".into(), url])
+            .unwrap_or_default();
         let mut child = Command::new(env!("CARGO_BIN_EXE_modalbench"))
             .arg("serve")
             .args(addr)
+            .args(&database)
             .arg("--data-dir")
             .arg(dir.join("data"))
             .arg("--models-dir")

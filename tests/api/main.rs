@@ -25,6 +25,7 @@ mod preprocessing;
 mod python_client;
 mod queue;
 mod runs_api;
+mod shared_db;
 mod stats;
 mod studies;
 mod submit;

@@ -203,16 +203,17 @@ async fn concurrent_writers_and_a_locked_database_never_give_a_server_error() {
         .post("/api/v1/runs/external", json!({"name": "busy"}))
         .await;
     let id = run["id"].as_i64().unwrap();
-    // another process holds the database's write lock for a while
-    let mut other = sqlx::SqliteConnection::connect_with(
-        &sqlx::sqlite::SqliteConnectOptions::new().filename(app.state.settings.database_path()),
-    )
-    .await
-    .unwrap();
-    sqlx::query("BEGIN IMMEDIATE")
-        .execute(&mut other)
+    // another process holds the database's write lock for a while (on PostgreSQL, exclusive
+    // locks on the tables the writers write)
+    let mut other = sqlx::AnyConnection::connect(&app.state.settings.database_url().unwrap())
         .await
         .unwrap();
+    let lock = if crate::helpers::on_postgres() {
+        "BEGIN; LOCK TABLE runs, external_metrics, experiments IN EXCLUSIVE MODE"
+    } else {
+        "BEGIN IMMEDIATE"
+    };
+    sqlx::raw_sql(lock).execute(&mut other).await.unwrap();
     let mut writers = Vec::new();
     for w in 0..24 {
         let router = app.router.clone();

@@ -329,13 +329,25 @@ async fn a_store_that_refuses_writes_fails_the_run_with_the_reason_and_the_serve
     let app = TestApp::new().await;
     // the database refuses metric points, as a full disk would: a real failed write, made by
     // the database itself
-    sqlx::query(
-        "CREATE TRIGGER refuse_points BEFORE INSERT ON metrics \
-         BEGIN SELECT RAISE(ABORT, 'no space left for metric points'); END",
-    )
-    .execute(app.state.store.pool())
-    .await
-    .unwrap();
+    let (refuse, allow) = if crate::helpers::on_postgres() {
+        (
+            "CREATE FUNCTION refuse_points() RETURNS trigger LANGUAGE plpgsql AS $$ \
+             BEGIN RAISE EXCEPTION 'no space left for metric points'; END $$; \
+             CREATE TRIGGER refuse_points BEFORE INSERT ON metrics \
+             FOR EACH ROW EXECUTE FUNCTION refuse_points()",
+            "DROP TRIGGER refuse_points ON metrics",
+        )
+    } else {
+        (
+            "CREATE TRIGGER refuse_points BEFORE INSERT ON metrics \
+             BEGIN SELECT RAISE(ABORT, 'no space left for metric points'); END",
+            "DROP TRIGGER refuse_points",
+        )
+    };
+    sqlx::raw_sql(refuse)
+        .execute(app.state.store.pool())
+        .await
+        .unwrap();
     let id = app.submit(long_run()).await;
     let run = app.run_to_end(id, 180).await;
     assert_eq!(
@@ -354,7 +366,7 @@ async fn a_store_that_refuses_writes_fails_the_run_with_the_reason_and_the_serve
         "the worker was stopped and its slot freed"
     );
     // once the store takes writes again, the next run trains as usual
-    sqlx::query("DROP TRIGGER refuse_points")
+    sqlx::raw_sql(allow)
         .execute(app.state.store.pool())
         .await
         .unwrap();

@@ -292,17 +292,19 @@ async fn the_verdict_of_a_study_compares_the_best_of_each_side_by_the_printed_ru
     // (tiny models train in about the same time, whichever is faster depending on the
     // machine's load: the text+image runs' recorded training time is made three times the
     // text-only runs' longest, so that the rule is broken whatever the load)
-    let slowest: (f64,) = sqlx::query_as(
-        "SELECT MAX(json_extract(summary, '$.train_seconds')) FROM runs WHERE model = 'bert-tiny'",
-    )
-    .fetch_one(app.state.store.pool())
-    .await
-    .unwrap();
-    sqlx::query(
-        "UPDATE runs SET summary = json_set(summary, '$.train_seconds', ?), train_seconds = ? \
-         WHERE model = 'clip-tiny'",
-    )
-    .bind(slowest.0 * 3.0)
+    let slowest: (f64,) =
+        sqlx::query_as("SELECT MAX(train_seconds) FROM runs WHERE model = 'bert-tiny'")
+            .fetch_one(app.state.store.pool())
+            .await
+            .unwrap();
+    let set_summary = if crate::helpers::on_postgres() {
+        "CAST(jsonb_set(CAST(summary AS jsonb), '{train_seconds}', to_jsonb($1)) AS TEXT)"
+    } else {
+        "json_set(summary, '$.train_seconds', $1)"
+    };
+    sqlx::query(&format!(
+        "UPDATE runs SET summary = {set_summary}, train_seconds = $1 WHERE model = 'clip-tiny'"
+    ))
     .bind(slowest.0 * 3.0)
     .execute(app.state.store.pool())
     .await

@@ -295,7 +295,7 @@ impl BoardRow {
             num_parameters: g.num_parameters,
             peak_memory_bytes: g.peak_memory_bytes,
             device_hours: g.device_hours,
-            external: g.external,
+            external: g.external_runs > 0,
             dataset: g.dataset,
             model: g.model,
         }

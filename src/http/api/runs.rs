@@ -333,7 +333,7 @@ async fn metrics(
     let key = (run.id, q.key.clone(), q.all_attempts, max);
     // read before the series: a write in between makes the kept copy look older than it is
     let generation = state.store.series_generation(run.id);
-    if let Some(body) = state.curves.get(&key, generation) {
+    if let Some(body) = generation.and_then(|g| state.curves.get(&key, g)) {
         return Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response());
     }
     let mut series = series_of(&state, &run, q.key.as_deref(), q.all_attempts).await?;
@@ -343,7 +343,9 @@ async fn metrics(
     let body = axum::body::Bytes::from(
         serde_json::to_vec(&Series { series }).map_err(anyhow::Error::from)?,
     );
-    state.curves.put(key, generation, body.clone());
+    if let Some(g) = generation {
+        state.curves.put(key, g, body.clone());
+    }
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 
