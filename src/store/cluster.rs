@@ -39,6 +39,7 @@ pub struct ClusterJob {
     /// The sequence number of the last event of the worker that was applied.
     pub last_seq: i64,
     /// The service asked the scheduler to cancel it.
+    #[sqlx(try_from = "crate::store::IntFlag")]
     pub cancel_requested: bool,
     pub submitted_at: String,
     pub updated_at: String,

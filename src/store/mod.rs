@@ -337,3 +337,61 @@ pub fn format_time(t: OffsetDateTime) -> String {
 pub fn parse_time(s: &str) -> Option<OffsetDateTime> {
     OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()
 }
+
+/// An optional float to bind. sqlx's `Any` driver sends a NULL `f64` to PostgreSQL as a NULL
+/// `float4` (sqlx 0.8.6 swaps the two float kinds for NULLs), and a statement PostgreSQL
+/// prepared with that parameter type then refuses the eight bytes of a later non-NULL value
+/// ("incorrect binary data format"). This sends NULL as the kind that reaches PostgreSQL as a
+/// `float8`, so a statement's parameter is a `float8` whichever value came first.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Real(pub Option<f64>);
+
+impl sqlx::Type<sqlx::Any> for Real {
+    fn type_info() -> sqlx::any::AnyTypeInfo {
+        <f64 as sqlx::Type<sqlx::Any>>::type_info()
+    }
+}
+
+impl<'q> sqlx::Encode<'q, sqlx::Any> for Real {
+    fn encode_by_ref(
+        &self,
+        buf: &mut <sqlx::Any as sqlx::Database>::ArgumentBuffer<'q>,
+    ) -> std::result::Result<sqlx::encode::IsNull, sqlx::error::BoxDynError> {
+        match self.0 {
+            Some(v) => <f64 as sqlx::Encode<'q, sqlx::Any>>::encode_by_ref(&v, buf),
+            // the NULL kind sqlx maps to PostgreSQL's `float8`
+            None => <Option<f32> as sqlx::Encode<'q, sqlx::Any>>::encode_by_ref(&None, buf),
+        }
+    }
+}
+
+/// A flag stored as an integer (0 or 1) in both engines, read into a `bool`
+/// (`#[sqlx(try_from = "IntFlag")]`): sqlx's `Any` driver reads a `bool` only from a boolean
+/// column, which SQLite does not have.
+#[derive(Debug, Clone, Copy)]
+pub struct IntFlag(i64);
+
+impl From<IntFlag> for bool {
+    fn from(f: IntFlag) -> bool {
+        f.0 != 0
+    }
+}
+
+impl sqlx::Type<sqlx::Any> for IntFlag {
+    fn type_info() -> sqlx::any::AnyTypeInfo {
+        <i64 as sqlx::Type<sqlx::Any>>::type_info()
+    }
+    fn compatible(ty: &sqlx::any::AnyTypeInfo) -> bool {
+        <i64 as sqlx::Type<sqlx::Any>>::compatible(ty)
+    }
+}
+
+impl<'r> sqlx::Decode<'r, sqlx::Any> for IntFlag {
+    fn decode(
+        value: <sqlx::Any as sqlx::Database>::ValueRef<'r>,
+    ) -> std::result::Result<Self, sqlx::error::BoxDynError> {
+        Ok(IntFlag(<i64 as sqlx::Decode<'r, sqlx::Any>>::decode(
+            value,
+        )?))
+    }
+}

@@ -1,6 +1,6 @@
 //! The `runs` table: the queue, run state, and the per-run summary leaderboards read.
 
-use super::{Engine, Store, now};
+use super::{Engine, Real, Store, now};
 use crate::data::Source;
 use crate::eval::Metric;
 use crate::protocol::{StartTimings, Summary};
@@ -570,7 +570,7 @@ impl Store {
                 .bind(&time)
                 .bind(s.accuracy)
                 .bind(s.f1)
-                .bind(s.auroc)
+                .bind(Real(s.auroc))
                 .bind(s.loss)
                 .bind(s.train_seconds)
                 .bind(s.samples_per_second)
@@ -718,16 +718,16 @@ impl Store {
         .bind(error)
         .bind(now())
         .bind(status.as_str())
-        .bind(summary.map(|s| s.accuracy))
-        .bind(summary.map(|s| s.f1))
-        .bind(summary.and_then(|s| s.auroc))
-        .bind(summary.map(|s| s.loss))
-        .bind(summary.map(|s| s.train_seconds))
-        .bind(summary.map(|s| s.samples_per_second))
+        .bind(Real(summary.map(|s| s.accuracy)))
+        .bind(Real(summary.map(|s| s.f1)))
+        .bind(Real(summary.and_then(|s| s.auroc)))
+        .bind(Real(summary.map(|s| s.loss)))
+        .bind(Real(summary.map(|s| s.train_seconds)))
+        .bind(Real(summary.map(|s| s.samples_per_second)))
         .bind(summary.map(|s| s.num_parameters))
         .bind(summary.and_then(|s| s.cost.peak_memory_bytes()))
-        .bind(summary.map(|s| s.cost.device_hours))
-        .bind(summary.map(|s| s.cost.train_flops))
+        .bind(Real(summary.map(|s| s.cost.device_hours)))
+        .bind(Real(summary.map(|s| s.cost.train_flops)))
         .bind(summary.map(serde_json::to_string).transpose()?)
         .bind(id)
         .execute(self.pool())

@@ -5,7 +5,7 @@
 //! `external_latest`.
 
 use super::runs::RunStatus;
-use super::values_rows;
+use super::{Real, values_rows};
 use super::{Store, format_time, now, parse_time};
 use sqlx::{Any, Transaction};
 use std::collections::BTreeMap;
@@ -763,7 +763,7 @@ async fn log_in(
             q = q
                 .bind(id)
                 .bind(p.key)
-                .bind(stored(p.value))
+                .bind(Real(stored(p.value)))
                 .bind(p.timestamp)
                 .bind(p.step);
         }
@@ -793,7 +793,7 @@ async fn log_in(
             q = q
                 .bind(id)
                 .bind(p.key)
-                .bind(stored(p.value))
+                .bind(Real(stored(p.value)))
                 .bind(p.timestamp)
                 .bind(p.step);
         }
@@ -871,11 +871,11 @@ async fn summarise(tx: &mut Transaction<'_, Any>, id: i64) -> TrackingResult<()>
         "UPDATE runs SET accuracy = $1, f1 = $2, auroc = $3, loss = $4, train_seconds = $5 \
          WHERE id = $6",
     )
-    .bind(column("accuracy"))
-    .bind(column("f1"))
-    .bind(column("auroc"))
-    .bind(column("loss"))
-    .bind(seconds)
+    .bind(Real(column("accuracy")))
+    .bind(Real(column("f1")))
+    .bind(Real(column("auroc")))
+    .bind(Real(column("loss")))
+    .bind(Real(seconds))
     .bind(id)
     .execute(&mut **tx)
     .await?;

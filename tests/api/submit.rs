@@ -242,6 +242,8 @@ fn train_cli(app: &TestApp, args: &[&str]) -> std::process::Output {
             &app.state.settings.models_dir.to_string_lossy(),
         ])
         .args(["--data-dir", &app.state.settings.data_dir.to_string_lossy()])
+        // the app's database (its PostgreSQL one when the tests run on PostgreSQL)
+        .args(["--database", &app.state.settings.database_url().unwrap()])
         .args(args)
         .output()
         .unwrap()
