@@ -321,7 +321,8 @@ impl Store {
             }
         }
         if !points.is_empty() {
-            metrics::insert_points_in(&mut tx, &[(run_id, attempt, &points)]).await?;
+            metrics::insert_points_in(&mut tx, self.engine(), &[(run_id, attempt, &points)])
+                .await?;
         }
         logs::append_logs_in(&mut tx, run_id, &lines).await?;
         if let Some(p) = progress {

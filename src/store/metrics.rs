@@ -1,6 +1,5 @@
 //! The `metrics` table: one row per (run, key, step) point of a metric series.
 
-use super::values_rows;
 use super::{Engine, Store, now};
 use crate::eval::MetricKey;
 use anyhow::{Context, Result};
@@ -52,7 +51,7 @@ impl Store {
             return Ok(());
         }
         let mut tx = self.write_tx().await?;
-        insert_points_in(&mut tx, series).await?;
+        insert_points_in(&mut tx, self.engine(), series).await?;
         tx.commit().await?;
         self.count_points(false, total);
         self.count_series_writes(series.iter().map(|(id, _, _)| *id));
@@ -201,6 +200,7 @@ pub fn downsample(points: Vec<Point>, max_points: usize) -> Vec<Point> {
 /// [`Store::insert_metric_points_of`]); the caller commits and counts them.
 pub(super) async fn insert_points_in(
     conn: &mut sqlx::AnyConnection,
+    engine: Engine,
     series: &[(i64, i64, &[NewPoint])],
 ) -> Result<()> {
     let time = now();
@@ -218,7 +218,7 @@ pub(super) async fn insert_points_in(
             "INSERT INTO metrics (run_id, key, step, attempt, epoch, value, time) {} \
              ON CONFLICT (run_id, key, step, attempt) DO UPDATE \
              SET epoch = excluded.epoch, value = excluded.value, time = excluded.time",
-            values_rows(chunk.len(), 7)
+            engine.values_rows(chunk.len(), 7)
         );
         let mut q = sqlx::query(&sql);
         for (run, attempt, key, p) in chunk {

@@ -5,7 +5,7 @@
 //! `external_latest`.
 
 use super::runs::RunStatus;
-use super::{Real, values_rows};
+use super::{Engine, Real};
 use super::{Store, format_time, now, parse_time};
 use sqlx::{Any, Transaction};
 use std::collections::BTreeMap;
@@ -345,7 +345,7 @@ impl Store {
             .unwrap_or_else(|| format!("run-{id}"));
         let mut tags = run.tags.clone();
         tags.insert(RUN_NAME_TAG.into(), name);
-        log_in(&mut tx, id, &[], &run.params, &tags).await?;
+        log_in(&mut tx, self.engine(), id, &[], &run.params, &tags).await?;
         refresh_names(&mut tx, id).await?;
         tx.commit().await?;
         Ok(id)
@@ -372,7 +372,7 @@ impl Store {
         if experiments.is_empty() {
             return Ok(Vec::new());
         }
-        let marks = super::placeholders(1, experiments.len());
+        let marks = self.engine().placeholders(1, experiments.len());
         self.external_runs_where(
             &format!("source = 'external' AND experiment_id IN ({marks})"),
             experiments,
@@ -516,7 +516,7 @@ impl Store {
         // checked inside the write transaction: one pool round trip fewer per batch
         let mut tx = self.write_tx().await?;
         external_run_in(&mut *tx, id, false).await?;
-        log_in(&mut tx, id, metrics, params, tags).await?;
+        log_in(&mut tx, self.engine(), id, metrics, params, tags).await?;
         if !params.is_empty() || !tags.is_empty() {
             refresh_names(&mut tx, id).await?;
         }
@@ -711,6 +711,7 @@ const POINTS_PER_STATEMENT: usize = 1000;
 
 async fn log_in(
     tx: &mut Transaction<'_, Any>,
+    engine: Engine,
     id: i64,
     metrics: &[LoggedPoint<'_>],
     params: &BTreeMap<String, String>,
@@ -753,22 +754,8 @@ async fn log_in(
                 .await?;
         }
     }
-    for chunk in metrics.chunks(POINTS_PER_STATEMENT) {
-        let sql = format!(
-            "INSERT INTO external_metrics (run_id, key, value, timestamp, step) {}",
-            values_rows(chunk.len(), 5)
-        );
-        let mut q = sqlx::query(&sql);
-        for p in chunk {
-            q = q
-                .bind(id)
-                .bind(p.key)
-                .bind(Real(stored(p.value)))
-                .bind(p.timestamp)
-                .bind(p.step);
-        }
-        q.execute(&mut **tx).await?;
-    }
+    let all: Vec<&LoggedPoint> = metrics.iter().collect();
+    insert_logged(tx, engine, id, "external_metrics", &all, "").await?;
     // the latest point of each key in this batch, against the stored latest
     let mut latest: BTreeMap<&str, &LoggedPoint> = BTreeMap::new();
     for p in metrics {
@@ -779,14 +766,35 @@ async fn log_in(
     }
     // one statement for every key of the batch, not one per key
     let latest: Vec<&LoggedPoint> = latest.into_values().collect();
-    for chunk in latest.chunks(POINTS_PER_STATEMENT) {
+    insert_logged(
+        tx,
+        engine,
+        id,
+        "external_latest",
+        &latest,
+        "ON CONFLICT (run_id, key) DO UPDATE SET value = excluded.value, \
+             timestamp = excluded.timestamp, step = excluded.step \
+         WHERE excluded.step > external_latest.step OR (excluded.step = external_latest.step \
+             AND excluded.timestamp >= external_latest.timestamp)",
+    )
+    .await?;
+    Ok(())
+}
+
+/// Inserts points of run `id` into `table` (`external_metrics` or `external_latest`), many
+/// rows a statement, each statement ending with `tail`.
+async fn insert_logged(
+    tx: &mut Transaction<'_, Any>,
+    engine: Engine,
+    id: i64,
+    table: &str,
+    points: &[&LoggedPoint<'_>],
+    tail: &str,
+) -> TrackingResult<()> {
+    for chunk in points.chunks(POINTS_PER_STATEMENT) {
         let sql = format!(
-            "INSERT INTO external_latest (run_id, key, value, timestamp, step) {} \
-             ON CONFLICT (run_id, key) DO UPDATE SET value = excluded.value, \
-                 timestamp = excluded.timestamp, step = excluded.step \
-             WHERE excluded.step > external_latest.step OR (excluded.step = external_latest.step \
-                 AND excluded.timestamp >= external_latest.timestamp)",
-            values_rows(chunk.len(), 5)
+            "INSERT INTO {table} (run_id, key, value, timestamp, step) {} {tail}",
+            engine.values_rows(chunk.len(), 5)
         );
         let mut q = sqlx::query(&sql);
         for p in chunk {
