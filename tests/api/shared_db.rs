@@ -190,3 +190,35 @@ fn a_cancel_sent_to_either_server_stops_the_run_and_a_killed_servers_run_is_take
     assert_eq!((*attempts, status.as_str()), (2, "cancelled"));
     assert_eq!(pid_of(owner.as_deref().unwrap()), servers[survivor].pid());
 }
+
+/// `serve` with a database it cannot use: the message names the problem, never the password.
+fn serve_refuses(database: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_modalbench"))
+        .args(["serve", "--addr", "127.0.0.1:0", "--database", database])
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .arg("--models-dir")
+        .arg(dir.path().join("models"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "{database} was accepted");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn a_database_url_the_service_cannot_use_is_refused_with_the_reason() {
+    let err = serve_refuses("mysql://root:hunter2@127.0.0.1/modalbench");
+    assert!(
+        err.contains("unsupported database URL scheme `mysql:`"),
+        "{err}"
+    );
+    assert!(!err.contains("hunter2"), "{err}");
+    // nothing listens on port 9 of loopback: the connection error names the (redacted) URL
+    let err = serve_refuses("postgres://modalbench:hunter2@127.0.0.1:9/modalbench");
+    assert!(
+        err.contains("connecting to database postgres://modalbench:***@127.0.0.1:9/modalbench"),
+        "{err}"
+    );
+    assert!(!err.contains("hunter2"), "{err}");
+}
