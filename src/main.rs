@@ -386,6 +386,14 @@ fn serve(args: ServeArgs) -> Result<()> {
             let addr = listener.local_addr()?;
             state.scheduler.set_listening(addr);
             state.scheduler.spawn();
+            // servers sharing a PostgreSQL database relay their live events to each other
+            if state.store.engine() == modalbench::store::Engine::Postgres {
+                tokio::spawn(modalbench::live::relay(
+                    state.hub.clone(),
+                    state.store.clone(),
+                    state.settings.database_url()?,
+                ));
+            }
             println!(
                 "modalbench is serving on http://{addr}/  (leaderboard: http://{addr}/leaderboard)"
             );

@@ -222,3 +222,48 @@ fn a_database_url_the_service_cannot_use_is_refused_with_the_reason() {
     );
     assert!(!err.contains("hunter2"), "{err}");
 }
+
+#[test]
+fn a_run_trained_by_one_server_is_followed_live_through_the_other() {
+    let (url, _dirs, servers) = two_servers();
+    let id = servers[0].submit(json!({"model": "bert-tiny", "dataset": "demo-news",
+        "epochs": 2, "batch_size": 8, "max_length": 32, "eval_every": 1000}));
+    servers[0].wait_run(id, 120, "trains", |r| {
+        r["status"] == "running" && r["progress"].as_f64().is_some_and(|p| p > 0.0)
+    });
+    let owner = runs_in(&url)
+        .into_iter()
+        .find(|r| r.0 == id)
+        .and_then(|r| r.1)
+        .unwrap();
+    let pid: i32 = owner.split(':').nth(1).unwrap().parse().unwrap();
+    let other = servers.iter().position(|s| s.pid() != pid).unwrap();
+    // the other server's event stream of the run: it ends with the run's end, which only the
+    // relay from the training server can tell it
+    let addr = servers[other].addr.clone();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(&addr).unwrap();
+        write!(
+            s,
+            "GET /api/v1/runs/{id}/events HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut raw = Vec::new();
+        let _ = s.read_to_end(&mut raw);
+        let _ = tx.send(String::from_utf8_lossy(&raw).into_owned());
+    });
+    let body = rx
+        .recv_timeout(std::time::Duration::from_secs(300))
+        .expect("the other server's event stream ended with the run");
+    assert!(body.starts_with("HTTP/1.1 200"), "{body}");
+    assert!(body.contains("event: progress"), "{body}");
+    assert!(body.contains("event: metric"), "{body}");
+    let last = body
+        .split("event: status")
+        .last()
+        .unwrap_or_default()
+        .to_string();
+    assert!(last.contains("succeeded"), "{body}");
+}
