@@ -540,7 +540,7 @@ impl Scheduler {
     }
 
     /// On a database several servers share: this server's heartbeat, the runs of servers
-    /// that stopped (see [`Pool::recover`]), the Slurm jobs taken over, and the cancels other
+    /// that stopped (see [`Scheduler::recover`]), the Slurm jobs taken over, and the cancels other
     /// servers asked of this one's runs.
     async fn look_after_servers(&self) -> Result<()> {
         if !*self.inner.draining.borrow() {
@@ -690,7 +690,8 @@ impl Scheduler {
             // wake on this run's next status change; after a lagged receiver, re-read the store
             // so nothing is missed
             loop {
-                // another server's changes reach no hub here: the store is read again at least
+                // another server's changes reach this hub only through the relay, which misses
+                // what happens while its connection is down: the store is read again at least
                 // every second
                 let until = deadline.min(tokio::time::Instant::now() + Duration::from_secs(1));
                 match tokio::time::timeout_at(until, rx.recv()).await {

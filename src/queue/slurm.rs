@@ -87,7 +87,7 @@ impl Slurm {
     pub fn set_listening(&self, addr: std::net::SocketAddr) {
         let url = self.settings.server_url.clone().unwrap_or_else(|| {
             if addr.ip().is_unspecified() {
-                let host = hostname().unwrap_or_else(|| "localhost".into());
+                let host = crate::store::hostname();
                 format!("http://{host}:{}", addr.port())
             } else {
                 format!("http://{addr}")
@@ -824,13 +824,6 @@ async fn read_tail(path: &Path, max: u64) -> std::io::Result<String> {
 
 fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
-}
-
-fn hostname() -> Option<String> {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .map(|h| h.trim().to_string())
-        .filter(|h| !h.is_empty())
 }
 
 #[cfg(test)]

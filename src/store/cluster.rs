@@ -193,9 +193,9 @@ impl Store {
         let done = sqlx::query(
             "UPDATE cluster_jobs SET state = $1, reason = $2, position = $3, node = $4, \
                  exit_code = $5, updated_at = $6 \
-             WHERE run_id = $7 AND attempt = $8 AND NOT (state = $9 AND reason IS NOT DISTINCT FROM $10 \
-                 AND position IS NOT DISTINCT FROM $11 AND node IS NOT DISTINCT FROM $12 \
-                 AND exit_code IS NOT DISTINCT FROM $13)",
+             WHERE run_id = $7 AND attempt = $8 AND NOT (state = $1 \
+                 AND reason IS NOT DISTINCT FROM $2 AND position IS NOT DISTINCT FROM $3 \
+                 AND node IS NOT DISTINCT FROM $4 AND exit_code IS NOT DISTINCT FROM $5)",
         )
         .bind(&s.state)
         .bind(&s.reason)
@@ -205,11 +205,6 @@ impl Store {
         .bind(now())
         .bind(run_id)
         .bind(attempt)
-        .bind(&s.state)
-        .bind(&s.reason)
-        .bind(s.position)
-        .bind(&s.node)
-        .bind(&s.exit_code)
         .execute(self.pool())
         .await
         .context("recording a cluster job's state")?;

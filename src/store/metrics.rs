@@ -96,7 +96,7 @@ impl Store {
             u.push(char::from_u32(last as u32 + 1).expect("an ASCII prefix"));
             u
         });
-        // a literal key condition (not `? IS NULL OR ...`) lets SQLite seek the index to the
+        // a literal key condition (not `$2 IS NULL OR ...`) lets SQLite seek the index to the
         // keys asked for: with the OR, the run page of a 100k-point run read every point of
         // its training curve to find its few evaluation points (14 ms instead of 1)
         let (condition, from, to) = match (key, prefix, upper) {

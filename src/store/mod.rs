@@ -46,14 +46,6 @@ impl Engine {
         }
     }
 
-    /// The engine's name, as `/readyz` and the logs report it.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Engine::Sqlite => "sqlite",
-            Engine::Postgres => "postgres",
-        }
-    }
-
     /// An integer read from a JSON text column (`None` where absent).
     pub(crate) fn json_integer(self, column: &str, field: &str) -> String {
         match self {
@@ -80,6 +72,35 @@ impl Engine {
             (Engine::Postgres, false) => " FOR UPDATE",
         }
     }
+
+    /// `n` placeholders from the `first`: `$first, $first+1, ...` on PostgreSQL; `?, ?, ...`
+    /// on SQLite, whose `sqlite3_bind_parameter_name` walks the statement's list of named
+    /// parameters at every bind (so a statement of 700 `$N`s spent a quarter of the
+    /// ingestion's time there; its anonymous `?`s are not in the list). Only for statements
+    /// whose values are bound in placeholder order.
+    pub(crate) fn placeholders(self, first: usize, n: usize) -> String {
+        match self {
+            Engine::Sqlite => vec!["?"; n].join(", "),
+            Engine::Postgres => (first..first + n)
+                .map(|i| format!("${i}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+        }
+    }
+
+    /// `VALUES (...), (...)` for `rows` rows of `columns` values, numbered from 1.
+    pub(crate) fn values_rows(self, rows: usize, columns: usize) -> String {
+        let mut s = String::from("VALUES ");
+        for r in 0..rows {
+            if r > 0 {
+                s.push_str(", ");
+            }
+            s.push('(');
+            s.push_str(&self.placeholders(1 + r * columns, columns));
+            s.push(')');
+        }
+        s
+    }
 }
 
 /// Handle on the database; cheap to clone.
@@ -90,6 +111,8 @@ pub struct Store {
     /// This process's name among the servers sharing the database (`host:pid:random`): the
     /// owner of the runs it claims.
     server_id: std::sync::Arc<str>,
+    /// The machine's host name, as the servers table records it.
+    host: std::sync::Arc<str>,
     /// Metric points stored since the store was opened: native runs', external runs'.
     written: std::sync::Arc<[std::sync::atomic::AtomicU64; 2]>,
     /// Computed leaderboards by (dataset, metric), with the generation they were computed at
@@ -170,6 +193,7 @@ impl Store {
             pool,
             engine,
             server_id: server_id.into(),
+            host: host.into(),
             written: Default::default(),
             boards: Default::default(),
             series_writes: Default::default(),
@@ -186,6 +210,11 @@ impl Store {
         &self.server_id
     }
 
+    /// The machine's host name (read once, when the store was opened).
+    pub(crate) fn host(&self) -> &str {
+        &self.host
+    }
+
     /// Records that this server is alive (its row in `servers`, made on the first call):
     /// another server takes over its runs only once its heartbeat is older than the lease.
     pub async fn heartbeat(&self) -> Result<()> {
@@ -196,7 +225,7 @@ impl Store {
              ON CONFLICT (id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at",
         )
         .bind(self.server_id())
-        .bind(hostname())
+        .bind(&*self.host)
         .bind(i64::from(std::process::id()))
         .bind(&t)
         .execute(self.pool())
@@ -276,7 +305,7 @@ impl Store {
     }
 }
 
-/// The machine's host name (for the servers table), `localhost` when unreadable.
+/// The machine's host name, `localhost` when unreadable.
 pub(crate) fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
@@ -293,37 +322,6 @@ pub fn redact(url: &str) -> String {
             u.to_string()
         }
         _ => url.to_string(),
-    }
-}
-
-impl Engine {
-    /// `n` placeholders from the `first`: `$first, $first+1, ...` on PostgreSQL; `?, ?, ...`
-    /// on SQLite, whose `sqlite3_bind_parameter_name` walks the statement's list of named
-    /// parameters at every bind (so a statement of 700 `$N`s spent a quarter of the
-    /// ingestion's time there; its anonymous `?`s are not in the list). Only for statements
-    /// whose values are bound in placeholder order.
-    pub(crate) fn placeholders(self, first: usize, n: usize) -> String {
-        match self {
-            Engine::Sqlite => vec!["?"; n].join(", "),
-            Engine::Postgres => (first..first + n)
-                .map(|i| format!("${i}"))
-                .collect::<Vec<_>>()
-                .join(", "),
-        }
-    }
-
-    /// `VALUES (...), (...)` for `rows` rows of `columns` values, numbered from 1.
-    pub(crate) fn values_rows(self, rows: usize, columns: usize) -> String {
-        let mut s = String::from("VALUES ");
-        for r in 0..rows {
-            if r > 0 {
-                s.push_str(", ");
-            }
-            s.push('(');
-            s.push_str(&self.placeholders(1 + r * columns, columns));
-            s.push(')');
-        }
-        s
     }
 }
 

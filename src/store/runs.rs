@@ -604,18 +604,14 @@ impl Store {
     pub async fn list_runs(&self, f: &RunFilter) -> Result<Vec<Run>> {
         let rows: Vec<RunRow> = sqlx::query_as(&format!(
             "SELECT {RUN_COLUMNS} FROM runs \
-             WHERE ($1 IS NULL OR dataset = $2) AND ($3 IS NULL OR model = $4) \
-               AND ($5 IS NULL OR status = $6) AND ($7 IS NULL OR source = $8) \
+             WHERE ($1 IS NULL OR dataset = $1) AND ($2 IS NULL OR model = $2) \
+               AND ($3 IS NULL OR status = $3) AND ($4 IS NULL OR source = $4) \
                AND lifecycle_stage = 'active' \
-             ORDER BY id DESC LIMIT $9 OFFSET $10"
+             ORDER BY id DESC LIMIT $5 OFFSET $6"
         ))
         .bind(&f.dataset)
-        .bind(&f.dataset)
-        .bind(&f.model)
         .bind(&f.model)
         .bind(f.status.map(RunStatus::as_str))
-        .bind(f.status.map(RunStatus::as_str))
-        .bind(f.source.map(RunSource::as_str))
         .bind(f.source.map(RunSource::as_str))
         .bind(if f.limit > 0 { f.limit } else { 100 })
         .bind(f.offset.max(0))
@@ -708,16 +704,15 @@ impl Store {
     ) -> Result<bool> {
         let done = sqlx::query(
             "UPDATE runs SET status = $1, error = $2, finished_at = $3, \
-                 progress = CASE WHEN $4 = 'succeeded' THEN 1.0 ELSE progress END, \
-                 accuracy = $5, f1 = $6, auroc = $7, loss = $8, train_seconds = $9, \
-                 samples_per_second = $10, num_parameters = $11, peak_memory_bytes = $12, \
-                 device_hours = $13, train_flops = $14, summary = $15 \
-             WHERE id = $16 AND status = 'running'",
+                 progress = CASE WHEN $1 = 'succeeded' THEN 1.0 ELSE progress END, \
+                 accuracy = $4, f1 = $5, auroc = $6, loss = $7, train_seconds = $8, \
+                 samples_per_second = $9, num_parameters = $10, peak_memory_bytes = $11, \
+                 device_hours = $12, train_flops = $13, summary = $14 \
+             WHERE id = $15 AND status = 'running'",
         )
         .bind(status.as_str())
         .bind(error)
         .bind(now())
-        .bind(status.as_str())
         .bind(Real(summary.map(|s| s.accuracy)))
         .bind(Real(summary.map(|s| s.f1)))
         .bind(Real(summary.and_then(|s| s.auroc)))
@@ -818,7 +813,7 @@ impl Store {
         .await
         .context("finding runs of stopped servers")?;
         let cutoff = super::format_time(time::OffsetDateTime::now_utc() - lease);
-        let here = super::hostname();
+        let here = self.host();
         let me = i64::from(std::process::id());
         Ok(rows
             .into_iter()

@@ -486,12 +486,11 @@ impl Store {
             };
             sqlx::query(
                 "UPDATE runs SET status = $1, finished_at = $2, \
-                     progress = CASE WHEN $3 = 'succeeded' THEN 1.0 ELSE NULL END \
-                 WHERE id = $4",
+                     progress = CASE WHEN $1 = 'succeeded' THEN 1.0 ELSE NULL END \
+                 WHERE id = $3",
             )
             .bind(status.as_str())
             .bind(&finished)
-            .bind(status.as_str())
             .bind(id)
             .execute(&mut *tx)
             .await?;
@@ -597,10 +596,9 @@ impl Store {
     ) -> anyhow::Result<BTreeMap<String, Vec<MetricPoint>>> {
         let rows: Vec<(String, Option<f64>, i64, i64)> = sqlx::query_as(
             "SELECT key, value, timestamp, step FROM external_metrics \
-             WHERE run_id = $1 AND ($2 IS NULL OR key = $3) ORDER BY key, step, timestamp, id",
+             WHERE run_id = $1 AND ($2 IS NULL OR key = $2) ORDER BY key, step, timestamp, id",
         )
         .bind(id)
-        .bind(key)
         .bind(key)
         .fetch_all(self.pool())
         .await?;
