@@ -435,6 +435,10 @@ pub const SHOWN_PROBLEMS: usize = 20;
 /// Recognises the format of the folder at `root`: its `modalbench.toml`, else the first format
 /// whose files are there. `None` if neither.
 pub fn detect(root: &Path) -> Result<Option<Source>> {
+    // an absolute root: the files found in it are named `root/...`, which the confined reads
+    // (`paths`) take as relative to the folder when the root is relative
+    let root = &std::path::absolute(root)
+        .with_context(|| format!("resolving the dataset folder {}", root.display()))?;
     if let Some(source) = formats::manifest::read(root)? {
         return Ok(Some(source));
     }

@@ -402,3 +402,50 @@ async fn event_streams_end_with_their_run_and_are_bounded() {
     .unwrap();
     assert_eq!(res.status(), StatusCode::OK);
 }
+
+#[test]
+fn the_demo_serves_from_relative_folders_as_make_demo_starts_it() {
+    // `make demo` runs `modalbench serve --demo` with the default `./data` and `./models`
+    let dir = folder();
+    std::fs::remove_dir_all(dir.path().join("data")).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_modalbench"))
+        .args(["serve", "--demo", "--addr", "127.0.0.1:0"])
+        .args(["--data-dir", "./data", "--models-dir", "./models"])
+        .current_dir(dir.path())
+        .env_remove("MODALBENCH_API_TOKEN")
+        .env_remove("MODALBENCH_DATABASE_URL")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let Some(addr) = line
+        .split("http://")
+        .nth(1)
+        .and_then(|r| r.split('/').next())
+        .map(str::to_string)
+    else {
+        let _ = child.kill();
+        let mut err = String::new();
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut err)
+            .unwrap();
+        panic!("the service did not start: {line}{err}");
+    };
+    let server = Server { child, addr };
+    let runs = server.get("/api/v1/runs?limit=500");
+    let queued: Vec<&Value> = runs["runs"].as_array().unwrap().iter().collect();
+    assert!(!queued.is_empty(), "the demo study was queued: {runs}");
+    for dataset in ["demo-news", "demo-memes"] {
+        assert!(
+            queued.iter().any(|r| r["dataset"] == dataset),
+            "{dataset} has runs: {runs}"
+        );
+    }
+}
