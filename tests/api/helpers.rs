@@ -271,13 +271,22 @@ impl TestApp {
 
     /// Starts what can start, then waits for run `id` to end (at most `secs` seconds).
     pub async fn run_to_end(&self, id: i64, secs: u64) -> Run {
-        self.state.scheduler.tick().await.unwrap();
-        let status = self
-            .state
-            .scheduler
-            .wait_finished(id, Duration::from_secs(secs))
-            .await
-            .unwrap();
+        // ticks as the service's loop does while waiting (a run that ended frees its slot just
+        // after it reports its end, so one tick at the start could find the slot still taken)
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+        let status = loop {
+            self.state.scheduler.tick().await.unwrap();
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let status = self
+                .state
+                .scheduler
+                .wait_finished(id, left.min(Duration::from_secs(1)))
+                .await
+                .unwrap();
+            if status.is_none_or(|s| !s.is_active()) || left.is_zero() {
+                break status;
+            }
+        };
         let run = self.state.store.get_run(id).await.unwrap().unwrap();
         assert!(
             status.is_some_and(|s| !s.is_active()),
