@@ -1,6 +1,6 @@
-//! Bakes the libtorch library folder into the binary's run path, so `modalbench` runs without
-//! `LD_LIBRARY_PATH`, and compiles the small C++ shim over libtorch's C++ API that tch lacks
-//! (`src/train/torch_extras.cpp`: autocast by device and precision, CUDA memory statistics)
+//! Bakes the libtorch library folder into the binaries' run path, so they run without
+//! `LD_LIBRARY_PATH` (and keeps libtorch out of `modalbench`, see below), and compiles the
+//! small C++ shim over libtorch's C++ API that tch lacks (`src/train/torch_extras.cpp`: autocast by device and precision, CUDA memory statistics)
 //! against the same libtorch. `torch-sys` (a direct dependency for this reason) publishes the
 //! folder it linked against as `DEP_TCH_LIBTORCH_LIB`.
 
@@ -15,6 +15,12 @@ fn main() {
     let lib = std::env::var("DEP_TCH_LIBTORCH_LIB")
         .expect("torch-sys publishes the libtorch folder it links against");
     println!("cargo:rustc-link-arg=-Wl,-rpath,{lib}");
+    // `modalbench` (the service) runs no model. Its code links libtorch only through objects it
+    // never calls, and the linker (rust-lld, with --gc-sections and --as-needed) drops those,
+    // unless a symbol they define is exported because libtorch refers to it (template code such
+    // as `std::vector<at::Tensor>`), which keeps them and with them libtorch. Not exporting the
+    // archives' symbols lets it drop them: the binary starts without loading libtorch.
+    println!("cargo:rustc-link-arg-bin=modalbench=-Wl,--exclude-libs=ALL");
     // libtorch's headers sit beside its `lib` folder, in the Python package and the C++ archive
     let root = Path::new(&lib)
         .parent()

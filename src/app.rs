@@ -27,13 +27,12 @@ pub async fn build(settings: Settings, slots: Vec<Slot>) -> Result<AppState> {
         settings.models_dir.clone(),
         settings.datasets_dir(),
     );
+    let worker_exe = settings.worker_exe()?;
     tokio::task::spawn_blocking(move || -> Result<()> {
         for dir in [&data_dir, &datasets_dir, &models_dir] {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }
-        for name in presets::ensure_presets(&models_dir)? {
-            tracing::info!(model = name, "wrote built-in preset");
-        }
+        write_presets(&models_dir, &worker_exe)?;
         for (name, write) in demo::DEMOS {
             if !datasets_dir.join(name).exists() {
                 write_atomically(&datasets_dir, name, |tmp| write(tmp, DEMO_SEED))?;
@@ -46,7 +45,7 @@ pub async fn build(settings: Settings, slots: Vec<Slot>) -> Result<AppState> {
     let store = settings.open_store().await?;
     register_datasets(&store, &settings.datasets_dir()).await?;
     let hub = Hub::default();
-    let registry = Registry::new(settings.models_dir.clone());
+    let registry = Registry::with_program(settings.models_dir.clone(), settings.worker_exe()?);
     let scheduler = Scheduler::new(
         store.clone(),
         settings.clone(),
@@ -56,6 +55,34 @@ pub async fn build(settings: Settings, slots: Vec<Slot>) -> Result<AppState> {
     );
     scheduler.recover().await?;
     Ok(AppState::new(settings, store, scheduler, hub))
+}
+
+/// Writes the built-in presets missing from `models_dir` (random initialisation needs libtorch,
+/// which the service leaves to the worker program: `worker_exe presets`).
+fn write_presets(models_dir: &Path, worker_exe: &Path) -> Result<()> {
+    let missing = presets::missing(models_dir);
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let out = std::process::Command::new(worker_exe)
+        .arg("presets")
+        .arg("--models-dir")
+        .arg(models_dir)
+        .output()
+        .with_context(|| format!("starting {} to write the presets", worker_exe.display()))?;
+    if !out.status.success() {
+        anyhow::bail!(
+            "writing the built-in presets ({}) with {}: {}; {}",
+            missing.join(", "),
+            worker_exe.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    for name in missing {
+        tracing::info!(model = name, "wrote built-in preset");
+    }
+    Ok(())
 }
 
 /// Runs `write` into a temporary sibling folder (whose path it gets, named `name` inside its

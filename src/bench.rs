@@ -455,7 +455,7 @@ pub async fn worker_events(
     let scheduler = Scheduler::new(
         store.clone(),
         settings.clone(),
-        Registry::new(settings.models_dir.clone()),
+        Registry::with_program(settings.models_dir.clone(), settings.worker_exe()?),
         hub.clone(),
         slots::plan(0, 1, 1),
     );

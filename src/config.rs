@@ -43,7 +43,12 @@ pub struct Settings {
     /// stopped, and its run failed.
     #[arg(long, env = "MODALBENCH_WORKER_TIMEOUT", default_value_t = DEFAULT_WORKER_TIMEOUT)]
     pub worker_timeout: u64,
-    /// Program started for each run (defaults to this binary's own `worker` subcommand).
+    /// Start a worker ahead for each free slot, loaded and waiting for the slot's next run, so
+    /// that a run starts without waiting for libtorch to load (`false`: start each worker as
+    /// its run starts, and keep no idle worker's memory).
+    #[arg(long, env = "MODALBENCH_WARM_WORKERS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub warm_workers: bool,
+    /// Program started for each run (default: `modalbench-worker` beside this binary).
     #[arg(long, env = "MODALBENCH_WORKER_EXE", hide = true)]
     pub worker_exe: Option<PathBuf>,
     /// Where runs execute: worker processes on this machine's slots, or Slurm jobs (from
@@ -62,8 +67,17 @@ impl Settings {
             cpu_slots: 1,
             data_roots: Vec::new(),
             worker_timeout: DEFAULT_WORKER_TIMEOUT,
+            warm_workers: true,
             worker_exe: None,
             executor: Executor::Local,
+        }
+    }
+
+    /// The program the runs' workers are: `--worker-exe`, else [`default_worker_exe`].
+    pub fn worker_exe(&self) -> Result<PathBuf> {
+        match &self.worker_exe {
+            Some(p) => Ok(p.clone()),
+            None => default_worker_exe(),
         }
     }
 
@@ -112,6 +126,19 @@ impl Settings {
     pub fn run_dir(&self, run_id: i64) -> PathBuf {
         self.runs_dir().join(run_id.to_string())
     }
+}
+
+/// File name of the binary that runs models.
+pub const WORKER_BIN: &str = "modalbench-worker";
+
+/// `modalbench-worker` beside the running binary, unless `MODALBENCH_WORKER_EXE` names
+/// another program.
+pub fn default_worker_exe() -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os("MODALBENCH_WORKER_EXE").filter(|p| !p.is_empty()) {
+        return Ok(PathBuf::from(p));
+    }
+    let me = std::env::current_exe().context("locating the running binary")?;
+    Ok(me.with_file_name(WORKER_BIN))
 }
 
 /// `serve` flags on top of [`Settings`].
@@ -250,7 +277,8 @@ pub struct SlurmSettings {
     /// Shared folder for the runs' tickets, job output and checkpoints (default: the data
     /// dir's `runs/`).
     pub runs_dir: Option<PathBuf>,
-    /// The modalbench binary as the nodes see it (default: this one's path).
+    /// The `modalbench-worker` binary as the nodes see it (default: the one beside this
+    /// service's binary).
     pub worker_exe: Option<PathBuf>,
     /// Folder of `sbatch`, `squeue`, `scontrol`, `scancel` and `sacct` (default: `PATH`).
     pub bin_dir: Option<PathBuf>,

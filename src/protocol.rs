@@ -292,7 +292,8 @@ impl Cost {
 /// first step.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct StartTimings {
-    /// The worker process began its `main` (after `exec` and loading its libraries).
+    /// The worker began the job: it read the job after its process started (`exec`, loading
+    /// its libraries), or, for a worker started ahead, when the job was handed to it.
     pub worker_started_at: String,
     /// Model and data were loaded: the `started` event.
     pub loaded_at: String,

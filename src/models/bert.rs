@@ -8,7 +8,7 @@ use crate::models::layers::{
     Activation, ConfigError, Embedding, LayerNorm, Linear, SelfAttention, dropout,
 };
 use crate::models::registry::Modality;
-use crate::models::{Arch, Batch, Head, Model, TextLimits, VocabFiles};
+use crate::models::{Arch, Batch, Family, Head, Model, TextLimits, VocabFiles};
 use anyhow::{Result, anyhow};
 use serde::Deserialize;
 use serde_json::Value;
@@ -396,7 +396,7 @@ pub static SPEC: Arch = Arch {
     base_prefix: "bert.",
     classifier_class: "BertForSequenceClassification",
     image_encoder: None,
-    build,
+    family: Family::Bert,
     may_be_fresh,
     text_limits,
     vocab_files: Some(VocabFiles::WordPiece),
@@ -409,7 +409,7 @@ pub fn config(v: &Value) -> Result<Config> {
     Ok(c)
 }
 
-fn build(v: &Value, head: Head, p: nn::Path) -> Result<Box<dyn Model>> {
+pub(crate) fn build(v: &Value, head: Head, p: nn::Path) -> Result<Box<dyn Model>> {
     let c = config(v)?;
     Ok(match head {
         Head::Classifier(n) => Box::new(BertForSequenceClassification::new(p, &c, n as i64)),

@@ -24,7 +24,7 @@ pub use towers::{
 
 use crate::models::layers::{self, DECAY, Linear, dropout};
 use crate::models::registry::Modality;
-use crate::models::{Arch, Batch, Head, Model, TextLimits};
+use crate::models::{Arch, Batch, Family, Head, Model, TextLimits};
 use anyhow::Result;
 use serde_json::Value;
 use tch::Tensor;
@@ -183,14 +183,14 @@ pub static SPEC: Arch = Arch {
     base_prefix: "clip.",
     classifier_class: "CLIPForMultimodalClassification",
     image_encoder: Some("clip.vision_model."),
-    build,
+    family: Family::Clip,
     may_be_fresh,
     text_limits,
     // CLIP checkpoints ship tokenizer.json
     vocab_files: None,
 };
 
-fn build(v: &Value, head: Head, p: nn::Path) -> Result<Box<dyn Model>> {
+pub(crate) fn build(v: &Value, head: Head, p: nn::Path) -> Result<Box<dyn Model>> {
     let c = config(v)?;
     Ok(match head {
         Head::Classifier(n) => Box::new(CLIPForMultimodalClassification::new(p, &c, n as i64)),

@@ -33,7 +33,7 @@ pub use encoder::{EncoderOutput, FlavaEncoder, FlavaLayer, FlavaPooler};
 use crate::models::bert::{BertEmbeddings, EmbeddingSizes};
 use crate::models::layers::{self, DECAY, LayerNorm, Linear, NO_DECAY};
 use crate::models::registry::Modality;
-use crate::models::{Arch, Batch, Head, Model, TextLimits, VocabFiles};
+use crate::models::{Arch, Batch, Family, Head, Model, TextLimits, VocabFiles};
 use anyhow::{Result, anyhow};
 use encoder::EncoderWithPooler;
 use serde_json::Value;
@@ -420,7 +420,7 @@ pub static SPEC: Arch = Arch {
     base_prefix: "flava.",
     classifier_class: "FlavaForMultimodalClassification",
     image_encoder: Some("flava.image_model."),
-    build,
+    family: Family::Flava,
     may_be_fresh,
     text_limits,
     // FLAVA's tokenizer is BERT's
@@ -436,7 +436,7 @@ pub fn config(v: &Value) -> Result<Config> {
 
 /// A FLAVA checkpoint always has its three poolers, so `Head::Base`'s `pooler` (which looks
 /// for BERT's `pooler.dense.weight`) is not consulted.
-fn build(v: &Value, head: Head, p: nn::Path) -> Result<Box<dyn Model>> {
+pub(crate) fn build(v: &Value, head: Head, p: nn::Path) -> Result<Box<dyn Model>> {
     let c = config(v)?;
     Ok(match head {
         Head::Classifier(n) => Box::new(FlavaForMultimodalClassification::new(p, &c, n as i64)),

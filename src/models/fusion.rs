@@ -23,7 +23,7 @@ use crate::models::bert::{self, BertModel};
 use crate::models::layers::{DECAY, Linear, NO_DECAY, dropout, param};
 use crate::models::mobilenet::{self, MobileNetV2};
 use crate::models::registry::Modality;
-use crate::models::{Arch, Batch, Head, Model, TextLimits, VocabFiles};
+use crate::models::{Arch, Batch, Family, Head, Model, TextLimits, VocabFiles};
 use anyhow::{Context, Result, anyhow, bail};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -252,7 +252,7 @@ pub static SPEC: Arch = Arch {
     base_prefix: "",
     classifier_class: "FusionForSequenceClassification",
     image_encoder: Some("vision_model."),
-    build,
+    family: Family::Fusion,
     may_be_fresh,
     text_limits,
     vocab_files: Some(VocabFiles::WordPiece),
@@ -262,7 +262,7 @@ fn config(v: &Value) -> Result<Config> {
     serde_json::from_value(v.clone()).map_err(|e| anyhow!("{e}"))
 }
 
-fn build(v: &Value, head: Head, p: nn::Path) -> Result<Box<dyn Model>> {
+pub(crate) fn build(v: &Value, head: Head, p: nn::Path) -> Result<Box<dyn Model>> {
     let labels = match head {
         Head::Classifier(n) => Some(n as i64),
         Head::Base { .. } => None,

@@ -61,14 +61,27 @@ pub struct Arch {
     /// (`vision_model.`), which `freeze_image_encoder` freezes; `None` for text-only models
     /// and single-stream ones such as ViLT, whose image enters the one transformer.
     pub image_encoder: Option<&'static str>,
-    /// Builds the model a config describes, with `head`, under `p`.
-    pub build: fn(&Value, Head, nn::Path) -> Result<Box<dyn Model>>,
+    /// The module whose code builds it ([`Arch::build`]).
+    pub family: Family,
     /// Parameters that may keep a fresh initialisation (a new classification head).
     pub may_be_fresh: fn(&str, Head) -> bool,
     /// Padding id, longest input and vocabulary size of the text side.
     pub text_limits: fn(&Value) -> Result<TextLimits>,
     /// Tokenizer files a folder without `tokenizer.json` may have.
     pub vocab_files: Option<VocabFiles>,
+}
+
+/// The model modules, each building one [`Arch`]. The table of architectures names them
+/// instead of holding their builders, so that the service, which reads the table but builds no
+/// model, does not link libtorch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    Bert,
+    Roberta,
+    Fusion,
+    Flava,
+    Clip,
+    Vilt,
 }
 
 impl std::fmt::Debug for Arch {
@@ -110,6 +123,18 @@ impl Arch {
                     all.join(", ")
                 )
             })
+    }
+
+    /// Builds the model a config describes, with `head`, under `p`.
+    pub fn build(&self, config: &Value, head: Head, p: nn::Path) -> Result<Box<dyn Model>> {
+        match self.family {
+            Family::Bert => bert::build(config, head, p),
+            Family::Roberta => roberta::build(config, head, p),
+            Family::Fusion => fusion::build(config, head, p),
+            Family::Flava => flava::build(config, head, p),
+            Family::Clip => clip::build(config, head, p),
+            Family::Vilt => vilt::build(config, head, p),
+        }
     }
 
     /// The name a `model_type` is shown under (the first of the architecture's types).
@@ -257,7 +282,10 @@ pub fn load(dir: &Path, labels: Option<usize>, device: Device) -> Result<Loaded>
         None => own_head(&ckpt, &checkpoint::read_shapes(dir)?),
     };
     let mut vs = VarStore::new(device);
-    let model = (ckpt.arch.build)(&ckpt.config, head, vs.root()).context("config.json")?;
+    let model = ckpt
+        .arch
+        .build(&ckpt.config, head, vs.root())
+        .context("config.json")?;
     let arch = ckpt.arch;
     let fresh = move |name: &str| (arch.may_be_fresh)(name, head);
     let naming = Naming {
@@ -284,7 +312,7 @@ pub fn check(dir: &Path) -> Result<Checkpoint> {
     let head = Head::Classifier(ckpt.head_labels(&shapes).unwrap_or(2));
     let mut built = Ok(());
     let params = layers::parameter_shapes(|p| {
-        built = (ckpt.arch.build)(&ckpt.config, head, p).map(drop);
+        built = ckpt.arch.build(&ckpt.config, head, p).map(drop);
     });
     built.context("config.json")?;
     let arch = ckpt.arch;

@@ -2,7 +2,7 @@
 //! ordinary checkpoint folders so they load through the same path as downloaded ones.
 
 use crate::models::{Arch, Head, checkpoint, clip, flava, fusion, vilt};
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 use std::path::Path;
 use tch::nn::VarStore;
@@ -137,7 +137,7 @@ fn write_random(dir: &Path, config: Value, preprocessor: Option<Value>) -> Resul
     let arch = Arch::from_model_type(model_type)?;
     tch::manual_seed(0);
     let vs = VarStore::new(tch::Device::Cpu);
-    let _model = (arch.build)(&config, Head::Base { pooler: true }, vs.root())?;
+    let _model = arch.build(&config, Head::Base { pooler: true }, vs.root())?;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     std::fs::write(
         dir.join("config.json"),
@@ -301,10 +301,6 @@ fn write_fusion(
         .context("writing model.safetensors")
 }
 
-/// A preset: its name, the files of the models root it is built from (folder and file name),
-/// and its writer.
-type Writer = fn(&Path, &Path) -> Result<()>;
-
 /// The MiniLM checkpoint's weights (folder, file).
 const MINILM_WEIGHTS: (&str, &str) = (MINILM, "model.safetensors");
 /// The MobileNetV2 weights (folder, file).
@@ -313,73 +309,83 @@ const MOBILENET_WEIGHTS: (&str, &str) = (MOBILENET_DIR, MOBILENET_FILE);
 /// Files (folder, file name) of the models root.
 type Files = &'static [(&'static str, &'static str)];
 
-const PRESETS: [(&str, Files, Writer); 8] = [
-    (BERT_TINY, &[], |dir, _| write_bert_tiny(dir)),
-    (clip::CLIP_TINY, &[], |dir, _| {
-        // the WordPiece vocabulary's [SEP] ends a text, so CLIP pools at it
-        let config = clip::tiny_config(
-            vocabulary().len() as i64,
-            special("[SEP]"),
-            special("[PAD]"),
-        );
-        write_random(dir, config, Some(clip::tiny_preprocessor_config()))
-    }),
-    (VILT_TINY, &[], |dir, _| {
-        write_random(
+/// The presets: each one's name and the files of the models root it is built from (folder and
+/// file name). [`write`] makes them.
+const PRESETS: [(&str, Files); 8] = [
+    (BERT_TINY, &[]),
+    (clip::CLIP_TINY, &[]),
+    (VILT_TINY, &[]),
+    (flava::FLAVA_TINY, &[]),
+    (FUSION_MINILM, &[MINILM_WEIGHTS]),
+    (FUSION_LATE_MINILM, &[MINILM_WEIGHTS]),
+    (FUSION_MOBILENET, &[MINILM_WEIGHTS, MOBILENET_WEIGHTS]),
+    (FUSION_LATE_MOBILENET, &[MINILM_WEIGHTS, MOBILENET_WEIGHTS]),
+];
+
+/// Writes the preset `name` into `dir`, from the checkpoints of `models`.
+fn write(name: &str, dir: &Path, models: &Path) -> Result<()> {
+    match name {
+        BERT_TINY => write_bert_tiny(dir),
+        clip::CLIP_TINY => {
+            // the WordPiece vocabulary's [SEP] ends a text, so CLIP pools at it
+            let config = clip::tiny_config(
+                vocabulary().len() as i64,
+                special("[SEP]"),
+                special("[PAD]"),
+            );
+            write_random(dir, config, Some(clip::tiny_preprocessor_config()))
+        }
+        VILT_TINY => write_random(
             dir,
             vilt::tiny_config(vocabulary().len() as i64),
             Some(vilt::tiny_preprocessor_config()),
-        )
-    }),
-    (flava::FLAVA_TINY, &[], |dir, _| {
-        write_random(
+        ),
+        flava::FLAVA_TINY => write_random(
             dir,
             flava::tiny_config(vocabulary().len() as i64),
             Some(flava::tiny_preprocessor_config()),
-        )
-    }),
-    (FUSION_MINILM, &[MINILM_WEIGHTS], |dir, models| {
-        write_fusion(dir, models, fusion::Fusion::Concat, VisionStart::Scratch)
-    }),
-    (FUSION_LATE_MINILM, &[MINILM_WEIGHTS], |dir, models| {
-        write_fusion(dir, models, fusion::Fusion::Late, VisionStart::Scratch)
-    }),
-    (
-        FUSION_MOBILENET,
-        &[MINILM_WEIGHTS, MOBILENET_WEIGHTS],
-        |dir, models| {
-            write_fusion(
-                dir,
-                models,
-                fusion::Fusion::Concat,
-                VisionStart::MobileNetV2,
-            )
-        },
-    ),
-    (
-        FUSION_LATE_MOBILENET,
-        &[MINILM_WEIGHTS, MOBILENET_WEIGHTS],
-        |dir, models| write_fusion(dir, models, fusion::Fusion::Late, VisionStart::MobileNetV2),
-    ),
-];
+        ),
+        FUSION_MINILM => write_fusion(dir, models, fusion::Fusion::Concat, VisionStart::Scratch),
+        FUSION_LATE_MINILM => write_fusion(dir, models, fusion::Fusion::Late, VisionStart::Scratch),
+        FUSION_MOBILENET => write_fusion(
+            dir,
+            models,
+            fusion::Fusion::Concat,
+            VisionStart::MobileNetV2,
+        ),
+        FUSION_LATE_MOBILENET => {
+            write_fusion(dir, models, fusion::Fusion::Late, VisionStart::MobileNetV2)
+        }
+        other => bail!("no preset is named {other}"),
+    }
+}
+
+/// The presets missing from `models_dir` whose source weights are there: what
+/// [`ensure_presets`] would write. Reads no weights (the service, which does not load
+/// libtorch, asks this before starting `modalbench-worker presets`).
+pub fn missing(models_dir: &Path) -> Vec<&'static str> {
+    PRESETS
+        .iter()
+        .filter(|(name, requires)| {
+            !models_dir.join(name).exists()
+                && requires
+                    .iter()
+                    .all(|(d, f)| models_dir.join(d).join(f).is_file())
+        })
+        .map(|(name, _)| *name)
+        .collect()
+}
 
 /// Writes every preset missing from `models_dir` whose source weights are there. Each is
 /// written to a temporary folder and renamed into place, so an interrupted write leaves
 /// nothing half-made. Returns the names written.
 pub fn ensure_presets(models_dir: &Path) -> Result<Vec<String>> {
     let mut written = Vec::new();
-    for (name, requires, write) in PRESETS {
+    for name in missing(models_dir) {
         let dest = models_dir.join(name);
-        if dest.exists()
-            || requires
-                .iter()
-                .any(|(d, f)| !models_dir.join(d).join(f).is_file())
-        {
-            continue;
-        }
         let tmp = models_dir.join(format!(".{name}.tmp-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&tmp);
-        write(&tmp, models_dir).with_context(|| format!("writing preset {name}"))?;
+        write(name, &tmp, models_dir).with_context(|| format!("writing preset {name}"))?;
         std::fs::rename(&tmp, &dest).with_context(|| format!("installing preset {name}"))?;
         written.push(name.to_string());
     }

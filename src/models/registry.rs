@@ -4,7 +4,8 @@
 //! change.
 
 use crate::models::{self, checkpoint};
-use serde::Serialize;
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -12,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 /// Inputs a model reads.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Modality {
     /// Text only.
@@ -33,7 +34,7 @@ impl Modality {
 }
 
 /// A checkpoint folder as the registry sees it.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ModelInfo {
     /// Folder name, the name runs use.
     pub name: String,
@@ -58,21 +59,49 @@ pub struct ModelInfo {
 ///
 /// Inspecting reads files, safetensors headers and tokenizers and builds a shapes-only model:
 /// the plain methods block, so async code calls the `_async` ones (or uses the blocking pool).
-#[derive(Debug, Clone)]
+/// Building a model takes libtorch, so the service, which does not load it, has the worker
+/// program inspect folders ([`Registry::with_program`]).
+#[derive(Clone)]
 pub struct Registry {
     root: PathBuf,
     cache: Arc<Mutex<Cache>>,
+    inspector: Inspector,
 }
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry")
+            .field("root", &self.root)
+            .finish()
+    }
+}
+
+/// Inspects checkpoint folders, one [`ModelInfo`] each in order; an error (the inspecting
+/// program did not start) is not kept, so the folders are inspected again next time.
+type Inspector = Arc<dyn Fn(&[PathBuf]) -> Result<Vec<ModelInfo>> + Send + Sync>;
 
 type Signature = Vec<(String, u64, Option<SystemTime>)>;
 type Cache = HashMap<PathBuf, (Signature, ModelInfo)>;
 
 impl Registry {
-    /// The registry of the models under `root`.
+    /// The registry of the models under `root`, inspecting in this process.
     pub fn new(root: impl Into<PathBuf>) -> Registry {
+        Self::with_inspector(root.into(), Arc::new(|dirs| Ok(inspect_here(dirs))))
+    }
+
+    /// The registry of the models under `root`, inspecting with `worker_exe inspect-models`.
+    pub fn with_program(root: impl Into<PathBuf>, worker_exe: PathBuf) -> Registry {
+        Self::with_inspector(
+            root.into(),
+            Arc::new(move |dirs| inspect_with(&worker_exe, dirs)),
+        )
+    }
+
+    fn with_inspector(root: PathBuf, inspector: Inspector) -> Registry {
         Registry {
-            root: root.into(),
+            root,
             cache: Arc::default(),
+            inspector,
         }
     }
 
@@ -81,13 +110,13 @@ impl Registry {
         let Ok(entries) = std::fs::read_dir(&self.root) else {
             return Vec::new();
         };
-        let mut out: Vec<ModelInfo> = entries
+        let dirs: Vec<PathBuf> = entries
             .filter_map(Result::ok)
             .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
             .map(|e| e.path())
             .filter(|p| p.join("config.json").is_file())
-            .map(|p| self.inspect(&p))
             .collect();
+        let mut out = self.inspect_all(dirs);
         out.sort_by(|a, b| a.name.cmp(&b.name));
         out
     }
@@ -101,7 +130,7 @@ impl Registry {
         let dir = self.root.join(name);
         dir.join("config.json")
             .is_file()
-            .then(|| self.inspect(&dir))
+            .then(|| self.inspect_all(vec![dir]).remove(0))
     }
 
     /// [`Registry::scan`] on the blocking pool.
@@ -116,17 +145,56 @@ impl Registry {
         Ok(tokio::task::spawn_blocking(move || this.find(&name)).await?)
     }
 
-    /// Reads what the registry shows about one checkpoint folder.
-    pub fn inspect(&self, dir: &Path) -> ModelInfo {
-        let sig = signature(dir);
-        if let Some((s, info)) = self.lock().get(dir)
-            && *s == sig
-        {
-            return info.clone();
+    /// What the registry shows about each of `dirs`: kept inspections whose files are
+    /// unchanged, the others inspected (all in one go).
+    pub fn inspect_all(&self, dirs: Vec<PathBuf>) -> Vec<ModelInfo> {
+        let sigs: Vec<Signature> = dirs.iter().map(|d| signature(d)).collect();
+        let mut out: Vec<Option<ModelInfo>> = {
+            let cache = self.lock();
+            dirs.iter()
+                .zip(&sigs)
+                .map(|(d, sig)| match cache.get(d) {
+                    Some((s, info)) if s == sig => Some(info.clone()),
+                    _ => None,
+                })
+                .collect()
+        };
+        let todo: Vec<PathBuf> = dirs
+            .iter()
+            .zip(&out)
+            .filter(|(_, o)| o.is_none())
+            .map(|(d, _)| d.clone())
+            .collect();
+        if !todo.is_empty() {
+            match (self.inspector)(&todo) {
+                Ok(infos) => {
+                    let mut cache = self.lock();
+                    let mut infos = infos.into_iter();
+                    for (i, slot) in out.iter_mut().enumerate() {
+                        if slot.is_none()
+                            && let Some(mut info) = infos.next()
+                        {
+                            info.path = dirs[i].clone();
+                            cache.insert(dirs[i].clone(), (sigs[i].clone(), info.clone()));
+                            *slot = Some(info);
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = format!("{e:#}"), "could not inspect the models");
+                    for (i, slot) in out.iter_mut().enumerate() {
+                        if slot.is_none() {
+                            let mut info = unread(&dirs[i]);
+                            info.problem = Some(format!("could not be inspected: {e:#}"));
+                            *slot = Some(info);
+                        }
+                    }
+                }
+            }
         }
-        let info = inspect_uncached(dir);
-        self.lock().insert(dir.to_path_buf(), (sig, info.clone()));
-        info
+        out.into_iter()
+            .map(|o| o.expect("every folder inspected"))
+            .collect()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Cache> {
@@ -156,8 +224,52 @@ fn signature(dir: &Path) -> Signature {
     sig
 }
 
-fn inspect_uncached(dir: &Path) -> ModelInfo {
-    let mut info = ModelInfo {
+/// Inspects `dirs` in this process (building their models, so with libtorch).
+pub fn inspect_here(dirs: &[PathBuf]) -> Vec<ModelInfo> {
+    dirs.iter().map(|d| inspect_uncached(d)).collect()
+}
+
+/// Inspects `dirs` with `worker_exe inspect-models`, which prints [`inspect_here`]'s answers as
+/// JSON lines.
+fn inspect_with(worker_exe: &Path, dirs: &[PathBuf]) -> Result<Vec<ModelInfo>> {
+    let out = std::process::Command::new(worker_exe)
+        .arg("inspect-models")
+        .args(dirs)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .with_context(|| format!("starting {}", worker_exe.display()))?;
+    if !out.status.success() {
+        bail!(
+            "{} inspect-models: {}; {}",
+            worker_exe.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let infos = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<Vec<ModelInfo>, _>>()
+        .with_context(|| {
+            format!(
+                "reading what {} inspect-models printed",
+                worker_exe.display()
+            )
+        })?;
+    if infos.len() != dirs.len() {
+        bail!(
+            "{} inspect-models answered for {} of {} folders",
+            worker_exe.display(),
+            infos.len(),
+            dirs.len()
+        );
+    }
+    Ok(infos)
+}
+
+/// What is known of a folder before reading it: its name.
+fn unread(dir: &Path) -> ModelInfo {
+    ModelInfo {
         name: dir
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
@@ -170,7 +282,11 @@ fn inspect_uncached(dir: &Path) -> ModelInfo {
         usable: false,
         problem: None,
         path: dir.to_path_buf(),
-    };
+    }
+}
+
+fn inspect_uncached(dir: &Path) -> ModelInfo {
+    let mut info = unread(dir);
     if let Ok(config) = models::read_config(dir) {
         info.architecture = config
             .get("model_type")

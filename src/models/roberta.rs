@@ -8,7 +8,7 @@
 use crate::models::bert::{BaseOutput, BertEncoder, BertPooler, Config, config};
 use crate::models::layers::{Embedding, LayerNorm, Linear, dropout};
 use crate::models::registry::Modality;
-use crate::models::{Arch, Batch, Head, Model, TextLimits, VocabFiles};
+use crate::models::{Arch, Batch, Family, Head, Model, TextLimits, VocabFiles};
 use anyhow::Result;
 use serde_json::Value;
 use tch::nn::{self, Module};
@@ -192,13 +192,13 @@ pub static SPEC: Arch = Arch {
     base_prefix: "roberta.",
     classifier_class: "RobertaForSequenceClassification",
     image_encoder: None,
-    build,
+    family: Family::Roberta,
     may_be_fresh,
     text_limits,
     vocab_files: Some(VocabFiles::ByteLevelBpe),
 };
 
-fn build(v: &Value, head: Head, p: nn::Path) -> Result<Box<dyn Model>> {
+pub(crate) fn build(v: &Value, head: Head, p: nn::Path) -> Result<Box<dyn Model>> {
     let c = config(v)?;
     Ok(match head {
         Head::Classifier(n) => Box::new(RobertaForSequenceClassification::new(p, &c, n as i64)),

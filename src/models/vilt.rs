@@ -37,7 +37,7 @@ use crate::models::layers::{
 };
 use crate::models::layers::{ConfigError, SelfAttention};
 use crate::models::registry::Modality;
-use crate::models::{Arch, Batch, Head, Model, TextLimits, VocabFiles};
+use crate::models::{Arch, Batch, Family, Head, Model, TextLimits, VocabFiles};
 use anyhow::{Result, anyhow};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -576,7 +576,7 @@ pub static SPEC: Arch = Arch {
     base_prefix: "vilt.",
     classifier_class: "ViltForQuestionAnswering",
     image_encoder: None,
-    build,
+    family: Family::Vilt,
     may_be_fresh,
     text_limits,
     // ViLT checkpoints use bert-base-uncased's tokenizer
@@ -590,7 +590,7 @@ pub fn config(v: &Value) -> Result<Config> {
     Ok(c)
 }
 
-fn build(v: &Value, head: Head, p: nn::Path) -> Result<Box<dyn Model>> {
+pub(crate) fn build(v: &Value, head: Head, p: nn::Path) -> Result<Box<dyn Model>> {
     let c = config(v)?;
     Ok(match head {
         Head::Classifier(n) => Box::new(ViltForQuestionAnswering::new(p, &c, n as i64)),

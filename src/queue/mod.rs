@@ -5,6 +5,7 @@
 pub mod slots;
 pub mod slurm;
 mod supervisor;
+mod warm;
 
 pub use supervisor::SHUTDOWN_GRACE;
 
@@ -58,6 +59,8 @@ struct Inner {
     /// Set when the service shuts down: nothing more is claimed, running workers are asked
     /// to checkpoint and stop.
     draining: tokio::sync::watch::Sender<bool>,
+    /// Workers started ahead for the free local slots.
+    warm: warm::Warm,
 }
 
 #[derive(Default)]
@@ -128,6 +131,7 @@ impl Scheduler {
                 claim: tokio::sync::Mutex::new(()),
                 wake: Notify::new(),
                 draining: tokio::sync::watch::Sender::new(false),
+                warm: warm::Warm::default(),
             }),
         }
     }
@@ -478,6 +482,7 @@ impl Scheduler {
                 }
             }
             this.inner.wake.notify_one();
+            this.warm_up();
         });
     }
 
@@ -503,10 +508,24 @@ impl Scheduler {
         Ok(())
     }
 
+    /// Starts a worker ahead for each local slot that has none waiting (`--warm-workers`), so
+    /// that the next run there skips the worker's start.
+    pub fn warm_up(&self) {
+        let settings = &self.inner.settings;
+        if !settings.warm_workers || self.inner.slurm.is_some() || *self.inner.draining.borrow() {
+            return;
+        }
+        match settings.worker_exe() {
+            Ok(exe) => self.inner.warm.fill(&exe, &self.inner.slots),
+            Err(e) => tracing::warn!(error = format!("{e:#}"), "no worker to start ahead"),
+        }
+    }
+
     /// Runs the scheduling loop in the background: a tick whenever a run is queued or ends,
     /// and every two seconds.
     pub fn spawn(&self) -> tokio::task::JoinHandle<()> {
         let this = self.clone();
+        self.warm_up();
         if let Some(slurm) = &self.inner.slurm {
             slurm.spawn_monitor();
         }
@@ -571,6 +590,7 @@ impl Scheduler {
             self.inner.draining.send_replace(true);
             self.running()
         };
+        self.inner.warm.clear();
         let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE + Duration::from_secs(5);
         while !self.running().is_empty() && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -706,6 +726,11 @@ impl Scheduler {
                 }
             }
         }
+    }
+
+    /// Process ids of the workers started ahead, waiting for a run.
+    pub fn waiting_workers(&self) -> Vec<u32> {
+        self.inner.warm.pids()
     }
 
     /// Process id of the worker running `id`, while it runs.

@@ -1,7 +1,9 @@
 //! Device slots: one per CUDA device, or `--cpu-slots` CPU slots sharing the cores.
 
 use crate::protocol::Device;
+use anyhow::{Context, Result, bail};
 use serde::Serialize;
+use std::path::Path;
 
 /// A place a run can execute.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -45,13 +47,42 @@ pub fn visible_devices(slots: &[Slot]) -> String {
 }
 
 /// One slot per CUDA device if there are any, else `cpu_slots` CPU slots that split the
-/// machine's cores between them.
-pub fn detect(cpu_slots: usize) -> Vec<Slot> {
-    let gpus = usize::try_from(tch::Cuda::device_count()).unwrap_or(0);
+/// machine's cores between them. The devices are those libtorch sees, which the service (that
+/// does not load libtorch) asks the worker program (`worker_exe devices`); on a machine without
+/// the NVIDIA driver there are none to ask about.
+pub fn detect(cpu_slots: usize, worker_exe: &Path) -> Result<Vec<Slot>> {
+    let driver = ["/proc/driver/nvidia/version", "/dev/nvidiactl"]
+        .iter()
+        .any(|p| Path::new(p).exists());
+    let gpus = if driver { cuda_devices(worker_exe)? } else { 0 };
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
-    plan(gpus, cpu_slots, cores)
+    Ok(plan(gpus, cpu_slots, cores))
+}
+
+/// The CUDA devices libtorch sees, as `worker_exe devices` counts them.
+fn cuda_devices(worker_exe: &Path) -> Result<usize> {
+    let out = std::process::Command::new(worker_exe)
+        .arg("devices")
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .with_context(|| {
+            format!(
+                "starting {} to count the CUDA devices",
+                worker_exe.display()
+            )
+        })?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    match text.trim().parse() {
+        Ok(n) if out.status.success() => Ok(n),
+        _ => bail!(
+            "{} devices answered {:?} ({}), not a number of CUDA devices",
+            worker_exe.display(),
+            text.trim(),
+            out.status
+        ),
+    }
 }
 
 /// The slots for `gpus` devices, or `cpu_slots` CPU slots over `cores` cores.

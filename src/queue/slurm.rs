@@ -198,7 +198,7 @@ impl Slurm {
         write_private(&ticket_path, &serde_json::to_vec_pretty(&ticket)?, 0o600).await?;
         let exe = match &self.settings.worker_exe {
             Some(p) => p.clone(),
-            None => std::env::current_exe().context("locating the modalbench binary")?,
+            None => crate::config::default_worker_exe()?,
         };
         let script = format!(
             "#!/bin/sh\n# modalbench run {run_id}, attempt {attempt}\nexec {} worker --ticket {}\n",

@@ -122,6 +122,31 @@ impl Outcome {
     }
 }
 
+/// The command that starts a worker of `exe` on the devices `visible` (`CUDA_VISIBLE_DEVICES`;
+/// empty hides them from a CPU worker). It reads its job from stdin and reports on stdout.
+pub(super) fn worker_command(exe: &std::path::Path, visible: &str) -> Command {
+    let mut cmd = Command::new(exe);
+    cmd.arg("worker")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        // its own process group, so that whatever it starts is stopped with it
+        .process_group(0)
+        // pin the worker to its GPU, or hide GPUs from a CPU worker
+        .env("CUDA_VISIBLE_DEVICES", visible);
+    #[cfg(target_os = "linux")]
+    // SAFETY: prctl is async-signal-safe; this only asks the kernel to kill the child when its
+    // parent goes away.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    cmd
+}
+
 /// Runs `run` on `slot` to its end (a worker process here, or a Slurm job) and records the
 /// outcome. Never panics on worker failure.
 pub(super) async fn supervise(
@@ -203,32 +228,14 @@ async fn execute(s: &Scheduler, run: &Run, slots: &[Slot], cancel: &Notify) -> R
     spec.replicas = (1..slots.len())
         .map(|i| slots::job_device(slots, i))
         .collect();
-    let exe = match &settings.worker_exe {
-        Some(p) => p.clone(),
-        None => std::env::current_exe().context("locating the modalbench binary")?,
+    let exe = settings.worker_exe()?;
+    let visible = slots::visible_devices(slots);
+    let mut child = match s.inner.warm.take(&exe, &visible) {
+        Some(child) => child,
+        None => worker_command(&exe, &visible)
+            .spawn()
+            .with_context(|| format!("starting worker {}", exe.display()))?,
     };
-    let mut cmd = Command::new(&exe);
-    cmd.arg("worker")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        // its own process group, so that whatever it starts is stopped with it
-        .process_group(0)
-        // pin the worker to its GPU, or hide GPUs from a CPU worker
-        .env("CUDA_VISIBLE_DEVICES", slots::visible_devices(slots));
-    #[cfg(target_os = "linux")]
-    // SAFETY: prctl is async-signal-safe; this only asks the kernel to kill the child when its
-    // parent goes away.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            Ok(())
-        });
-    }
-    let mut child = cmd
-        .spawn()
-        .with_context(|| format!("starting worker {}", exe.display()))?;
     s.set_pid(run.id, child.id());
     let mut stdin = child.stdin.take().context("worker stdin")?;
     let mut line = serde_json::to_string(&spec)?;

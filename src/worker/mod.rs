@@ -86,13 +86,20 @@ impl<S: EventSink> EventSink for TimingSink<S> {
     }
 }
 
-fn read_spec() -> Result<JobSpec> {
+/// The job on stdin; `None` when stdin closed first (the server stopped a worker it had
+/// started ahead, or went away).
+fn read_spec() -> Result<Option<JobSpec>> {
     let mut line = String::new();
-    std::io::stdin()
+    let n = std::io::stdin()
         .lock()
         .read_line(&mut line)
         .context("reading the job from stdin")?;
-    serde_json::from_str(&line).context("parsing the job spec")
+    if n == 0 {
+        return Ok(None);
+    }
+    serde_json::from_str(&line)
+        .map(Some)
+        .context("parsing the job spec")
 }
 
 /// Makes a panic (from Rust or a libtorch exception unwrapped by tch) report a `failed` event
@@ -150,20 +157,23 @@ pub fn main(ticket: Option<&Path>) -> i32 {
     if let Some(path) = ticket {
         return main_with_ticket(path);
     }
-    let worker_started_at = crate::store::now();
     // SIGTERM stops training at the next step boundary, checkpointed (the server's graceful
     // shutdown); the handler only sets a flag
     // SAFETY: installing a handler that stores an atomic, which is async-signal-safe.
     unsafe {
         libc::signal(libc::SIGTERM, on_sigterm as *const () as libc::sighandler_t);
     }
+    // a worker started ahead waits here, its start paid, until its run is claimed
     let spec = match read_spec() {
-        Ok(s) => s,
+        Ok(Some(s)) => s,
+        Ok(None) => return 0,
         Err(e) => {
             eprintln!("worker: {e:#}");
             return 2;
         }
     };
+    // when this worker began the job (for a worker started ahead, when the job came)
+    let worker_started_at = crate::store::now();
     // the parent keeps our stdin open for as long as it lives
     std::thread::spawn(|| {
         let mut sink = Vec::new();

@@ -143,6 +143,7 @@ async fn a_data_root_flag_allows_a_folder_elsewhere() {
     let mut settings =
         modalbench::config::Settings::new(dir.path().join("data"), dir.path().join("models"));
     settings.data_roots = vec![outside.path().to_path_buf()];
+    settings.worker_exe = Some(env!("CARGO_BIN_EXE_modalbench-worker").into());
     let state = modalbench::app::build(settings, modalbench::queue::slots::plan(0, 1, 2))
         .await
         .unwrap();

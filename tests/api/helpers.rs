@@ -171,7 +171,7 @@ impl TestApp {
     async fn open_with(dir: TempDir, n: usize, tweak: impl FnOnce(&mut Settings)) -> TestApp {
         let mut settings = Settings::new(dir.path().join("data"), dir.path().join("models"));
         settings.database = test_database(dir.path()).await;
-        settings.worker_exe = Some(PathBuf::from(env!("CARGO_BIN_EXE_modalbench")));
+        settings.worker_exe = Some(PathBuf::from(env!("CARGO_BIN_EXE_modalbench-worker")));
         tweak(&mut settings);
         let state = modalbench::app::build(settings, slots::plan(0, n, 2))
             .await
@@ -359,7 +359,7 @@ where
 pub fn kill_worker_after_first_checkpoint(spec: &modalbench::protocol::JobSpec) -> Value {
     use std::io::Write;
     let state = spec.output_dir.join("last/trainer_state.json");
-    let mut worker = std::process::Command::new(env!("CARGO_BIN_EXE_modalbench"))
+    let mut worker = std::process::Command::new(env!("CARGO_BIN_EXE_modalbench-worker"))
         .arg("worker")
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::null())

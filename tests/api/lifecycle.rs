@@ -449,3 +449,74 @@ fn the_demo_serves_from_relative_folders_as_make_demo_starts_it() {
         );
     }
 }
+
+/// Processes whose parent is `pid`.
+fn children(pid: i32) -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/stat"))
+                .ok()
+                .and_then(|s| {
+                    // the fields after the command's closing parenthesis: state, ppid, ...
+                    let rest = &s[s.rfind(')')? + 1..];
+                    rest.split_whitespace().nth(1)?.parse::<i32>().ok()
+                })
+                == Some(pid)
+        })
+        .collect()
+}
+
+fn maps_libtorch(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/maps"))
+        .unwrap()
+        .contains("libtorch_cpu")
+}
+
+#[test]
+fn the_service_does_not_load_libtorch_and_keeps_a_worker_waiting_that_does() {
+    let dir = folder();
+    let server = Server::start(dir.path());
+    assert!(
+        !maps_libtorch(server.pid()),
+        "the service process mapped libtorch"
+    );
+    // the worker started ahead for the one CPU slot
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let waiting = loop {
+        let workers: Vec<i32> = children(server.pid())
+            .into_iter()
+            .filter(|&p| maps_libtorch(p))
+            .collect();
+        if !workers.is_empty() || Instant::now() > deadline {
+            break workers;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(waiting.len(), 1, "one worker waits for the slot's next run");
+    let (status, body) = server.call(
+        "POST",
+        "/api/v1/runs",
+        Some(&json!({"model": "bert-tiny", "dataset": "demo-news", "max_steps": 2})),
+    );
+    assert_eq!(status, 201, "{body}");
+    let id = serde_json::from_str::<Value>(&body).unwrap()["id"]
+        .as_i64()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let run = loop {
+        let run = server.get(&format!("/api/v1/runs/{id}"));
+        if ["succeeded", "failed"].contains(&run["status"].as_str().unwrap_or_default())
+            || Instant::now() > deadline
+        {
+            break run;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(run["status"], "succeeded", "{run}");
+    assert!(
+        !maps_libtorch(server.pid()),
+        "the service process mapped libtorch after a run"
+    );
+}

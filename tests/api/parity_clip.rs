@@ -179,8 +179,9 @@ fn the_tiny_preset_builds_a_clip_classifier_for_64_pixel_images() {
         (0, 64, 500)
     );
     let vs = tch::nn::VarStore::new(Device::Cpu);
-    let model =
-        (modalbench::models::clip::SPEC.build)(&config, Head::Classifier(2), vs.root()).unwrap();
+    let model = modalbench::models::clip::SPEC
+        .build(&config, Head::Classifier(2), vs.root())
+        .unwrap();
     let input_ids = Tensor::from_slice(&[2i64, 40, 41, 3, 0, 2, 42, 43, 44, 3]).view([2, 5]);
     let b = Batch {
         attention_mask: input_ids.ne(0).to_kind(Kind::Int64),

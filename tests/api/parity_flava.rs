@@ -123,7 +123,9 @@ fn forward_refuses_an_image_of_another_size_than_the_config_says() {
 fn the_tiny_preset_config_gives_the_parameters_transformers_gives_it() {
     let config = flava::tiny_config(321);
     let ours: BTreeMap<String, Vec<i64>> = layers::parameter_shapes(|p| {
-        (flava::SPEC.build)(&config, Head::Base { pooler: true }, p).unwrap();
+        flava::SPEC
+            .build(&config, Head::Base { pooler: true }, p)
+            .unwrap();
     })
     .into_iter()
     .collect();

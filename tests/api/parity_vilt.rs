@@ -187,7 +187,9 @@ fn the_tiny_preset_config_builds_a_vilt_that_takes_its_preprocessor_images() {
         (0, 64, 120)
     );
     let vs = tch::nn::VarStore::new(Device::Cpu);
-    let model = (arch.build)(&config, models::Head::Classifier(4), vs.root()).unwrap();
+    let model = arch
+        .build(&config, models::Head::Classifier(4), vs.root())
+        .unwrap();
     // a 64 x 64 image and a 64 x 32 one padded beside it
     let mask = Tensor::ones([2, 64, 64], tch::kind::INT64_CPU);
     let _ = mask.get(1).narrow(1, 32, 32).fill_(0);

@@ -509,17 +509,18 @@ async fn a_data_parallel_run_holds_as_many_slots_as_it_has_replicas() {
     assert_eq!(run.device.as_deref(), Some("cpu:0"));
 }
 
-/// A worker program: a shell script that, the first time it is started, reads its job and
-/// does `body`; every later start is the real worker.
+/// A worker program: a shell script that, the first time it is started as a worker, reads its
+/// job and does `body`; every later start, and every other command (inspecting the models), is
+/// the real worker program.
 fn odd_worker(dir: &std::path::Path, body: &str) -> std::path::PathBuf {
     use std::os::unix::fs::PermissionsExt;
     let path = dir.join("odd-worker.sh");
     let marker = dir.join("started-once");
-    let real = env!("CARGO_BIN_EXE_modalbench");
+    let real = env!("CARGO_BIN_EXE_modalbench-worker");
     std::fs::write(
         &path,
         format!(
-            "#!/bin/sh\nif [ -e {m} ]; then exec {real} \"$@\"; fi\ntouch {m}\nread -r job\n{body}\n",
+            "#!/bin/sh\nif [ \"$1\" != worker ] || [ -e {m} ]; then exec {real} \"$@\"; fi\ntouch {m}\nread -r job\n{body}\n",
             m = marker.display()
         ),
     )
@@ -601,4 +602,51 @@ async fn a_worker_writing_an_endless_line_is_stopped_without_exhausting_memory()
         error.contains("longer than 64 MiB on its stdout"),
         "{error}"
     );
+}
+
+#[tokio::test]
+async fn a_run_takes_the_worker_started_ahead_for_its_slot_and_another_is_started() {
+    let app = TestApp::new().await;
+    app.state.scheduler.warm_up();
+    let waiting = app.state.scheduler.waiting_workers();
+    assert_eq!(waiting.len(), 1, "one worker for the one slot");
+    // a second call starts no more
+    app.state.scheduler.warm_up();
+    assert_eq!(app.state.scheduler.waiting_workers(), waiting);
+    let mut events = app.state.hub.subscribe();
+    let id = app.submit(long_run()).await;
+    app.state.scheduler.tick().await.unwrap();
+    app.wait_for_progress(&mut events, id).await;
+    assert_eq!(app.state.scheduler.worker_pid(id), Some(waiting[0]));
+    assert!(app.state.scheduler.waiting_workers().is_empty());
+    let (status, run) = app
+        .call(Method::POST, &format!("/api/v1/runs/{id}/cancel"), None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{run}");
+    // the slot is free again and a new worker waits for it
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while app.state.scheduler.waiting_workers().is_empty() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let next = app.state.scheduler.waiting_workers();
+    assert_eq!(next.len(), 1);
+    assert_ne!(next[0], waiting[0]);
+    let id = app
+        .submit(json!({"model": "bert-tiny", "dataset": "demo-news", "max_steps": 2}))
+        .await;
+    let run = app.run_to_end(id, 120).await;
+    assert_eq!(run.status, RunStatus::Succeeded, "{:?}", run.error);
+}
+
+#[tokio::test]
+async fn without_warm_workers_none_waits() {
+    let app = TestApp::with_settings(|s| s.warm_workers = false).await;
+    app.state.scheduler.warm_up();
+    assert!(app.state.scheduler.waiting_workers().is_empty());
+    let id = app
+        .submit(json!({"model": "bert-tiny", "dataset": "demo-news", "max_steps": 2}))
+        .await;
+    let run = app.run_to_end(id, 120).await;
+    assert_eq!(run.status, RunStatus::Succeeded, "{:?}", run.error);
+    assert!(app.state.scheduler.waiting_workers().is_empty());
 }
