@@ -20,6 +20,14 @@ import harness
 MODELS = harness.ROOT / "models"
 
 
+def rss_of(pid: int) -> int:
+    """Resident memory of process `pid` now."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmRSS")
+
+
 class Server:
     """`modalbench serve --data-dir DATA` on a free loopback port; stop() ends it."""
 
@@ -40,10 +48,19 @@ class Server:
 
     def rss_bytes(self) -> int:
         """The server process's resident memory now."""
-        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-        raise RuntimeError("no VmRSS")
+        return rss_of(self.pid)
+
+    def children_rss_bytes(self) -> int:
+        """Resident memory of the server's child processes (its workers) now."""
+        total = 0
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                text = stat.read_text()
+                if int(text[text.rindex(")") + 1:].split()[1]) == self.pid:
+                    total += rss_of(int(stat.parent.name))
+            except (OSError, ValueError, RuntimeError):
+                continue
+        return total
 
     def stop(self) -> None:
         if self.proc.poll() is None:
