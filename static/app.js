@@ -79,18 +79,25 @@ function fillEvalTable(series) {
   }
 }
 
+function showMetrics(series) {
+  document.querySelectorAll("svg.chart").forEach((svg) => drawChart(svg, series));
+  fillEvalTable(series);
+}
+
 async function refreshMetrics(runId, maxPoints) {
   const res = await fetch(`/api/v1/runs/${runId}/metrics?max_points=${maxPoints}`);
   if (!res.ok) return;
   const { series } = await res.json();
-  document.querySelectorAll("svg.chart").forEach((svg) => drawChart(svg, series));
-  fillEvalTable(series);
+  showMetrics(series);
 }
 
 function initRunPage(root) {
   const runId = root.dataset.runId;
   const maxPoints = root.dataset.maxPoints;
-  refreshMetrics(runId, maxPoints);
+  // the page carries its series when the server keeps them current; else they are fetched
+  const inline = document.getElementById("run-curves");
+  if (inline) showMetrics(JSON.parse(inline.textContent).series);
+  else refreshMetrics(runId, maxPoints);
   if (root.dataset.active !== "true") return;
   const src = new EventSource(`/api/v1/runs/${runId}/events`);
   let pending = null;

@@ -177,7 +177,9 @@ def write_section(markdown: str, key: str, path: Path = BENCHMARKS) -> None:
     if start in text and end in text:
         before, rest = text.split(start, 1)
         _, after = rest.split(end, 1)
-        text = before + block + after.lstrip("\n")
+        # a blank line before whatever follows, as between every section
+        rest = after.lstrip("\n")
+        text = before + block + ("\n" + rest if rest else "")
         if not text.endswith("\n"):
             text += "\n"
     else:

@@ -600,6 +600,26 @@ impl Store {
         row.map(Run::try_from).transpose()
     }
 
+    /// The runs of `ids` that exist, in the order of `ids`, read in one statement.
+    pub async fn get_runs(&self, ids: &[i64]) -> Result<Vec<Run>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let list = ids.iter().map(i64::to_string).collect::<Vec<_>>().join(",");
+        let rows: Vec<RunRow> = sqlx::query_as(&format!(
+            "SELECT {RUN_COLUMNS} FROM runs WHERE id IN ({list})"
+        ))
+        .fetch_all(self.pool())
+        .await
+        .context("reading runs")?;
+        let mut runs = rows
+            .into_iter()
+            .map(Run::try_from)
+            .collect::<Result<Vec<Run>>>()?;
+        runs.sort_by_key(|r| ids.iter().position(|&i| i == r.id));
+        Ok(runs)
+    }
+
     /// Runs matching the filter, newest first.
     pub async fn list_runs(&self, f: &RunFilter) -> Result<Vec<Run>> {
         let rows: Vec<RunRow> = sqlx::query_as(&format!(

@@ -122,6 +122,7 @@ async fn two_runs_compare_side_by_side_with_intervals_disagreements_and_curves()
     for (query, status) in [
         ("runs=abc", StatusCode::UNPROCESSABLE_ENTITY),
         ("runs=", StatusCode::UNPROCESSABLE_ENTITY),
+        ("runs=,,", StatusCode::UNPROCESSABLE_ENTITY),
         ("runs=1,2,3,4,5,6,7,8,9", StatusCode::UNPROCESSABLE_ENTITY),
         ("runs=999999", StatusCode::NOT_FOUND),
         ("runs=1&colour=red", StatusCode::UNPROCESSABLE_ENTITY),

@@ -73,36 +73,45 @@ async fn the_run_page_draws_its_curves_in_a_real_browser() {
     let app = TestApp::new().await;
     let id = finished_tiny_run(&app).await;
     let addr = serve(&app).await;
-    let dom =
-        tokio::task::spawn_blocking(move || rendered_dom(&format!("http://{addr}/runs/{id}")))
-            .await
+    // the first time the charts are drawn client-side from /api/v1/runs/{id}/metrics; that
+    // answer is kept, and the second time the page carries it (on SQLite, where curves are kept)
+    let (_, first) = app.page(&format!("/runs/{id}")).await;
+    assert!(!first.contains(r#"id="run-curves""#));
+    for time in ["fetched", "embedded"] {
+        let dom =
+            tokio::task::spawn_blocking(move || rendered_dom(&format!("http://{addr}/runs/{id}")))
+                .await
+                .unwrap();
+        if time == "embedded" {
+            let kept = app.state.store.engine() == modalbench::store::Engine::Sqlite;
+            assert_eq!(dom.contains(r#"id="run-curves""#), kept);
+        }
+        for key in [
+            "train/loss",
+            "eval/loss",
+            "eval/accuracy",
+            "eval/f1",
+            "eval/auroc",
+        ] {
+            assert!(
+                dom.contains(&format!(r#"data-key="{key}""#)),
+                "{time}: no {key} line in:\n{dom}"
+            );
+        }
+        assert!(!dom.contains("no points yet"));
+        let evals = dom
+            .split(r#"<table id="eval-table">"#)
+            .nth(1)
+            .unwrap()
+            .split("</table>")
+            .next()
             .unwrap();
-    // the charts are drawn client-side from /api/v1/runs/{id}/metrics
-    for key in [
-        "train/loss",
-        "eval/loss",
-        "eval/accuracy",
-        "eval/f1",
-        "eval/auroc",
-    ] {
-        assert!(
-            dom.contains(&format!(r#"data-key="{key}""#)),
-            "no {key} line in:\n{dom}"
+        assert_eq!(
+            evals.matches("<tr>").count(),
+            1 + 2,
+            "{time}: header and one row per epoch:\n{evals}"
         );
     }
-    assert!(!dom.contains("no points yet"));
-    let evals = dom
-        .split(r#"<table id="eval-table">"#)
-        .nth(1)
-        .unwrap()
-        .split("</table>")
-        .next()
-        .unwrap();
-    assert_eq!(
-        evals.matches("<tr>").count(),
-        1 + 2,
-        "header and one row per epoch:\n{evals}"
-    );
 }
 
 #[tokio::test]

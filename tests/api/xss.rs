@@ -98,6 +98,31 @@ async fn user_supplied_text_reaches_pages_escaped() {
         }
     }
 
+    // once its curves are kept (read through the API), the run page carries them in a
+    // `<script>` element, where a metric key cannot close it (on SQLite: on PostgreSQL, which
+    // other servers may write, no curves are kept and the page's script fetches them)
+    let (status, _) = app
+        .get(&format!("/api/v1/runs/{ext}/metrics?max_points=1000"))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, html) = app.page(&format!("/runs/{ext}")).await;
+    let kept = app.state.store.engine() == modalbench::store::Engine::Sqlite;
+    assert_eq!(
+        html.contains("id=\"run-curves\""),
+        kept,
+        "the page embeds its kept curves"
+    );
+    assert!(
+        !injected(&html),
+        "the embedded curves hold a payload as markup"
+    );
+    if kept {
+        assert!(
+            html.contains("loss \\u003cscript\\u003e"),
+            "the key is in the embedded JSON"
+        );
+    }
+
     // and in a real browser, with the pages' scripts run, nothing executes
     let url = app.listen().await;
     for uri in [

@@ -250,6 +250,25 @@ impl CurveCache {
             .map(|(_, body)| body.clone())
     }
 
+    /// The kept answer of `run_id`'s whole series at `max_points`, if it is still current,
+    /// for embedding in its page: JSON whose `<`, `>` and `&` are written as `\u003c`... (the
+    /// same JSON), so that no metric key can end the `<script>` element that holds it.
+    pub(crate) fn page_copy(
+        &self,
+        store: &crate::store::Store,
+        run_id: i64,
+        max_points: usize,
+    ) -> Option<String> {
+        let generation = store.series_generation(run_id)?;
+        let body = self.get(&(run_id, None, false, max_points), generation)?;
+        let text = std::str::from_utf8(&body).ok()?;
+        Some(
+            text.replace('<', "\\u003c")
+                .replace('>', "\\u003e")
+                .replace('&', "\\u0026"),
+        )
+    }
+
     fn put(&self, key: CurveKey, generation: u64, body: axum::body::Bytes) {
         let mut answers = self.answers.lock().expect("curve cache");
         if answers.len() >= Self::CAPACITY {

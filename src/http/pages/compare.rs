@@ -119,6 +119,9 @@ fn run_ids(q: &CompareQuery) -> Result<Vec<i64>, ApiError> {
             ids.push(id);
         }
     }
+    if ids.is_empty() {
+        return Err(bad(format!("`{raw}` names no run: /compare?runs=1,2,3")));
+    }
     if ids.len() > MAX_RUNS {
         return Err(bad(format!(
             "at most {MAX_RUNS} runs at once, got {}",
@@ -141,14 +144,9 @@ async fn compare(
     super::PageQuery(q): super::PageQuery<CompareQuery>,
 ) -> PageResult {
     let ids = run_ids(&q)?;
-    let mut runs: Vec<Run> = Vec::new();
-    for id in &ids {
-        let run = state
-            .store
-            .get_run(*id)
-            .await?
-            .ok_or_else(|| ApiError::not_found(format!("run {id}")))?;
-        runs.push(run);
+    let runs: Vec<Run> = state.store.get_runs(&ids).await?;
+    if let Some(id) = ids.iter().find(|&&id| !runs.iter().any(|r| r.id == id)) {
+        return Err(ApiError::not_found(format!("run {id}")).into());
     }
     let heads: Vec<Head> = runs
         .iter()
@@ -224,17 +222,19 @@ async fn compare(
     }
     let differing = options.iter().filter(|o| o.differs).count();
 
-    // predictions on the test split, when every run has them on the same examples
-    let mut preds: Vec<Vec<StoredPrediction>> = Vec::new();
-    for r in &runs {
-        preds.push(
-            state
-                .store
-                .predictions(r.id, Split::Test, i64::MAX, 0)
-                .await?,
-        );
-    }
+    // predictions on the test split, when every run has them on the same examples (the
+    // others' are not read when the first run has none)
     let same_dataset = runs.iter().all(|r| r.dataset == runs[0].dataset);
+    let mut preds: Vec<Vec<StoredPrediction>> = vec![Vec::new(); runs.len()];
+    for (i, r) in runs.iter().enumerate() {
+        if !same_dataset || (i > 0 && preds[0].is_empty()) {
+            break;
+        }
+        preds[i] = state
+            .store
+            .predictions(r.id, Split::Test, i64::MAX, 0)
+            .await?;
+    }
     let ids_of =
         |p: &[StoredPrediction]| p.iter().map(|x| x.example_id.clone()).collect::<Vec<_>>();
     let same_examples = same_dataset

@@ -114,6 +114,10 @@ struct RunPage {
     eval_keys: String,
     /// The most points per series the charts fetch.
     max_points: usize,
+    /// The charts' series when the server keeps them current (as
+    /// `/api/v1/runs/{id}/metrics?max_points=` answers), so the page draws without fetching
+    /// them; escaped for a `<script>` element.
+    curves: Option<String>,
     eval_headers: Vec<&'static str>,
     eval_rows: Vec<EvalRow>,
     logs: Vec<String>,
@@ -369,6 +373,9 @@ async fn detail(
         external,
         eval_keys: joined(EVAL_METRICS.iter().map(|(m, _)| MetricKey::eval(*m))),
         max_points: super::CURVE_POINTS,
+        curves: state
+            .curves
+            .page_copy(&state.store, run.id, super::CURVE_POINTS),
         eval_headers: EVAL_METRICS.iter().map(|(_, h)| *h).collect(),
         summary,
         eval_rows,
