@@ -347,15 +347,8 @@ pub fn run(command: Command) -> Result<()> {
             }
             Ok(())
         }
-        Command::Train(_)
-        | Command::Forward { .. }
-        | Command::Worker { .. }
-        | Command::Presets { .. }
-        | Command::Devices
-        | Command::InspectModels { .. }
-        | Command::Bench {
-            command: BenchCommand::TrainStep { .. } | BenchCommand::Loader { .. },
-        } => anyhow::bail!("this command runs models: it is modalbench-worker's"),
+        // the commands of [`Command::runs_models`]
+        _ => anyhow::bail!("this command runs models: it is modalbench-worker's"),
     }
 }
 
