@@ -88,11 +88,25 @@ def run(ctx: harness.Context) -> harness.Section:
             after_rss = server.rss_bytes()
         finally:
             server.stop()
+        # the same without workers started ahead: each run starts its worker process
+        server = service.Server(folder / "cold", ["--cpu-slots", "1", "--warm-workers", "false"])
+        try:
+            c = service.Client(server.url)
+            one_run(c)
+            cold: dict[str, list[float]] = {}
+            for _ in range(ctx.reps):
+                time.sleep(GAP)
+                for k, v in one_run(c).items():
+                    cold.setdefault(k, []).append(v)
+        finally:
+            server.stop()
     finally:
         harness.run(["rm", "-rf", str(folder)])
 
     stats = {k: harness.Stats(v) for k, v in phases.items()}
     rows = [[k, s.fmt(1)] for k, s in stats.items()]
+    rows += [[f"{k}, workers not started ahead", harness.Stats(cold[k]).fmt(1)]
+             for k in ("process start", "submission to first step, minus loading")]
     mib = 1 << 20
     rows += [["idle server RSS, MiB (after start, no runs)", f"{idle_rss / mib:.1f}"],
              ["worker waiting for the slot's next run, RSS MiB", f"{waiting_rss / mib:.1f}"],
@@ -117,7 +131,9 @@ Each run is submitted {GAP:.0f} s after the previous one ended, so it finds its 
 slot's worker started ahead. "process start" is then from the claim to the worker reading its
 job: handing the job to a waiting worker instead of starting one. The service is `modalbench`,
 which does not load libtorch; the worker waiting for the slot is `modalbench-worker`, whose
-memory is libtorch's, counted apart above.
+memory is libtorch's, counted apart above. "Workers not started ahead" is a second server
+with `--warm-workers false` ({ctx.reps} runs, the same gap), where each run starts its worker
+process: `modalbench-worker` loading libtorch before its `main`.
 
 What the profile had shown: `modalbench --help`, which did nothing, took 0.3–0.4 s and peaked at
 120 MB resident when the service and the workers were one binary linked against libtorch.
