@@ -1,8 +1,9 @@
 //! Bakes the libtorch library folder into the binaries' run path, so they run without
 //! `LD_LIBRARY_PATH` (and keeps libtorch out of `modalbench`, see below), and compiles the
 //! small C++ shim over libtorch's C++ API that tch lacks (`src/train/torch_extras.cpp`:
-//! autocast by device and precision, CUDA memory statistics) against the same libtorch. `torch-sys` (a direct dependency for this reason) publishes the
-//! folder it linked against as `DEP_TCH_LIBTORCH_LIB`.
+//! autocast by device and precision, CUDA memory statistics) against the same libtorch.
+//! `torch-sys` (a direct dependency for this reason) publishes the folder it linked against as
+//! `DEP_TCH_LIBTORCH_LIB`.
 
 use std::path::Path;
 
