@@ -49,7 +49,7 @@ pub struct Settings {
     #[arg(long, env = "MODALBENCH_WARM_WORKERS", default_value_t = true, action = clap::ArgAction::Set)]
     pub warm_workers: bool,
     /// Program started for each run (default: `modalbench-worker` beside this binary).
-    #[arg(long, env = "MODALBENCH_WORKER_EXE", hide = true)]
+    #[arg(long, env = WORKER_EXE_ENV, hide = true)]
     pub worker_exe: Option<PathBuf>,
     /// Where runs execute: worker processes on this machine's slots, or Slurm jobs (from
     /// `serve --executor` and the configuration file).
@@ -131,10 +131,13 @@ impl Settings {
 /// File name of the binary that runs models.
 pub const WORKER_BIN: &str = "modalbench-worker";
 
+/// The variable naming another worker program (`--worker-exe`).
+pub const WORKER_EXE_ENV: &str = "MODALBENCH_WORKER_EXE";
+
 /// `modalbench-worker` beside the running binary, unless `MODALBENCH_WORKER_EXE` names
 /// another program.
 pub fn default_worker_exe() -> Result<PathBuf> {
-    if let Some(p) = std::env::var_os("MODALBENCH_WORKER_EXE").filter(|p| !p.is_empty()) {
+    if let Some(p) = std::env::var_os(WORKER_EXE_ENV).filter(|p| !p.is_empty()) {
         return Ok(PathBuf::from(p));
     }
     let me = std::env::current_exe().context("locating the running binary")?;

@@ -2,7 +2,7 @@
 //! ordinary checkpoint folders so they load through the same path as downloaded ones.
 
 use crate::models::{Arch, Head, checkpoint, clip, flava, fusion, vilt};
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use serde_json::{Value, json};
 use std::path::Path;
 use tch::nn::VarStore;
@@ -306,74 +306,95 @@ const MINILM_WEIGHTS: (&str, &str) = (MINILM, "model.safetensors");
 /// The MobileNetV2 weights (folder, file).
 const MOBILENET_WEIGHTS: (&str, &str) = (MOBILENET_DIR, MOBILENET_FILE);
 
-/// Files (folder, file name) of the models root.
-type Files = &'static [(&'static str, &'static str)];
+/// How a preset is made. The table of presets holds these rather than writer functions, so
+/// that the service, which reads the table but writes no weights, does not link libtorch.
+#[derive(Debug, Clone, Copy)]
+enum Recipe {
+    BertTiny,
+    ClipTiny,
+    ViltTiny,
+    FlavaTiny,
+    /// MiniLM-L6 with an image encoder, joined by `Fusion`.
+    Fusion(fusion::Fusion, VisionStart),
+}
 
-/// The presets: each one's name and the files of the models root it is built from (folder and
-/// file name). [`write`] makes them.
-const PRESETS: [(&str, Files); 8] = [
-    (BERT_TINY, &[]),
-    (clip::CLIP_TINY, &[]),
-    (VILT_TINY, &[]),
-    (flava::FLAVA_TINY, &[]),
-    (FUSION_MINILM, &[MINILM_WEIGHTS]),
-    (FUSION_LATE_MINILM, &[MINILM_WEIGHTS]),
-    (FUSION_MOBILENET, &[MINILM_WEIGHTS, MOBILENET_WEIGHTS]),
-    (FUSION_LATE_MOBILENET, &[MINILM_WEIGHTS, MOBILENET_WEIGHTS]),
-];
+impl Recipe {
+    /// The files (folder, file name) of the models root it is built from.
+    fn requires(self) -> &'static [(&'static str, &'static str)] {
+        match self {
+            Recipe::Fusion(_, VisionStart::Scratch) => &[MINILM_WEIGHTS],
+            Recipe::Fusion(_, VisionStart::MobileNetV2) => &[MINILM_WEIGHTS, MOBILENET_WEIGHTS],
+            _ => &[],
+        }
+    }
 
-/// Writes the preset `name` into `dir`, from the checkpoints of `models`.
-fn write(name: &str, dir: &Path, models: &Path) -> Result<()> {
-    match name {
-        BERT_TINY => write_bert_tiny(dir),
-        clip::CLIP_TINY => {
-            // the WordPiece vocabulary's [SEP] ends a text, so CLIP pools at it
-            let config = clip::tiny_config(
-                vocabulary().len() as i64,
-                special("[SEP]"),
-                special("[PAD]"),
-            );
-            write_random(dir, config, Some(clip::tiny_preprocessor_config()))
+    /// Writes the preset into `dir`, from the checkpoints of `models`.
+    fn write(self, dir: &Path, models: &Path) -> Result<()> {
+        match self {
+            Recipe::BertTiny => write_bert_tiny(dir),
+            Recipe::ClipTiny => {
+                // the WordPiece vocabulary's [SEP] ends a text, so CLIP pools at it
+                let config = clip::tiny_config(
+                    vocabulary().len() as i64,
+                    special("[SEP]"),
+                    special("[PAD]"),
+                );
+                write_random(dir, config, Some(clip::tiny_preprocessor_config()))
+            }
+            Recipe::ViltTiny => write_random(
+                dir,
+                vilt::tiny_config(vocabulary().len() as i64),
+                Some(vilt::tiny_preprocessor_config()),
+            ),
+            Recipe::FlavaTiny => write_random(
+                dir,
+                flava::tiny_config(vocabulary().len() as i64),
+                Some(flava::tiny_preprocessor_config()),
+            ),
+            Recipe::Fusion(kind, vision) => write_fusion(dir, models, kind, vision),
         }
-        VILT_TINY => write_random(
-            dir,
-            vilt::tiny_config(vocabulary().len() as i64),
-            Some(vilt::tiny_preprocessor_config()),
-        ),
-        flava::FLAVA_TINY => write_random(
-            dir,
-            flava::tiny_config(vocabulary().len() as i64),
-            Some(flava::tiny_preprocessor_config()),
-        ),
-        FUSION_MINILM => write_fusion(dir, models, fusion::Fusion::Concat, VisionStart::Scratch),
-        FUSION_LATE_MINILM => write_fusion(dir, models, fusion::Fusion::Late, VisionStart::Scratch),
-        FUSION_MOBILENET => write_fusion(
-            dir,
-            models,
-            fusion::Fusion::Concat,
-            VisionStart::MobileNetV2,
-        ),
-        FUSION_LATE_MOBILENET => {
-            write_fusion(dir, models, fusion::Fusion::Late, VisionStart::MobileNetV2)
-        }
-        other => bail!("no preset is named {other}"),
     }
 }
+
+/// The presets by name.
+const PRESETS: [(&str, Recipe); 8] = [
+    (BERT_TINY, Recipe::BertTiny),
+    (clip::CLIP_TINY, Recipe::ClipTiny),
+    (VILT_TINY, Recipe::ViltTiny),
+    (flava::FLAVA_TINY, Recipe::FlavaTiny),
+    (
+        FUSION_MINILM,
+        Recipe::Fusion(fusion::Fusion::Concat, VisionStart::Scratch),
+    ),
+    (
+        FUSION_LATE_MINILM,
+        Recipe::Fusion(fusion::Fusion::Late, VisionStart::Scratch),
+    ),
+    (
+        FUSION_MOBILENET,
+        Recipe::Fusion(fusion::Fusion::Concat, VisionStart::MobileNetV2),
+    ),
+    (
+        FUSION_LATE_MOBILENET,
+        Recipe::Fusion(fusion::Fusion::Late, VisionStart::MobileNetV2),
+    ),
+];
 
 /// The presets missing from `models_dir` whose source weights are there: what
 /// [`ensure_presets`] would write. Reads no weights (the service, which does not load
 /// libtorch, asks this before starting `modalbench-worker presets`).
 pub fn missing(models_dir: &Path) -> Vec<&'static str> {
-    PRESETS
-        .iter()
-        .filter(|(name, requires)| {
-            !models_dir.join(name).exists()
-                && requires
-                    .iter()
-                    .all(|(d, f)| models_dir.join(d).join(f).is_file())
-        })
-        .map(|(name, _)| *name)
-        .collect()
+    missing_recipes(models_dir).map(|(name, _)| name).collect()
+}
+
+fn missing_recipes(models_dir: &Path) -> impl Iterator<Item = (&'static str, Recipe)> + '_ {
+    PRESETS.into_iter().filter(|(name, recipe)| {
+        !models_dir.join(name).exists()
+            && recipe
+                .requires()
+                .iter()
+                .all(|(d, f)| models_dir.join(d).join(f).is_file())
+    })
 }
 
 /// Writes every preset missing from `models_dir` whose source weights are there. Each is
@@ -381,11 +402,13 @@ pub fn missing(models_dir: &Path) -> Vec<&'static str> {
 /// nothing half-made. Returns the names written.
 pub fn ensure_presets(models_dir: &Path) -> Result<Vec<String>> {
     let mut written = Vec::new();
-    for name in missing(models_dir) {
+    for (name, recipe) in missing_recipes(models_dir) {
         let dest = models_dir.join(name);
         let tmp = models_dir.join(format!(".{name}.tmp-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&tmp);
-        write(name, &tmp, models_dir).with_context(|| format!("writing preset {name}"))?;
+        recipe
+            .write(&tmp, models_dir)
+            .with_context(|| format!("writing preset {name}"))?;
         std::fs::rename(&tmp, &dest).with_context(|| format!("installing preset {name}"))?;
         written.push(name.to_string());
     }

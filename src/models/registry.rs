@@ -147,7 +147,7 @@ impl Registry {
 
     /// What the registry shows about each of `dirs`: kept inspections whose files are
     /// unchanged, the others inspected (all in one go).
-    pub fn inspect_all(&self, dirs: Vec<PathBuf>) -> Vec<ModelInfo> {
+    fn inspect_all(&self, dirs: Vec<PathBuf>) -> Vec<ModelInfo> {
         let sigs: Vec<Signature> = dirs.iter().map(|d| signature(d)).collect();
         let mut out: Vec<Option<ModelInfo>> = {
             let cache = self.lock();
