@@ -287,6 +287,11 @@ impl TestApp {
                 break status;
             }
         };
+        // and its slot is free again (the supervisor frees it just after recording the end)
+        while self.state.scheduler.running().contains(&id) && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         let run = self.state.store.get_run(id).await.unwrap().unwrap();
         assert!(
             status.is_some_and(|s| !s.is_active()),
