@@ -262,7 +262,8 @@ fn cpu_seconds() -> f64 {
 /// `eval`, times evaluation steps as the evaluation loop takes them (no gradients, autocast,
 /// the predicted labels). Prints examples/s, process CPU seconds per step and the peak memory
 /// of the timed steps (host RSS; the CUDA allocator's peak on a GPU), then the figures as
-/// `name=value` lines for `make bench`.
+/// `name=value` lines for `make bench`. float16 steps scale the loss (`GradScaler`) as training
+/// does.
 pub fn train_step(dir: &std::path::Path, b: &StepBench) -> Result<()> {
     use crate::models::checkpointing::{self, Recorded};
     use crate::train::{cost, optim::AdamW, precision as amp};
@@ -272,6 +273,9 @@ pub fn train_step(dir: &std::path::Path, b: &StepBench) -> Result<()> {
     let batch = random_batch(&loaded, dir, batch_size, b.seq_len, device)?;
     let labels = tch::Tensor::randint(2, [batch_size], (tch::Kind::Int64, device));
     let mut opt = AdamW::new(&loaded.vs, 0.01);
+    // float16 trains with dynamic loss scaling, as the training loop does
+    let mut scaler =
+        (precision == crate::runs::MixedPrecision::Fp16).then(amp::GradScaler::default);
     let threads = tch::get_num_threads();
     println!(
         "{}: batch {batch_size}, sequence {}, {device:?}, {threads} torch threads, \
@@ -313,9 +317,12 @@ pub fn train_step(dir: &std::path::Path, b: &StepBench) -> Result<()> {
                 };
                 let logits = crate::models::logits(outputs).to_kind(tch::Kind::Float);
                 let loss = logits.cross_entropy_for_logits(&labels);
-                recorded.backward(&loss);
+                match &scaler {
+                    Some(s) => recorded.backward(&s.scale(&loss)),
+                    None => recorded.backward(&loss),
+                }
                 if key == "step" {
-                    amp::apply_gradients(&mut opt, None, 1.0, 2e-5)?;
+                    amp::apply_gradients(&mut opt, scaler.as_mut(), 1.0, 2e-5)?;
                 } else {
                     opt.zero_grad();
                 }

@@ -30,7 +30,7 @@ impl Device {
         match self {
             Device::Cpu => Ok(tch::Device::Cpu),
             Device::Cuda(i) => {
-                let visible = usize::try_from(tch::Cuda::device_count()).unwrap_or(0);
+                let visible = crate::train::precision::cuda_device_count();
                 if i < visible {
                     Ok(tch::Device::Cuda(i))
                 } else {

@@ -4,13 +4,15 @@ in PyTorch + transformers eager, with the Trainer's step (forward, cross-entropy
 `zero_grad(set_to_none=True)`), or an evaluation step under `torch.no_grad()`.
 
     .venv/bin/python scripts/bench/torch_step.py MODEL_DIR [--batch 16] [--seq 128] [--steps 6]
-        [--threads 2] [--precision no|bf16] [--eval] [--flops]
-    .venv/bin/python scripts/bench/torch_step.py --matmul-peak [--threads 2] [--precision no|bf16]
+        [--threads 2] [--precision no|bf16|fp16] [--device cpu|cuda] [--eval] [--flops]
+    .venv/bin/python scripts/bench/torch_step.py --matmul-peak [--threads 2] [--precision no|bf16|fp16]
+        [--device cpu|cuda]
 
 Prints `samples_per_s=`, `cpu_s_per_step=` (process CPU seconds per step), and with `--flops`
 `flops_per_example=` (counted by `torch.utils.flop_counter` over one step: matrix products,
 convolutions and attention, forward and backward). `--matmul-peak` prints `peak_gflops=`, the
-best of square matrix products at sizes a transformer layer uses.
+best of square matrix products at sizes a transformer layer uses (on CUDA, larger ones).
+On CUDA, float16 autocast trains with `torch.amp.GradScaler`, as the Trainer does.
 
 The text+image heads are built here as modalbench builds them (ours where Hugging Face has
 none: CLIP's MLP over [t, i, t·i, t−i], FLAVA with ViLT's VQA head, the Concat-BERT fusion of a
@@ -154,15 +156,24 @@ def decay_groups(model: nn.Module) -> list[dict]:
     return [{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def matmul_peak(threads: int, dtype: torch.dtype) -> float:
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def matmul_peak(device: str, dtype: torch.dtype) -> float:
     best = 0.0
-    for n in (1024, 1536, 2048):
-        a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-        a @ b
-        reps = 5
+    sizes, reps = ((4096, 8192), 20) if device.startswith("cuda") else ((1024, 1536, 2048), 5)
+    for n in sizes:
+        a = torch.randn(n, n, dtype=dtype, device=device)
+        b = torch.randn(n, n, dtype=dtype, device=device)
+        for _ in range(3):
+            a @ b
+        sync(device)
         t = time.perf_counter()
         for _ in range(reps):
             a @ b
+        sync(device)
         best = max(best, 2 * n**3 * reps / (time.perf_counter() - t) / 1e9)
     return best
 
@@ -175,25 +186,31 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--precision", choices=["no", "bf16"], default="no")
+    ap.add_argument("--precision", choices=["no", "bf16", "fp16"], default="no")
+    ap.add_argument("--device", default="cpu")
     ap.add_argument("--eval", action="store_true")
     ap.add_argument("--flops", action="store_true")
     ap.add_argument("--matmul-peak", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.precision, torch.float32)
+    device = args.device
     if args.matmul_peak:
-        print(f"peak_gflops={matmul_peak(args.threads, dtype):.1f}")
+        print(f"peak_gflops={matmul_peak(device, dtype):.1f}")
         return
     import transformers
 
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
     model, spec = build(args.model_dir)
-    ids, mask, pixels, pixel_mask = inputs(spec, args.batch, args.seq)
-    labels = torch.randint(2, (args.batch,))
-    autocast = lambda: torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.precision == "bf16")  # noqa: E731
+    model.to(device)
+    ids, mask, pixels, pixel_mask = (None if t is None else t.to(device)
+                                     for t in inputs(spec, args.batch, args.seq))
+    labels = torch.randint(2, (args.batch,)).to(device)
+    kind = "cuda" if device.startswith("cuda") else "cpu"
+    autocast = lambda: torch.autocast(kind, dtype=dtype, enabled=args.precision != "no")  # noqa: E731
+    scaler = torch.amp.GradScaler(kind, enabled=args.precision == "fp16")
     if args.eval:
         model.eval()
 
@@ -208,9 +225,11 @@ def main() -> None:
             with autocast():
                 logits = model(ids, mask, pixels, pixel_mask)
             loss = F.cross_entropy(logits.float(), labels)
-            loss.backward()
+            scaler.scale(loss).backward()
+            scaler.unscale_(opt)
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
+            scaler.step(opt)
+            scaler.update()
             opt.zero_grad(set_to_none=True)
             loss.item()
 
@@ -222,10 +241,16 @@ def main() -> None:
         print(f"flops_per_example={counter.get_total_flops() / args.batch:.6g}")
     for _ in range(args.warmup):
         step()
+    sync(device)
+    if kind == "cuda":
+        torch.cuda.reset_peak_memory_stats()
     wall, cpu = time.perf_counter(), time.process_time()
     for _ in range(args.steps):
         step()
+    sync(device)
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    if kind == "cuda":
+        print(f"gpu_peak_mib={torch.cuda.max_memory_allocated() / 2**20:.0f}")
     print(f"samples_per_s={args.batch * args.steps / wall:.3f}")
     print(f"cpu_s_per_step={cpu / args.steps:.4f}")
 

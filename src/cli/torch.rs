@@ -26,7 +26,7 @@ pub fn run(command: Command) -> Result<()> {
             Ok(())
         }
         Command::Devices => {
-            println!("{}", tch::Cuda::device_count());
+            println!("{}", train::precision::cuda_device_count());
             Ok(())
         }
         Command::Bench {

@@ -51,14 +51,26 @@ pub fn visible_devices(slots: &[Slot]) -> String {
 /// does not load libtorch) asks the worker program (`worker_exe devices`); on a machine without
 /// the NVIDIA driver there are none to ask about.
 pub fn detect(cpu_slots: usize, worker_exe: &Path) -> Result<Vec<Slot>> {
-    let driver = ["/proc/driver/nvidia/version", "/dev/nvidiactl"]
-        .iter()
-        .any(|p| Path::new(p).exists());
-    let gpus = if driver { cuda_devices(worker_exe)? } else { 0 };
+    let gpus = if nvidia_driver_present() {
+        cuda_devices(worker_exe)?
+    } else {
+        0
+    };
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
     Ok(plan(gpus, cpu_slots, cores))
+}
+
+/// Whether the NVIDIA driver is loaded: without it there is no CUDA device to look for.
+pub fn nvidia_driver_present() -> bool {
+    [
+        "/proc/driver/nvidia/version",
+        "/dev/nvidiactl",
+        "/dev/nvidia0",
+    ]
+    .iter()
+    .any(|p| Path::new(p).exists())
 }
 
 /// The CUDA devices libtorch sees, as `worker_exe devices` counts them.

@@ -106,6 +106,138 @@ mod fused {
     }
 }
 
+/// The multi-tensor path, for parameters off the CPU (CUDA): PyTorch's own kernels over every
+/// parameter at once through the C++ shim (`torch_extras.cpp`), as `torch.optim.AdamW(fused=True)`,
+/// `clip_grad_norm_(foreach=True)` and `GradScaler.unscale_` take them. A handful of kernel
+/// launches per step instead of eight per parameter, and no host synchronisation in between.
+mod multi {
+    use anyhow::{Result, bail};
+    use std::ffi::{CStr, c_char, c_int, c_void};
+    use tch::Tensor;
+
+    unsafe extern "C" {
+        fn mb_last_error() -> *const c_char;
+        fn mb_fused_adamw(
+            params: *const *mut c_void,
+            grads: *const *mut c_void,
+            exp_avgs: *const *mut c_void,
+            exp_avg_sqs: *const *mut c_void,
+            n: c_int,
+            step: *mut c_void,
+            lr: f64,
+            beta1: f64,
+            beta2: f64,
+            weight_decay: f64,
+            eps: f64,
+            grad_scale: *mut c_void,
+        ) -> c_int;
+        fn mb_global_norm(ts: *const *mut c_void, n: c_int, out: *mut *mut c_void) -> c_int;
+        fn mb_unscale(
+            ts: *const *mut c_void,
+            n: c_int,
+            found_inf: *mut c_void,
+            inv_scale: *mut c_void,
+        ) -> c_int;
+    }
+
+    /// tch's handles (`at::Tensor*`) of `ts`, for a list argument.
+    fn handles(ts: &[&Tensor]) -> Vec<*mut c_void> {
+        ts.iter().map(|t| t.as_ptr() as *mut c_void).collect()
+    }
+
+    fn check(rc: c_int, what: &str) -> Result<()> {
+        if rc == 0 {
+            return Ok(());
+        }
+        // SAFETY: the shim keeps this thread's last message alive until its next failure
+        let why = unsafe { CStr::from_ptr(mb_last_error()) }.to_string_lossy();
+        bail!("{what}: {why}")
+    }
+
+    /// The AdamW state of one group of parameters (one device, one weight decay).
+    pub struct Group<'a> {
+        pub params: Vec<&'a Tensor>,
+        pub grads: Vec<&'a Tensor>,
+        pub exp_avgs: Vec<&'a Tensor>,
+        pub exp_avg_sqs: Vec<&'a Tensor>,
+    }
+
+    /// `_fused_adamw_` over `g` at the step held in `step`, every gradient divided by
+    /// `grad_scale` first when given.
+    #[allow(clippy::too_many_arguments)]
+    pub fn adamw(
+        g: &Group,
+        step: &Tensor,
+        lr: f64,
+        beta1: f64,
+        beta2: f64,
+        weight_decay: f64,
+        eps: f64,
+        grad_scale: Option<&Tensor>,
+    ) -> Result<()> {
+        let (p, gr, m, v) = (
+            handles(&g.params),
+            handles(&g.grads),
+            handles(&g.exp_avgs),
+            handles(&g.exp_avg_sqs),
+        );
+        // SAFETY: four lists of n live tensor handles, borrowed for the call; the shim copies
+        // the handles (sharing storage) and updates parameters and moments in place.
+        let rc = unsafe {
+            mb_fused_adamw(
+                p.as_ptr(),
+                gr.as_ptr(),
+                m.as_ptr(),
+                v.as_ptr(),
+                p.len() as c_int,
+                step.as_ptr() as *mut c_void,
+                lr,
+                beta1,
+                beta2,
+                weight_decay,
+                eps,
+                grad_scale.map_or(std::ptr::null_mut(), |t| t.as_ptr() as *mut c_void),
+            )
+        };
+        check(rc, "fused AdamW step")
+    }
+
+    /// The global L2 norm of `ts` (one device), a float scalar on that device.
+    pub fn global_norm(ts: &[&Tensor]) -> Result<Tensor> {
+        let h = handles(ts);
+        let mut out: *mut c_void = std::ptr::null_mut();
+        // SAFETY: n live handles; on success the shim writes a new `at::Tensor*` that this
+        // side then owns.
+        let rc = unsafe { mb_global_norm(h.as_ptr(), h.len() as c_int, &mut out) };
+        check(rc, "gradient norm")?;
+        // SAFETY: a fresh handle from the shim, owned by the returned tensor
+        Ok(unsafe { Tensor::from_ptr(out.cast()) })
+    }
+
+    /// Multiplies `ts` by `inv_scale` in place; returns whether one of them held an inf or
+    /// a NaN (one host synchronisation).
+    pub fn unscale(ts: &[&Tensor], inv_scale: f64) -> Result<bool> {
+        let Some(first) = ts.first() else {
+            return Ok(false);
+        };
+        let opts = (tch::Kind::Float, first.device());
+        let found = Tensor::zeros([1], opts);
+        let inv = Tensor::full([1], inv_scale, opts);
+        let h = handles(ts);
+        // SAFETY: n live handles and two one-element float tensors on their device
+        let rc = unsafe {
+            mb_unscale(
+                h.as_ptr(),
+                h.len() as c_int,
+                found.as_ptr() as *mut c_void,
+                inv.as_ptr() as *mut c_void,
+            )
+        };
+        check(rc, "unscaling the gradients")?;
+        Ok(f64::try_from(&found)? != 0.0)
+    }
+}
+
 /// One trainable parameter with its optimiser state.
 pub struct Param {
     /// Its name in the checkpoint (`bert.encoder.layer.0.attention.self.query.weight`).
@@ -137,6 +269,13 @@ pub struct AdamW {
     /// The factor [`AdamW::clip_grad_norm`] found for the gradients, applied by the next
     /// [`AdamW::step`] as it reads them (one pass over the gradients fewer).
     grad_coef: f64,
+    /// On the multi-tensor path, what the gradients are divided by as the next step reads
+    /// them (`1 / grad_coef`, kept on their device so clipping needs no synchronisation).
+    grad_divisor: Option<Tensor>,
+    /// Whether steps take the multi-tensor path (parameters off the CPU).
+    multi_tensor: bool,
+    /// The step count as a float scalar on the parameters' device (the multi-tensor path).
+    step_tensor: Option<Tensor>,
 }
 
 impl AdamW {
@@ -166,7 +305,10 @@ impl AdamW {
                 exp_avg: Tensor::zeros_like(t),
                 exp_avg_sq: Tensor::zeros_like(t),
             })
-            .collect();
+            .collect::<Vec<Param>>();
+        let multi_tensor = params
+            .first()
+            .is_some_and(|p| p.tensor.device() != tch::Device::Cpu);
         AdamW {
             params,
             beta1: 0.9,
@@ -175,7 +317,26 @@ impl AdamW {
             weight_decay,
             step: 0,
             grad_coef: 1.0,
+            grad_divisor: None,
+            multi_tensor,
+            step_tensor: None,
         }
+    }
+
+    /// Takes every step on the multi-tensor path (libtorch's fused AdamW, foreach norm and
+    /// unscale kernels), which parameters off the CPU always take; on the CPU, float32
+    /// parameters otherwise take this module's parallel pass.
+    pub fn use_multi_tensor(&mut self, on: bool) {
+        self.multi_tensor = on
+            || self
+                .params
+                .iter()
+                .any(|p| p.tensor.device() != tch::Device::Cpu);
+    }
+
+    /// Whether steps take the multi-tensor path.
+    pub fn multi_tensor(&self) -> bool {
+        self.multi_tensor
     }
 
     /// The parameters, in name order.
@@ -205,15 +366,14 @@ impl AdamW {
             crate::train::precision::set_grad_none(&mut p.tensor);
         }
         self.grad_coef = 1.0;
+        self.grad_divisor = None;
     }
 
-    /// Scales every gradient by `factor` in place.
-    pub fn scale_grads(&self, factor: f64) {
-        tch::no_grad(|| {
-            for mut g in self.grads() {
-                let _ = g.g_mul_scalar_(factor);
-            }
-        });
+    /// Multiplies every gradient by `inv_scale` in place (one kernel over all of them, as
+    /// `GradScaler.unscale_` does); returns whether one of them holds an inf or a NaN.
+    pub fn unscale_grads(&self, inv_scale: f64) -> Result<bool> {
+        let grads = self.grads();
+        tch::no_grad(|| multi::unscale(&grads.iter().collect::<Vec<_>>(), inv_scale))
     }
 
     /// The global L2 norm of the gradients, as `clip_grad_norm_` computes it: the norm of the
@@ -221,9 +381,15 @@ impl AdamW {
     /// float64).
     pub fn grad_norm(&self) -> Tensor {
         let grads = self.grads();
-        if !grads.is_empty() && grads.iter().all(fused::eligible) {
+        if !self.multi_tensor && !grads.is_empty() && grads.iter().all(fused::eligible) {
             let sq: f64 = grads.iter().map(fused::sum_squares).sum();
             return Tensor::from(sq.sqrt() as f32);
+        }
+        if self.multi_tensor && !grads.is_empty() {
+            let all: Vec<&Tensor> = grads.iter().collect();
+            if let Ok(norm) = tch::no_grad(|| multi::global_norm(&all)) {
+                return norm;
+            }
         }
         tch::no_grad(|| {
             let norms: Vec<Tensor> = self
@@ -244,6 +410,12 @@ impl AdamW {
     /// norm before clipping.
     pub fn clip_grad_norm(&mut self, max_norm: f64) -> Tensor {
         let total = self.grad_norm();
+        if self.multi_tensor {
+            // the next step divides each gradient by max(1, (norm + 1e-6) / max_norm) as it
+            // reads it
+            self.grad_divisor = Some(tch::no_grad(|| ((&total + 1e-6) / max_norm).clamp_min(1.0)));
+            return total;
+        }
         if total.device() == tch::Device::Cpu
             && self.params.iter().all(|p| fused::eligible(&p.tensor))
         {
@@ -262,7 +434,10 @@ impl AdamW {
     }
 
     /// One AdamW step at learning rate `lr` over the parameters that have gradients.
-    pub fn step(&mut self, lr: f64) {
+    pub fn step(&mut self, lr: f64) -> Result<()> {
+        if self.multi_tensor {
+            return self.step_multi_tensor(lr);
+        }
         self.step += 1;
         let t = self.step as i32;
         let (b1, b2) = (self.beta1, self.beta2);
@@ -312,6 +487,68 @@ impl AdamW {
                 let _ = p.tensor.addcdiv_(&(&p.exp_avg * -step_size), &denom);
             }
         });
+        Ok(())
+    }
+
+    /// [`AdamW::step`] on the multi-tensor path: `_fused_adamw_` once per weight-decay group,
+    /// with the clipping factor folded into its gradient divisor.
+    fn step_multi_tensor(&mut self, lr: f64) -> Result<()> {
+        let Some(device) = self
+            .params
+            .iter()
+            .find(|p| p.tensor.grad().defined())
+            .map(|p| p.tensor.device())
+        else {
+            return Ok(());
+        };
+        self.step += 1;
+        let coef = std::mem::replace(&mut self.grad_coef, 1.0);
+        let divisor = match self.grad_divisor.take() {
+            Some(d) => Some(d),
+            None if coef != 1.0 => Some(Tensor::full([1], 1.0 / coef, (Kind::Float, device))),
+            None => None,
+        };
+        let step_tensor = match self.step_tensor.take() {
+            Some(t) if t.device() == device => t,
+            _ => Tensor::zeros([], (Kind::Float, device)),
+        };
+        let grads: Vec<Tensor> = self.params.iter().map(|p| p.tensor.grad()).collect();
+        let result = tch::no_grad(|| -> Result<()> {
+            let _ = step_tensor.shallow_clone().fill_(self.step as f64);
+            for (decayed, wd) in [(true, self.weight_decay), (false, 0.0)] {
+                let mut g = multi::Group {
+                    params: vec![],
+                    grads: vec![],
+                    exp_avgs: vec![],
+                    exp_avg_sqs: vec![],
+                };
+                for (p, grad) in self.params.iter().zip(&grads) {
+                    if p.decay == decayed && grad.defined() {
+                        g.params.push(&p.tensor);
+                        g.grads.push(grad);
+                        g.exp_avgs.push(&p.exp_avg);
+                        g.exp_avg_sqs.push(&p.exp_avg_sq);
+                    }
+                }
+                if g.params.is_empty() {
+                    continue;
+                }
+                let wd = if decayed { wd } else { 0.0 };
+                multi::adamw(
+                    &g,
+                    &step_tensor,
+                    lr,
+                    self.beta1,
+                    self.beta2,
+                    wd,
+                    self.eps,
+                    divisor.as_ref(),
+                )?;
+            }
+            Ok(())
+        });
+        self.step_tensor = Some(step_tensor);
+        result
     }
 
     /// The state as named tensors (`exp_avg.<param>`, `exp_avg_sq.<param>`) and the step.
@@ -358,5 +595,100 @@ impl AdamW {
         }
         self.step = step;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::models::layers::{LayerNorm, Linear};
+    use tch::Device;
+    use tch::nn::Module;
+
+    /// Fixed values of shape `size` (tests run in parallel, so none relies on the global seed).
+    fn values(size: &[i64], phase: f64) -> Tensor {
+        let n: i64 = size.iter().product();
+        (Tensor::arange(n, (Kind::Float, Device::Cpu)) * 0.37 + phase)
+            .sin()
+            .view(size)
+    }
+
+    /// A linear layer (decayed weight, undecayed bias) into a layer norm (undecayed), with the
+    /// same weights every time.
+    fn model() -> (VarStore, Linear, LayerNorm) {
+        let vs = VarStore::new(Device::Cpu);
+        let lin = Linear::new(vs.root() / "dense", 6, 5, 0.5);
+        let norm = LayerNorm::new(vs.root() / "norm", 5, 1e-5);
+        tch::no_grad(|| {
+            let named: BTreeMap<String, Tensor> = vs.variables().into_iter().collect();
+            for (i, (_, mut t)) in named.into_iter().enumerate() {
+                t.copy_(&(values(&t.size(), i as f64) * 0.5 + 1.0));
+            }
+        });
+        (vs, lin, norm)
+    }
+
+    /// Trains `steps` steps on fixed batches, clipping at `max_norm`, and returns the
+    /// parameters and the norms seen.
+    fn train(multi_tensor: bool, steps: usize, max_norm: f64) -> (Vec<Tensor>, Vec<f64>) {
+        let (vs, lin, norm) = model();
+        let mut opt = AdamW::new(&vs, 0.05);
+        // an ε near the gradients' size, so that the update depends on their scale (clipping)
+        opt.eps = 0.01;
+        opt.use_multi_tensor(multi_tensor);
+        assert_eq!(opt.multi_tensor(), multi_tensor);
+        let x = values(&[8, 6], 0.3);
+        let target = values(&[8, 5], 1.7);
+        let mut norms = vec![];
+        for i in 0..steps {
+            let y = norm.forward(&lin.forward(&(&x * (i as f64 + 1.0))));
+            let loss = (y - &target).square().mean(Kind::Float) * 10.0;
+            loss.backward();
+            norms.push(f64::try_from(opt.clip_grad_norm(max_norm)).unwrap());
+            opt.step(1e-2).unwrap();
+            opt.zero_grad();
+        }
+        (
+            opt.params().iter().map(|p| p.tensor.copy()).collect(),
+            norms,
+        )
+    }
+
+    #[test]
+    fn the_multi_tensor_path_takes_the_steps_the_per_parameter_path_takes() {
+        // clipping on every step (max norm 0.1), then never (1e9)
+        for max_norm in [0.1, 1e9] {
+            let (a, norms_a) = train(false, 6, max_norm);
+            let (b, norms_b) = train(true, 6, max_norm);
+            for (x, y) in norms_a.iter().zip(&norms_b) {
+                assert!((x - y).abs() <= 1e-4 * x.abs(), "norm {x} against {y}");
+            }
+            if max_norm < 1.0 {
+                assert!(norms_a.iter().all(|&n| n > max_norm), "every step clips");
+            }
+            let (start, _) = train(false, 0, max_norm);
+            for ((x, y), s) in a.iter().zip(&b).zip(&start) {
+                let moved = f64::try_from((x - s).abs().max()).unwrap();
+                let apart = f64::try_from((x - y).abs().max()).unwrap();
+                assert!(moved > 1e-3, "training moved every parameter");
+                // float32 sums in another order: about 1e-5 of the distance moved
+                assert!(apart <= 1e-4 * moved, "{apart} apart after moving {moved}");
+            }
+        }
+    }
+
+    #[test]
+    fn unscaling_finds_an_inf_among_the_gradients_and_divides_the_rest() {
+        let (vs, lin, _) = model();
+        let opt = AdamW::new(&vs, 0.0);
+        let x = Tensor::ones([2, 6], (Kind::Float, Device::Cpu));
+        (lin.forward(&x).sum(Kind::Float) * 4.0).backward();
+        let before: Vec<Tensor> = opt.grads().iter().map(Tensor::copy).collect();
+        assert!(!opt.unscale_grads(0.25).unwrap());
+        for (g, b) in opt.grads().iter().zip(&before) {
+            assert!(g.allclose(&(b * 0.25), 0.0, 0.0, false));
+        }
+        let _ = opt.grads()[0].view([-1]).get(0).fill_(f64::NAN);
+        assert!(opt.unscale_grads(1.0).unwrap());
     }
 }

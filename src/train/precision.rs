@@ -93,6 +93,38 @@ pub fn unsupported(precision: MixedPrecision, device: Device) -> Option<String> 
     }
 }
 
+/// The CUDA devices libtorch sees (0 without the NVIDIA driver). libtorch's CUDA backend is a
+/// library of its own (`libtorch_cuda.so`) that registers itself when loaded, and no symbol of
+/// it is used directly, so the linker leaves it out of the binary's needs; it is loaded here, from
+/// the libtorch folder the binary runs with, the first time CUDA is asked about on a machine
+/// with the driver (a CPU machine never maps it).
+pub fn cuda_device_count() -> usize {
+    static LOADED: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    if !crate::queue::slots::nvidia_driver_present() {
+        return 0;
+    }
+    LOADED.get_or_init(|| {
+        // SAFETY: dlopen with a constant name; the handle is kept for the process's life.
+        let handle = unsafe {
+            libc::dlopen(
+                c"libtorch_cuda.so".as_ptr(),
+                libc::RTLD_NOW | libc::RTLD_GLOBAL,
+            )
+        };
+        if handle.is_null() {
+            // SAFETY: dlerror returns a C string (or null) owned by libc.
+            let why = unsafe { libc::dlerror() };
+            let why = if why.is_null() {
+                "unknown error".into()
+            } else {
+                unsafe { std::ffi::CStr::from_ptr(why) }.to_string_lossy()
+            };
+            eprintln!("CUDA unavailable: loading libtorch_cuda.so failed: {why}");
+        }
+    });
+    usize::try_from(tch::Cuda::device_count()).unwrap_or(0)
+}
+
 /// Peak bytes the CUDA caching allocator handed out on `index` since the last reset.
 pub fn cuda_peak_allocated(index: usize) -> Option<i64> {
     // SAFETY: plain C function; returns -1 without CUDA.
@@ -142,13 +174,8 @@ impl GradScaler {
 
     /// Divides the gradients by the scale in place; returns whether one of them holds an inf
     /// or a NaN.
-    pub fn unscale(&self, opt: &AdamW) -> bool {
-        opt.scale_grads(1.0 / self.scale);
-        tch::no_grad(|| {
-            opt.grads()
-                .iter()
-                .any(|g| !bool::try_from(g.isfinite().all()).unwrap_or(false))
-        })
+    pub fn unscale(&self, opt: &AdamW) -> Result<bool> {
+        opt.unscale_grads(1.0 / self.scale)
     }
 
     /// Moves the scale after a step: halves it if the gradients overflowed, doubles it after
@@ -187,7 +214,7 @@ pub fn apply_gradients(
     lr: f64,
 ) -> Result<Applied> {
     let found_inf = match &scaler {
-        Some(s) => s.unscale(opt),
+        Some(s) => s.unscale(opt)?,
         None => false,
     };
     let grad_norm = if max_grad_norm > 0.0 && !found_inf {
@@ -196,7 +223,7 @@ pub fn apply_gradients(
         None
     };
     if !found_inf {
-        opt.step(lr);
+        opt.step(lr)?;
     }
     if let Some(s) = scaler {
         s.update(found_inf);
@@ -216,9 +243,16 @@ mod tests {
 
     #[test]
     fn an_overflowing_step_is_skipped_and_the_scale_halves() {
+        for multi_tensor in [false, true] {
+            overflowing_step(multi_tensor);
+        }
+    }
+
+    fn overflowing_step(multi_tensor: bool) {
         let vs = VarStore::new(Device::Cpu);
         let lin = nn::linear(vs.root(), 3, 2, Default::default());
         let mut opt = AdamW::new(&vs, 0.01);
+        opt.use_multi_tensor(multi_tensor);
         let mut scaler = GradScaler::default();
         let x = Tensor::ones([4, 3], (Kind::Float, Device::Cpu));
         let before: Vec<Tensor> = opt.params().iter().map(|p| p.tensor.copy()).collect();

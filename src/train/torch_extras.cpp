@@ -1,13 +1,30 @@
 // Parts of libtorch's C++ API that tch does not expose: autocast for a given device type and
 // precision (tch only switches CUDA autocast on and off), the CUDA caching allocator's peak
-// statistics, and dropping a tensor's gradient (`p.grad = None`). Every function catches C++ exceptions and reports failure by its return value.
+// statistics, dropping a tensor's gradient (`p.grad = None`), and the multi-tensor operations
+// of PyTorch's optimiser path (`_fused_adamw_`, `_foreach_norm`,
+// `_amp_foreach_non_finite_check_and_unscale_`), which take lists of tensors. Every function
+// catches C++ exceptions and reports failure by its return value, with the message kept for
+// `mb_last_error`.
 
 #include <ATen/ATen.h>
 #include <ATen/autocast_mode.h>
 #include <ATen/Context.h>
 #include <c10/core/CachingDeviceAllocator.h>
 
+#include <string>
+#include <vector>
+
 static at::DeviceType device_type(int cuda) { return cuda ? at::kCUDA : at::kCPU; }
+
+static thread_local std::string last_error;
+
+// tch's tensor handles (`at::Tensor*`) as a list of tensors sharing their storage.
+static std::vector<at::Tensor> tensors(at::Tensor** ts, int n) {
+  std::vector<at::Tensor> v;
+  v.reserve(n);
+  for (int i = 0; i < n; i++) v.push_back(*ts[i]);
+  return v;
+}
 
 extern "C" {
 
@@ -68,6 +85,57 @@ int mb_set_grad_none(at::Tensor* t) {
     t->mutable_grad() = at::Tensor();
     return 0;
   } catch (...) {
+    return -1;
+  }
+}
+
+// The message of this thread's last failed call.
+const char* mb_last_error() { return last_error.c_str(); }
+
+// One AdamW step over `n` parameters of one device and dtype, in place, as
+// `torch.optim.AdamW(fused=True)` takes it: `_fused_adamw_` with every parameter at the step
+// held by `step` (a float scalar on their device). `grad_scale`, when not null, divides every
+// gradient first (a one-element float tensor on their device). Returns 0, or -1.
+int mb_fused_adamw(at::Tensor** params, at::Tensor** grads, at::Tensor** exp_avgs,
+                   at::Tensor** exp_avg_sqs, int n, at::Tensor* step, double lr, double beta1,
+                   double beta2, double weight_decay, double eps, at::Tensor* grad_scale) {
+  try {
+    std::vector<at::Tensor> steps(n, *step);
+    std::optional<at::Tensor> scale;
+    if (grad_scale) scale = *grad_scale;
+    at::_fused_adamw_(tensors(params, n), tensors(grads, n), tensors(exp_avgs, n),
+                      tensors(exp_avg_sqs, n), {}, steps, lr, beta1, beta2, weight_decay, eps,
+                      /*amsgrad=*/false, /*maximize=*/false, scale, std::nullopt);
+    return 0;
+  } catch (const std::exception& e) {
+    last_error = e.what();
+    return -1;
+  }
+}
+
+// The global L2 norm of `n` tensors of one device, as `clip_grad_norm_`'s foreach path computes
+// it (the norm of the per-tensor norms), written to `*out` as a new float scalar tensor that the
+// caller owns. Returns 0, or -1.
+int mb_global_norm(at::Tensor** ts, int n, at::Tensor** out) {
+  try {
+    auto norms = at::_foreach_norm(tensors(ts, n), 2);
+    *out = new at::Tensor(at::linalg_vector_norm(at::stack(norms), 2).to(at::kFloat));
+    return 0;
+  } catch (const std::exception& e) {
+    last_error = e.what();
+    return -1;
+  }
+}
+
+// Multiplies `n` gradients of one device by `inv_scale` in place and sets `found_inf` (a
+// one-element float tensor) to 1 if any of them holds an inf or a NaN, as `GradScaler.unscale_`
+// does. Returns 0, or -1.
+int mb_unscale(at::Tensor** ts, int n, at::Tensor* found_inf, at::Tensor* inv_scale) {
+  try {
+    at::_amp_foreach_non_finite_check_and_unscale_(tensors(ts, n), *found_inf, *inv_scale);
+    return 0;
+  } catch (const std::exception& e) {
+    last_error = e.what();
     return -1;
   }
 }

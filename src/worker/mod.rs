@@ -262,7 +262,7 @@ fn main_with_ticket(path: &Path) -> i32 {
             return 2;
         }
     };
-    let cuda = usize::try_from(tch::Cuda::device_count()).unwrap_or(0);
+    let cuda = crate::train::precision::cuda_device_count();
     let mut spec = ticket.spec.clone();
     // the devices the scheduler gave the job: the run's `gpus`
     let devices = placement(ticket.spec.config.gpus as usize, cuda);
