@@ -6,14 +6,16 @@
 #      tokens: `modalbench-worker bench train-step` and PyTorch + transformers eager
 #      (scripts/bench/torch_step.py, the Trainer's step with fused AdamW), alternating, each with
 #      the caching allocator's peak memory and the model FLOPs utilisation against the measured
-#      peak; gradient checkpointing at 512 tokens; evaluation at 128;
+#      peak; gradient checkpointing at 512 tokens; evaluation at 128 and 512;
 #   3. the service on that machine: the slots it finds, and a run submitted with `gpus: 1` at
 #      fp16, trained by its worker on the GPU slot (device pinning), to the end.
 #
 #   scripts/gpu-check.sh BIN_DIR [TORCH_PYTHON]
 #     BIN_DIR holds modalbench and modalbench-worker built here; TORCH_PYTHON (default
 #     /opt/torch/.venv/bin/python, else python3) is the PyTorch they run with.
-#   GPU_CHECK_DEVICE=cpu GPU_CHECK_SMALL=1 rehearses it on a CPU with a small checkpoint.
+#   GPU_CHECK_DEVICE=cpu GPU_CHECK_SMALL=1 rehearses it on a CPU with a small checkpoint;
+#   GPU_CHECK_PARTS (default "steps eval service"), GPU_CHECK_PRECISIONS (default "no fp16 bf16")
+#   and GPU_CHECK_REPS (repetitions at 128 tokens, default 2) narrow it.
 #
 # Each part reports and the next goes on if one fails; the exit status counts the failures.
 set -uo pipefail
@@ -87,36 +89,45 @@ mfu() { # examples/s precision -> percent of the measured peak
   awk -v r="$1" -v f="$flops" -v p="${peak[$2]}" 'BEGIN { if (r == "" || f == "" || p == "") print "n/a"; else printf "%.1f%%", 100 * r * f / (p * 1e9) }'
 }
 
-part "fine-tune step, batch 32 (examples/s; MFU against the peak of the step's precision)"
-for seq in 128 512; do
-  flops=$(theirs $seq no 1 --flops --warmup 0 2>&1 | value flops_per_example)
-  echo "sequence $seq: $flops FLOPs per example (forward and backward, torch.utils.flop_counter)"
-  reps=2; steps=30
-  [ "$seq" = 512 ] && { reps=1; steps=15; }
-  for prec in ${GPU_CHECK_PRECISIONS:-no fp16 bf16}; do
-    for rep in $(seq $reps); do
-      o=$(ours $seq $prec $steps 2>&1) || { echo "$o" | tail -n 5; failed "modalbench step $seq $prec"; }
-      echo "$o" | grep -E "forward|peak" | sed 's/^/  ours:  /'
-      r=$(echo "$o" | value step_samples_per_s)
-      t=$(theirs $seq $prec $steps 2>&1) || { echo "$t" | tail -n 5; failed "PyTorch step $seq $prec"; }
-      tr=$(echo "$t" | value samples_per_s)
-      echo "  seq $seq $prec rep $rep: modalbench $r ($(mfu "$r" $prec)), PyTorch $tr ($(mfu "$tr" $prec)), PyTorch peak $(echo "$t" | value gpu_peak_mib) MiB"
-      echo "  RESULT step seq=$seq prec=$prec ours=$r torch=$tr flops=$flops peak=${peak[$prec]}"
+precisions=${GPU_CHECK_PRECISIONS:-no fp16 bf16}
+parts=${GPU_CHECK_PARTS:-steps eval service}
+if [[ " $parts " == *" steps "* ]]; then
+  part "fine-tune step, batch 32 (examples/s; MFU against the peak of the step's precision)"
+  for seq in 128 512; do
+    flops=$(theirs $seq no 1 --flops --warmup 0 2>&1 | value flops_per_example)
+    echo "sequence $seq: $flops FLOPs per example (forward and backward, torch.utils.flop_counter)"
+    reps=${GPU_CHECK_REPS:-2}; steps=30
+    [ "$seq" = 512 ] && { reps=1; steps=15; }
+    for prec in $precisions; do
+      for rep in $(seq $reps); do
+        o=$(ours $seq $prec $steps 2>&1) || { echo "$o" | tail -n 5; failed "modalbench step $seq $prec"; }
+        echo "$o" | grep -E "forward|peak" | sed 's/^/  ours:  /'
+        r=$(echo "$o" | value step_samples_per_s)
+        t=$(theirs $seq $prec $steps 2>&1) || { echo "$t" | tail -n 5; failed "PyTorch step $seq $prec"; }
+        tr=$(echo "$t" | value samples_per_s)
+        echo "  seq $seq $prec rep $rep: modalbench $r ($(mfu "$r" $prec)), PyTorch $tr ($(mfu "$tr" $prec)), PyTorch peak $(echo "$t" | value gpu_peak_mib) MiB"
+        echo "  RESULT step seq=$seq prec=$prec ours=$r torch=$tr flops=$flops peak=${peak[$prec]}"
+      done
+    done
+    if [ "$seq" = 512 ]; then
+      o=$(ours 512 bf16 10 --gradient-checkpointing 2>&1) || failed "modalbench step 512 bf16 checkpointing"
+      echo "$o" | grep -E "forward|peak" | sed 's/^/  ours, gradient checkpointing:  /'
+    fi
+  done
+fi
+
+if [[ " $parts " == *" eval "* ]]; then
+  part "evaluation, batch 32 (examples/s; probabilities copied to the host at the end)"
+  for seq in 128 512; do
+    for prec in $precisions; do
+      r=$(ours $seq $prec 30 --eval 2>&1 | value eval_samples_per_s)
+      tr=$(theirs $seq $prec 30 --eval 2>&1 | value samples_per_s)
+      echo "  RESULT eval seq=$seq prec=$prec ours=$r torch=$tr"
     done
   done
-  if [ "$seq" = 512 ]; then
-    o=$(ours 512 bf16 10 --gradient-checkpointing 2>&1) || failed "modalbench step 512 bf16 checkpointing"
-    echo "$o" | grep -E "forward|peak" | sed 's/^/  ours, gradient checkpointing:  /'
-  fi
-done
+fi
 
-part "evaluation, batch 32, sequence 128 (examples/s)"
-for prec in ${GPU_CHECK_PRECISIONS:-no fp16 bf16}; do
-  r=$(ours 128 $prec 30 --eval 2>&1 | value eval_samples_per_s)
-  tr=$(theirs 128 $prec 30 --eval 2>&1 | value samples_per_s)
-  echo "  RESULT eval seq=128 prec=$prec ours=$r torch=$tr"
-done
-
+[[ " $parts " == *" service "* ]] || { echo; echo "gpu-check: $failures failure(s), $(( $(date +%s) - t0 )) s"; exit $failures; }
 part "the service on this machine: slots, and a run with gpus 1 at fp16 on demo-news"
 "$bin/modalbench" data demo --out "$work/data/datasets" >/dev/null || failed "modalbench data demo"
 port=18391

@@ -260,7 +260,7 @@ fn cpu_seconds() -> f64 {
 /// (AdamW of `train::optim`, clipping, autocast for `precision`, gradient checkpointing when
 /// asked): forward+backward alone, then the whole step with clipping and the optimiser. With
 /// `eval`, times evaluation steps as the evaluation loop takes them (no gradients, autocast,
-/// the predicted labels). Prints examples/s, process CPU seconds per step and the peak memory
+/// the probabilities, copied to the host at the end). Prints examples/s, process CPU seconds per step and the peak memory
 /// of the timed steps (host RSS; the CUDA allocator's peak on a GPU), then the figures as
 /// `name=value` lines for `make bench`. float16 steps scale the loss (`GradScaler`) as training
 /// does.
@@ -299,18 +299,29 @@ pub fn train_step(dir: &std::path::Path, b: &StepBench) -> Result<()> {
     for &(label, key) in phases {
         let mut run = |n: usize| -> Result<(f64, f64)> {
             let (t, cpu) = (Instant::now(), cpu_seconds());
+            // the evaluation loop keeps the probabilities on the device and copies them at
+            // the end
+            let mut probs = Vec::new();
             for _ in 0..n {
                 if key == "eval" {
                     let _guard = tch::no_grad_guard();
                     let _autocast = amp::Autocast::enter(device, precision)?;
                     let logits = crate::models::logits(loaded.model.forward(&batch, false));
-                    let _ = Vec::<i64>::try_from(logits.argmax(-1, false))?;
+                    probs.push(
+                        logits
+                            .to_kind(tch::Kind::Float)
+                            .softmax(-1, tch::Kind::Float),
+                    );
                     continue;
                 }
                 let (outputs, recorded) = {
                     let _autocast = amp::Autocast::enter(device, precision)?;
                     if b.gradient_checkpointing {
-                        checkpointing::record(true, None, || loaded.model.forward(&batch, true))
+                        checkpointing::record(
+                            true,
+                            Some(amp::Autocast::context(device, precision)),
+                            || loaded.model.forward(&batch, true),
+                        )
                     } else {
                         (loaded.model.forward(&batch, true), Recorded::none())
                     }
@@ -327,6 +338,11 @@ pub fn train_step(dir: &std::path::Path, b: &StepBench) -> Result<()> {
                     opt.zero_grad();
                 }
                 let _ = f64::try_from(&loss)?;
+            }
+            if !probs.is_empty() {
+                let _ = Vec::<Vec<f32>>::try_from(
+                    tch::Tensor::cat(&probs, 0).to_device(tch::Device::Cpu),
+                )?;
             }
             Ok((t.elapsed().as_secs_f64(), cpu_seconds() - cpu))
         };

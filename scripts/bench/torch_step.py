@@ -211,12 +211,15 @@ def main() -> None:
     kind = "cuda" if device.startswith("cuda") else "cpu"
     autocast = lambda: torch.autocast(kind, dtype=dtype, enabled=args.precision != "no")  # noqa: E731
     scaler = torch.amp.GradScaler(kind, enabled=args.precision == "fp16")
+    kept = []
     if args.eval:
         model.eval()
 
         def step():
+            # the probabilities stay on the device until the end, as the Trainer's evaluation
+            # loop gathers them
             with torch.no_grad(), autocast():
-                model(ids, mask, pixels, pixel_mask).float().argmax(-1)
+                kept.append(model(ids, mask, pixels, pixel_mask).float().softmax(-1))
     else:
         model.train()
         opt = torch.optim.AdamW(decay_groups(model), lr=2e-5, fused=True)
@@ -245,8 +248,11 @@ def main() -> None:
     if kind == "cuda":
         torch.cuda.reset_peak_memory_stats()
     wall, cpu = time.perf_counter(), time.process_time()
+    kept.clear()
     for _ in range(args.steps):
         step()
+    if kept:
+        torch.cat(kept).cpu()
     sync(device)
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     if kind == "cuda":

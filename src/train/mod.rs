@@ -20,7 +20,7 @@ use crate::eval::stats;
 use crate::eval::vqa::vqa_accuracy;
 use crate::eval::{Metric, MetricKey, Scope};
 use crate::models::Batch;
-use crate::models::checkpointing::{self, ContextFn, Recorded};
+use crate::models::checkpointing::{self, Recorded};
 use crate::models::registry::Modality;
 use crate::models::tokenizer::{Encoded, TextEncoder, collate};
 use crate::models::{self, Loaded};
@@ -434,10 +434,7 @@ pub fn run(spec: &JobSpec, sink: &mut dyn EventSink) -> Result<Summary> {
                     let (outputs, recorded) = {
                         let _autocast = Autocast::enter(rdev, cfg.mixed_precision)?;
                         if cfg.gradient_checkpointing {
-                            let precision = cfg.mixed_precision;
-                            let context: ContextFn = Box::new(move || {
-                                Box::new(Autocast::enter(rdev, precision).ok().flatten())
-                            });
+                            let context = Autocast::context(rdev, cfg.mixed_precision);
                             checkpointing::record(true, Some(context), || {
                                 replica.model.forward(&batch, true)
                             })
@@ -966,7 +963,25 @@ fn evaluate(
     let prefetch = batcher.prefetch(split, &chunks);
     let labeled = split.labeled();
     let mut probs = vec![Vec::new(); split.examples.len()];
-    let mut loss_sum = 0.0;
+    // the summed loss and the batches' probabilities stay on the device until a few million
+    // values wait (or the end), so on a GPU the next batch is queued while this one runs
+    // instead of waiting for it
+    let mut loss_sum: Option<Tensor> = None;
+    let mut pending: Vec<(&[usize], Tensor)> = Vec::new();
+    let mut pending_values = 0;
+    let mut collect = |pending: &mut Vec<(&[usize], Tensor)>| -> Result<()> {
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let all = Tensor::cat(&pending.iter().map(|(_, p)| p).collect::<Vec<_>>(), 0);
+        let mut rows = Vec::<Vec<f32>>::try_from(all.to_device(Device::Cpu))?.into_iter();
+        for (chunk, _) in pending.drain(..) {
+            for (&i, row) in chunk.iter().zip(rows.by_ref()) {
+                probs[i] = row;
+            }
+        }
+        Ok(())
+    };
     tch::no_grad(|| -> Result<()> {
         for chunk in &chunks {
             let batch = batcher.batch(split, chunk, prefetch.as_ref())?;
@@ -975,22 +990,29 @@ fn evaluate(
                 models::logits(model.model.forward(&batch, false)).to_kind(Kind::Float)
             };
             if labeled {
-                loss_sum +=
-                    f64::try_from(batcher.loss(&logits, split, chunk))? * chunk.len() as f64;
+                let l = batcher.loss(&logits, split, chunk) * chunk.len() as f64;
+                loss_sum = Some(match loss_sum.take() {
+                    Some(sum) => sum + l,
+                    None => l,
+                });
             }
             let p = match batcher.task {
                 Task::Classification => logits.softmax(-1, Kind::Float),
                 Task::SoftLabels => logits.sigmoid(),
             };
-            for (&i, row) in chunk
-                .iter()
-                .zip(Vec::<Vec<f32>>::try_from(p.to_device(Device::Cpu))?)
-            {
-                probs[i] = row;
+            pending_values += p.numel();
+            pending.push((chunk, p));
+            if pending_values >= 1 << 22 {
+                collect(&mut pending)?;
+                pending_values = 0;
             }
         }
-        Ok(())
+        collect(&mut pending)
     })?;
+    let loss_sum = match loss_sum {
+        Some(t) => f64::try_from(&t)?,
+        None => 0.0,
+    };
     let vqa = (batcher.task == Task::SoftLabels).then(|| {
         split
             .examples

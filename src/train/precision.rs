@@ -52,6 +52,15 @@ impl Autocast {
         }
         Ok(Some(Autocast { cuda, before }))
     }
+
+    /// What gradient checkpointing re-enters while it recomputes a layer: this autocast
+    /// region, so the recomputation runs in the precision the forward pass ran in.
+    pub fn context(
+        device: tch::Device,
+        precision: MixedPrecision,
+    ) -> crate::models::checkpointing::ContextFn {
+        Box::new(move || Box::new(Autocast::enter(device, precision).ok().flatten()))
+    }
 }
 
 impl Drop for Autocast {
