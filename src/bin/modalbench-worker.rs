@@ -6,6 +6,7 @@ use clap::Parser;
 use modalbench::cli::{self, Cli};
 
 fn main() {
+    modalbench::train::keep_freed_memory();
     let cli = Cli::parse();
     cli::init_tracing();
     if let Err(e) = cli::torch::run(cli.command) {

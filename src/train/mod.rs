@@ -51,6 +51,30 @@ pub fn set_cpu_threads(n: usize) {
         .build_global();
 }
 
+/// Keeps the memory of freed activations in the process instead of handing it back to the
+/// kernel after each step. With glibc's defaults, a large tensor is mapped fresh and unmapped
+/// when freed, and a heap whose free top passes the (adaptive) trim threshold is shrunk, so
+/// every training step faults its activations' pages in again and the kernel zeroes them:
+/// about 54,000 minor faults per MiniLM-L6 step (batch 16 × 128). Here allocations up to
+/// 32 MiB (glibc's largest mapping threshold) come from the heap, and a heap is trimmed only
+/// past 1 GiB of free space, so the pages stay mapped between steps. Returns whether glibc took
+/// both settings (other C libraries: nothing is done).
+pub fn keep_freed_memory() -> bool {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: mallopt only changes the allocator's parameters; called before threads start
+        // allocating heavily, and safe at any time in glibc.
+        unsafe {
+            libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20) == 1
+                && libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30) == 1
+        }
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    {
+        false
+    }
+}
+
 /// Receives the events of a job: the worker writes them to stdout, the CLI draws progress.
 pub trait EventSink {
     /// Handles one event.
@@ -1094,6 +1118,38 @@ fn predictions(examples: &[Example], s: &Scored) -> Vec<Prediction> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Minor page faults of this thread so far.
+    fn minor_faults() -> i64 {
+        // SAFETY: getrusage fills the struct it is given
+        unsafe {
+            let mut u: libc::rusage = std::mem::zeroed();
+            libc::getrusage(libc::RUSAGE_THREAD, &mut u);
+            u.ru_minflt
+        }
+    }
+
+    #[test]
+    fn freed_activations_stay_mapped_for_the_next_step() {
+        assert!(keep_freed_memory(), "glibc takes both settings");
+        // a step's worth of activations: 8 tensors of 4 MiB made and freed, each round
+        let round = || {
+            let v: Vec<Tensor> = (0..8)
+                .map(|_| Tensor::ones([1 << 20], (Kind::Float, Device::Cpu)))
+                .collect();
+            drop(v);
+        };
+        round();
+        round();
+        let before = minor_faults();
+        for _ in 0..3 {
+            round();
+        }
+        let faults = minor_faults() - before;
+        // with glibc's defaults the heap is shrunk after each round and faulted in again
+        // (about 3,600 faults here); kept, the rounds reuse it (about 500)
+        assert!(faults < 1_500, "{faults} page faults over 3 rounds");
+    }
 
     #[test]
     fn grouping_by_length_sorts_each_group_of_the_shuffle_and_pads_less() {

@@ -250,7 +250,8 @@ pub struct Param {
 }
 
 /// AdamW (Loshchilov and Hutter's decoupled weight decay), step for step
-/// `torch.optim.AdamW(..., foreach=False)`:
+/// `torch.optim.AdamW(..., foreach=False)` on the CPU and `torch.optim.AdamW(fused=True)` on
+/// the multi-tensor path:
 ///
 /// ```text
 /// p  ← p · (1 − lr · wd)
@@ -387,6 +388,7 @@ impl AdamW {
         }
         if self.multi_tensor && !grads.is_empty() {
             let all: Vec<&Tensor> = grads.iter().collect();
+            // gradients the foreach kernel refuses (mixed kinds) get the per-tensor norms below
             if let Ok(norm) = tch::no_grad(|| multi::global_norm(&all)) {
                 return norm;
             }
