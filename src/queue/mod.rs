@@ -474,16 +474,30 @@ impl Scheduler {
         tokio::spawn(async move {
             let id = run.id;
             supervisor::supervise(&this, run, slot, cancel, reported).await;
-            {
-                let mut st = this.lock();
-                st.active.remove(&id);
-                for b in st.busy.iter_mut().filter(|b| **b == Some(id)) {
-                    *b = None;
-                }
-            }
-            this.inner.wake.notify_one();
-            this.warm_up();
+            // supervise releases the slots before announcing the end; this covers its early
+            // returns (a no-op after a release)
+            this.release(id);
         });
+    }
+
+    /// Frees the slots of run `id` (no longer active), wakes the claim loop and starts the
+    /// freed slots' waiting workers. Called once the run's end is in the store and before the
+    /// end's event goes out, so a client woken by that event finds the slots free.
+    pub(super) fn release(&self, id: i64) {
+        let freed = {
+            let mut st = self.lock();
+            let was_active = st.active.remove(&id).is_some();
+            let mut freed = false;
+            for b in st.busy.iter_mut().filter(|b| **b == Some(id)) {
+                *b = None;
+                freed = true;
+            }
+            was_active || freed
+        };
+        if freed {
+            self.inner.wake.notify_one();
+            self.warm_up();
+        }
     }
 
     /// Follows again the Slurm jobs of runs an earlier start of the service left running.

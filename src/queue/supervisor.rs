@@ -198,6 +198,7 @@ pub(super) async fn supervise(
             }
         });
     }
+    s.release(id);
     let msg = match &out.error {
         Some(e) => format!("{}: {e}", out.status),
         None => out.status.to_string(),

@@ -287,7 +287,8 @@ impl TestApp {
                 break status;
             }
         };
-        // and its slot is free again (the supervisor frees it just after recording the end)
+        // and its slot is free again (the supervisor frees it just after recording the end in
+        // the store, which is what `wait_finished` reads, and before announcing it)
         while self.state.scheduler.running().contains(&id) && tokio::time::Instant::now() < deadline
         {
             tokio::time::sleep(Duration::from_millis(20)).await;

@@ -650,3 +650,32 @@ async fn without_warm_workers_none_waits() {
     assert_eq!(run.status, RunStatus::Succeeded, "{:?}", run.error);
     assert!(app.state.scheduler.waiting_workers().is_empty());
 }
+
+// two threads, as the server runs: the supervisor goes on while this test's task wakes
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_woken_by_a_runs_end_finds_its_slot_free() {
+    let app = TestApp::new().await;
+    let mut events = app.state.hub.subscribe();
+    let id = app
+        .submit(json!({"model": "bert-tiny", "dataset": "demo-news", "max_steps": 2}))
+        .await;
+    app.state.scheduler.tick().await.unwrap();
+    let ended = async {
+        loop {
+            let ev = events.recv().await.unwrap();
+            if ev.run_id == id
+                && matches!(&ev.kind, modalbench::live::LiveKind::Status { status, .. } if !status.is_active())
+            {
+                // checked at once, while the supervisor's task may still be running
+                return app.state.scheduler.running();
+            }
+        }
+    };
+    let running = tokio::time::timeout(std::time::Duration::from_secs(120), ended)
+        .await
+        .expect("the run ends within 120 s");
+    assert!(
+        !running.contains(&id),
+        "the slot is still held by run {id} when its end is announced"
+    );
+}
