@@ -65,9 +65,11 @@ if [[ "$device" == cuda* && "${n:-0}" == 0 ]]; then
   exit $failures
 fi
 
+precisions=${GPU_CHECK_PRECISIONS:-no fp16 bf16}
+parts=${GPU_CHECK_PARTS:-steps eval service}
 part "matrix-product peak (PyTorch, square products, GFLOP/s)"
 declare -A peak
-for prec in ${GPU_CHECK_PRECISIONS:-no fp16 bf16}; do
+for prec in $precisions; do
   peak[$prec]=$("$py" "$here/bench/torch_step.py" --matmul-peak --device "$device" --precision $prec | sed -n 's/^peak_gflops=//p')
   echo "$prec: ${peak[$prec]}"
 done
@@ -89,8 +91,6 @@ mfu() { # examples/s precision -> percent of the measured peak
   awk -v r="$1" -v f="$flops" -v p="${peak[$2]}" 'BEGIN { if (r == "" || f == "" || p == "") print "n/a"; else printf "%.1f%%", 100 * r * f / (p * 1e9) }'
 }
 
-precisions=${GPU_CHECK_PRECISIONS:-no fp16 bf16}
-parts=${GPU_CHECK_PARTS:-steps eval service}
 if [[ " $parts " == *" steps "* ]]; then
   part "fine-tune step, batch 32 (examples/s; MFU against the peak of the step's precision)"
   for seq in 128 512; do

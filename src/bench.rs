@@ -257,13 +257,12 @@ fn cpu_seconds() -> f64 {
 }
 
 /// Times training steps of a checkpoint on random inputs, as the training loop takes them
-/// (AdamW of `train::optim`, clipping, autocast for `precision`, gradient checkpointing when
-/// asked): forward+backward alone, then the whole step with clipping and the optimiser. With
-/// `eval`, times evaluation steps as the evaluation loop takes them (no gradients, autocast,
-/// the probabilities, copied to the host at the end). Prints examples/s, process CPU seconds per step and the peak memory
-/// of the timed steps (host RSS; the CUDA allocator's peak on a GPU), then the figures as
-/// `name=value` lines for `make bench`. float16 steps scale the loss (`GradScaler`) as training
-/// does.
+/// (AdamW of `train::optim`, clipping, autocast for `precision` with loss scaling at float16,
+/// gradient checkpointing when asked): forward+backward alone, then the whole step with
+/// clipping and the optimiser. With `eval`, times evaluation steps as the evaluation loop takes
+/// them (no gradients, autocast, the probabilities copied to the host at the end). Prints
+/// examples/s, process CPU seconds per step and the peak memory of the timed steps (host RSS;
+/// the CUDA allocator's peak on a GPU), then the figures as `name=value` lines for `make bench`.
 pub fn train_step(dir: &std::path::Path, b: &StepBench) -> Result<()> {
     use crate::models::checkpointing::{self, Recorded};
     use crate::train::{cost, optim::AdamW, precision as amp};

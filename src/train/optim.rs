@@ -306,11 +306,8 @@ impl AdamW {
                 exp_avg: Tensor::zeros_like(t),
                 exp_avg_sq: Tensor::zeros_like(t),
             })
-            .collect::<Vec<Param>>();
-        let multi_tensor = params
-            .first()
-            .is_some_and(|p| p.tensor.device() != tch::Device::Cpu);
-        AdamW {
+            .collect();
+        let mut opt = AdamW {
             params,
             beta1: 0.9,
             beta2: 0.999,
@@ -319,9 +316,11 @@ impl AdamW {
             step: 0,
             grad_coef: 1.0,
             grad_divisor: None,
-            multi_tensor,
+            multi_tensor: false,
             step_tensor: None,
-        }
+        };
+        opt.use_multi_tensor(false);
+        opt
     }
 
     /// Takes every step on the multi-tensor path (libtorch's fused AdamW, foreach norm and
@@ -504,12 +503,8 @@ impl AdamW {
             return Ok(());
         };
         self.step += 1;
-        let coef = std::mem::replace(&mut self.grad_coef, 1.0);
-        let divisor = match self.grad_divisor.take() {
-            Some(d) => Some(d),
-            None if coef != 1.0 => Some(Tensor::full([1], 1.0 / coef, (Kind::Float, device))),
-            None => None,
-        };
+        // on this path clipping leaves its factor in `grad_divisor`, not `grad_coef`
+        let divisor = self.grad_divisor.take();
         let step_tensor = match self.step_tensor.take() {
             Some(t) if t.device() == device => t,
             _ => Tensor::zeros([], (Kind::Float, device)),
@@ -535,7 +530,6 @@ impl AdamW {
                 if g.params.is_empty() {
                     continue;
                 }
-                let wd = if decayed { wd } else { 0.0 };
                 multi::adamw(
                     &g,
                     &step_tensor,
