@@ -250,13 +250,90 @@ pub fn load(vs: &mut VarStore, dir: &Path, naming: Naming) -> Result<LoadReport>
 
 /// Writes every variable of `vs` to `file` under its path name (the Hugging Face key).
 pub fn save_safetensors(vs: &VarStore, file: &Path) -> Result<()> {
-    let named: BTreeMap<String, Tensor> = vs
+    let named: Vec<(String, Tensor)> = vs
         .variables()
         .into_iter()
-        .map(|(k, v)| (k, v.to_device(tch::Device::Cpu).contiguous()))
+        .collect::<BTreeMap<_, _>>()
+        .into_iter()
         .collect();
-    let named: Vec<(String, Tensor)> = named.into_iter().collect();
-    Tensor::write_safetensors(&named, file).with_context(|| format!("writing {}", file.display()))
+    write_safetensors(&named, file)
+}
+
+/// Writes `tensors` to `file` in the safetensors format, through a temporary sibling file
+/// renamed into place. Each tensor's bytes go to the file straight from its memory (a tensor on
+/// another device, or not contiguous, is copied to a contiguous CPU tensor first). tch's writer
+/// copies every tensor into a fresh zeroed buffer before writing it, which doubled the memory
+/// traffic of a checkpoint and, with the buffers' page faults, made writing a run's resumable
+/// checkpoint (weights and AdamW moments, 272 MB for MiniLM-L6) take about 0.45 s on 2 cores.
+pub fn write_safetensors(tensors: &[(String, Tensor)], file: &Path) -> Result<()> {
+    use std::io::Write;
+    const {
+        assert!(
+            cfg!(target_endian = "little"),
+            "safetensors files are little-endian, as this host's memory"
+        )
+    };
+    let contiguous: Vec<(&str, Tensor)> = tensors
+        .iter()
+        .map(|(k, t)| (k.as_str(), t.to_device(tch::Device::Cpu).contiguous()))
+        .collect();
+    let mut header = serde_json::Map::new();
+    let mut offset = 0usize;
+    for (name, t) in &contiguous {
+        let len = t.numel() * t.kind().elt_size_in_bytes();
+        header.insert(
+            (*name).to_string(),
+            serde_json::json!({
+                "dtype": safetensors_dtype(t.kind())
+                    .with_context(|| format!("writing {}: tensor `{name}`", file.display()))?,
+                "shape": t.size(),
+                "data_offsets": [offset, offset + len],
+            }),
+        );
+        offset += len;
+    }
+    let mut header = serde_json::to_vec(&header)?;
+    // the data starts on an 8-byte boundary, the header padded with spaces as the format allows
+    header.resize(header.len().next_multiple_of(8), b' ');
+    let tmp = file.with_extension("safetensors.tmp");
+    let write = || -> std::io::Result<()> {
+        let mut out = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&tmp)?);
+        out.write_all(&(header.len() as u64).to_le_bytes())?;
+        out.write_all(&header)?;
+        for (_, t) in &contiguous {
+            let len = t.numel() * t.kind().elt_size_in_bytes();
+            if len > 0 {
+                // SAFETY: a contiguous CPU tensor of `len` bytes, alive and unchanged here
+                out.write_all(unsafe {
+                    std::slice::from_raw_parts(t.data_ptr() as *const u8, len)
+                })?;
+            }
+        }
+        out.into_inner().map_err(|e| e.into_error())?;
+        std::fs::rename(&tmp, file)
+    };
+    write().map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        anyhow::Error::from(e).context(format!("writing {}", file.display()))
+    })
+}
+
+/// The safetensors name of a tensor kind.
+fn safetensors_dtype(kind: tch::Kind) -> Result<&'static str> {
+    use tch::Kind;
+    Ok(match kind {
+        Kind::Float => "F32",
+        Kind::Double => "F64",
+        Kind::Half => "F16",
+        Kind::BFloat16 => "BF16",
+        Kind::Int64 => "I64",
+        Kind::Int => "I32",
+        Kind::Int16 => "I16",
+        Kind::Int8 => "I8",
+        Kind::Uint8 => "U8",
+        Kind::Bool => "BOOL",
+        other => bail!("a tensor of kind {other:?} cannot be written to safetensors"),
+    })
 }
 
 /// Shapes of the tensors in a safetensors file, read from its header only.
@@ -299,6 +376,52 @@ pub fn tensor_shapes(file: &Path) -> Result<Vec<(String, Vec<i64>)>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn written_tensors_read_back_whole_with_their_kinds_and_shapes() {
+        use tch::{Device, Kind};
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("t.safetensors");
+        let grid = Tensor::arange(12, (Kind::Float, Device::Cpu)).view([3, 4]) * 0.5 - 1.0;
+        let tensors: Vec<(String, Tensor)> = vec![
+            ("grid".into(), grid.shallow_clone()),
+            // a transposed view: written as its values in row-major order
+            ("grid_t".into(), grid.tr()),
+            ("half".into(), grid.to_kind(Kind::BFloat16)),
+            ("ids".into(), Tensor::from_slice(&[3i64, -1, 7])),
+            ("mask".into(), Tensor::from_slice(&[true, false, true])),
+            (
+                "empty".into(),
+                Tensor::zeros([0, 5], (Kind::Float, Device::Cpu)),
+            ),
+            ("scalar".into(), Tensor::from(2.5f64)),
+        ];
+        write_safetensors(&tensors, &file).unwrap();
+        assert!(
+            !dir.path().join("t.safetensors.tmp").exists(),
+            "no temporary file left"
+        );
+        // read by the safetensors crate tch uses, independent of the writer
+        let read: BTreeMap<String, Tensor> = Tensor::read_safetensors(&file)
+            .unwrap()
+            .into_iter()
+            .collect();
+        assert_eq!(read.len(), tensors.len());
+        for (name, t) in &tensors {
+            let r = &read[name];
+            assert_eq!((r.kind(), r.size()), (t.kind(), t.size()), "{name}");
+            assert!(r.equal(&t.contiguous()), "{name}: values");
+        }
+        let header = u64::from_le_bytes(std::fs::read(&file).unwrap()[..8].try_into().unwrap());
+        assert_eq!(header % 8, 0, "the data starts on an 8-byte boundary");
+        let bad = vec![(
+            "c".to_string(),
+            Tensor::zeros([2], (Kind::ComplexFloat, Device::Cpu)),
+        )];
+        let err = write_safetensors(&bad, &dir.path().join("c.safetensors")).unwrap_err();
+        assert!(format!("{err:#}").contains("`c`"), "{err:#}");
+        assert!(!dir.path().join("c.safetensors").exists());
+    }
 
     #[test]
     fn a_parameter_may_come_from_a_base_model_a_task_model_or_a_legacy_name() {

@@ -451,7 +451,6 @@ pub fn forward_file(
             )
         })
         .collect();
-    Tensor::write_safetensors(&outputs, output)
-        .with_context(|| format!("writing {}", output.display()))?;
+    checkpoint::write_safetensors(&outputs, output)?;
     Ok(outputs.into_iter().map(|(k, _)| k).collect())
 }

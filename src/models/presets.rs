@@ -297,8 +297,7 @@ fn write_fusion(
             std::fs::copy(text_dir.join(f), dir.join(f))?;
         }
     }
-    tch::Tensor::write_safetensors(&named, dir.join("model.safetensors"))
-        .context("writing model.safetensors")
+    super::checkpoint::write_safetensors(&named, &dir.join("model.safetensors"))
 }
 
 /// The MiniLM checkpoint's weights (folder, file).

@@ -391,6 +391,11 @@ pub fn run(spec: &JobSpec, sink: &mut dyn EventSink) -> Result<Summary> {
         opt.load_state(r.optimizer, r.progress.optimizer_steps)?;
         scaler = r.progress.scaler.clone();
         st = r.progress;
+        if st.best_step == st.step && st.best.is_some() {
+            // the last checkpoint was the best: a worker stopped between writing it and
+            // linking `best/` to it left the previous best there
+            state::best_from_last(&spec.output_dir)?;
+        }
         log(
             sink,
             format!(
@@ -547,7 +552,7 @@ pub fn run(spec: &JobSpec, sink: &mut dyn EventSink) -> Result<Summary> {
                     ),
                 );
             }
-            let mut saved = false;
+            let (mut saved, mut improved) = (false, false);
             if eval_due(step, epoch_end) && !ds.dev.is_empty() {
                 let t = Instant::now();
                 let s = evaluate(&model, &batcher, dev, plan.batch_size, cfg.mixed_precision)?;
@@ -559,7 +564,7 @@ pub fn run(spec: &JobSpec, sink: &mut dyn EventSink) -> Result<Summary> {
                     st.best = Some(value);
                     st.best_step = step;
                     st.bad_evals = 0;
-                    state::save_best(&model, &spec.output_dir, &ds.label_names)?;
+                    improved = true;
                 } else {
                     st.bad_evals += 1;
                 }
@@ -591,6 +596,10 @@ pub fn run(spec: &JobSpec, sink: &mut dyn EventSink) -> Result<Summary> {
                 st.optimizer_steps = opt.step;
                 st.scaler = scaler.clone();
                 state::save_last(&model, &opt, &st, cfg, &spec.output_dir, &ds.label_names)?;
+                if improved {
+                    // the weights just written are the best: `best/` shares their files
+                    state::best_from_last(&spec.output_dir)?;
+                }
                 sink.emit(Event::Checkpoint {
                     path: spec.output_dir.clone(),
                 });

@@ -121,6 +121,31 @@ pub fn save_best(model: &Loaded, out: &Path, labels: &[String]) -> Result<()> {
     .context("writing the best checkpoint")
 }
 
+/// Makes the last checkpoint under `out` the best one too: `best/` gets the model's files of
+/// `last/` (not the optimiser state and progress) as hard links, so the weights are not
+/// written a second time (copied where the file system has no hard links). Checkpoint files
+/// are never rewritten in place (each folder is replaced whole), so the links stay the weights
+/// of that step.
+pub fn best_from_last(out: &Path) -> Result<()> {
+    let last = out.join(LAST);
+    replace(&out.join(BEST), |dir| {
+        for entry in std::fs::read_dir(&last)? {
+            let entry = entry?;
+            let name = entry.file_name();
+            if name == OPTIMIZER || name == TRAINER_STATE || !entry.file_type()?.is_file() {
+                continue;
+            }
+            let to = dir.join(&name);
+            if std::fs::hard_link(entry.path(), &to).is_err() {
+                std::fs::copy(entry.path(), &to)
+                    .with_context(|| format!("copying {}", entry.path().display()))?;
+            }
+        }
+        Ok(())
+    })
+    .context("writing the best checkpoint")
+}
+
 /// Writes the last checkpoint under `out`, with the optimiser state and the progress.
 pub fn save_last(
     model: &Loaded,
@@ -133,11 +158,7 @@ pub fn save_last(
     replace(&out.join(LAST), |dir| {
         models::save_classifier(model, dir, labels)?;
         let (moments, _) = opt.state();
-        let cpu: Vec<(String, Tensor)> = moments
-            .into_iter()
-            .map(|(k, t)| (k, t.to_device(tch::Device::Cpu)))
-            .collect();
-        Tensor::write_safetensors(&cpu, dir.join(OPTIMIZER))?;
+        models::checkpoint::write_safetensors(&moments, &dir.join(OPTIMIZER))?;
         let state = TrainerState {
             config: config.clone(),
             progress: progress.clone(),
@@ -149,4 +170,38 @@ pub fn save_last(
         Ok(())
     })
     .context("writing the last checkpoint")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_best_checkpoint_keeps_its_weights_when_the_last_is_replaced() {
+        let out = tempfile::tempdir().unwrap();
+        let fill = |weights: &'static str| {
+            move |dir: &Path| -> Result<()> {
+                for (name, text) in [
+                    ("config.json", "{}"),
+                    ("model.safetensors", weights),
+                    (OPTIMIZER, "moments"),
+                    (TRAINER_STATE, "{}"),
+                ] {
+                    std::fs::write(dir.join(name), text)?;
+                }
+                Ok(())
+            }
+        };
+        replace(&out.path().join(LAST), fill("weights of step 10")).unwrap();
+        best_from_last(out.path()).unwrap();
+        replace(&out.path().join(LAST), fill("weights of step 20")).unwrap();
+        let best = out.path().join(BEST);
+        let read = |f: &str| std::fs::read_to_string(best.join(f)).unwrap();
+        assert_eq!(read("model.safetensors"), "weights of step 10");
+        assert_eq!(read("config.json"), "{}");
+        assert!(!best.join(OPTIMIZER).exists() && !best.join(TRAINER_STATE).exists());
+        // made best again, it follows the new last checkpoint
+        best_from_last(out.path()).unwrap();
+        assert_eq!(read("model.safetensors"), "weights of step 20");
+    }
 }
