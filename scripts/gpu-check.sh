@@ -128,15 +128,15 @@ if [[ " $parts " == *" eval "* ]]; then
 fi
 
 [[ " $parts " == *" service "* ]] || { echo; echo "gpu-check: $failures failure(s), $(( $(date +%s) - t0 )) s"; exit $failures; }
-part "the service on this machine: slots, and a run with gpus 1 at fp16 on demo-news"
+part "the service on this machine: slots, a run with gpus 1 at fp16 on demo-news, its checkpoints"
 "$bin/modalbench" data demo --out "$work/data/datasets" >/dev/null || failed "modalbench data demo"
 port=18391
 "$bin/modalbench" serve --addr 127.0.0.1:$port --data-dir "$work/data" --models-dir "$work/models" \
   >"$work/serve.log" 2>&1 &
 server=$!
-"$py" - "http://127.0.0.1:$port" "$device" <<'PY' || { failed "the served run"; tail -n 30 "$work/serve.log"; }
-import json, sys, time, urllib.request
-api, device = sys.argv[1], sys.argv[2]
+"$py" - "http://127.0.0.1:$port" "$device" "$work/data" <<'PY' || { failed "the served run"; tail -n 30 "$work/serve.log"; }
+import json, os, sys, time, urllib.request
+api, device, data = sys.argv[1], sys.argv[2], sys.argv[3]
 def call(method, path, body=None):
     req = urllib.request.Request(api + path, method=method, data=None if body is None else json.dumps(body).encode(),
                                  headers={"content-type": "application/json"})
@@ -159,7 +159,18 @@ while run["status"] not in ("succeeded", "failed", "cancelled") and time.time() 
     run = call("GET", f"/api/v1/runs/{run['id']}")
 keep = {k: run.get(k) for k in ("id", "status", "device", "error", "summary", "timings", "started_at", "finished_at")}
 print(json.dumps({k: v for k, v in keep.items() if v is not None}, indent=1))
-sys.exit(0 if run["status"] == "succeeded" and str(run.get("device", "")).startswith(device.split(":")[0]) else 1)
+if run["status"] != "succeeded" or not str(run.get("device", "")).startswith(device.split(":")[0]):
+    sys.exit(1)
+# the checkpoints written from the device's tensors load in transformers
+import torch, transformers
+folder = os.path.join(data, "runs", str(run["id"]), "checkpoint")
+models = {w: transformers.AutoModelForSequenceClassification.from_pretrained(os.path.join(folder, w)) for w in ("best", "last")}
+state = json.load(open(os.path.join(folder, "last", "trainer_state.json")))["progress"]
+same = os.path.samefile(*(os.path.join(folder, w, "model.safetensors") for w in ("best", "last")))
+apart = max((a - b).abs().max().item() for a, b in zip(models["best"].state_dict().values(), models["last"].state_dict().values()))
+print(f"checkpoints: best (step {state['best_step']}) and last (step {state['step']}) load in transformers; "
+      f"best links last's weights: {same}; largest weight difference {apart:.3g}")
+sys.exit(0 if same == (state["best_step"] == state["step"]) and same == (apart == 0) else 1)
 PY
 kill "$server" 2>/dev/null; wait "$server" 2>/dev/null; server=
 
