@@ -301,6 +301,11 @@ pub fn train_step(dir: &std::path::Path, b: &StepBench) -> Result<()> {
             // the evaluation loop keeps the probabilities on the device and copies them at
             // the end
             let mut probs = Vec::new();
+            let _casts = if key == "eval" {
+                amp::WeightCasts::hold(precision)?
+            } else {
+                None
+            };
             for _ in 0..n {
                 if key == "eval" {
                     let _guard = tch::no_grad_guard();

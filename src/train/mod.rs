@@ -28,7 +28,7 @@ use crate::protocol::{Cost, Event, JobSpec, Prediction, Probe, Reliance, Summary
 use crate::runs::{MixedPrecision, TrainConfig};
 use anyhow::{Context, Result, bail};
 use optim::AdamW;
-use precision::{Autocast, GradScaler, apply_gradients};
+use precision::{Autocast, GradScaler, WeightCasts, apply_gradients};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
@@ -1015,6 +1015,8 @@ fn evaluate(
         }
         Ok(())
     };
+    // the weights do not change during the split: each is cast once, not once per batch
+    let _casts = WeightCasts::hold(precision)?;
     tch::no_grad(|| -> Result<()> {
         for chunk in &chunks {
             let batch = batcher.batch(split, chunk, prefetch.as_ref())?;

@@ -13,6 +13,8 @@ use tch::Tensor;
 unsafe extern "C" {
     fn mb_autocast_enter(cuda: c_int, bf16: c_int) -> c_int;
     fn mb_autocast_exit(cuda: c_int, before: c_int) -> c_int;
+    fn mb_autocast_hold() -> c_int;
+    fn mb_autocast_release() -> c_int;
     fn mb_cuda_peak_allocated(index: c_int) -> c_longlong;
     fn mb_cuda_reset_peak(index: c_int) -> c_int;
     fn mb_set_grad_none(tensor: *mut std::ffi::c_void) -> c_int;
@@ -60,6 +62,36 @@ impl Autocast {
         precision: MixedPrecision,
     ) -> crate::models::checkpointing::ContextFn {
         Box::new(move || Box::new(Autocast::enter(device, precision).ok().flatten()))
+    }
+}
+
+/// Keeps autocast's lower-precision copies of the weights from one autocast region to the next
+/// while it lives (autocast drops them when its outermost region is left, as
+/// `torch.autocast` does). Evaluation holds one over a split, whose batches each enter their own
+/// region: the weights are cast once per evaluation instead of once per batch. Only while the
+/// weights do not change: a copy is kept per weight tensor, not per value.
+pub struct WeightCasts(());
+
+impl WeightCasts {
+    /// Holds the casts for `precision` (nothing to hold without autocast).
+    pub fn hold(precision: MixedPrecision) -> Result<Option<WeightCasts>> {
+        if precision == MixedPrecision::No {
+            return Ok(None);
+        }
+        // SAFETY: plain C function over libtorch's thread-local autocast state.
+        if unsafe { mb_autocast_hold() } < 0 {
+            bail!("libtorch refused to hold autocast's weight casts");
+        }
+        Ok(Some(WeightCasts(())))
+    }
+}
+
+impl Drop for WeightCasts {
+    fn drop(&mut self) {
+        // SAFETY: releases the level `hold` took on this thread.
+        unsafe {
+            mb_autocast_release();
+        }
     }
 }
 
@@ -295,6 +327,38 @@ mod tests {
         // the unscaled norm is the true gradient's: d(sum(xW+b))/dW = 4 per weight, 4 per bias
         let expected = (6.0f64 * 16.0 + 2.0 * 16.0).sqrt();
         assert!((applied.grad_norm.unwrap() - expected).abs() < 1e-4);
+    }
+
+    #[test]
+    fn held_weight_casts_last_from_one_autocast_region_to_the_next() {
+        let vs = VarStore::new(Device::Cpu);
+        let lin = crate::models::layers::Linear::new(vs.root() / "l", 4, 3, 0.5);
+        let x = Tensor::ones([2, 4], (Kind::Float, Device::Cpu));
+        let forward = || {
+            let _a = Autocast::enter(Device::Cpu, MixedPrecision::Bf16).unwrap();
+            tch::no_grad(|| lin.forward(&x)).to_kind(Kind::Float)
+        };
+        let bump = || {
+            let _ = tch::no_grad(|| lin.weight.shallow_clone().g_add_scalar_(1.0));
+        };
+        let before = forward();
+        {
+            let _held = WeightCasts::hold(MixedPrecision::Bf16).unwrap();
+            let first = forward();
+            assert!(first.equal(&before));
+            bump();
+            // the weight's bfloat16 copy made in the first region is used again
+            assert!(forward().equal(&first), "the cast was held");
+        }
+        // released, the next region casts the changed weight
+        let after = forward();
+        assert!(!after.equal(&before), "the cast was dropped");
+        bump();
+        assert!(
+            !forward().equal(&after),
+            "without a hold each region casts afresh"
+        );
+        assert!(WeightCasts::hold(MixedPrecision::No).unwrap().is_none());
     }
 
     #[test]

@@ -56,6 +56,29 @@ int mb_autocast_exit(int cuda, int before) {
   }
 }
 
+// Holds autocast's cache of casted weights across regions: one more nesting level, autocast
+// left as it is. The cache is cleared when the last level (this one or a region's) is left.
+int mb_autocast_hold() {
+  try {
+    at::autocast::increment_nesting();
+    return 0;
+  } catch (...) {
+    return -1;
+  }
+}
+
+// Lets go of what `mb_autocast_hold` held.
+int mb_autocast_release() {
+  try {
+    if (at::autocast::decrement_nesting() == 0) {
+      at::autocast::clear_cache();
+    }
+    return 0;
+  } catch (...) {
+    return -1;
+  }
+}
+
 // Peak bytes allocated on CUDA device `index` since the last reset, or -1.
 long long mb_cuda_peak_allocated(int index) {
   try {
