@@ -69,8 +69,9 @@ impl Autocast {
 /// while it lives (autocast drops them when its outermost region is left, as
 /// `torch.autocast` does). Evaluation holds one over a split, whose batches each enter their own
 /// region: the weights are cast once per evaluation instead of once per batch. Only while the
-/// weights do not change: a copy is kept per weight tensor, not per value.
-pub struct WeightCasts(());
+/// weights do not change: a copy is kept per weight tensor, not per value. Autocast's state is
+/// the thread's, so the hold stays on the thread that took it (not `Send`).
+pub struct WeightCasts(std::marker::PhantomData<*const ()>);
 
 impl WeightCasts {
     /// Holds the casts for `precision` (nothing to hold without autocast).
@@ -82,7 +83,7 @@ impl WeightCasts {
         if unsafe { mb_autocast_hold() } < 0 {
             bail!("libtorch refused to hold autocast's weight casts");
         }
-        Ok(Some(WeightCasts(())))
+        Ok(Some(WeightCasts(std::marker::PhantomData)))
     }
 }
 
