@@ -273,35 +273,40 @@ pub fn write_safetensors(tensors: &[(String, Tensor)], file: &Path) -> Result<()
             "safetensors files are little-endian, as this host's memory"
         )
     };
-    let contiguous: Vec<(&str, Tensor)> = tensors
+    // (tensor, its length in bytes), contiguous on the CPU
+    let contiguous: Vec<(Tensor, usize)> = tensors
         .iter()
-        .map(|(k, t)| (k.as_str(), t.to_device(tch::Device::Cpu).contiguous()))
+        .map(|(_, t)| {
+            let t = t.to_device(tch::Device::Cpu).contiguous();
+            let len = t.numel() * t.kind().elt_size_in_bytes();
+            (t, len)
+        })
         .collect();
     let mut header = serde_json::Map::new();
     let mut offset = 0usize;
-    for (name, t) in &contiguous {
-        let len = t.numel() * t.kind().elt_size_in_bytes();
-        header.insert(
-            (*name).to_string(),
-            serde_json::json!({
-                "dtype": safetensors_dtype(t.kind())
-                    .with_context(|| format!("writing {}: tensor `{name}`", file.display()))?,
-                "shape": t.size(),
-                "data_offsets": [offset, offset + len],
-            }),
-        );
+    for ((name, _), (t, len)) in tensors.iter().zip(&contiguous) {
+        let entry = serde_json::json!({
+            "dtype": safetensors_dtype(t.kind())
+                .with_context(|| format!("writing {}: tensor `{name}`", file.display()))?,
+            "shape": t.size(),
+            "data_offsets": [offset, offset + len],
+        });
+        if header.insert(name.clone(), entry).is_some() {
+            bail!("writing {}: tensor `{name}` given twice", file.display());
+        }
         offset += len;
     }
     let mut header = serde_json::to_vec(&header)?;
     // the data starts on an 8-byte boundary, the header padded with spaces as the format allows
     header.resize(header.len().next_multiple_of(8), b' ');
-    let tmp = file.with_extension("safetensors.tmp");
+    let mut tmp = file.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
     let write = || -> std::io::Result<()> {
         let mut out = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&tmp)?);
         out.write_all(&(header.len() as u64).to_le_bytes())?;
         out.write_all(&header)?;
-        for (_, t) in &contiguous {
-            let len = t.numel() * t.kind().elt_size_in_bytes();
+        for &(ref t, len) in &contiguous {
             if len > 0 {
                 // SAFETY: a contiguous CPU tensor of `len` bytes, alive and unchanged here
                 out.write_all(unsafe {
@@ -421,6 +426,13 @@ mod tests {
         let err = write_safetensors(&bad, &dir.path().join("c.safetensors")).unwrap_err();
         assert!(format!("{err:#}").contains("`c`"), "{err:#}");
         assert!(!dir.path().join("c.safetensors").exists());
+        let twice = vec![
+            ("g".to_string(), grid.shallow_clone()),
+            ("g".to_string(), grid),
+        ];
+        let err = write_safetensors(&twice, &dir.path().join("g.safetensors")).unwrap_err();
+        assert!(format!("{err:#}").contains("`g` given twice"), "{err:#}");
+        assert!(!dir.path().join("g.safetensors").exists());
     }
 
     #[test]

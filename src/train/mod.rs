@@ -696,7 +696,12 @@ pub fn run(spec: &JobSpec, sink: &mut dyn EventSink) -> Result<Summary> {
         epoch_now,
     );
     if !best_dir.is_dir() {
-        state::save_best(&model, &spec.output_dir, &ds.label_names)?;
+        // no dev split picked a best: the final weights, which `last/` holds when a step ran
+        if spec.output_dir.join(state::LAST).is_dir() {
+            state::best_from_last(&spec.output_dir)?;
+        } else {
+            state::save_best(&model, &spec.output_dir, &ds.label_names)?;
+        }
     }
     let total_seconds = started.elapsed().as_secs_f64();
     let train_flops = cost::training_flops(cost::non_embedding_parameters(&opt), st.trained_tokens);
