@@ -420,6 +420,15 @@ pub struct BoardGroup {
 }
 
 impl StatusCounts {
+    /// The counts of `runs`' statuses.
+    pub fn of(runs: &[Run]) -> StatusCounts {
+        let mut rows: std::collections::BTreeMap<String, i64> = Default::default();
+        for r in runs {
+            *rows.entry(r.status.to_string()).or_default() += 1;
+        }
+        StatusCounts::from_rows(rows.into_iter().collect())
+    }
+
     /// The counts of `(status, count)` rows.
     pub(super) fn from_rows(rows: Vec<(String, i64)>) -> StatusCounts {
         let mut c = StatusCounts::default();

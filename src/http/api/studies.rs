@@ -7,7 +7,7 @@ use crate::http::error::{ApiError, ApiResult, ErrorBody};
 use crate::http::extract::{ApiJson, ApiQuery};
 use crate::live::LiveKind;
 use crate::models::registry::Modality;
-use crate::store::runs::Run;
+use crate::store::runs::{Run, StatusCounts};
 use crate::store::studies::Study;
 use crate::studies::{StudyRequest, SubmitStudyError};
 use crate::verdict::{self, StudyVerdict, Thresholds};
@@ -283,8 +283,11 @@ async fn show(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<StudyWithRuns>> {
-    let study = find_study(&state, &id).await?;
+    let mut study = find_study(&state, &id).await?;
     let runs = state.store.study_runs(study.id).await?;
+    // counted from the runs returned: a run that ended between the two reads would otherwise
+    // show as running in the counts and ended in the list
+    study.counts = StatusCounts::of(&runs);
     Ok(Json(StudyWithRuns { study, runs }))
 }
 
