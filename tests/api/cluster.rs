@@ -114,12 +114,23 @@ fn runs_become_slurm_jobs_that_report_over_http_are_cancelled_and_requeued() {
             .first()
             .is_some_and(|j| j["state"] == "RUNNING")
     });
+    let job = jobs(&server, first)[0].clone();
+    let job_id = job["job_id"].as_str().unwrap().to_string();
+    // suspended, the first job keeps both GPUs however fast it would otherwise train, so the
+    // second one is certain to be seen waiting for them
+    let first_job = |verb: &str| {
+        let status = Command::new("scontrol")
+            .args([verb, &job_id])
+            .env("SLURM_CONF", &conf)
+            .status()
+            .unwrap();
+        assert!(status.success(), "scontrol {verb} {job_id}: {status}");
+    };
+    first_job("suspend");
     // 2. also two GPUs: it waits for the first one's, and is cancelled while it waits
     let second = server.submit(json!({
         "model": "bert-tiny", "dataset": "demo-news", "gpus": 2, "max_steps": 5
     }));
-    let job = jobs(&server, first)[0].clone();
-    let job_id = job["job_id"].as_str().unwrap().to_string();
     let shown = slurm(&conf, "scontrol", &["show", "job", "-o", &job_id]);
     assert!(
         shown.contains("gres/gpu:2") || shown.contains("gres:gpu:2"),
@@ -160,6 +171,7 @@ fn runs_become_slurm_jobs_that_report_over_http_are_cancelled_and_requeued() {
                 .contains("JobState=CANCELLED")
         },
     );
+    first_job("resume");
 
     // the first trains on the node and its metrics reach the service over HTTP
     let done = server.wait_run(first, 600, "an end", ended);
