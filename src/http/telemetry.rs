@@ -83,11 +83,13 @@ async fn render(state: &AppState) -> anyhow::Result<String> {
     ] {
         let _ = writeln!(out, "modalbench_runs{{status=\"{status}\"}} {n}");
     }
-    let gauge = |out: &mut String, name: &str, help: &str, v: f64| {
+    let metric = |out: &mut String, kind: &str, name: &str, help: &str, v: f64| {
         let _ = writeln!(out, "# HELP {name} {help}");
-        let _ = writeln!(out, "# TYPE {name} gauge");
+        let _ = writeln!(out, "# TYPE {name} {kind}");
         let _ = writeln!(out, "{name} {v}");
     };
+    let gauge =
+        |out: &mut String, name: &str, help: &str, v: f64| metric(out, "gauge", name, help, v);
     gauge(
         &mut out,
         "modalbench_queue_depth",
@@ -134,6 +136,22 @@ async fn render(state: &AppState) -> anyhow::Result<String> {
         out,
         "modalbench_points_ingested_total{{source=\"external\"}} {external}"
     );
+    if let Some((batches, transactions)) = state.store.logged_batches() {
+        metric(
+            &mut out,
+            "counter",
+            "modalbench_logged_batches_total",
+            "Metric batches of external runs written (SQLite: concurrent ones share a transaction).",
+            batches as f64,
+        );
+        metric(
+            &mut out,
+            "counter",
+            "modalbench_logged_batch_transactions_total",
+            "Transactions those batches were written in.",
+            transactions as f64,
+        );
+    }
     let _ = writeln!(
         out,
         "# HELP modalbench_http_requests_total HTTP responses by status class."

@@ -120,6 +120,9 @@ pub struct Store {
     boards: std::sync::Arc<std::sync::Mutex<runs::BoardCache>>,
     /// Metric writes per run since the store was opened (see [`Store::series_generation`]).
     series_writes: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<i64, u64>>>,
+    /// On SQLite, the task that writes external runs' logged batches in groups (see
+    /// [`tracking::GroupWriter`]).
+    group: Option<tracking::GroupWriter>,
 }
 
 /// The URL of the SQLite database file at `path` (created with its folder if missing).
@@ -193,7 +196,9 @@ impl Store {
             std::process::id(),
             crate::secret::random_hex(4)
         );
+        let group = (engine == Engine::Sqlite).then(|| tracking::GroupWriter::spawn(pool.clone()));
         Ok(Store {
+            group,
             pool,
             engine,
             server_id: server_id.into(),

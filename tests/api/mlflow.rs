@@ -249,3 +249,173 @@ async fn concurrent_writers_and_a_locked_database_never_give_a_server_error() {
     let (_, series) = app.get(&format!("/api/v1/runs/{id}/metrics")).await;
     assert_eq!(series["series"].as_object().unwrap().len(), 8);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn batches_logged_at_once_share_a_commit_and_keep_their_own_answers() {
+    use sqlx::Connection;
+    let app = TestApp::new().await;
+    let mut runs = Vec::new();
+    for name in ["a", "b"] {
+        let (status, run) = app
+            .post(
+                "/api/v1/runs/external",
+                json!({"name": name, "params": {"lr": "1"}}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{run}");
+        runs.push(run["id"].as_i64().unwrap());
+    }
+    let (a, b) = (runs[0], runs[1]);
+    let counters = |text: &str| -> (f64, f64) {
+        let value = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<f64>().ok())
+                .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+        };
+        (
+            value("modalbench_logged_batches_total"),
+            value("modalbench_logged_batch_transactions_total"),
+        )
+    };
+    let before = if crate::helpers::on_postgres() {
+        None
+    } else {
+        Some(counters(&app.page("/metrics").await.1))
+    };
+
+    // the write lock is held elsewhere while the batches arrive, so that they wait together
+    let mut other = sqlx::AnyConnection::connect(&app.state.settings.database_url().unwrap())
+        .await
+        .unwrap();
+    let lock = if crate::helpers::on_postgres() {
+        "BEGIN; LOCK TABLE runs, external_metrics, experiments IN EXCLUSIVE MODE"
+    } else {
+        "BEGIN IMMEDIATE"
+    };
+    sqlx::raw_sql(lock).execute(&mut other).await.unwrap();
+    let metrics = |key: &str| -> Vec<Value> {
+        (0..100)
+            .map(|i| json!({"key": key, "value": i as f64 / 8.0, "timestamp": 1_700_000_000_000i64 + i, "step": i}))
+            .collect()
+    };
+    let mut bodies = Vec::new();
+    for w in 0..8 {
+        bodies.push(json!({"run_id": a.to_string(), "metrics": metrics(&format!("a{w}"))}));
+    }
+    for w in 0..4 {
+        bodies.push(json!({"run_id": b.to_string(), "metrics": metrics(&format!("b{w}"))}));
+    }
+    // refused: an unknown run; a parameter changed (its tag and points go nowhere either)
+    bodies.push(json!({"run_id": "99999", "metrics": metrics("lost")}));
+    bodies.push(
+        json!({"run_id": a.to_string(), "metrics": metrics("conflict"),
+                       "params": [{"key": "lr", "value": "2"}],
+                       "tags": [{"key": "note", "value": "never"}]}),
+    );
+    // a new parameter and a tag, with points, among the rest
+    bodies.push(
+        json!({"run_id": a.to_string(), "metrics": metrics("guarded"),
+                       "params": [{"key": "seed", "value": "7"}],
+                       "tags": [{"key": "note", "value": "kept"}]}),
+    );
+    let mut writers = Vec::new();
+    for body in bodies {
+        let router = app.router.clone();
+        writers.push(tokio::spawn(async move {
+            let req = axum::http::Request::post("/api/2.0/mlflow/runs/log-batch")
+                .header("content-type", "application/json")
+                .body(axum::body::Body::from(body.to_string()))
+                .unwrap();
+            let res = tower::ServiceExt::oneshot(router, req).await.unwrap();
+            let status = res.status();
+            let bytes = axum::body::to_bytes(res.into_body(), 1 << 20)
+                .await
+                .unwrap();
+            (status, serde_json::from_slice::<Value>(&bytes).unwrap())
+        }));
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(1000)).await;
+    sqlx::query("COMMIT").execute(&mut other).await.unwrap();
+    let mut answers = Vec::new();
+    for w in writers {
+        answers.push(w.await.unwrap());
+    }
+    for (status, body) in &answers[..12] {
+        assert_eq!(*status, StatusCode::OK, "{body}");
+    }
+    assert_eq!(answers[12].0, StatusCode::NOT_FOUND, "{}", answers[12].1);
+    assert_eq!(answers[12].1["error_code"], "RESOURCE_DOES_NOT_EXIST");
+    assert_eq!(answers[13].0, StatusCode::BAD_REQUEST, "{}", answers[13].1);
+    assert_eq!(answers[13].1["error_code"], "INVALID_PARAMETER_VALUE");
+    assert!(
+        answers[13].1["message"].as_str().unwrap().contains("lr"),
+        "{}",
+        answers[13].1
+    );
+    assert_eq!(answers[14].0, StatusCode::OK, "{}", answers[14].1);
+
+    // every accepted batch whole, nothing of the refused ones
+    let keys = |id: i64| {
+        let app = &app;
+        async move {
+            let (_, series) = app.get(&format!("/api/v1/runs/{id}/metrics")).await;
+            let series = series["series"].as_object().unwrap().clone();
+            for (k, points) in &series {
+                let values: Vec<f64> = points
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|p| p["value"].as_f64().unwrap())
+                    .collect();
+                let want: Vec<f64> = (0..100).map(|i| i as f64 / 8.0).collect();
+                assert_eq!(values, want, "{k}");
+            }
+            let mut keys: Vec<String> = series.keys().cloned().collect();
+            keys.sort();
+            keys
+        }
+    };
+    let mut want_a: Vec<String> = (0..8).map(|w| format!("a{w}")).collect();
+    want_a.push("guarded".into());
+    want_a.sort();
+    assert_eq!(keys(a).await, want_a);
+    assert_eq!(keys(b).await, ["b0", "b1", "b2", "b3"]);
+    let (_, got) = app
+        .get(&format!("/api/2.0/mlflow/runs/get?run_id={a}"))
+        .await;
+    let pairs = |field: &str| -> Vec<(String, String)> {
+        let mut v: Vec<(String, String)> = got["run"]["data"][field]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| {
+                (
+                    p["key"].as_str().unwrap().to_string(),
+                    p["value"].as_str().unwrap().to_string(),
+                )
+            })
+            .filter(|(k, _)| !k.starts_with("mlflow."))
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(
+        pairs("params"),
+        [
+            ("lr".to_string(), "1".to_string()),
+            ("seed".into(), "7".into())
+        ]
+    );
+    assert_eq!(pairs("tags"), [("note".to_string(), "kept".to_string())]);
+
+    // on SQLite the waiting batches went in together
+    if let Some((batches0, transactions0)) = before {
+        let (batches, transactions) = counters(&app.page("/metrics").await.1);
+        assert_eq!(batches - batches0, 15.0);
+        assert!(
+            transactions - transactions0 < 15.0,
+            "{} transactions for 15 batches",
+            transactions - transactions0
+        );
+    }
+}

@@ -1,0 +1,225 @@
+//! Group commit of logged metric batches on SQLite. SQLite lets one transaction write at a
+//! time: concurrent `log-batch` requests each took the write lock in turn, and a request that
+//! found it taken slept in SQLite's busy handler (1 ms, then 2, 5, 10, ...) rather than being
+//! woken when it was free. One writer task now takes every batch waiting when it starts a
+//! transaction and writes them all in it: one lock and one commit for the lot, and the
+//! requests' JSON is parsed on the other threads while it writes.
+//!
+//! Each batch still gets its own answer. A batch refused (its run unknown or not external, a
+//! parameter changed) writes nothing and the others go on: the run is checked before anything
+//! is written, and a batch with parameters or tags (the only other refusal) is written under
+//! a savepoint. A database error fails the group's transaction; every batch of it is then
+//! written again alone, in a transaction of its own, so that each answer is its own.
+
+use super::{LoggedPoint, TrackingError, TrackingResult, log_checked};
+use crate::store::Engine;
+use sqlx::{Any, AnyPool, Transaction};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use tokio::sync::{mpsc, oneshot};
+
+/// Most points one group's transaction writes (a native request brings up to 10,000, a
+/// `log-batch` one up to 1,000): the lock is not held for long while other writers wait.
+const MAX_GROUP_POINTS: usize = 50_000;
+
+/// Batches waiting for the writer; a request beyond them waits for room.
+const QUEUE: usize = 256;
+
+/// One request's metric points, parameters and tags for a run, owned so that the writer task
+/// can keep them; points refer to their key by its index in `keys`.
+struct Batch {
+    run: i64,
+    keys: Vec<String>,
+    points: Vec<(u32, f64, i64, i64)>,
+    params: BTreeMap<String, String>,
+    tags: BTreeMap<String, String>,
+    done: oneshot::Sender<TrackingResult<()>>,
+}
+
+impl Batch {
+    fn points(&self) -> Vec<LoggedPoint<'_>> {
+        self.points
+            .iter()
+            .map(|&(k, value, timestamp, step)| LoggedPoint {
+                key: &self.keys[k as usize],
+                value,
+                timestamp,
+                step,
+            })
+            .collect()
+    }
+
+    fn guarded(&self) -> bool {
+        !self.params.is_empty() || !self.tags.is_empty()
+    }
+}
+
+/// The handle of the writer task; its task ends when the last handle is dropped.
+#[derive(Debug, Clone)]
+pub(crate) struct GroupWriter {
+    queue: mpsc::Sender<Batch>,
+    /// Batches written, and the transactions they were written in.
+    counts: Arc<[AtomicU64; 2]>,
+}
+
+impl GroupWriter {
+    /// Starts the writer task on the current Tokio runtime.
+    pub(crate) fn spawn(pool: AnyPool) -> GroupWriter {
+        let (queue, rx) = mpsc::channel(QUEUE);
+        let counts = Arc::new([AtomicU64::new(0), AtomicU64::new(0)]);
+        tokio::spawn(run(pool, rx, counts.clone()));
+        GroupWriter { queue, counts }
+    }
+
+    /// Batches written so far, and the transactions they were written in.
+    pub(crate) fn counts(&self) -> (u64, u64) {
+        (
+            self.counts[0].load(Ordering::Relaxed),
+            self.counts[1].load(Ordering::Relaxed),
+        )
+    }
+
+    /// Writes the points, parameters and tags of run `id` in the next group; `Err(())` when
+    /// the writer task is gone (its runtime ended), and nothing was written.
+    pub(crate) async fn log(
+        &self,
+        id: i64,
+        metrics: &[LoggedPoint<'_>],
+        params: &BTreeMap<String, String>,
+        tags: &BTreeMap<String, String>,
+    ) -> Result<TrackingResult<()>, ()> {
+        let mut index: HashMap<&str, u32> = HashMap::new();
+        let mut keys = Vec::new();
+        let points = metrics
+            .iter()
+            .map(|p| {
+                let k = *index.entry(p.key).or_insert_with(|| {
+                    keys.push(p.key.to_string());
+                    (keys.len() - 1) as u32
+                });
+                (k, p.value, p.timestamp, p.step)
+            })
+            .collect();
+        let (done, answer) = oneshot::channel();
+        let batch = Batch {
+            run: id,
+            keys,
+            points,
+            params: params.clone(),
+            tags: tags.clone(),
+            done,
+        };
+        self.queue.send(batch).await.map_err(|_| ())?;
+        Ok(answer.await.unwrap_or_else(|_| {
+            Err(TrackingError::Other(anyhow::anyhow!(
+                "the metric writer stopped before the batch was written"
+            )))
+        }))
+    }
+}
+
+async fn run(pool: AnyPool, mut queue: mpsc::Receiver<Batch>, counts: Arc<[AtomicU64; 2]>) {
+    while let Some(first) = queue.recv().await {
+        let mut n = first.points.len();
+        let mut group = vec![first];
+        while n < MAX_GROUP_POINTS {
+            match queue.try_recv() {
+                Ok(b) => {
+                    n += b.points.len();
+                    group.push(b);
+                }
+                Err(_) => break,
+            }
+        }
+        let (answers, transactions) = match write_group(&pool, &group).await {
+            Ok(answers) => (answers, 1),
+            Err(_) => {
+                let mut answers = Vec::with_capacity(group.len());
+                for b in &group {
+                    answers.push(write_alone(&pool, b).await);
+                }
+                (answers, group.len())
+            }
+        };
+        counts[0].fetch_add(group.len() as u64, Ordering::Relaxed);
+        counts[1].fetch_add(transactions as u64, Ordering::Relaxed);
+        for (b, answer) in group.into_iter().zip(answers) {
+            // a request that gave up waiting has nobody to tell
+            let _ = b.done.send(answer);
+        }
+    }
+}
+
+/// Writes the group in one transaction: each batch's answer, or the error that failed the
+/// transaction.
+async fn write_group(pool: &AnyPool, group: &[Batch]) -> TrackingResult<Vec<TrackingResult<()>>> {
+    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+    let mut answers = Vec::with_capacity(group.len());
+    // runs found fit to log to in this transaction: the check holds until it ends
+    let mut checked = HashSet::new();
+    for b in group {
+        let answer = if b.guarded() {
+            savepoint(&mut tx, "SAVEPOINT batch").await?;
+            let answer = log_checked(
+                &mut tx,
+                Engine::Sqlite,
+                b.run,
+                &b.points(),
+                &b.params,
+                &b.tags,
+                false,
+            )
+            .await;
+            if answer.is_err() {
+                savepoint(&mut tx, "ROLLBACK TO batch").await?;
+            }
+            savepoint(&mut tx, "RELEASE batch").await?;
+            answer
+        } else {
+            // refused by the run's check before anything is written, or failed by the database
+            let known = checked.contains(&b.run);
+            log_checked(
+                &mut tx,
+                Engine::Sqlite,
+                b.run,
+                &b.points(),
+                &b.params,
+                &b.tags,
+                known,
+            )
+            .await
+        };
+        match answer {
+            Ok(()) => {
+                checked.insert(b.run);
+                answers.push(Ok(()));
+            }
+            Err(e @ (TrackingError::Database(_) | TrackingError::Other(_))) => return Err(e),
+            Err(refused) => answers.push(Err(refused)),
+        }
+    }
+    tx.commit().await?;
+    Ok(answers)
+}
+
+async fn savepoint(tx: &mut Transaction<'static, Any>, sql: &str) -> sqlx::Result<()> {
+    sqlx::query(sql).execute(&mut **tx).await.map(drop)
+}
+
+/// Writes one batch in a transaction of its own.
+async fn write_alone(pool: &AnyPool, b: &Batch) -> TrackingResult<()> {
+    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+    log_checked(
+        &mut tx,
+        Engine::Sqlite,
+        b.run,
+        &b.points(),
+        &b.params,
+        &b.tags,
+        false,
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(())
+}
