@@ -197,23 +197,13 @@ async fn metric_batches_go_in_whole_or_not_at_all() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_writers_and_a_locked_database_never_give_a_server_error() {
-    use sqlx::Connection;
     let app = TestApp::new().await;
     let (_, run) = app
         .post("/api/v1/runs/external", json!({"name": "busy"}))
         .await;
     let id = run["id"].as_i64().unwrap();
-    // another process holds the database's write lock for a while (on PostgreSQL, exclusive
-    // locks on the tables the writers write)
-    let mut other = sqlx::AnyConnection::connect(&app.state.settings.database_url().unwrap())
-        .await
-        .unwrap();
-    let lock = if crate::helpers::on_postgres() {
-        "BEGIN; LOCK TABLE runs, external_metrics, experiments IN EXCLUSIVE MODE"
-    } else {
-        "BEGIN IMMEDIATE"
-    };
-    sqlx::raw_sql(lock).execute(&mut other).await.unwrap();
+    // another process holds the database's write lock for a while
+    let mut other = hold_write_lock(&app).await;
     let mut writers = Vec::new();
     for w in 0..24 {
         let router = app.router.clone();
@@ -252,7 +242,6 @@ async fn concurrent_writers_and_a_locked_database_never_give_a_server_error() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn batches_logged_at_once_share_a_commit_and_keep_their_own_answers() {
-    use sqlx::Connection;
     let app = TestApp::new().await;
     let mut runs = Vec::new();
     for name in ["a", "b"] {
@@ -284,15 +273,7 @@ async fn batches_logged_at_once_share_a_commit_and_keep_their_own_answers() {
     };
 
     // the write lock is held elsewhere while the batches arrive, so that they wait together
-    let mut other = sqlx::AnyConnection::connect(&app.state.settings.database_url().unwrap())
-        .await
-        .unwrap();
-    let lock = if crate::helpers::on_postgres() {
-        "BEGIN; LOCK TABLE runs, external_metrics, experiments IN EXCLUSIVE MODE"
-    } else {
-        "BEGIN IMMEDIATE"
-    };
-    sqlx::raw_sql(lock).execute(&mut other).await.unwrap();
+    let mut other = hold_write_lock(&app).await;
     let metrics = |key: &str| -> Vec<Value> {
         (0..100)
             .map(|i| json!({"key": key, "value": i as f64 / 8.0, "timestamp": 1_700_000_000_000i64 + i, "step": i}))
@@ -418,4 +399,20 @@ async fn batches_logged_at_once_share_a_commit_and_keep_their_own_answers() {
             transactions - transactions0
         );
     }
+}
+
+/// Another connection holding the database's write lock until it commits (on PostgreSQL,
+/// exclusive locks on the tables the writers write).
+async fn hold_write_lock(app: &TestApp) -> sqlx::AnyConnection {
+    use sqlx::Connection;
+    let mut other = sqlx::AnyConnection::connect(&app.state.settings.database_url().unwrap())
+        .await
+        .unwrap();
+    let lock = if crate::helpers::on_postgres() {
+        "BEGIN; LOCK TABLE runs, external_metrics, experiments IN EXCLUSIVE MODE"
+    } else {
+        "BEGIN IMMEDIATE"
+    };
+    sqlx::raw_sql(lock).execute(&mut other).await.unwrap();
+    other
 }

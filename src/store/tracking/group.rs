@@ -50,6 +50,21 @@ impl Batch {
             .collect()
     }
 
+    /// Writes the batch in `tx`, checking its run first unless `known` fit earlier in `tx`.
+    async fn write(&self, tx: &mut Transaction<'static, Any>, known: bool) -> TrackingResult<()> {
+        let points = self.points();
+        log_checked(
+            tx,
+            Engine::Sqlite,
+            self.run,
+            &points,
+            &self.params,
+            &self.tags,
+            known,
+        )
+        .await
+    }
+
     fn guarded(&self) -> bool {
         !self.params.is_empty() || !self.tags.is_empty()
     }
@@ -159,18 +174,10 @@ async fn write_group(pool: &AnyPool, group: &[Batch]) -> TrackingResult<Vec<Trac
     // runs found fit to log to in this transaction: the check holds until it ends
     let mut checked = HashSet::new();
     for b in group {
+        let known = checked.contains(&b.run);
         let answer = if b.guarded() {
             savepoint(&mut tx, "SAVEPOINT batch").await?;
-            let answer = log_checked(
-                &mut tx,
-                Engine::Sqlite,
-                b.run,
-                &b.points(),
-                &b.params,
-                &b.tags,
-                false,
-            )
-            .await;
+            let answer = b.write(&mut tx, known).await;
             if answer.is_err() {
                 savepoint(&mut tx, "ROLLBACK TO batch").await?;
             }
@@ -178,17 +185,7 @@ async fn write_group(pool: &AnyPool, group: &[Batch]) -> TrackingResult<Vec<Trac
             answer
         } else {
             // refused by the run's check before anything is written, or failed by the database
-            let known = checked.contains(&b.run);
-            log_checked(
-                &mut tx,
-                Engine::Sqlite,
-                b.run,
-                &b.points(),
-                &b.params,
-                &b.tags,
-                known,
-            )
-            .await
+            b.write(&mut tx, known).await
         };
         match answer {
             Ok(()) => {
@@ -210,16 +207,7 @@ async fn savepoint(tx: &mut Transaction<'static, Any>, sql: &str) -> sqlx::Resul
 /// Writes one batch in a transaction of its own.
 async fn write_alone(pool: &AnyPool, b: &Batch) -> TrackingResult<()> {
     let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
-    log_checked(
-        &mut tx,
-        Engine::Sqlite,
-        b.run,
-        &b.points(),
-        &b.params,
-        &b.tags,
-        false,
-    )
-    .await?;
+    b.write(&mut tx, false).await?;
     tx.commit().await?;
     Ok(())
 }
