@@ -141,7 +141,7 @@ async fn render(state: &AppState) -> anyhow::Result<String> {
             &mut out,
             "counter",
             "modalbench_logged_batches_total",
-            "Metric batches of external runs written (SQLite: concurrent ones share a transaction).",
+            "Metric batches of external runs taken by the writer (SQLite: concurrent ones share a transaction).",
             batches as f64,
         );
         metric(

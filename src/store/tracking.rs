@@ -535,7 +535,7 @@ impl Store {
         Ok(())
     }
 
-    /// On SQLite, the logged batches of external runs written so far and the transactions
+    /// On SQLite, the logged batches of external runs taken so far and the transactions
     /// they were written in (see [`GroupWriter`]); `None` on PostgreSQL, where each batch is
     /// a transaction of its own.
     pub fn logged_batches(&self) -> Option<(u64, u64)> {

@@ -9,7 +9,9 @@
 //! parameter changed) writes nothing and the others go on: the run is checked before anything
 //! is written, and a batch with parameters or tags (the only other refusal) is written under
 //! a savepoint. A database error fails the group's transaction; every batch of it is then
-//! written again alone, in a transaction of its own, so that each answer is its own.
+//! written again alone, in a transaction of its own, so that each answer is its own. When the
+//! transaction cannot even begin (another process held the write lock past the busy
+//! timeout), every batch of the group is told so at once.
 
 use super::{LoggedPoint, TrackingError, TrackingResult, log_checked};
 use crate::store::Engine;
@@ -74,7 +76,7 @@ impl Batch {
 #[derive(Debug, Clone)]
 pub(crate) struct GroupWriter {
     queue: mpsc::Sender<Batch>,
-    /// Batches written, and the transactions they were written in.
+    /// Batches taken (written or refused), and the transactions they were written in.
     counts: Arc<[AtomicU64; 2]>,
 }
 
@@ -87,7 +89,7 @@ impl GroupWriter {
         GroupWriter { queue, counts }
     }
 
-    /// Batches written so far, and the transactions they were written in.
+    /// Batches taken so far (written or refused), and the transactions they were written in.
     pub(crate) fn counts(&self) -> (u64, u64) {
         (
             self.counts[0].load(Ordering::Relaxed),
@@ -149,7 +151,21 @@ async fn run(pool: AnyPool, mut queue: mpsc::Receiver<Batch>, counts: Arc<[Atomi
         }
         let (answers, transactions) = match write_group(&pool, &group).await {
             Ok(answers) => (answers, 1),
-            Err(_) => {
+            // the write lock was not had within the busy timeout: trying each batch again
+            // would wait that long once per batch, so each is told now
+            Err(Failed::Begin(e)) => {
+                let answers = group
+                    .iter()
+                    .map(|_| {
+                        Err(TrackingError::Other(anyhow::anyhow!(
+                            "beginning the write transaction: {e}"
+                        )))
+                    })
+                    .collect();
+                (answers, 0)
+            }
+            Err(Failed::Later(e)) if group.len() == 1 => (vec![Err(e)], 1),
+            Err(Failed::Later(_)) => {
                 let mut answers = Vec::with_capacity(group.len());
                 for b in &group {
                     answers.push(write_alone(&pool, b).await);
@@ -166,10 +182,26 @@ async fn run(pool: AnyPool, mut queue: mpsc::Receiver<Batch>, counts: Arc<[Atomi
     }
 }
 
-/// Writes the group in one transaction: each batch's answer, or the error that failed the
-/// transaction.
-async fn write_group(pool: &AnyPool, group: &[Batch]) -> TrackingResult<Vec<TrackingResult<()>>> {
-    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+/// Why a group's transaction failed.
+enum Failed {
+    /// It could not begin (the write lock was not had within the busy timeout).
+    Begin(sqlx::Error),
+    /// A statement or the commit failed.
+    Later(TrackingError),
+}
+
+impl From<sqlx::Error> for Failed {
+    fn from(e: sqlx::Error) -> Failed {
+        Failed::Later(e.into())
+    }
+}
+
+/// Writes the group in one transaction: each batch's answer, or why the transaction failed.
+async fn write_group(pool: &AnyPool, group: &[Batch]) -> Result<Vec<TrackingResult<()>>, Failed> {
+    let mut tx = pool
+        .begin_with("BEGIN IMMEDIATE")
+        .await
+        .map_err(Failed::Begin)?;
     let mut answers = Vec::with_capacity(group.len());
     // runs found fit to log to in this transaction: the check holds until it ends
     let mut checked = HashSet::new();
@@ -192,7 +224,9 @@ async fn write_group(pool: &AnyPool, group: &[Batch]) -> TrackingResult<Vec<Trac
                 checked.insert(b.run);
                 answers.push(Ok(()));
             }
-            Err(e @ (TrackingError::Database(_) | TrackingError::Other(_))) => return Err(e),
+            Err(e @ (TrackingError::Database(_) | TrackingError::Other(_))) => {
+                return Err(Failed::Later(e));
+            }
             Err(refused) => answers.push(Err(refused)),
         }
     }
