@@ -789,7 +789,10 @@ async fn log_in(
                 .await?;
         }
     }
-    let all: Vec<&LoggedPoint> = metrics.iter().collect();
+    // by key, each key's points in the order given (a stable sort; every read orders by key
+    // first): consecutive rows go to the same place in the series index
+    let mut all: Vec<&LoggedPoint> = metrics.iter().collect();
+    all.sort_by_key(|p| p.key);
     insert_logged(tx, engine, id, "external_metrics", &all, "").await?;
     // the latest point of each key in this batch, against the stored latest
     let mut latest: BTreeMap<&str, &LoggedPoint> = BTreeMap::new();

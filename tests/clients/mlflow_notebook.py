@@ -73,6 +73,18 @@ assert [m.value for m in client.get_metric_history(repeats_id, "loss")] == [0.5,
 client.delete_run(repeats_id)
 assert client.get_run(repeats_id).info.lifecycle_stage == "deleted"
 
+# one batch, two keys interleaved, every value at one step and one timestamp: each key's
+# values come back in the order they were given
+with mlflow.start_run(run_name="interleaved") as run:
+    values = [(i * 7919 % 1009) / 1009 for i in range(200)]
+    client.log_batch(run.info.run_id, metrics=[
+        Metric("a" if i % 2 == 0 else "b", v, 1_700_000_000_000, 3) for i, v in enumerate(values)
+    ])
+    interleaved_id = run.info.run_id
+assert [m.value for m in client.get_metric_history(interleaved_id, "a")] == values[0::2]
+assert [m.value for m in client.get_metric_history(interleaved_id, "b")] == values[1::2]
+client.delete_run(interleaved_id)
+
 # search: filters on metrics, params, tags and attributes, ordering, paging
 ids = [r["run_id"] for r in summary["runs"]]
 found = client.search_runs(
