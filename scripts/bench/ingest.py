@@ -315,6 +315,15 @@ bought:
   311–324k to 465–482k points/s on `log-batch` and from 443–510k to 518–536k on the native
   path (3 rounds); one client stayed where it was, 314–319k against 309–322k (5 rounds), as
   it should (one batch waits at a time).
+- A batch's rows are inserted grouped by key (each key's in the order given), so that
+  consecutive rows go to the same place in the series index: `log-batch` with 8 clients
+  went from 488–508k to 505–525k points/s, one client from 325–342k to 334–355k (5
+  alternating rounds, no page reader).
+- JSON numbers are now parsed to the nearest float (serde_json's `float_roundtrip`): the
+  faster default parser could land one unit in the last place off, so a value logged as
+  0.39345887016848363 came back as 0.3934588701684836. The exact parser cost nothing
+  measurable here (3 alternating rounds: `log-batch` 325–353k against 347–350k points/s
+  with one client, 498–520k against 517–527k with 8).
 - Tried and left out, for want of a measurable gain: checkpointing the WAL every 10,000
   pages instead of SQLite's 1,000 (3 alternating rounds of 500,000 points, medians within 2%
   with 1 and 8 clients); not pinging pooled SQLite connections before handing them out
