@@ -31,6 +31,19 @@ pub enum TrackingError {
 
 pub type TrackingResult<T> = Result<T, TrackingError>;
 
+impl TrackingError {
+    /// The same error again, for a second caller it answers (a database error as its text).
+    fn again(&self) -> TrackingError {
+        match self {
+            TrackingError::NotFound(s) => TrackingError::NotFound(s.clone()),
+            TrackingError::AlreadyExists(s) => TrackingError::AlreadyExists(s.clone()),
+            TrackingError::Invalid(s) => TrackingError::Invalid(s.clone()),
+            TrackingError::Database(e) => TrackingError::Other(anyhow::anyhow!("{e}")),
+            TrackingError::Other(e) => TrackingError::Other(anyhow::anyhow!("{e:#}")),
+        }
+    }
+}
+
 /// An experiment: a named group of external runs.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Experiment {

@@ -286,8 +286,10 @@ async fn batches_logged_at_once_share_a_commit_and_keep_their_own_answers() {
     for w in 0..4 {
         bodies.push(json!({"run_id": b.to_string(), "metrics": metrics(&format!("b{w}"))}));
     }
-    // refused: an unknown run; a parameter changed (its tag and points go nowhere either)
+    // refused: an unknown run (twice: both are told); a parameter changed (its tag and
+    // points go nowhere either)
     bodies.push(json!({"run_id": "99999", "metrics": metrics("lost")}));
+    bodies.push(json!({"run_id": "99999", "metrics": metrics("lost-too")}));
     bodies.push(
         json!({"run_id": a.to_string(), "metrics": metrics("conflict"),
                        "params": [{"key": "lr", "value": "2"}],
@@ -324,16 +326,22 @@ async fn batches_logged_at_once_share_a_commit_and_keep_their_own_answers() {
     for (status, body) in &answers[..12] {
         assert_eq!(*status, StatusCode::OK, "{body}");
     }
-    assert_eq!(answers[12].0, StatusCode::NOT_FOUND, "{}", answers[12].1);
-    assert_eq!(answers[12].1["error_code"], "RESOURCE_DOES_NOT_EXIST");
-    assert_eq!(answers[13].0, StatusCode::BAD_REQUEST, "{}", answers[13].1);
-    assert_eq!(answers[13].1["error_code"], "INVALID_PARAMETER_VALUE");
+    for (status, body) in &answers[12..14] {
+        assert_eq!(*status, StatusCode::NOT_FOUND, "{body}");
+        assert_eq!(body["error_code"], "RESOURCE_DOES_NOT_EXIST");
+        assert!(
+            body["message"].as_str().unwrap().contains("99999"),
+            "{body}"
+        );
+    }
+    assert_eq!(answers[14].0, StatusCode::BAD_REQUEST, "{}", answers[14].1);
+    assert_eq!(answers[14].1["error_code"], "INVALID_PARAMETER_VALUE");
     assert!(
-        answers[13].1["message"].as_str().unwrap().contains("lr"),
+        answers[14].1["message"].as_str().unwrap().contains("lr"),
         "{}",
-        answers[13].1
+        answers[14].1
     );
-    assert_eq!(answers[14].0, StatusCode::OK, "{}", answers[14].1);
+    assert_eq!(answers[15].0, StatusCode::OK, "{}", answers[15].1);
 
     // every accepted batch whole, nothing of the refused ones
     let keys = |id: i64| {
@@ -392,10 +400,10 @@ async fn batches_logged_at_once_share_a_commit_and_keep_their_own_answers() {
     // on SQLite the waiting batches went in together
     if let Some((batches0, transactions0)) = before {
         let (batches, transactions) = counters(&app.page("/metrics").await.1);
-        assert_eq!(batches - batches0, 15.0);
+        assert_eq!(batches - batches0, 16.0);
         assert!(
-            transactions - transactions0 < 15.0,
-            "{} transactions for 15 batches",
+            transactions - transactions0 < 16.0,
+            "{} transactions for 16 batches",
             transactions - transactions0
         );
     }

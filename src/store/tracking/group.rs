@@ -7,7 +7,8 @@
 //!
 //! Each batch still gets its own answer. A batch refused (its run unknown or not external, a
 //! parameter changed) writes nothing and the others go on: the run is checked before anything
-//! is written, and a batch with parameters or tags (the only other refusal) is written under
+//! is written (the batches of points alone of one run are written together, and refused
+//! together), and a batch with parameters or tags (the only other refusal) is written under
 //! a savepoint. A database error fails the group's transaction; every batch of it is then
 //! written again alone, in a transaction of its own, so that each answer is its own. When the
 //! transaction cannot even begin (another process held the write lock past the busy
@@ -202,36 +203,64 @@ async fn write_group(pool: &AnyPool, group: &[Batch]) -> Result<Vec<TrackingResu
         .begin_with("BEGIN IMMEDIATE")
         .await
         .map_err(Failed::Begin)?;
-    let mut answers = Vec::with_capacity(group.len());
+    let mut answers: Vec<Option<TrackingResult<()>>> = group.iter().map(|_| None).collect();
+    // the batches of points alone of one run go in together: one statement for each 1,000
+    // of their points and one for the latest values, not one of each per batch. Refused only
+    // by the run's check, before anything is written.
+    let mut plain: Vec<(i64, Vec<usize>)> = Vec::new();
+    for (i, b) in group.iter().enumerate().filter(|(_, b)| !b.guarded()) {
+        match plain.iter_mut().find(|(run, _)| *run == b.run) {
+            Some((_, batches)) => batches.push(i),
+            None => plain.push((b.run, vec![i])),
+        }
+    }
     // runs found fit to log to in this transaction: the check holds until it ends
     let mut checked = HashSet::new();
-    for b in group {
-        let known = checked.contains(&b.run);
-        let answer = if b.guarded() {
-            savepoint(&mut tx, "SAVEPOINT batch").await?;
-            let answer = b.write(&mut tx, known).await;
-            if answer.is_err() {
-                savepoint(&mut tx, "ROLLBACK TO batch").await?;
-            }
-            savepoint(&mut tx, "RELEASE batch").await?;
-            answer
-        } else {
-            // refused by the run's check before anything is written, or failed by the database
-            b.write(&mut tx, known).await
-        };
-        match answer {
+    let none = BTreeMap::new();
+    for (run, batches) in &plain {
+        let points: Vec<LoggedPoint> = batches.iter().flat_map(|&i| group[i].points()).collect();
+        match log_checked(&mut tx, Engine::Sqlite, *run, &points, &none, &none, false).await {
             Ok(()) => {
-                checked.insert(b.run);
-                answers.push(Ok(()));
+                checked.insert(*run);
+                for &i in batches {
+                    answers[i] = Some(Ok(()));
+                }
             }
             Err(e @ (TrackingError::Database(_) | TrackingError::Other(_))) => {
                 return Err(Failed::Later(e));
             }
-            Err(refused) => answers.push(Err(refused)),
+            Err(refused) => {
+                for &i in batches {
+                    answers[i] = Some(Err(refused.again()));
+                }
+            }
+        }
+    }
+    // batches with parameters or tags, each under a savepoint: a changed parameter refuses
+    // its batch alone
+    for (i, b) in group.iter().enumerate().filter(|(_, b)| b.guarded()) {
+        savepoint(&mut tx, "SAVEPOINT batch").await?;
+        let answer = b.write(&mut tx, checked.contains(&b.run)).await;
+        if answer.is_err() {
+            savepoint(&mut tx, "ROLLBACK TO batch").await?;
+        }
+        savepoint(&mut tx, "RELEASE batch").await?;
+        match answer {
+            Ok(()) => {
+                checked.insert(b.run);
+                answers[i] = Some(Ok(()));
+            }
+            Err(e @ (TrackingError::Database(_) | TrackingError::Other(_))) => {
+                return Err(Failed::Later(e));
+            }
+            Err(refused) => answers[i] = Some(Err(refused)),
         }
     }
     tx.commit().await?;
-    Ok(answers)
+    Ok(answers
+        .into_iter()
+        .map(|a| a.expect("every batch of the group answered"))
+        .collect())
 }
 
 async fn savepoint(tx: &mut Transaction<'static, Any>, sql: &str) -> sqlx::Result<()> {
