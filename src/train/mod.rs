@@ -1163,8 +1163,9 @@ mod tests {
         }
         let faults = minor_faults() - before;
         // with glibc's defaults the heap is shrunk after each round and faulted in again
-        // (about 3,600 faults here); kept, the rounds reuse it (about 500)
-        assert!(faults < 1_500, "{faults} page faults over 3 rounds");
+        // (about 3,600 faults here); kept, the rounds reuse it (500 to 1,100 here, once 1,539
+        // in a CI run where other tests allocated on other threads)
+        assert!(faults < 2_500, "{faults} page faults over 3 rounds");
     }
 
     #[test]
