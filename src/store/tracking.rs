@@ -32,14 +32,13 @@ pub enum TrackingError {
 pub type TrackingResult<T> = Result<T, TrackingError>;
 
 impl TrackingError {
-    /// The same error again, for a second caller it answers (a database error as its text).
+    /// The same refusal again, for a second caller it answers (any other error as its text).
     fn again(&self) -> TrackingError {
         match self {
             TrackingError::NotFound(s) => TrackingError::NotFound(s.clone()),
             TrackingError::AlreadyExists(s) => TrackingError::AlreadyExists(s.clone()),
             TrackingError::Invalid(s) => TrackingError::Invalid(s.clone()),
-            TrackingError::Database(e) => TrackingError::Other(anyhow::anyhow!("{e}")),
-            TrackingError::Other(e) => TrackingError::Other(anyhow::anyhow!("{e:#}")),
+            other => TrackingError::Other(anyhow::anyhow!("{other}")),
         }
     }
 }
@@ -537,7 +536,7 @@ impl Store {
             Some(answer) => answer?,
             None => {
                 let mut tx = self.write_tx().await?;
-                log_checked(&mut tx, self.engine(), id, metrics, params, tags, false).await?;
+                log_checked(&mut tx, self.engine(), id, metrics, params, tags).await?;
                 tx.commit().await?;
             }
         }
@@ -735,9 +734,8 @@ async fn upsert_tag(
 /// statement, so a `log-batch` request is now one statement.
 const POINTS_PER_STATEMENT: usize = 1000;
 
-/// Checks in `tx` that run `id` takes logged data (unless `known` from earlier in `tx`), then
-/// logs its points, parameters and tags. The check is inside the write transaction: one pool
-/// round trip fewer per batch.
+/// Checks in `tx` that run `id` takes logged data, then logs its points, parameters and
+/// tags. The check is inside the write transaction: one pool round trip fewer per batch.
 async fn log_checked(
     tx: &mut Transaction<'static, Any>,
     engine: Engine,
@@ -745,11 +743,8 @@ async fn log_checked(
     metrics: &[LoggedPoint<'_>],
     params: &BTreeMap<String, String>,
     tags: &BTreeMap<String, String>,
-    known: bool,
 ) -> TrackingResult<()> {
-    if !known {
-        external_run_in(&mut **tx, id, false).await?;
-    }
+    external_run_in(&mut **tx, id, false).await?;
     log_in(tx, engine, id, metrics, params, tags).await?;
     if !params.is_empty() || !tags.is_empty() {
         refresh_names(tx, id).await?;

@@ -17,7 +17,7 @@
 use super::{LoggedPoint, TrackingError, TrackingResult, log_checked};
 use crate::store::Engine;
 use sqlx::{Any, AnyPool, Transaction};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::sync::{mpsc, oneshot};
@@ -53,8 +53,8 @@ impl Batch {
             .collect()
     }
 
-    /// Writes the batch in `tx`, checking its run first unless `known` fit earlier in `tx`.
-    async fn write(&self, tx: &mut Transaction<'static, Any>, known: bool) -> TrackingResult<()> {
+    /// Writes the batch in `tx`, checking its run first.
+    async fn write(&self, tx: &mut Transaction<'static, Any>) -> TrackingResult<()> {
         let points = self.points();
         log_checked(
             tx,
@@ -63,7 +63,6 @@ impl Batch {
             &points,
             &self.params,
             &self.tags,
-            known,
         )
         .await
     }
@@ -214,14 +213,11 @@ async fn write_group(pool: &AnyPool, group: &[Batch]) -> Result<Vec<TrackingResu
             None => plain.push((b.run, vec![i])),
         }
     }
-    // runs found fit to log to in this transaction: the check holds until it ends
-    let mut checked = HashSet::new();
     let none = BTreeMap::new();
     for (run, batches) in &plain {
         let points: Vec<LoggedPoint> = batches.iter().flat_map(|&i| group[i].points()).collect();
-        match log_checked(&mut tx, Engine::Sqlite, *run, &points, &none, &none, false).await {
+        match log_checked(&mut tx, Engine::Sqlite, *run, &points, &none, &none).await {
             Ok(()) => {
-                checked.insert(*run);
                 for &i in batches {
                     answers[i] = Some(Ok(()));
                 }
@@ -240,16 +236,13 @@ async fn write_group(pool: &AnyPool, group: &[Batch]) -> Result<Vec<TrackingResu
     // its batch alone
     for (i, b) in group.iter().enumerate().filter(|(_, b)| b.guarded()) {
         savepoint(&mut tx, "SAVEPOINT batch").await?;
-        let answer = b.write(&mut tx, checked.contains(&b.run)).await;
+        let answer = b.write(&mut tx).await;
         if answer.is_err() {
             savepoint(&mut tx, "ROLLBACK TO batch").await?;
         }
         savepoint(&mut tx, "RELEASE batch").await?;
         match answer {
-            Ok(()) => {
-                checked.insert(b.run);
-                answers[i] = Some(Ok(()));
-            }
+            Ok(()) => answers[i] = Some(Ok(())),
             Err(e @ (TrackingError::Database(_) | TrackingError::Other(_))) => {
                 return Err(Failed::Later(e));
             }
@@ -270,7 +263,7 @@ async fn savepoint(tx: &mut Transaction<'static, Any>, sql: &str) -> sqlx::Resul
 /// Writes one batch in a transaction of its own.
 async fn write_alone(pool: &AnyPool, b: &Batch) -> TrackingResult<()> {
     let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
-    b.write(&mut tx, false).await?;
+    b.write(&mut tx).await?;
     tx.commit().await?;
     Ok(())
 }
