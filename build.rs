@@ -13,6 +13,8 @@ fn main() {
     println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
     println!("cargo:rerun-if-env-changed=LIBTORCH_CXX11_ABI");
     println!("cargo:rerun-if-changed={SHIM}");
+    // `sqlx::migrate!` embeds the migrations when the crate compiles
+    println!("cargo:rerun-if-changed=migrations");
     let lib = std::env::var("DEP_TCH_LIBTORCH_LIB")
         .expect("torch-sys publishes the libtorch folder it links against");
     println!("cargo:rustc-link-arg=-Wl,-rpath,{lib}");

@@ -190,6 +190,9 @@ impl Store {
             .run(&pool)
             .await
             .context("applying database migrations")?;
+        tracking::convert_legacy(&pool, engine)
+            .await
+            .context("packing the metric points of external runs")?;
         let host = hostname();
         let server_id = format!(
             "{host}:{}:{}",

@@ -1,8 +1,8 @@
 //! Experiments and external runs: runs trained elsewhere and logged here, through the
 //! MLflow-compatible API (`http::mlflow`) or the native metric batch endpoint. An external run
 //! is a row of `runs` (`source = 'external'`) whose `config` holds its parameters; its tags are
-//! in `run_tags`, its metric points in `external_metrics` with the latest of each key in
-//! `external_latest`.
+//! in `run_tags`, its metric points packed in `external_metric_chunks` ([`chunks`]) with the
+//! latest of each key in `external_latest`.
 
 use super::runs::RunStatus;
 use super::{Engine, Real};
@@ -11,7 +11,9 @@ use sqlx::{Any, Transaction};
 use std::collections::BTreeMap;
 use time::OffsetDateTime;
 
+mod chunks;
 mod group;
+pub(crate) use chunks::convert_legacy;
 pub(crate) use group::GroupWriter;
 
 /// What a tracking call can fail with; the HTTP layers map each to their error shapes.
@@ -594,24 +596,14 @@ impl Store {
         limit: i64,
     ) -> TrackingResult<Vec<MetricPoint>> {
         self.external_run_id(id, true).await?;
-        let rows: Vec<(Option<f64>, i64, i64)> = sqlx::query_as(
-            "SELECT value, timestamp, step FROM external_metrics WHERE run_id = $1 AND key = $2 \
-             ORDER BY step, timestamp, id LIMIT $3 OFFSET $4",
-        )
-        .bind(id)
-        .bind(key)
-        .bind(limit)
-        .bind(offset)
-        .fetch_all(self.pool())
-        .await?;
-        Ok(rows
-            .into_iter()
-            .map(|(value, timestamp, step)| MetricPoint {
-                key: key.to_string(),
-                value: value.unwrap_or(f64::NAN),
-                timestamp,
-                step,
-            })
+        let series = chunks::read(self.pool(), id, Some(key)).await?;
+        let skip = usize::try_from(offset).unwrap_or(0);
+        let take = usize::try_from(limit).unwrap_or(0);
+        Ok(series
+            .into_values()
+            .flatten()
+            .skip(skip)
+            .take(take)
             .collect())
     }
 
@@ -621,24 +613,7 @@ impl Store {
         id: i64,
         key: Option<&str>,
     ) -> anyhow::Result<BTreeMap<String, Vec<MetricPoint>>> {
-        let rows: Vec<(String, Option<f64>, i64, i64)> = sqlx::query_as(
-            "SELECT key, value, timestamp, step FROM external_metrics \
-             WHERE run_id = $1 AND ($2 IS NULL OR key = $2) ORDER BY key, step, timestamp, id",
-        )
-        .bind(id)
-        .bind(key)
-        .fetch_all(self.pool())
-        .await?;
-        let mut out: BTreeMap<String, Vec<MetricPoint>> = BTreeMap::new();
-        for (key, value, timestamp, step) in rows {
-            out.entry(key.clone()).or_default().push(MetricPoint {
-                key,
-                value: value.unwrap_or(f64::NAN),
-                timestamp,
-                step,
-            });
-        }
-        Ok(out)
+        chunks::read(self.pool(), id, key).await
     }
 }
 
@@ -728,10 +703,7 @@ async fn upsert_tag(
     upsert_tag_of(tx, TagsOf::Run, id, key, value).await
 }
 
-/// Rows of metric points per INSERT statement (5 parameters each; SQLite takes up to 32,766).
-/// Each statement is a round trip to sqlx's SQLite thread: a profile of 1,000-metric
-/// `log-batch` requests spent 16% of the server's time switching threads at 200 rows a
-/// statement, so a `log-batch` request is now one statement.
+/// Rows of latest points per INSERT statement (5 parameters each; SQLite takes up to 32,766).
 const POINTS_PER_STATEMENT: usize = 1000;
 
 /// Checks in `tx` that run `id` takes logged data, then logs its points, parameters and
@@ -801,7 +773,7 @@ async fn log_in(
     // first): consecutive rows go to the same place in the series index
     let mut all: Vec<&LoggedPoint> = metrics.iter().collect();
     all.sort_by_key(|p| p.key);
-    insert_logged(tx, engine, id, "external_metrics", &all, "").await?;
+    chunks::insert(tx, engine, id, &all).await?;
     // the latest point of each key in this batch, against the stored latest
     let mut latest: BTreeMap<&str, &LoggedPoint> = BTreeMap::new();
     for p in metrics {
@@ -827,8 +799,8 @@ async fn log_in(
     Ok(())
 }
 
-/// Inserts points of run `id` into `table` (`external_metrics` or `external_latest`), many
-/// rows a statement, each statement ending with `tail`.
+/// Inserts points of run `id` into `table`, many rows a statement, each statement ending with
+/// `tail`.
 async fn insert_logged(
     tx: &mut Transaction<'_, Any>,
     engine: Engine,

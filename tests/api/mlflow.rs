@@ -409,6 +409,90 @@ async fn batches_logged_at_once_share_a_commit_and_keep_their_own_answers() {
     }
 }
 
+#[tokio::test]
+async fn points_stored_one_a_row_by_an_older_server_are_packed_when_the_database_opens() {
+    use sqlx::Connection;
+    let app = TestApp::new().await;
+    let (status, run) = app
+        .post("/api/v1/runs/external", json!({"name": "before-packing"}))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{run}");
+    let id = run["id"].as_i64().unwrap();
+    // the table as migrations before packing made it, with points in no particular order:
+    // (id, key, value (NULL for NaN), timestamp, step)
+    let rows: [(i64, &str, Option<f64>, i64, i64); 7] = [
+        (10, "loss", Some(0.5), 1_000, 2),
+        (11, "loss", Some(0.25), 1_000, 1),
+        (12, "acc", Some(0.75), 1_001, 1),
+        (13, "loss", None, 999, 2),
+        (14, "loss", Some(0.125), 1_000, 2),
+        (15, "loss", Some(1.0), 900, 0),
+        (16, "acc", Some(0.8), 1_002, 2),
+    ];
+    let url = app.state.settings.database_url().unwrap();
+    let mut conn = sqlx::AnyConnection::connect(&url).await.unwrap();
+    sqlx::raw_sql(
+        "CREATE TABLE external_metrics (id BIGINT PRIMARY KEY, \
+         run_id BIGINT NOT NULL REFERENCES runs (id) ON DELETE CASCADE, key TEXT NOT NULL, \
+         value DOUBLE PRECISION, timestamp BIGINT NOT NULL, step BIGINT NOT NULL)",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    for (row, key, value, timestamp, step) in rows {
+        sqlx::query(
+            "INSERT INTO external_metrics (id, run_id, key, value, timestamp, step) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(row)
+        .bind(id)
+        .bind(key)
+        .bind(value)
+        .bind(timestamp)
+        .bind(step)
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    }
+    conn.close().await.unwrap();
+    // another server opening the database packs them
+    modalbench::store::Store::connect(&url).await.unwrap();
+    for key in ["loss", "acc"] {
+        // MLflow's order of a history: step, timestamp, then row id
+        let mut want: Vec<_> = rows.iter().filter(|r| r.1 == key).collect();
+        want.sort_by_key(|r| (r.4, r.3, r.0));
+        let (status, got) = app
+            .get(&format!(
+                "/api/2.0/mlflow/metrics/get-history?run_id={id}&metric_key={key}"
+            ))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{got}");
+        let got = got["metrics"].as_array().unwrap();
+        assert_eq!(got.len(), want.len(), "{got:?}");
+        for (g, w) in got.iter().zip(&want) {
+            assert_eq!(g["step"].as_i64(), Some(w.4), "{got:?}");
+            assert_eq!(g["timestamp"].as_i64(), Some(w.3), "{got:?}");
+            match w.2 {
+                Some(v) => assert_eq!(g["value"].as_f64(), Some(v), "{got:?}"),
+                None => assert_eq!(g["value"], "NaN", "{got:?}"),
+            }
+        }
+    }
+    // the old table is gone, so opening again has nothing to do
+    let mut conn = sqlx::AnyConnection::connect(&url).await.unwrap();
+    let gone = sqlx::query("SELECT COUNT(*) FROM external_metrics")
+        .execute(&mut conn)
+        .await;
+    assert!(gone.is_err(), "the old table is still there");
+    modalbench::store::Store::connect(&url).await.unwrap();
+    let (_, again) = app
+        .get(&format!(
+            "/api/2.0/mlflow/metrics/get-history?run_id={id}&metric_key=loss"
+        ))
+        .await;
+    assert_eq!(again["metrics"].as_array().unwrap().len(), 5, "{again}");
+}
+
 /// Another connection holding the database's write lock until it commits (on PostgreSQL,
 /// exclusive locks on the tables the writers write).
 async fn hold_write_lock(app: &TestApp) -> sqlx::AnyConnection {
@@ -417,7 +501,7 @@ async fn hold_write_lock(app: &TestApp) -> sqlx::AnyConnection {
         .await
         .unwrap();
     let lock = if crate::helpers::on_postgres() {
-        "BEGIN; LOCK TABLE runs, external_metrics, experiments IN EXCLUSIVE MODE"
+        "BEGIN; LOCK TABLE runs, external_metric_chunks, experiments IN EXCLUSIVE MODE"
     } else {
         "BEGIN IMMEDIATE"
     };
