@@ -72,6 +72,17 @@ impl ApiError {
     }
 
     /// 409: the request conflicts with the resource's state.
+    /// 503 `database_busy`: the database refused for now (its write lock held by another past
+    /// the busy timeout, no pooled connection free); the same request may succeed when retried.
+    pub fn busy(cause: impl std::fmt::Display) -> Self {
+        tracing::warn!(error = %cause, "the database is busy");
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "database_busy",
+            format!("the database is busy ({cause}); try again"),
+        )
+    }
+
     pub fn conflict(message: impl Into<String>) -> Self {
         ApiError::new(StatusCode::CONFLICT, "conflict", message)
     }
@@ -84,6 +95,9 @@ impl ApiError {
 
 impl From<anyhow::Error> for ApiError {
     fn from(e: anyhow::Error) -> Self {
+        if let Some(cause) = crate::store::busy_cause(&e) {
+            return ApiError::busy(cause);
+        }
         tracing::error!(error = format!("{e:#}"), "internal error");
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -114,9 +128,18 @@ impl IntoResponse for ApiError {
                 field: self.field.as_deref(),
             },
         };
-        (self.status, Json(body)).into_response()
+        let mut response = (self.status, Json(body)).into_response();
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, RETRY_AFTER);
+        }
+        response
     }
 }
+
+/// Seconds a 503 asks the client to wait before retrying (`Retry-After`).
+pub(crate) const RETRY_AFTER: axum::http::HeaderValue = axum::http::HeaderValue::from_static("1");
 
 /// Result of an API handler.
 pub type ApiResult<T> = Result<T, ApiError>;

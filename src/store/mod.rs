@@ -23,6 +23,32 @@ use std::time::Duration;
 use time::OffsetDateTime;
 use time::macros::format_description;
 
+/// Whether `e` is the database refusing for now, so that the same request may succeed when
+/// retried: SQLite's write lock held by another past the busy timeout (`SQLITE_BUSY`,
+/// `SQLITE_LOCKED`), PostgreSQL's lock timeout, deadlock or serialization failure, or no pooled
+/// connection free within the acquire timeout.
+pub fn is_busy(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::PoolTimedOut => true,
+        sqlx::Error::Database(db) => {
+            let code = db.code();
+            let code = code.as_deref().unwrap_or_default();
+            // SQLite's extended result codes keep the primary one in the low byte
+            match code.parse::<i64>() {
+                Ok(n) => matches!(n & 0xff, 5 | 6),
+                Err(_) => matches!(code, "55P03" | "40P01" | "40001"),
+            }
+        }
+        _ => false,
+    }
+}
+
+/// The busy database ([`is_busy`]) among the causes of `e`, if one is.
+pub fn busy_cause(e: &anyhow::Error) -> Option<&sqlx::Error> {
+    e.chain()
+        .find_map(|c| c.downcast_ref::<sqlx::Error>().filter(|e| is_busy(e)))
+}
+
 /// The database engine a store runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Engine {

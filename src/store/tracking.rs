@@ -25,21 +25,36 @@ pub enum TrackingError {
     AlreadyExists(String),
     #[error("{0}")]
     Invalid(String),
+    /// The database refused for now ([`super::is_busy`]); a retry may succeed.
+    #[error("the database is busy: {0}")]
+    Busy(String),
     #[error(transparent)]
-    Database(#[from] sqlx::Error),
+    Database(sqlx::Error),
     #[error(transparent)]
     Other(#[from] anyhow::Error),
 }
 
 pub type TrackingResult<T> = Result<T, TrackingError>;
 
+impl From<sqlx::Error> for TrackingError {
+    fn from(e: sqlx::Error) -> Self {
+        if super::is_busy(&e) {
+            TrackingError::Busy(e.to_string())
+        } else {
+            TrackingError::Database(e)
+        }
+    }
+}
+
 impl TrackingError {
-    /// The same refusal again, for a second caller it answers (any other error as its text).
+    /// The same refusal again, for a second caller it answers (a busy database too; any other
+    /// error as its text).
     fn again(&self) -> TrackingError {
         match self {
             TrackingError::NotFound(s) => TrackingError::NotFound(s.clone()),
             TrackingError::AlreadyExists(s) => TrackingError::AlreadyExists(s.clone()),
             TrackingError::Invalid(s) => TrackingError::Invalid(s.clone()),
+            TrackingError::Busy(s) => TrackingError::Busy(s.clone()),
             other => TrackingError::Other(anyhow::anyhow!("{other}")),
         }
     }

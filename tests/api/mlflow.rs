@@ -241,6 +241,84 @@ async fn concurrent_writers_and_a_locked_database_never_give_a_server_error() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lock_held_past_the_busy_timeout_gives_503s_to_retry_and_writes_nothing() {
+    // PostgreSQL waits for a lock without a timeout; SQLite gives up after its busy timeout
+    if crate::helpers::on_postgres() {
+        return;
+    }
+    let app = TestApp::new().await;
+    let (_, run) = app
+        .post("/api/v1/runs/external", json!({"name": "locked-out"}))
+        .await;
+    let id = run["id"].as_i64().unwrap();
+    let requests = [
+        (
+            format!("/api/v1/runs/{id}/metrics"),
+            json!({"points": [{"key": "native", "value": 1.0, "step": 1}]}),
+        ),
+        (
+            "/api/2.0/mlflow/runs/log-batch".to_string(),
+            json!({"run_id": id.to_string(), "metrics": [
+                {"key": "compat", "value": 2.0, "timestamp": 1, "step": 1}]}),
+        ),
+        (
+            "/api/v1/runs".to_string(),
+            json!({"model": "bert-tiny", "dataset": "demo-news"}),
+        ),
+    ];
+    let send_all = || {
+        requests.iter().map(|(uri, body)| {
+            let req = axum::http::Request::post(uri.as_str())
+                .header("content-type", "application/json")
+                .body(axum::body::Body::from(body.to_string()))
+                .unwrap();
+            tokio::spawn(tower::ServiceExt::oneshot(app.router.clone(), req))
+        })
+    };
+    // another process holds the write lock past SQLite's busy timeout (10 s)
+    let mut other = hold_write_lock(&app).await;
+    let answers: Vec<_> = send_all().collect();
+    let mut bodies = Vec::new();
+    for a in answers {
+        let res = a.await.unwrap().unwrap();
+        assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(res.headers()["retry-after"], "1");
+        let body = http_body_util::BodyExt::collect(res.into_body())
+            .await
+            .unwrap();
+        bodies.push(serde_json::from_slice::<Value>(&body.to_bytes()).unwrap());
+    }
+    sqlx::query("COMMIT").execute(&mut other).await.unwrap();
+    assert_eq!(bodies[0]["error"]["code"], "database_busy", "{}", bodies[0]);
+    assert!(
+        bodies[0]["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("locked"),
+        "{}",
+        bodies[0]
+    );
+    assert_eq!(
+        bodies[1]["error_code"], "TEMPORARILY_UNAVAILABLE",
+        "{}",
+        bodies[1]
+    );
+    assert_eq!(bodies[2]["error"]["code"], "database_busy", "{}", bodies[2]);
+    // nothing was written: no points, no run beside the external one
+    let (_, series) = app.get(&format!("/api/v1/runs/{id}/metrics")).await;
+    assert_eq!(series["series"], json!({}), "{series}");
+    let (_, runs) = app.get("/api/v1/runs").await;
+    assert_eq!(runs["runs"].as_array().unwrap().len(), 1, "{runs}");
+    // the same requests succeed once the lock is free
+    for a in send_all() {
+        let res = a.await.unwrap().unwrap();
+        assert!(res.status().is_success(), "{}", res.status());
+    }
+    let (_, series) = app.get(&format!("/api/v1/runs/{id}/metrics")).await;
+    assert_eq!(series["series"].as_object().unwrap().len(), 2, "{series}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn batches_logged_at_once_share_a_commit_and_keep_their_own_answers() {
     let app = TestApp::new().await;
     let mut runs = Vec::new();

@@ -40,6 +40,7 @@ impl From<TrackingError> for ApiError {
             TrackingError::NotFound(what) => ApiError::not_found(what),
             TrackingError::AlreadyExists(_) => ApiError::conflict(e.to_string()),
             TrackingError::Invalid(m) => ApiError::new(StatusCode::CONFLICT, "conflict", m),
+            TrackingError::Busy(cause) => ApiError::busy(cause),
             TrackingError::Database(e) => ApiError::from(anyhow::Error::from(e)),
             TrackingError::Other(e) => ApiError::from(e),
         }

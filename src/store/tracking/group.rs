@@ -154,14 +154,8 @@ async fn run(pool: AnyPool, mut queue: mpsc::Receiver<Batch>, counts: Arc<[Atomi
             // the write lock was not had within the busy timeout: trying each batch again
             // would wait that long once per batch, so each is told now
             Err(Failed::Begin(e)) => {
-                let answers = group
-                    .iter()
-                    .map(|_| {
-                        Err(TrackingError::Other(anyhow::anyhow!(
-                            "beginning the write transaction: {e}"
-                        )))
-                    })
-                    .collect();
+                let e = TrackingError::from(e);
+                let answers = group.iter().map(|_| Err(e.again())).collect();
                 (answers, 0)
             }
             Err(Failed::Later(e)) if group.len() == 1 => (vec![Err(e)], 1),
@@ -222,7 +216,9 @@ async fn write_group(pool: &AnyPool, group: &[Batch]) -> Result<Vec<TrackingResu
                     answers[i] = Some(Ok(()));
                 }
             }
-            Err(e @ (TrackingError::Database(_) | TrackingError::Other(_))) => {
+            Err(
+                e @ (TrackingError::Database(_) | TrackingError::Busy(_) | TrackingError::Other(_)),
+            ) => {
                 return Err(Failed::Later(e));
             }
             Err(refused) => {
@@ -243,7 +239,9 @@ async fn write_group(pool: &AnyPool, group: &[Batch]) -> Result<Vec<TrackingResu
         savepoint(&mut tx, "RELEASE batch").await?;
         match answer {
             Ok(()) => answers[i] = Some(Ok(())),
-            Err(e @ (TrackingError::Database(_) | TrackingError::Other(_))) => {
+            Err(
+                e @ (TrackingError::Database(_) | TrackingError::Busy(_) | TrackingError::Other(_)),
+            ) => {
                 return Err(Failed::Later(e));
             }
             Err(refused) => answers[i] = Some(Err(refused)),
