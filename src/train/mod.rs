@@ -387,8 +387,23 @@ pub fn run(spec: &JobSpec, sink: &mut dyn EventSink) -> Result<Summary> {
     });
 
     let mut st = state::Progress::default();
+    // training ended at the last checkpoint: at the last step, or stopped early
+    let ended = |st: &state::Progress| {
+        st.step >= total_steps
+            || cfg
+                .early_stopping_patience
+                .is_some_and(|p| st.bad_evals >= p)
+    };
     if let Some(r) = resume {
-        opt.load_state(r.optimizer, r.progress.optimizer_steps)?;
+        match r.optimizer {
+            Some(moments) => opt.load_state(moments, r.progress.optimizer_steps)?,
+            // the checkpoint of a training that ended keeps no moments: nothing trains on
+            None if ended(&r.progress) => {}
+            None => bail!(
+                "the last checkpoint (step {}) has no optimizer state, and training has not ended",
+                r.progress.step
+            ),
+        }
         scaler = r.progress.scaler.clone();
         st = r.progress;
         if st.best_step == st.step && st.best.is_some() {
@@ -412,7 +427,8 @@ pub fn run(spec: &JobSpec, sink: &mut dyn EventSink) -> Result<Summary> {
     let mut last_dev: Option<(u64, Scored)> = None;
     let mut eval_time = (0.0f64, 0usize);
     let mut epoch_seconds = Vec::new();
-    let mut stop_early = false;
+    // a run resumed after it stopped early scores its checkpoints without training on
+    let mut stop_early = ended(&st) && st.step < total_steps;
     let accum = cfg.gradient_accumulation_steps.max(1) as usize;
     'epochs: while st.step < total_steps && !stop_early {
         let epoch_started = Instant::now();
@@ -595,7 +611,17 @@ pub fn run(spec: &JobSpec, sink: &mut dyn EventSink) -> Result<Summary> {
             if saved || epoch_end || step == total_steps || stop_early || stopping {
                 st.optimizer_steps = opt.step;
                 st.scaler = scaler.clone();
-                state::save_last(&model, &opt, &st, cfg, &spec.output_dir, &ds.label_names)?;
+                // the AdamW moments only where training may go on from here
+                let moments = !(stop_early || step == total_steps);
+                state::save_last(
+                    &model,
+                    &opt,
+                    &st,
+                    cfg,
+                    &spec.output_dir,
+                    &ds.label_names,
+                    moments,
+                )?;
                 if improved {
                     // the weights just written are the best: `best/` shares their files
                     state::best_from_last(&spec.output_dir)?;

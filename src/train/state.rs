@@ -56,8 +56,9 @@ struct TrainerState {
 /// A run's last checkpoint, to resume from.
 pub struct Resume {
     pub progress: Progress,
-    /// The optimiser's moments, as [`AdamW::state`] names them.
-    pub optimizer: Vec<(String, Tensor)>,
+    /// The optimiser's moments, as [`AdamW::state`] names them; none in the checkpoint of a
+    /// training that ended.
+    pub optimizer: Option<Vec<(String, Tensor)>>,
 }
 
 impl Resume {
@@ -80,8 +81,12 @@ impl Resume {
         if &state.config != config {
             return Ok(None);
         }
-        let optimizer = Tensor::read_safetensors(dir.join(OPTIMIZER))
-            .with_context(|| format!("reading {}", dir.join(OPTIMIZER).display()))?;
+        let file = dir.join(OPTIMIZER);
+        let optimizer = file
+            .is_file()
+            .then(|| Tensor::read_safetensors(&file))
+            .transpose()
+            .with_context(|| format!("reading {}", file.display()))?;
         Ok(Some(Resume {
             progress: state.progress,
             optimizer,
@@ -146,7 +151,9 @@ pub fn best_from_last(out: &Path) -> Result<()> {
     .context("writing the best checkpoint")
 }
 
-/// Writes the last checkpoint under `out`, with the optimiser state and the progress.
+/// Writes the last checkpoint under `out`, with the progress, and with `moments` the optimiser
+/// state. The checkpoint of a training that ended goes without them: nothing trains on from
+/// it, and they are two thirds of its size (181 of 272 MB for MiniLM-L6).
 pub fn save_last(
     model: &Loaded,
     opt: &AdamW,
@@ -154,11 +161,14 @@ pub fn save_last(
     config: &TrainConfig,
     out: &Path,
     labels: &[String],
+    moments: bool,
 ) -> Result<()> {
     replace(&out.join(LAST), |dir| {
         models::save_classifier(model, dir, labels)?;
-        let (moments, _) = opt.state();
-        models::checkpoint::write_safetensors(&moments, &dir.join(OPTIMIZER))?;
+        if moments {
+            let (moments, _) = opt.state();
+            models::checkpoint::write_safetensors(&moments, &dir.join(OPTIMIZER))?;
+        }
         let state = TrainerState {
             config: config.clone(),
             progress: progress.clone(),

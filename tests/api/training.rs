@@ -380,6 +380,9 @@ fn a_worker_killed_mid_epoch_resumes_to_the_weights_of_an_uninterrupted_run() {
     // the same job in a worker process, killed once its first checkpoint is written
     let spec = job(&model, &data, cfg.clone(), &dir.path().join("resumed"));
     let saved = kill_worker_after_first_checkpoint(&spec);
+    // the AdamW moments where training goes on from the checkpoint; none once it has ended
+    assert!(spec.output_dir.join("last/optimizer.safetensors").is_file());
+    assert!(!whole.join("last/optimizer.safetensors").exists());
     let step = saved["progress"]["step"].as_u64().unwrap();
     let plan = Plan::new(&cfg, 48);
     assert!(
@@ -413,16 +416,34 @@ fn early_stopping_ends_after_patience_evaluations_without_improvement() {
         early_stopping_patience: Some(2),
         ..small()
     };
-    let (s, events) = run(&job(
+    let spec = job(
         &checkpoints().join("bert"),
         &data,
         cfg,
         &dir.path().join("out"),
-    ));
+    );
+    let (s, events) = run(&spec);
     assert!(s.cost.stopped_early);
     assert_eq!((s.steps, s.cost.best_step), (3, Some(1)));
     assert!(events.iter().any(|e| matches!(e, Event::Log { message }
         if message.starts_with("early stop at step 3: 2 evaluations without a better dev accuracy"))));
+    // training ended there, so its last checkpoint keeps no AdamW moments; a worker that died
+    // after writing it (before its summary) is run again and scores the checkpoint without
+    // training on
+    assert!(spec.output_dir.join("last/trainer_state.json").is_file());
+    assert!(!spec.output_dir.join("last/optimizer.safetensors").exists());
+    let (again, events) = run(&spec);
+    assert!(events.iter().any(|e| matches!(e, Event::Log { message }
+        if message.starts_with("resumed from the last checkpoint at step 3"))));
+    // no step trained: the only metrics are the test split's scores
+    assert!(
+        events.iter().all(
+            |e| !matches!(e, Event::Metric { key, .. } if !key.to_string().starts_with("test/"))
+        ),
+        "the run trained on"
+    );
+    assert_eq!((again.steps, again.cost.best_step), (3, Some(1)));
+    assert_eq!((again.accuracy, again.loss), (s.accuracy, s.loss));
 }
 
 #[test]
