@@ -71,7 +71,6 @@ impl ApiError {
         )
     }
 
-    /// 409: the request conflicts with the resource's state.
     /// 503 `database_busy`: the database refused for now (its write lock held by another past
     /// the busy timeout, no pooled connection free); the same request may succeed when retried.
     pub fn busy(cause: impl std::fmt::Display) -> Self {
@@ -83,6 +82,7 @@ impl ApiError {
         )
     }
 
+    /// 409: the request conflicts with the resource's state.
     pub fn conflict(message: impl Into<String>) -> Self {
         ApiError::new(StatusCode::CONFLICT, "conflict", message)
     }
@@ -128,18 +128,21 @@ impl IntoResponse for ApiError {
                 field: self.field.as_deref(),
             },
         };
-        let mut response = (self.status, Json(body)).into_response();
-        if self.status == StatusCode::SERVICE_UNAVAILABLE {
-            response
-                .headers_mut()
-                .insert(axum::http::header::RETRY_AFTER, RETRY_AFTER);
-        }
-        response
+        retry_later((self.status, Json(body)).into_response())
     }
 }
 
-/// Seconds a 503 asks the client to wait before retrying (`Retry-After`).
-pub(crate) const RETRY_AFTER: axum::http::HeaderValue = axum::http::HeaderValue::from_static("1");
+/// A response that, when it is a 503, asks the client to try again in a second
+/// (`Retry-After: 1`): the API's errors and the MLflow-compatible ones.
+pub(crate) fn retry_later(mut response: Response) -> Response {
+    if response.status() == StatusCode::SERVICE_UNAVAILABLE {
+        response.headers_mut().insert(
+            axum::http::header::RETRY_AFTER,
+            axum::http::HeaderValue::from_static("1"),
+        );
+    }
+    response
+}
 
 /// Result of an API handler.
 pub type ApiResult<T> = Result<T, ApiError>;

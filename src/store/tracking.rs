@@ -784,11 +784,7 @@ async fn log_in(
                 .await?;
         }
     }
-    // by key, each key's points in the order given (a stable sort; every read orders by key
-    // first): consecutive rows go to the same place in the series index
-    let mut all: Vec<&LoggedPoint> = metrics.iter().collect();
-    all.sort_by_key(|p| p.key);
-    chunks::insert(tx, engine, id, &all).await?;
+    chunks::insert(tx, engine, id, metrics).await?;
     // the latest point of each key in this batch, against the stored latest
     let mut latest: BTreeMap<&str, &LoggedPoint> = BTreeMap::new();
     for p in metrics {
@@ -799,34 +795,14 @@ async fn log_in(
     }
     // one statement for every key of the batch, not one per key
     let latest: Vec<&LoggedPoint> = latest.into_values().collect();
-    insert_logged(
-        tx,
-        engine,
-        id,
-        "external_latest",
-        &latest,
-        "ON CONFLICT (run_id, key) DO UPDATE SET value = excluded.value, \
-             timestamp = excluded.timestamp, step = excluded.step \
-         WHERE excluded.step > external_latest.step OR (excluded.step = external_latest.step \
-             AND excluded.timestamp >= external_latest.timestamp)",
-    )
-    .await?;
-    Ok(())
-}
-
-/// Inserts points of run `id` into `table`, many rows a statement, each statement ending with
-/// `tail`.
-async fn insert_logged(
-    tx: &mut Transaction<'_, Any>,
-    engine: Engine,
-    id: i64,
-    table: &str,
-    points: &[&LoggedPoint<'_>],
-    tail: &str,
-) -> TrackingResult<()> {
-    for chunk in points.chunks(POINTS_PER_STATEMENT) {
+    for chunk in latest.chunks(POINTS_PER_STATEMENT) {
         let sql = format!(
-            "INSERT INTO {table} (run_id, key, value, timestamp, step) {} {tail}",
+            "INSERT INTO external_latest (run_id, key, value, timestamp, step) {} \
+             ON CONFLICT (run_id, key) DO UPDATE SET value = excluded.value, \
+                 timestamp = excluded.timestamp, step = excluded.step \
+             WHERE excluded.step > external_latest.step \
+                 OR (excluded.step = external_latest.step \
+                     AND excluded.timestamp >= external_latest.timestamp)",
             engine.values_rows(chunk.len(), 5)
         );
         let mut q = sqlx::query(&sql);

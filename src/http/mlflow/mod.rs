@@ -119,7 +119,7 @@ impl From<TrackingError> for MlflowError {
                 capitalised(&e.to_string()),
             ),
             TrackingError::Invalid(m) => MlflowError::invalid(m),
-            TrackingError::Busy(_) => busy(e.to_string()),
+            TrackingError::Busy(cause) => busy(cause),
             TrackingError::Database(e) => internal(anyhow::Error::from(e)),
             TrackingError::Other(e) => internal(e),
         }
@@ -127,18 +127,18 @@ impl From<TrackingError> for MlflowError {
 }
 
 /// 503 `TEMPORARILY_UNAVAILABLE`, which MLflow's client retries.
-fn busy(message: String) -> MlflowError {
-    tracing::warn!(error = message, "the database is busy");
+fn busy(cause: impl std::fmt::Display) -> MlflowError {
+    tracing::warn!(error = %cause, "the database is busy");
     MlflowError::new(
         StatusCode::SERVICE_UNAVAILABLE,
         "TEMPORARILY_UNAVAILABLE",
-        capitalised(&message),
+        format!("The database is busy ({cause}); try again"),
     )
 }
 
 fn internal(e: anyhow::Error) -> MlflowError {
     if let Some(cause) = crate::store::busy_cause(&e) {
-        return busy(format!("the database is busy: {cause}"));
+        return busy(cause);
     }
     tracing::error!(error = format!("{e:#}"), "internal error in the MLflow API");
     MlflowError::new(
@@ -157,18 +157,13 @@ fn capitalised(s: &str) -> String {
 
 impl IntoResponse for MlflowError {
     fn into_response(self) -> Response {
-        let mut response = (
-            self.status,
-            Json(json!({"error_code": self.code, "message": self.message})),
+        crate::http::error::retry_later(
+            (
+                self.status,
+                Json(json!({"error_code": self.code, "message": self.message})),
+            )
+                .into_response(),
         )
-            .into_response();
-        if self.status == StatusCode::SERVICE_UNAVAILABLE {
-            response.headers_mut().insert(
-                axum::http::header::RETRY_AFTER,
-                crate::http::error::RETRY_AFTER,
-            );
-        }
-        response
     }
 }
 

@@ -60,13 +60,17 @@ fn order(points: &mut [MetricPoint]) {
     points.sort_by_key(|p| (p.step, p.timestamp));
 }
 
-/// Stores points of run `id`, grouped by key (each key's in the order logged), as chunks.
+/// Stores points of run `id` as chunks, one or more per key, each key's points in the order
+/// given.
 pub(super) async fn insert(
     tx: &mut Transaction<'_, Any>,
     engine: Engine,
     id: i64,
-    by_key: &[&LoggedPoint<'_>],
+    points: &[LoggedPoint<'_>],
 ) -> TrackingResult<()> {
+    // by key, a stable sort keeping each key's order
+    let mut by_key: Vec<&LoggedPoint> = points.iter().collect();
+    by_key.sort_by_key(|p| p.key);
     let mut rows: Vec<(&str, Vec<u8>)> = Vec::new();
     for series in by_key.chunk_by(|a, b| a.key == b.key) {
         for chunk in series.chunks(POINTS_PER_CHUNK) {
@@ -165,7 +169,7 @@ pub(crate) async fn convert_legacy(pool: &AnyPool, engine: Engine) -> Result<()>
         .context("reading metric points stored one a row")?;
         let Some(last) = rows.last() else { break };
         after = last.0;
-        // by run and key, each series in id order (a stable sort)
+        // by run, each run's points in id order (a stable sort)
         let mut points: Vec<(i64, LoggedPoint)> = rows
             .iter()
             .map(|(_, run, key, value, timestamp, step)| {
@@ -178,12 +182,12 @@ pub(crate) async fn convert_legacy(pool: &AnyPool, engine: Engine) -> Result<()>
                 (*run, point)
             })
             .collect();
-        points.sort_by(|a, b| (a.0, a.1.key).cmp(&(b.0, b.1.key)));
+        points.sort_by_key(|(run, _)| *run);
         for run in points.chunk_by(|a, b| a.0 == b.0) {
-            let by_key: Vec<&LoggedPoint> = run.iter().map(|(_, p)| p).collect();
-            insert(&mut tx, engine, run[0].0, &by_key)
+            let of_run: Vec<LoggedPoint> = run.iter().map(|(_, p)| *p).collect();
+            insert(&mut tx, engine, run[0].0, &of_run)
                 .await
-                .map_err(|e| anyhow::anyhow!("packing metric points: {e}"))?;
+                .context("packing metric points")?;
         }
     }
     sqlx::query("DROP TABLE external_metrics")
