@@ -272,6 +272,8 @@ pub fn train_step(dir: &std::path::Path, b: &StepBench) -> Result<()> {
     let batch = random_batch(&loaded, dir, batch_size, b.seq_len, device)?;
     let labels = tch::Tensor::randint(2, [batch_size], (tch::Kind::Int64, device));
     let mut opt = AdamW::new(&loaded.vs, 0.01);
+    // as the training loop takes its steps
+    opt.update_tables_by_row();
     // float16 trains with dynamic loss scaling, as the training loop does
     let mut scaler =
         (precision == crate::runs::MixedPrecision::Fp16).then(amp::GradScaler::default);

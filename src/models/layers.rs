@@ -51,6 +51,9 @@ pub const DECAY: usize = 0;
 /// Optimizer group of biases and normalisation weights (no weight decay, as in Hugging Face's
 /// `Trainer`).
 pub const NO_DECAY: usize = 1;
+/// Optimizer group of [`Embedding`] tables: decayed like [`DECAY`], and read by row lookups, so
+/// that an optimiser may gather the rows a batch looks up itself ([`gather_rows`]).
+pub const LOOKUP: usize = 2;
 
 thread_local! {
     /// Set while [`parameter_shapes`] builds a model: parameters are then left uninitialised.
@@ -242,7 +245,7 @@ impl Embedding {
             mean: 0.0,
             stdev: std,
         };
-        let weight = param(&p.set_group(DECAY), "weight", &[n, dim], normal);
+        let weight = param(&p.set_group(LOOKUP), "weight", &[n, dim], normal);
         if let Some(i) = padding_idx.filter(|&i| (0..n).contains(&i) && !SHAPES_ONLY.get()) {
             tch::no_grad(|| {
                 let _ = weight.get(i).zero_();
@@ -254,8 +257,57 @@ impl Embedding {
 
 impl Module for Embedding {
     fn forward(&self, ids: &Tensor) -> Tensor {
+        if let Some(rows) = gatherer(&self.weight) {
+            return rows.lookup(ids);
+        }
         Tensor::embedding(&self.weight, ids, -1, false, false)
     }
+}
+
+/// What looks up an [`Embedding`] table's rows in its place, given by [`gather_rows`]: an
+/// optimiser that updates the table a row at a time, and so must bring the rows a batch reads
+/// up to date first and see that batch's gradient by row.
+pub trait RowGatherer: Send + Sync {
+    /// The rows of `ids`, as `Tensor::embedding` of the table gives them.
+    fn lookup(&self, ids: &Tensor) -> Tensor;
+}
+
+/// Tables whose lookups a [`RowGatherer`] does, by the address of their values.
+static GATHERERS: std::sync::Mutex<Vec<(usize, std::sync::Arc<dyn RowGatherer>)>> =
+    std::sync::Mutex::new(Vec::new());
+/// Whether [`GATHERERS`] holds any, so that lookups need not take its lock otherwise.
+static ANY_GATHERER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Hands the lookups of the table `weight` to `g` until the returned guard is dropped.
+pub fn gather_rows(weight: &Tensor, g: std::sync::Arc<dyn RowGatherer>) -> GatheredRows {
+    let at = weight.data_ptr() as usize;
+    let mut all = GATHERERS.lock().unwrap_or_else(|p| p.into_inner());
+    all.retain(|(a, _)| *a != at);
+    all.push((at, g));
+    ANY_GATHERER.store(all.len(), std::sync::atomic::Ordering::SeqCst);
+    GatheredRows { at }
+}
+
+/// The lookups of one table handed to a [`RowGatherer`]; they return to the table when dropped.
+pub struct GatheredRows {
+    at: usize,
+}
+
+impl Drop for GatheredRows {
+    fn drop(&mut self) {
+        let mut all = GATHERERS.lock().unwrap_or_else(|p| p.into_inner());
+        all.retain(|(a, _)| *a != self.at);
+        ANY_GATHERER.store(all.len(), std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+fn gatherer(weight: &Tensor) -> Option<std::sync::Arc<dyn RowGatherer>> {
+    if ANY_GATHERER.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+        return None;
+    }
+    let at = weight.data_ptr() as usize;
+    let all = GATHERERS.lock().unwrap_or_else(|p| p.into_inner());
+    all.iter().find(|(a, _)| *a == at).map(|(_, g)| g.clone())
 }
 
 /// The activation named by a config's `hidden_act`.

@@ -353,6 +353,10 @@ pub fn run(spec: &JobSpec, sink: &mut dyn EventSink) -> Result<Summary> {
     };
 
     let mut opt = AdamW::new(&model.vs, cfg.weight_decay);
+    if replicas.is_empty() {
+        // on the CPU path: the word embeddings a row at a time, with the same arithmetic
+        opt.update_tables_by_row();
+    }
     let replica_opts: Vec<AdamW> = replicas.iter().map(|r| AdamW::new(&r.vs, 0.0)).collect();
     let num_parameters = model
         .vs
@@ -726,6 +730,7 @@ pub fn run(spec: &JobSpec, sink: &mut dyn EventSink) -> Result<Summary> {
         if spec.output_dir.join(state::LAST).is_dir() {
             state::best_from_last(&spec.output_dir)?;
         } else {
+            opt.sync();
             state::save_best(&model, &spec.output_dir, &ds.label_names)?;
         }
     }

@@ -18,6 +18,14 @@ unsafe extern "C" {
     fn mb_cuda_peak_allocated(index: c_int) -> c_longlong;
     fn mb_cuda_reset_peak(index: c_int) -> c_int;
     fn mb_set_grad_none(tensor: *mut std::ffi::c_void) -> c_int;
+    fn mb_grad_enabled() -> c_int;
+}
+
+/// Whether this thread records gradients (`torch.is_grad_enabled()`): false inside
+/// `tch::no_grad`.
+pub fn grad_enabled() -> bool {
+    // SAFETY: reads a thread-local flag of libtorch
+    unsafe { mb_grad_enabled() != 0 }
 }
 
 /// Drops `t`'s gradient (`p.grad = None`); the next backward pass hands it a new one.

@@ -163,6 +163,8 @@ pub fn save_last(
     labels: &[String],
     moments: bool,
 ) -> Result<()> {
+    // the weights of every step taken, embedding rows no batch looked up lately included
+    opt.sync();
     replace(&out.join(LAST), |dir| {
         models::save_classifier(model, dir, labels)?;
         if moments {

@@ -1,6 +1,7 @@
 // Parts of libtorch's C++ API that tch does not expose: autocast for a given device type and
 // precision (tch only switches CUDA autocast on and off), the CUDA caching allocator's peak
-// statistics, dropping a tensor's gradient (`p.grad = None`), and the multi-tensor operations
+// statistics, dropping a tensor's gradient (`p.grad = None`), whether gradients are being
+// recorded (`torch.is_grad_enabled()`), and the multi-tensor operations
 // of PyTorch's optimiser path (`_fused_adamw_`, `_foreach_norm`,
 // `_amp_foreach_non_finite_check_and_unscale_`), which take lists of tensors. Every function
 // catches C++ exceptions and reports failure by its return value, with the message kept for
@@ -111,6 +112,9 @@ int mb_set_grad_none(at::Tensor* t) {
     return -1;
   }
 }
+
+// Whether this thread records gradients (`torch.is_grad_enabled()`): 1 or 0.
+int mb_grad_enabled() { return at::GradMode::is_enabled() ? 1 : 0; }
 
 // The message of this thread's last failed call.
 const char* mb_last_error() { return last_error.c_str(); }
