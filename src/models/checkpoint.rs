@@ -303,7 +303,8 @@ pub fn write_safetensors(tensors: &[(String, Tensor)], file: &Path) -> Result<()
     tmp.push(".tmp");
     let tmp = PathBuf::from(tmp);
     let write = || -> std::io::Result<()> {
-        let mut out = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&tmp)?);
+        // past the page cache where the file system allows (see `direct`)
+        let mut out = super::direct::DirectFile::create(&tmp)?;
         out.write_all(&(header.len() as u64).to_le_bytes())?;
         out.write_all(&header)?;
         for &(ref t, len) in &contiguous {
@@ -314,7 +315,7 @@ pub fn write_safetensors(tensors: &[(String, Tensor)], file: &Path) -> Result<()
                 })?;
             }
         }
-        out.into_inner().map_err(|e| e.into_error())?;
+        out.finish()?;
         std::fs::rename(&tmp, file)
     };
     write().map_err(|e| {

@@ -6,6 +6,7 @@ pub mod bert;
 pub mod checkpoint;
 pub mod checkpointing;
 pub mod clip;
+pub mod direct;
 pub mod dropout;
 pub mod flava;
 pub mod fusion;
