@@ -752,19 +752,11 @@ fn moved_rows(m: &Tensor, v: &Tensor) -> Option<Vec<i64>> {
     if m.dim() != 2 || !fused::eligible(m) || !fused::eligible(v) || m.size() != v.size() {
         return None;
     }
-    let (n, width) = (m.size()[0] as usize, m.size()[1] as usize);
-    // SAFETY: contiguous float32 CPU tensors of `n × width` values, read as their bits
-    let bits =
-        |t: &Tensor| unsafe { std::slice::from_raw_parts(t.data_ptr() as *const u32, n * width) };
-    let (mb, vb) = (bits(m), bits(v));
-    let rows: Vec<i64> = (0..n)
-        .filter(|&r| {
-            let at = r * width..(r + 1) * width;
-            mb[at.clone()].iter().chain(&vb[at]).any(|&b| b != 0)
-        })
-        .map(|r| r as i64)
+    let moved = rows::with_moments(m, v);
+    let rows: Vec<i64> = (0..moved.len() as i64)
+        .filter(|&r| moved[r as usize])
         .collect();
-    (!rows.is_empty() && rows.len() < n).then_some(rows)
+    (!rows.is_empty() && rows.len() < moved.len()).then_some(rows)
 }
 
 /// The row list `key` of a state, checked: distinct rows of a table of `n` rows, ascending.

@@ -137,6 +137,22 @@ fn replay(
     }
 }
 
+/// Which rows of a table's moments `m`, `v` (contiguous float32 CPU tensors `[rows, width]`)
+/// hold any value but `+0`: the rows that have had a gradient.
+pub fn with_moments(m: &Tensor, v: &Tensor) -> Vec<bool> {
+    let (n, width) = (m.size()[0] as usize, m.size()[1] as usize);
+    // SAFETY: contiguous float32 CPU tensors of `n × width` values, read as their bits
+    let bits =
+        |t: &Tensor| unsafe { std::slice::from_raw_parts(t.data_ptr() as *const u32, n * width) };
+    let (mb, vb) = (bits(m), bits(v));
+    (0..n)
+        .map(|r| {
+            let at = r * width..(r + 1) * width;
+            mb[at.clone()].iter().chain(&vb[at]).any(|&b| b != 0)
+        })
+        .collect()
+}
+
 impl Table {
     /// The table `weight` with its moments, at optimiser step `step`; every row is up to date.
     pub fn new(weight: &Tensor, exp_avg: &Tensor, exp_avg_sq: &Tensor, step: u64) -> Table {
@@ -239,21 +255,11 @@ impl State {
     }
 
     fn reset(&mut self, step: u64) {
-        let width = self.width;
-        let bits = |t: &Tensor| -> Vec<bool> {
-            let n = self.rows.len();
-            let at = t.data_ptr() as *const u32;
-            // SAFETY: a contiguous float32 CPU tensor of `n × width` values, read only
-            let all = unsafe { std::slice::from_raw_parts(at, n * width) };
-            all.chunks(width.max(1))
-                .map(|r| r.iter().any(|&b| b != 0))
-                .collect()
-        };
-        let (m, v) = (bits(&self.exp_avg), bits(&self.exp_avg_sq));
-        for (i, row) in self.rows.iter_mut().enumerate() {
+        let moved = with_moments(&self.exp_avg, &self.exp_avg_sq);
+        for (row, moved) in self.rows.iter_mut().zip(moved) {
             *row = Row {
                 applied: step,
-                moved: m[i] || v[i],
+                moved,
             };
         }
         self.base = step;
