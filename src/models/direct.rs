@@ -55,10 +55,8 @@ pub struct DirectFile {
     file: File,
     buf: Aligned,
     filled: usize,
-    /// Bytes in the file before the buffer's.
+    /// Bytes in the file before the buffer's (all the bytes given are `offset + filled`).
     offset: u64,
-    /// Bytes given so far.
-    written: u64,
     /// Whether the file is open with `O_DIRECT`.
     direct: bool,
 }
@@ -74,7 +72,6 @@ impl DirectFile {
             buf: Aligned::new(),
             filled: 0,
             offset: 0,
-            written: 0,
             direct,
         })
     }
@@ -127,7 +124,7 @@ impl DirectFile {
             self.filled = 0;
         }
         if self.direct {
-            self.file.set_len(self.written)?;
+            self.file.set_len(self.offset)?;
         }
         Ok(())
     }
@@ -139,7 +136,6 @@ impl Write for DirectFile {
         let at = self.filled;
         self.buf.bytes()[at..at + n].copy_from_slice(&data[..n]);
         self.filled += n;
-        self.written += n as u64;
         if self.filled == CAPACITY {
             self.write_out(CAPACITY)?;
             self.filled = 0;

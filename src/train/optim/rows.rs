@@ -296,34 +296,12 @@ impl State {
     }
 
     fn sync(&mut self) {
-        let now = self.now();
         if self.history.is_empty() {
             return;
         }
-        let (p, m, v) = self.raw();
-        let (width, base) = (self.width, self.base);
-        let (history, zeros) = (&self.history, &self.zeros);
-        self.rows
-            .par_iter_mut()
-            .enumerate()
-            .with_min_len(ROWS_PER_TASK)
-            .for_each(|(r, row)| {
-                if row.applied == now {
-                    return;
-                }
-                // SAFETY: each row is reached by the one task holding its state
-                let (pr, mr, vr) = unsafe { (p.row(r, width), m.row(r, width), v.row(r, width)) };
-                replay(
-                    pr,
-                    mr,
-                    vr,
-                    zeros,
-                    row,
-                    &history[(row.applied - base) as usize..],
-                );
-                row.applied = now;
-            });
-        self.base = now;
+        let all: Vec<i64> = (0..self.rows.len() as i64).collect();
+        self.catch_up(&all);
+        self.base = self.now();
         self.history.clear();
     }
 
@@ -412,6 +390,7 @@ impl State {
         let Some(Grad::Rows(rows, g)) = self.grad.take() else {
             unreachable!("matched above")
         };
+        // a no-op but where a row was gathered before an earlier step (it never is)
         self.catch_up(&rows);
         self.history.push(Some(c));
         let (p, m, v) = self.raw();
