@@ -2,7 +2,9 @@
 //! `model.safetensors.index.json`, or a (zip-format) `pytorch_model.bin`, keys as Hugging Face
 //! names them.
 
+use super::layers::Initialisation;
 use anyhow::{Context, Result, bail};
+use safetensors::tensor::{Dtype, Metadata};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use tch::Tensor;
@@ -228,35 +230,216 @@ pub fn weights_label(dir: &Path) -> String {
     }
 }
 
-/// Copies the tensors of the checkpoint folder `dir` into the variables of `vs` as
-/// [`plan`] matches them.
-pub fn load(vs: &mut VarStore, dir: &Path, naming: Naming) -> Result<LoadReport> {
-    let tensors = read_tensors(dir)?;
-    let shapes: HashMap<String, Vec<i64>> =
-        tensors.iter().map(|(k, t)| (k.clone(), t.size())).collect();
+/// Fills the variables of `vs`, built uninitialised ([`layers::uninitialised`], which gave
+/// `inits`): each the checkpoint folder `dir` provides with its tensor, as [`plan`] matches
+/// them, and each other one with its initialisation, in the order the model created them.
+/// Safetensors tensors are read straight into the variables where the types agree.
+pub fn load(
+    vs: &mut VarStore,
+    dir: &Path,
+    naming: Naming,
+    inits: &[(String, Initialisation)],
+) -> Result<LoadReport> {
+    let weights = Weights::open(dir)?;
     let vars = vs.variables();
     let mut params: Vec<(String, Vec<i64>)> =
         vars.iter().map(|(k, t)| (k.clone(), t.size())).collect();
     params.sort();
-    let plan = plan(&params, &shapes, naming, &weights_label(dir))?;
-    tch::no_grad(|| {
+    let plan = plan(&params, &weights.shapes(), naming, &weights_label(dir))?;
+    tch::no_grad(|| -> Result<()> {
         for (name, key) in &plan.copies {
-            let mut var = vars[name].shallow_clone();
-            var.copy_(&tensors[key].to_kind(var.kind()));
+            weights.copy_into(key, &mut vars[name].shallow_clone())?;
         }
-    });
+        Ok(())
+    })?;
+    let copied: HashSet<&str> = plan.copies.iter().map(|(n, _)| n.as_str()).collect();
+    for (name, how) in inits {
+        if !copied.contains(name.as_str())
+            && let Some(var) = vars.get(name)
+        {
+            how.apply(&mut var.shallow_clone());
+        }
+    }
+    if let Some(name) = vars
+        .keys()
+        .find(|n| !copied.contains(n.as_str()) && !inits.iter().any(|(i, _)| i == *n))
+    {
+        bail!("model parameter `{name}` has neither a checkpoint tensor nor an initialisation");
+    }
     Ok(plan.report)
+}
+
+/// The tensors of a checkpoint folder's weight files, by key: those of safetensors files read
+/// as they are copied (their headers read and checked up front), those of PyTorch pickles read
+/// whole.
+struct Weights {
+    files: Vec<SafetensorsFile>,
+    /// Key → index into `files`.
+    stored: HashMap<String, usize>,
+    read: HashMap<String, Tensor>,
+}
+
+impl Weights {
+    fn open(dir: &Path) -> Result<Weights> {
+        let mut w = Weights {
+            files: Vec::new(),
+            stored: HashMap::new(),
+            read: HashMap::new(),
+        };
+        for f in weight_files(dir)? {
+            if is_safetensors(&f) {
+                let file = SafetensorsFile::open(&f)?;
+                for key in file.meta.tensors().into_keys() {
+                    w.read.remove(&key);
+                    w.stored.insert(key, w.files.len());
+                }
+                w.files.push(file);
+            } else {
+                for (key, t) in read_torch_bin(&f)? {
+                    w.stored.remove(&key);
+                    w.read.insert(key, t);
+                }
+            }
+        }
+        Ok(w)
+    }
+
+    fn shapes(&self) -> HashMap<String, Vec<i64>> {
+        let stored = self.stored.iter().map(|(k, &i)| {
+            let info = self.files[i].meta.info(k).expect("a key of this file");
+            (k.clone(), info.shape.iter().map(|&d| d as i64).collect())
+        });
+        let read = self.read.iter().map(|(k, t)| (k.clone(), t.size()));
+        stored.chain(read).collect()
+    }
+
+    /// Copies the tensor `key` into `var` (of the same shape, as planned), converting its type.
+    fn copy_into(&self, key: &str, var: &mut Tensor) -> Result<()> {
+        if let Some(t) = self.read.get(key) {
+            var.f_copy_(&t.to_kind(var.kind()))?;
+            return Ok(());
+        }
+        let file = &self.files[*self.stored.get(key).context("no such tensor")?];
+        file.copy_into(key, var)
+    }
+}
+
+/// Tensor kinds and the safetensors dtypes that hold them.
+const KINDS: [(tch::Kind, Dtype); 10] = [
+    (tch::Kind::Float, Dtype::F32),
+    (tch::Kind::Double, Dtype::F64),
+    (tch::Kind::Half, Dtype::F16),
+    (tch::Kind::BFloat16, Dtype::BF16),
+    (tch::Kind::Int64, Dtype::I64),
+    (tch::Kind::Int, Dtype::I32),
+    (tch::Kind::Int16, Dtype::I16),
+    (tch::Kind::Int8, Dtype::I8),
+    (tch::Kind::Uint8, Dtype::U8),
+    (tch::Kind::Bool, Dtype::BOOL),
+];
+
+/// A safetensors file open for reading: its header, checked (offsets contiguous, each
+/// tensor's bytes its shape and dtype's size, the data filling the file), and where the data
+/// starts.
+struct SafetensorsFile {
+    path: PathBuf,
+    file: std::fs::File,
+    data_start: u64,
+    meta: Metadata,
+}
+
+impl SafetensorsFile {
+    fn open(path: &Path) -> Result<SafetensorsFile> {
+        use std::io::Read;
+        let shown = path.display();
+        let mut file = std::fs::File::open(path).with_context(|| format!("opening {shown}"))?;
+        let mut len = [0u8; 8];
+        file.read_exact(&mut len)
+            .with_context(|| format!("{shown}: not a safetensors file"))?;
+        let n = u64::from_le_bytes(len);
+        if n > 100_000_000 {
+            bail!("{shown}: not a safetensors file (header of {n} bytes)");
+        }
+        let mut header = vec![0u8; n as usize];
+        file.read_exact(&mut header)
+            .with_context(|| format!("{shown}: truncated header"))?;
+        let meta: Metadata = serde_json::from_slice(&header)
+            .with_context(|| format!("{shown}: not a valid safetensors header"))?;
+        let data_start = 8 + n;
+        let size = file.metadata()?.len();
+        if data_start + meta.data_len() as u64 != size {
+            bail!(
+                "{shown}: the header describes {} bytes of tensor data, the file holds {}",
+                meta.data_len(),
+                size.saturating_sub(data_start)
+            );
+        }
+        Ok(SafetensorsFile {
+            path: path.to_path_buf(),
+            file,
+            data_start,
+            meta,
+        })
+    }
+
+    /// Reads the tensor `key` into `var`: straight into its memory when it is a contiguous CPU
+    /// tensor of the same type and size, else through a tensor of the stored type.
+    fn copy_into(&self, key: &str, var: &mut Tensor) -> Result<()> {
+        use std::os::unix::fs::FileExt;
+        let shown = || format!("{}: tensor `{key}`", self.path.display());
+        let info = self.meta.info(key).with_context(shown)?;
+        let kind = KINDS
+            .iter()
+            .find(|(_, d)| *d == info.dtype)
+            .map(|(k, _)| *k)
+            .with_context(|| format!("{}: dtype {:?} is not supported", shown(), info.dtype))?;
+        let (start, end) = info.data_offsets;
+        let (at, len) = (self.data_start + start as u64, end - start);
+        if kind == var.kind()
+            && var.device() == tch::Device::Cpu
+            && var.is_contiguous()
+            && var.numel() * kind.elt_size_in_bytes() == len
+        {
+            if len > 0 {
+                // SAFETY: `var` is a contiguous CPU tensor of exactly `len` bytes, which
+                // nothing else reads or writes while it is filled
+                let dst = unsafe { std::slice::from_raw_parts_mut(var.data_ptr() as *mut u8, len) };
+                self.file.read_exact_at(dst, at).with_context(shown)?;
+            }
+            return Ok(());
+        }
+        let mut bytes = vec![0u8; len];
+        self.file
+            .read_exact_at(&mut bytes, at)
+            .with_context(shown)?;
+        let shape: Vec<i64> = info.shape.iter().map(|&d| d as i64).collect();
+        let t = Tensor::f_from_data_size(&bytes, &shape, kind).with_context(shown)?;
+        var.f_copy_(&t.to_kind(var.kind())).with_context(shown)?;
+        Ok(())
+    }
 }
 
 /// Writes every variable of `vs` to `file` under its path name (the Hugging Face key).
 pub fn save_safetensors(vs: &VarStore, file: &Path) -> Result<()> {
-    let named: Vec<(String, Tensor)> = vs
-        .variables()
+    write_safetensors(&named_variables(vs), file)
+}
+
+/// The variables of `vs` by path name (the Hugging Face key), in name order, sharing memory.
+pub fn named_variables(vs: &VarStore) -> Vec<(String, Tensor)> {
+    vs.variables()
         .into_iter()
         .collect::<BTreeMap<_, _>>()
         .into_iter()
-        .collect();
-    write_safetensors(&named, file)
+        .collect()
+}
+
+/// `tensors` on the CPU: those already there shared (`to_device` returns a tensor on its own
+/// device as it is), the others copied there.
+pub fn on_cpu(tensors: Vec<(String, Tensor)>) -> Vec<(String, Tensor)> {
+    tensors
+        .into_iter()
+        .map(|(k, t)| (k, t.to_device(tch::Device::Cpu)))
+        .collect()
 }
 
 /// Writes `tensors` to `file` in the safetensors format, through a temporary sibling file
@@ -324,59 +507,24 @@ pub fn write_safetensors(tensors: &[(String, Tensor)], file: &Path) -> Result<()
     })
 }
 
-/// The safetensors name of a tensor kind.
-fn safetensors_dtype(kind: tch::Kind) -> Result<&'static str> {
-    use tch::Kind;
-    Ok(match kind {
-        Kind::Float => "F32",
-        Kind::Double => "F64",
-        Kind::Half => "F16",
-        Kind::BFloat16 => "BF16",
-        Kind::Int64 => "I64",
-        Kind::Int => "I32",
-        Kind::Int16 => "I16",
-        Kind::Int8 => "I8",
-        Kind::Uint8 => "U8",
-        Kind::Bool => "BOOL",
-        other => bail!("a tensor of kind {other:?} cannot be written to safetensors"),
-    })
+/// The safetensors dtype of a tensor kind.
+fn safetensors_dtype(kind: tch::Kind) -> Result<Dtype> {
+    match KINDS.iter().find(|(k, _)| *k == kind) {
+        Some((_, d)) => Ok(*d),
+        None => bail!("a tensor of kind {kind:?} cannot be written to safetensors"),
+    }
 }
 
-/// Shapes of the tensors in a safetensors file, read from its header only.
+/// Shapes of the tensors in a safetensors file, read from its header only (checked as
+/// loading checks it).
 pub fn tensor_shapes(file: &Path) -> Result<Vec<(String, Vec<i64>)>> {
-    use std::io::Read;
-    let mut f = std::fs::File::open(file).with_context(|| format!("opening {}", file.display()))?;
-    let mut len = [0u8; 8];
-    f.read_exact(&mut len)
-        .with_context(|| format!("{}: not a safetensors file", file.display()))?;
-    let n = u64::from_le_bytes(len);
-    if n > 100_000_000 {
-        bail!(
-            "{}: not a safetensors file (header of {n} bytes)",
-            file.display()
-        );
-    }
-    let mut header = vec![0u8; n as usize];
-    f.read_exact(&mut header)
-        .with_context(|| format!("{}: truncated header", file.display()))?;
-    let meta: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&header)
-        .with_context(|| format!("{}: header is not JSON", file.display()))?;
-    let mut out = Vec::new();
-    for (k, v) in meta {
-        if k == "__metadata__" {
-            continue;
-        }
-        let shape = v
-            .get("shape")
-            .and_then(|s| s.as_array())
-            .with_context(|| format!("{}: tensor `{k}` has no shape", file.display()))?
-            .iter()
-            .map(|d| d.as_i64())
-            .collect::<Option<Vec<_>>>()
-            .with_context(|| format!("{}: tensor `{k}` has a bad shape", file.display()))?;
-        out.push((k, shape));
-    }
-    Ok(out)
+    let file = SafetensorsFile::open(file)?;
+    Ok(file
+        .meta
+        .tensors()
+        .into_iter()
+        .map(|(k, info)| (k, info.shape.iter().map(|&d| d as i64).collect()))
+        .collect())
 }
 
 #[cfg(test)]
@@ -491,5 +639,84 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("has no tensor `a.weight`"), "{e}");
+    }
+
+    /// The tensor a checkpoint holds for the model parameter `name` (a base-model checkpoint
+    /// names it without `bert.`).
+    fn stored<'a>(tensors: &'a HashMap<String, Tensor>, name: &str) -> Option<&'a Tensor> {
+        tensors
+            .get(name)
+            .or_else(|| tensors.get(name.strip_prefix("bert.")?))
+    }
+
+    #[test]
+    fn a_checkpoint_loads_in_any_stored_type_and_the_parameters_it_lacks_are_initialised() {
+        use tch::{Device, Kind};
+        let dir = tempfile::tempdir().unwrap();
+        let f32_dir = dir.path().join("f32");
+        crate::models::presets::write_bert_tiny(&f32_dir).unwrap();
+        // the file as tch's reader (the safetensors crate) reads it, independent of the loader
+        let file = f32_dir.join("model.safetensors");
+        let written: HashMap<String, Tensor> = Tensor::read_safetensors(&file)
+            .unwrap()
+            .into_iter()
+            .collect();
+        // the same checkpoint stored in float16 and in bfloat16
+        let mut dirs = vec![(f32_dir.clone(), Kind::Float)];
+        for kind in [Kind::Half, Kind::BFloat16] {
+            let d = dir.path().join(format!("{kind:?}"));
+            std::fs::create_dir(&d).unwrap();
+            for f in std::fs::read_dir(&f32_dir).unwrap() {
+                let f = f.unwrap();
+                std::fs::copy(f.path(), d.join(f.file_name())).unwrap();
+            }
+            let cast: Vec<(String, Tensor)> = written
+                .iter()
+                .map(|(k, t)| (k.clone(), t.to_kind(kind)))
+                .collect();
+            write_safetensors(&cast, &d.join("model.safetensors")).unwrap();
+            dirs.push((d, kind));
+        }
+        for (d, kind) in &dirs {
+            let m = crate::models::load(d, Some(3), Device::Cpu).unwrap();
+            assert_eq!(m.report.fresh, ["classifier.bias", "classifier.weight"]);
+            let vars = m.vs.variables();
+            let mut compared = 0;
+            for (name, var) in &vars {
+                let Some(t) = stored(&written, name) else {
+                    continue;
+                };
+                // what the stored type keeps of each value, as float32
+                let expected = t.to_kind(*kind).to_kind(Kind::Float);
+                assert!(var.equal(&expected), "{kind:?}: `{name}`");
+                compared += 1;
+            }
+            assert_eq!(
+                compared,
+                vars.len() - 2,
+                "{kind:?}: all but the head loaded"
+            );
+            // the new head as the model initialises it: zero bias, weights ~ N(0, 0.02)
+            assert!(vars["classifier.bias"].equal(&Tensor::zeros([3], (Kind::Float, Device::Cpu))));
+            let w = &vars["classifier.weight"];
+            let std = f64::try_from(w.std(true)).unwrap();
+            assert!(
+                (0.017..0.023).contains(&std),
+                "{kind:?}: head weights' std {std}"
+            );
+        }
+        // a file shorter than its header says is refused, naming it
+        let bytes = std::fs::read(&file).unwrap();
+        std::fs::write(&file, &bytes[..bytes.len() - 4]).unwrap();
+        let e = format!(
+            "{:#}",
+            crate::models::load(&f32_dir, Some(3), Device::Cpu)
+                .err()
+                .unwrap()
+        );
+        assert!(
+            e.contains("model.safetensors") && e.contains("bytes of tensor data"),
+            "{e}"
+        );
     }
 }

@@ -2,7 +2,7 @@
 //! names, initialised as Hugging Face's `_init_weights` does, with biases and LayerNorm weights
 //! in the optimizer group that gets no weight decay.
 
-use std::cell::Cell;
+use std::cell::RefCell;
 use tch::nn::{self, Init, Module, VarStore};
 use tch::{Kind, Tensor};
 
@@ -56,28 +56,88 @@ pub const NO_DECAY: usize = 1;
 pub const LOOKUP: usize = 2;
 
 thread_local! {
-    /// Set while [`parameter_shapes`] builds a model: parameters are then left uninitialised.
-    static SHAPES_ONLY: Cell<bool> = const { Cell::new(false) };
+    /// While [`uninitialised`] builds a model: each parameter's initialisation, in creation
+    /// order, the parameters themselves left uninitialised.
+    static DEFERRED: RefCell<Option<Vec<(String, Initialisation)>>> = const { RefCell::new(None) };
+}
+
+/// How a parameter is initialised when no checkpoint provides it: a `tch` initialiser, and for
+/// an embedding table with a padding index, that row zeroed afterwards.
+#[derive(Debug, Clone, Copy)]
+pub struct Initialisation {
+    init: Init,
+    zero_row: Option<i64>,
+}
+
+impl Initialisation {
+    /// Initialises `t` in place (recording no gradient).
+    pub fn apply(&self, t: &mut Tensor) {
+        tch::no_grad(|| self.init.set(t));
+        self.zero_padding_row(t);
+    }
+
+    fn zero_padding_row(&self, t: &Tensor) {
+        if let Some(i) = self.zero_row {
+            tch::no_grad(|| {
+                let _ = t.get(i).zero_();
+            });
+        }
+    }
 }
 
 /// Creates a trainable parameter `name` under `p`. Every architecture creates its parameters
-/// through here, so that [`parameter_shapes`] can build a model without initialising it.
+/// through here, so that [`uninitialised`] can build a model without initialising it.
 pub fn param(p: &nn::Path, name: &str, dims: &[i64], init: Init) -> Tensor {
-    if SHAPES_ONLY.get() {
+    create(
+        p,
+        name,
+        dims,
+        Initialisation {
+            init,
+            zero_row: None,
+        },
+    )
+}
+
+fn create(p: &nn::Path, name: &str, dims: &[i64], how: Initialisation) -> Tensor {
+    let deferred = DEFERRED.with_borrow_mut(|d| {
+        d.as_mut()
+            .map(|inits| inits.push((p.path(name), how)))
+            .is_some()
+    });
+    if deferred {
         // uninitialised memory is not touched, so even a large model costs next to nothing
-        p.add(name, Tensor::empty(dims, (Kind::Float, p.device())), true)
-    } else {
-        p.var(name, dims, init)
+        return p.add(name, Tensor::empty(dims, (Kind::Float, p.device())), true);
     }
+    let t = p.var(name, dims, how.init);
+    how.zero_padding_row(&t);
+    t
+}
+
+/// Builds a model (`build` creates its parameters) with every parameter left uninitialised,
+/// and returns it with each parameter's initialisation, by full name in creation order: a
+/// caller that fills some parameters from a checkpoint initialises the others itself, without
+/// drawing random values for weights the checkpoint replaces.
+pub fn uninitialised<T>(build: impl FnOnce() -> T) -> (T, Vec<(String, Initialisation)>) {
+    /// Leaves the thread building models normally again, even when `build` panics.
+    struct Reset;
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            DEFERRED.set(None);
+        }
+    }
+    DEFERRED.set(Some(Vec::new()));
+    let _reset = Reset;
+    let model = build();
+    let inits = DEFERRED.take().unwrap_or_default();
+    (model, inits)
 }
 
 /// The name and shape of every parameter of the model `build` creates, without initialising
 /// any (used to check a checkpoint against a config without loading it).
 pub fn parameter_shapes<T>(build: impl FnOnce(nn::Path) -> T) -> Vec<(String, Vec<i64>)> {
     let vs = VarStore::new(tch::Device::Cpu);
-    SHAPES_ONLY.set(true);
-    let model = build(vs.root());
-    SHAPES_ONLY.set(false);
+    let (model, _) = uninitialised(|| build(vs.root()));
     drop(model);
     let mut out: Vec<(String, Vec<i64>)> = vs
         .variables()
@@ -245,13 +305,13 @@ impl Embedding {
             mean: 0.0,
             stdev: std,
         };
-        let weight = param(&p.set_group(LOOKUP), "weight", &[n, dim], normal);
-        if let Some(i) = padding_idx.filter(|&i| (0..n).contains(&i) && !SHAPES_ONLY.get()) {
-            tch::no_grad(|| {
-                let _ = weight.get(i).zero_();
-            });
+        let how = Initialisation {
+            init: normal,
+            zero_row: padding_idx.filter(|&i| (0..n).contains(&i)),
+        };
+        Embedding {
+            weight: create(&p.set_group(LOOKUP), "weight", &[n, dim], how),
         }
-        Embedding { weight }
     }
 }
 

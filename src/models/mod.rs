@@ -283,17 +283,16 @@ pub fn load(dir: &Path, labels: Option<usize>, device: Device) -> Result<Loaded>
         None => own_head(&ckpt, &checkpoint::read_shapes(dir)?),
     };
     let mut vs = VarStore::new(device);
-    let model = ckpt
-        .arch
-        .build(&ckpt.config, head, vs.root())
-        .context("config.json")?;
+    // no random values drawn for the weights the checkpoint replaces
+    let (model, inits) = layers::uninitialised(|| ckpt.arch.build(&ckpt.config, head, vs.root()));
+    let model = model.context("config.json")?;
     let arch = ckpt.arch;
     let fresh = move |name: &str| (arch.may_be_fresh)(name, head);
     let naming = Naming {
         base_prefix: arch.base_prefix,
         may_be_fresh: &fresh,
     };
-    let report = checkpoint::load(&mut vs, dir, naming)?;
+    let report = checkpoint::load(&mut vs, dir, naming, &inits)?;
     Ok(Loaded {
         vs,
         model,
@@ -342,36 +341,60 @@ const CARRIED_FILES: [&str; 7] = [
 /// Writes a fine-tuned classifier as a Hugging Face `*ForSequenceClassification` checkpoint:
 /// config.json with `id2label`/`label2id`, model.safetensors, and the source's tokenizer files.
 pub fn save_classifier(m: &Loaded, out_dir: &Path, label_names: &[String]) -> Result<()> {
-    std::fs::create_dir_all(out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
-    let mut config = m.checkpoint.config.clone();
-    config["architectures"] = json!([m.checkpoint.arch.classifier_class]);
-    config["id2label"] = Value::Object(
-        label_names
-            .iter()
-            .enumerate()
-            .map(|(i, n)| (i.to_string(), json!(n)))
-            .collect(),
-    );
-    config["label2id"] = Value::Object(
-        label_names
-            .iter()
-            .enumerate()
-            .map(|(i, n)| (n.clone(), json!(i)))
-            .collect(),
-    );
-    std::fs::write(
-        out_dir.join("config.json"),
-        serde_json::to_string_pretty(&config)?,
-    )
-    .context("writing config.json")?;
-    checkpoint::save_safetensors(&m.vs, &out_dir.join("model.safetensors"))?;
-    for f in CARRIED_FILES {
-        let src = m.checkpoint.dir.join(f);
-        if src.is_file() {
-            std::fs::copy(&src, out_dir.join(f)).with_context(|| format!("copying {f}"))?;
-        }
+    ClassifierFiles::of(m, label_names)?.write(out_dir)
+}
+
+/// What [`save_classifier`] writes, gathered so that another thread may write it while the
+/// model is used for anything that leaves its weights alone: config.json's text, the weights
+/// (sharing the model's memory on the CPU, copied there from other devices), and the files to
+/// copy from the source checkpoint.
+pub struct ClassifierFiles {
+    config: String,
+    weights: Vec<(String, Tensor)>,
+    carried: Vec<(&'static str, PathBuf)>,
+}
+
+impl ClassifierFiles {
+    /// The files of `m` as a classifier of the labels `label_names`.
+    pub fn of(m: &Loaded, label_names: &[String]) -> Result<ClassifierFiles> {
+        let mut config = m.checkpoint.config.clone();
+        config["architectures"] = json!([m.checkpoint.arch.classifier_class]);
+        config["id2label"] = Value::Object(
+            label_names
+                .iter()
+                .enumerate()
+                .map(|(i, n)| (i.to_string(), json!(n)))
+                .collect(),
+        );
+        config["label2id"] = Value::Object(
+            label_names
+                .iter()
+                .enumerate()
+                .map(|(i, n)| (n.clone(), json!(i)))
+                .collect(),
+        );
+        Ok(ClassifierFiles {
+            config: serde_json::to_string_pretty(&config)?,
+            weights: checkpoint::on_cpu(checkpoint::named_variables(&m.vs)),
+            carried: CARRIED_FILES
+                .iter()
+                .map(|&f| (f, m.checkpoint.dir.join(f)))
+                .filter(|(_, src)| src.is_file())
+                .collect(),
+        })
     }
-    Ok(())
+
+    /// Writes the checkpoint into `out_dir`.
+    pub fn write(&self, out_dir: &Path) -> Result<()> {
+        std::fs::create_dir_all(out_dir)
+            .with_context(|| format!("creating {}", out_dir.display()))?;
+        std::fs::write(out_dir.join("config.json"), &self.config).context("writing config.json")?;
+        checkpoint::write_safetensors(&self.weights, &out_dir.join("model.safetensors"))?;
+        for (f, src) in &self.carried {
+            std::fs::copy(src, out_dir.join(f)).with_context(|| format!("copying {f}"))?;
+        }
+        Ok(())
+    }
 }
 
 /// Input tensors `forward` accepts, by Hugging Face name.

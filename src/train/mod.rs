@@ -572,8 +572,27 @@ pub fn run(spec: &JobSpec, sink: &mut dyn EventSink) -> Result<Summary> {
                     ),
                 );
             }
-            let (mut saved, mut improved) = (false, false);
-            if eval_due(step, epoch_end) && !ds.dev.is_empty() {
+            let evaluating = eval_due(step, epoch_end) && !ds.dev.is_empty();
+            // the last checkpoint: written at each evaluation, epoch end, the last step, and
+            // on a stop; its weights and moments while the dev split is evaluated (which
+            // leaves them alone), its progress once the evaluation has told the best
+            let start = |opt: &AdamW| {
+                state::start_last(
+                    &model,
+                    opt,
+                    &spec.output_dir,
+                    &ds.label_names,
+                    step != total_steps,
+                )
+            };
+            let mut writing = if evaluating || epoch_end || step == total_steps || stop_requested()
+            {
+                Some(start(&opt)?)
+            } else {
+                None
+            };
+            let mut improved = false;
+            if evaluating {
                 let t = Instant::now();
                 let s = evaluate(&model, &batcher, dev, plan.batch_size, cfg.mixed_precision)?;
                 eval_time.0 += t.elapsed().as_secs_f64();
@@ -604,7 +623,6 @@ pub fn run(spec: &JobSpec, sink: &mut dyn EventSink) -> Result<Summary> {
                     );
                     stop_early = true;
                 }
-                saved = true;
             }
             if epoch_end {
                 st.epoch += 1;
@@ -612,20 +630,15 @@ pub fn run(spec: &JobSpec, sink: &mut dyn EventSink) -> Result<Summary> {
                 epoch_seconds.push(epoch_started.elapsed().as_secs_f64());
             }
             let stopping = stop_requested() && !(stop_early || step == total_steps);
-            if saved || epoch_end || step == total_steps || stop_early || stopping {
+            if stopping && writing.is_none() {
+                // asked to stop since the step ended
+                writing = Some(start(&opt)?);
+            }
+            if let Some(w) = writing {
                 st.optimizer_steps = opt.step;
                 st.scaler = scaler.clone();
                 // the AdamW moments only where training may go on from here
-                let moments = !(stop_early || step == total_steps);
-                state::save_last(
-                    &model,
-                    &opt,
-                    &st,
-                    cfg,
-                    &spec.output_dir,
-                    &ds.label_names,
-                    moments,
-                )?;
+                w.finish(&st, cfg, !(stop_early || step == total_steps))?;
                 if improved {
                     // the weights just written are the best: `best/` shares their files
                     state::best_from_last(&spec.output_dir)?;

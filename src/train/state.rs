@@ -104,16 +104,27 @@ fn sibling(dir: &Path, suffix: &str) -> PathBuf {
 
 /// Writes a folder with `fill` beside `dir` and renames it into place.
 fn replace(dir: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    let tmp = fresh_sibling(dir)?;
+    fill(&tmp)?;
+    rename_into(&tmp, dir)
+}
+
+/// An empty folder beside `dir` to write its replacement in.
+fn fresh_sibling(dir: &Path) -> Result<PathBuf> {
     let tmp = sibling(dir, "tmp");
-    let old = sibling(dir, "old");
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    fill(&tmp)?;
+    Ok(tmp)
+}
+
+/// Puts the folder `tmp` in the place of `dir` (the previous one kept beside it until then).
+fn rename_into(tmp: &Path, dir: &Path) -> Result<()> {
+    let old = sibling(dir, "old");
     let _ = std::fs::remove_dir_all(&old);
     if dir.exists() {
         std::fs::rename(dir, &old)?;
     }
-    std::fs::rename(&tmp, dir)?;
+    std::fs::rename(tmp, dir)?;
     let _ = std::fs::remove_dir_all(&old);
     Ok(())
 }
@@ -151,37 +162,94 @@ pub fn best_from_last(out: &Path) -> Result<()> {
     .context("writing the best checkpoint")
 }
 
-/// Writes the last checkpoint under `out`, with the progress, and with `moments` the optimiser
-/// state. The checkpoint of a training that ended goes without them: nothing trains on from
-/// it, and they are two thirds of its size (181 of 272 MB for MiniLM-L6).
-pub fn save_last(
+/// Starts writing the last checkpoint under `out`: the weights, and with `moments` the
+/// optimiser state, go to a folder beside `last/` on another thread, while the caller goes on
+/// with anything that leaves weights and moments alone (evaluating the dev split);
+/// [`Writing::finish`] adds the progress and puts the folder in place. The checkpoint of a
+/// training that ended goes without the moments: nothing trains on from it, and they take up
+/// to twice the weights' size.
+pub fn start_last(
     model: &Loaded,
     opt: &AdamW,
-    progress: &Progress,
-    config: &TrainConfig,
     out: &Path,
     labels: &[String],
     moments: bool,
-) -> Result<()> {
+) -> Result<Writing> {
     // the weights of every step taken, embedding rows no batch looked up lately included
     opt.sync();
-    replace(&out.join(LAST), |dir| {
-        models::save_classifier(model, dir, labels)?;
-        if moments {
-            let (moments, _) = opt.state();
-            models::checkpoint::write_safetensors(&moments, &dir.join(OPTIMIZER))?;
-        }
-        let state = TrainerState {
-            config: config.clone(),
-            progress: progress.clone(),
-        };
-        std::fs::write(
-            dir.join(TRAINER_STATE),
-            serde_json::to_string_pretty(&state)?,
-        )?;
-        Ok(())
+    let files = models::ClassifierFiles::of(model, labels)?;
+    let moments = moments.then(|| models::checkpoint::on_cpu(opt.state().0));
+    let dir = out.join(LAST);
+    let tmp = fresh_sibling(&dir).context("writing the last checkpoint")?;
+    let into = tmp.clone();
+    let thread = std::thread::Builder::new()
+        .name("checkpoint".into())
+        .spawn(move || -> Result<()> {
+            files.write(&into)?;
+            if let Some(moments) = moments {
+                models::checkpoint::write_safetensors(&moments, &into.join(OPTIMIZER))?;
+            }
+            Ok(())
+        })
+        .context("starting the checkpoint writer")?;
+    Ok(Writing {
+        dir,
+        tmp,
+        thread: Some(thread),
     })
-    .context("writing the last checkpoint")
+}
+
+/// A last checkpoint being written ([`start_last`]). Dropped unfinished (the run failed
+/// meanwhile), it waits for the writer and removes the unfinished folder, leaving the previous
+/// checkpoint in place.
+pub struct Writing {
+    dir: PathBuf,
+    tmp: PathBuf,
+    thread: Option<std::thread::JoinHandle<Result<()>>>,
+}
+
+impl Writing {
+    /// Waits for the weights and moments, adds the progress (without the moments unless
+    /// `moments`: training stopped early after all), and puts the folder in the place of
+    /// `last/`.
+    pub fn finish(
+        mut self,
+        progress: &Progress,
+        config: &TrainConfig,
+        moments: bool,
+    ) -> Result<()> {
+        let written = match self.thread.take().map(std::thread::JoinHandle::join) {
+            Some(Ok(r)) => r,
+            Some(Err(_)) => Err(anyhow::anyhow!("the checkpoint writer panicked")),
+            None => Ok(()),
+        };
+        let finish = || -> Result<()> {
+            written?;
+            if !moments {
+                let _ = std::fs::remove_file(self.tmp.join(OPTIMIZER));
+            }
+            let state = TrainerState {
+                config: config.clone(),
+                progress: progress.clone(),
+            };
+            std::fs::write(
+                self.tmp.join(TRAINER_STATE),
+                serde_json::to_string_pretty(&state)?,
+            )?;
+            rename_into(&self.tmp, &self.dir)
+        };
+        finish().context("writing the last checkpoint")
+    }
+}
+
+impl Drop for Writing {
+    fn drop(&mut self) {
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+        // gone once renamed into place
+        let _ = std::fs::remove_dir_all(&self.tmp);
+    }
 }
 
 #[cfg(test)]
@@ -215,5 +283,58 @@ mod tests {
         // made best again, it follows the new last checkpoint
         best_from_last(out.path()).unwrap();
         assert_eq!(read("model.safetensors"), "weights of step 20");
+    }
+
+    #[test]
+    fn the_last_checkpoint_is_written_beside_its_place_and_an_abandoned_one_leaves_the_last() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("bert-tiny");
+        crate::models::presets::write_bert_tiny(&src).unwrap();
+        let model = models::load(&src, Some(2), tch::Device::Cpu).unwrap();
+        let opt = AdamW::new(&model.vs, 0.01);
+        let (out, labels) = (dir.path().join("run"), ["a".to_string(), "b".to_string()]);
+        let config = TrainConfig::default();
+        let at = |step| Progress {
+            step,
+            ..Progress::default()
+        };
+        let last = out.join(LAST);
+        let found = || {
+            Resume::find(&last, &config)
+                .unwrap()
+                .expect("a last checkpoint")
+        };
+        start_last(&model, &opt, &out, &labels, true)
+            .unwrap()
+            .finish(&at(10), &config, true)
+            .unwrap();
+        // the weights as the model holds them, read back by tch's reader
+        let weights: std::collections::HashMap<String, Tensor> =
+            Tensor::read_safetensors(last.join("model.safetensors"))
+                .unwrap()
+                .into_iter()
+                .collect();
+        let vars = model.vs.variables();
+        assert_eq!(weights.len(), vars.len());
+        for (name, v) in &vars {
+            assert!(weights[name].equal(v), "`{name}`");
+        }
+        let resumed = found();
+        assert_eq!(resumed.progress.step, 10);
+        assert!(resumed.optimizer.is_some(), "moments kept");
+        // started, then abandoned (the run failed while the dev split was evaluated): the
+        // previous checkpoint stays, and nothing is left beside it
+        drop(start_last(&model, &opt, &out, &labels, true).unwrap());
+        assert_eq!(found().progress.step, 10);
+        assert!(!sibling(&last, "tmp").exists());
+        // the moments written, then not wanted (the evaluation stopped training early)
+        start_last(&model, &opt, &out, &labels, true)
+            .unwrap()
+            .finish(&at(20), &config, false)
+            .unwrap();
+        let resumed = found();
+        assert_eq!(resumed.progress.step, 20);
+        assert!(resumed.optimizer.is_none() && !last.join(OPTIMIZER).exists());
+        assert!(!sibling(&last, "tmp").exists() && !sibling(&last, "old").exists());
     }
 }
