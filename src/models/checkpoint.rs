@@ -221,12 +221,19 @@ pub fn read_shapes(dir: &Path) -> Result<HashMap<String, Vec<i64>>> {
 /// The file name shown in errors about a checkpoint's weights.
 pub fn weights_label(dir: &Path) -> String {
     match weight_files(dir) {
-        Ok(files) if files.len() == 1 => files[0]
+        Ok(files) => label_of(&files),
+        Err(_) => "the checkpoint".into(),
+    }
+}
+
+/// [`weights_label`] of the weight files `files`.
+fn label_of(files: &[PathBuf]) -> String {
+    match files {
+        [one] => one
             .file_name()
             .map(|f| f.to_string_lossy().into_owned())
             .unwrap_or_default(),
-        Ok(_) => "model.safetensors.index.json".into(),
-        Err(_) => "the checkpoint".into(),
+        _ => "model.safetensors.index.json".into(),
     }
 }
 
@@ -245,7 +252,7 @@ pub fn load(
     let mut params: Vec<(String, Vec<i64>)> =
         vars.iter().map(|(k, t)| (k.clone(), t.size())).collect();
     params.sort();
-    let plan = plan(&params, &weights.shapes(), naming, &weights_label(dir))?;
+    let plan = plan(&params, &weights.shapes(), naming, &weights.label)?;
     tch::no_grad(|| -> Result<()> {
         for (name, key) in &plan.copies {
             weights.copy_into(key, &mut vars[name].shallow_clone())?;
@@ -253,18 +260,19 @@ pub fn load(
         Ok(())
     })?;
     let copied: HashSet<&str> = plan.copies.iter().map(|(n, _)| n.as_str()).collect();
+    let initialised: HashSet<&str> = inits.iter().map(|(n, _)| n.as_str()).collect();
+    if let Some(name) = vars
+        .keys()
+        .find(|n| !copied.contains(n.as_str()) && !initialised.contains(n.as_str()))
+    {
+        bail!("model parameter `{name}` has neither a checkpoint tensor nor an initialisation");
+    }
     for (name, how) in inits {
         if !copied.contains(name.as_str())
             && let Some(var) = vars.get(name)
         {
             how.apply(&mut var.shallow_clone());
         }
-    }
-    if let Some(name) = vars
-        .keys()
-        .find(|n| !copied.contains(n.as_str()) && !inits.iter().any(|(i, _)| i == *n))
-    {
-        bail!("model parameter `{name}` has neither a checkpoint tensor nor an initialisation");
     }
     Ok(plan.report)
 }
@@ -273,6 +281,8 @@ pub fn load(
 /// as they are copied (their headers read and checked up front), those of PyTorch pickles read
 /// whole.
 struct Weights {
+    /// The name errors give the weights ([`weights_label`]).
+    label: String,
     files: Vec<SafetensorsFile>,
     /// Key → index into `files`.
     stored: HashMap<String, usize>,
@@ -281,12 +291,14 @@ struct Weights {
 
 impl Weights {
     fn open(dir: &Path) -> Result<Weights> {
+        let paths = weight_files(dir)?;
         let mut w = Weights {
+            label: label_of(&paths),
             files: Vec::new(),
             stored: HashMap::new(),
             read: HashMap::new(),
         };
-        for f in weight_files(dir)? {
+        for f in paths {
             if is_safetensors(&f) {
                 let file = SafetensorsFile::open(&f)?;
                 for key in file.meta.tensors().into_keys() {
